@@ -1,0 +1,39 @@
+# Seam: the two commands a newcomer needs are `make demo` and `make test`.
+SHELL := /bin/bash
+CARGO ?= cargo
+GGUF := .seam/assets/SmolLM2-135M-Instruct.Q4_1.gguf
+PKG := .seam/packages/smollm2-135m
+SPLITS := 4,8,15
+EDGE := target/release/seam-edge
+
+.PHONY: setup build demo test bench lint package
+
+## setup: install ONNX Runtime and the default model assets into .seam/ (idempotent)
+setup:
+	@./scripts/setup.sh
+
+build:
+	$(CARGO) build --release --locked -p seam-edge
+
+$(PKG)/manifest.toml: $(GGUF) | build
+	$(EDGE) model import --gguf $(GGUF) --out $(PKG) --split-points $(SPLITS)
+
+package: setup build $(PKG)/manifest.toml
+
+## demo: fetch, build, import, serve on loopback and run a short workload
+demo: package
+	@./scripts/demo.sh $(EDGE) $(PKG)
+
+## test: the whole test suite (unit, property, model-vs-reference, end-to-end)
+test: setup
+	$(CARGO) test --workspace --locked
+	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+	$(CARGO) fmt --all -- --check
+
+## bench: prefill/decode tokens/s at 1 and 2 threads, KV bytes per token, load time
+bench: package
+	$(EDGE) bench --model $(PKG)
+
+lint:
+	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+	$(CARGO) fmt --all -- --check

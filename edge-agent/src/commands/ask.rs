@@ -1,0 +1,82 @@
+//! `seam-edge ask`: a small client of the Assistant API (the demo uses it; so can scripts).
+
+use seam_shared::proto::common::{RouteKind, SamplingParams};
+use seam_shared::proto::edge as pb;
+use seam_shared::proto::edge::assistant_client::AssistantClient;
+use std::io::Write;
+
+pub async fn run(server: String, req: pb::GenerateRequest) -> anyhow::Result<()> {
+    let mut client = AssistantClient::connect(server.clone())
+        .await
+        .map_err(|e| anyhow::anyhow!("connecting to {server}: {e}"))?;
+    let prompt = req.prompt.clone();
+    println!("> {prompt}");
+    let mut stream = client.generate(req).await?.into_inner();
+    let mut stdout = std::io::stdout();
+    while let Some(event) = stream.message().await? {
+        match event.event {
+            Some(pb::generate_event::Event::Token(t)) => {
+                print!("{}", t.text);
+                stdout.flush()?;
+            }
+            Some(pb::generate_event::Event::Final(f)) => {
+                println!();
+                let route = f.route.unwrap_or_default();
+                let kind = RouteKind::try_from(route.kind).unwrap_or(RouteKind::Unspecified);
+                let t = f.timings.unwrap_or_default();
+                let finish = pb::FinishReason::try_from(f.finish_reason)
+                    .unwrap_or(pb::FinishReason::Unspecified);
+                println!(
+                    "  [route {} ({}) · prompt {} tok ({} cached) · {} tok · prefill {:.0} tok/s · decode {:.1} tok/s · first token {:.0} ms · shipped {} B up / {} B down · kv {} B · {}]",
+                    kind.as_str_name().trim_start_matches("ROUTE_KIND_"),
+                    route.reason,
+                    f.prompt_tokens,
+                    f.cached_prompt_tokens,
+                    f.completion_tokens,
+                    t.prefill_tokens_per_s,
+                    t.decode_tokens_per_s,
+                    t.first_token_ms,
+                    f.bytes_sent,
+                    f.bytes_received,
+                    f.kv_bytes,
+                    finish
+                        .as_str_name()
+                        .trim_start_matches("FINISH_REASON_")
+                        .to_lowercase()
+                );
+            }
+            None => {}
+        }
+    }
+    Ok(())
+}
+
+/// The wire request for the CLI flags.
+#[allow(clippy::too_many_arguments)]
+pub fn request(
+    prompt: String,
+    max_tokens: u32,
+    temperature: f32,
+    top_p: f32,
+    seed: u64,
+    stop: Vec<String>,
+    system: Option<String>,
+    chat: bool,
+    deadline_ms: u64,
+) -> pb::GenerateRequest {
+    pb::GenerateRequest {
+        prompt,
+        max_tokens,
+        sampling: Some(SamplingParams {
+            temperature,
+            top_p,
+            seed,
+            top_k: None,
+        }),
+        stop,
+        deadline_ms,
+        system_prompt: system,
+        chat,
+        ..Default::default()
+    }
+}

@@ -1,0 +1,244 @@
+//! `seam-edge bench`: prefill and decode speed, KV bytes per token, package load time.
+//!
+//! ONNX Runtime's thread pool is process-wide, so each thread count runs in its own child
+//! process (`seam-edge bench --threads N --one`), and the parent prints one table.
+
+use crate::runtime::attention::attention;
+use crate::runtime::kv_cache::{KvCache, KvDtype, KvGeometry};
+use crate::runtime::model::{LoadOptions, Model};
+use crate::runtime::sampler::argmax;
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+use std::time::Instant;
+
+/// Figures of one bench process.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BenchFigures {
+    pub threads: usize,
+    pub load_ms: f64,
+    pub prefill_tokens: usize,
+    pub prefill_tokens_per_s: f64,
+    pub decode_tokens: usize,
+    pub decode_tokens_per_s: f64,
+    pub kv_bytes_per_token_int8: usize,
+    pub kv_bytes_per_token_f32: usize,
+    pub weight_bytes: u64,
+    /// Attention over the whole cache for one decoded token, all layers, µs: (positions, int8, f32).
+    pub attention_us: Vec<(usize, f64, f64)>,
+}
+
+const PROSE: &str = "The history of the city begins with a small settlement on the river, where traders \
+stopped to rest and exchange goods. Over the centuries the village grew into a market town, and \
+the market town into a city with bridges, churches, schools and a university. Each generation \
+added something of its own: a new quarter, a library, a railway station, a park along the water. ";
+
+/// Runs the measurements in this process with `threads` threads.
+pub fn measure(
+    dir: &Path,
+    threads: usize,
+    prefill_tokens: usize,
+    decode_tokens: usize,
+    repeats: usize,
+) -> anyhow::Result<BenchFigures> {
+    let started = Instant::now();
+    let mut model = Model::load(
+        dir,
+        &LoadOptions {
+            threads,
+            ..LoadOptions::default()
+        },
+    )?;
+    let load_ms = started.elapsed().as_secs_f64() * 1e3;
+    let a = model.arch().clone();
+    let text = PROSE.repeat(prefill_tokens / 40 + 2);
+    let mut prompt = model
+        .tokenizer()
+        .encode(text.as_str(), false)
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .get_ids()
+        .to_vec();
+    prompt.truncate(prefill_tokens);
+    let geometry = KvGeometry {
+        n_layers: a.n_layer as usize,
+        n_kv_heads: a.n_head_kv as usize,
+        head_dim: a.head_dim as usize,
+    };
+    let mut best_prefill = f64::MAX;
+    let mut best_decode = f64::MAX;
+    for _ in 0..repeats.max(1) {
+        let mut cache = KvCache::new(
+            geometry.clone(),
+            KvDtype::Int8,
+            prompt.len() + decode_tokens + 1,
+        );
+        let t = Instant::now();
+        model.forward(&prompt, 0, &mut cache, false)?;
+        cache.commit(prompt.len())?;
+        best_prefill = best_prefill.min(t.elapsed().as_secs_f64());
+        // Decode from a short context, as a chat turn would.
+        let mut cache = KvCache::new(geometry.clone(), KvDtype::Int8, 16 + decode_tokens + 1);
+        let mut logits = model.forward(&prompt[..16], 0, &mut cache, false)?;
+        cache.commit(16)?;
+        let t = Instant::now();
+        let mut pos = 16;
+        for _ in 0..decode_tokens {
+            let next = argmax(&logits);
+            logits = model.forward(&[next], pos, &mut cache, false)?;
+            pos += 1;
+            cache.commit(pos)?;
+        }
+        best_decode = best_decode.min(t.elapsed().as_secs_f64());
+    }
+    let weight_bytes = model
+        .package()
+        .manifest()
+        .files
+        .keys()
+        .filter(|f| f.ends_with(".onnx"))
+        .filter_map(|f| std::fs::metadata(model.package().path(f)).ok())
+        .map(|m| m.len())
+        .sum();
+    let attention_us = [512usize, 2048]
+        .iter()
+        .map(|&n| -> anyhow::Result<(usize, f64, f64)> {
+            Ok((
+                n,
+                attention_cost(&geometry, &a, KvDtype::Int8, n, threads)?,
+                attention_cost(&geometry, &a, KvDtype::F32, n, threads)?,
+            ))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok(BenchFigures {
+        threads,
+        load_ms,
+        prefill_tokens: prompt.len(),
+        prefill_tokens_per_s: prompt.len() as f64 / best_prefill,
+        decode_tokens,
+        decode_tokens_per_s: decode_tokens as f64 / best_decode,
+        kv_bytes_per_token_int8: KvCache::new(geometry.clone(), KvDtype::Int8, 1).bytes_per_token(),
+        kv_bytes_per_token_f32: KvCache::new(geometry.clone(), KvDtype::F32, 1).bytes_per_token(),
+        weight_bytes,
+        attention_us,
+    })
+}
+
+/// Microseconds of attention for one new token over `positions` cached ones, all layers.
+fn attention_cost(
+    g: &KvGeometry,
+    a: &seam_shared::package::Architecture,
+    dtype: KvDtype,
+    positions: usize,
+    threads: usize,
+) -> anyhow::Result<f64> {
+    let mut cache = KvCache::new(g.clone(), dtype, positions);
+    let kw = g.n_kv_heads * g.head_dim;
+    let rows: Vec<f32> = (0..(positions - 1) * kw)
+        .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)
+        .collect();
+    for l in 0..g.n_layers {
+        cache.write(l, 0, &rows, &rows)?;
+        cache.write(l, positions - 1, &rows[..kw], &rows[..kw])?;
+    }
+    let qw = a.n_head as usize * g.head_dim;
+    let q: Vec<f32> = (0..qw).map(|i| (i % 13) as f32 / 13.0).collect();
+    let mut out = vec![0.0; qw];
+    let reps = 20;
+    let t = Instant::now();
+    for _ in 0..reps {
+        for l in 0..g.n_layers {
+            attention(
+                &q,
+                &cache,
+                l,
+                positions - 1,
+                a.n_head as usize,
+                &mut out,
+                threads,
+            )?;
+        }
+    }
+    Ok(t.elapsed().as_secs_f64() * 1e6 / reps as f64)
+}
+
+/// Runs one child per thread count and prints the table.
+pub fn run_all(
+    dir: &Path,
+    thread_counts: &[usize],
+    prefill: usize,
+    decode: usize,
+    repeats: usize,
+) -> anyhow::Result<()> {
+    let exe = std::env::current_exe()?;
+    let mut rows = Vec::new();
+    for &t in thread_counts {
+        eprintln!("bench: {t} thread(s)…");
+        let out = std::process::Command::new(&exe)
+            .args(["bench", "--one", "--model"])
+            .arg(dir)
+            .args([
+                "--threads",
+                &t.to_string(),
+                "--prefill",
+                &prefill.to_string(),
+                "--decode",
+                &decode.to_string(),
+                "--repeats",
+                &repeats.to_string(),
+            ])
+            .output()
+            .context("running the bench child")?;
+        if !out.status.success() {
+            anyhow::bail!(
+                "bench child failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        rows.push(
+            serde_json::from_slice::<BenchFigures>(&out.stdout).context("bench child output")?,
+        );
+    }
+    print_table(&rows);
+    Ok(())
+}
+
+fn print_table(rows: &[BenchFigures]) {
+    println!(
+        "| threads | load ms | prefill tok/s ({} tok) | decode tok/s ({} tok) | weights MB | bandwidth-bound note |",
+        rows[0].prefill_tokens, rows[0].decode_tokens
+    );
+    println!("|---|---|---|---|---|---|");
+    for r in rows {
+        let gb_s = r.weight_bytes as f64 * r.decode_tokens_per_s / 1e9;
+        println!(
+            "| {} | {:.0} | {:.1} | {:.1} | {:.1} | {:.2} GB/s of weights read while decoding |",
+            r.threads,
+            r.load_ms,
+            r.prefill_tokens_per_s,
+            r.decode_tokens_per_s,
+            r.weight_bytes as f64 / 1e6,
+            gb_s
+        );
+    }
+    let r = &rows[0];
+    println!();
+    println!(
+        "| KV cache | bytes/token | ratio |\n|---|---|---|\n| f32 | {} | 1.000 |\n| int8 | {} | {:.3} |",
+        r.kv_bytes_per_token_f32,
+        r.kv_bytes_per_token_int8,
+        r.kv_bytes_per_token_int8 as f64 / r.kv_bytes_per_token_f32 as f64
+    );
+    println!();
+    println!(
+        "| attention per decoded token, all layers | int8 µs | f32 µs | int8 / f32 |\n|---|---|---|---|"
+    );
+    for r in rows {
+        for (n, i8us, f32us) in &r.attention_us {
+            println!(
+                "| {n} positions, {} thread(s) | {i8us:.0} | {f32us:.0} | {:.2} |",
+                r.threads,
+                i8us / f32us
+            );
+        }
+    }
+}

@@ -1,0 +1,71 @@
+//! `seam-edge generate`: the completion alone on stdout, a stats line on stderr.
+
+use super::load_engine;
+use crate::runtime::engine::{GenerateRequest, GenerateStats};
+use crate::runtime::kv_cache::KvDtype;
+use std::io::Write;
+use std::path::Path;
+
+/// Options of one `generate` call.
+#[derive(Debug, Clone)]
+pub struct GenerateArgs {
+    pub threads: usize,
+    pub kv: KvDtype,
+    pub json_stats: bool,
+}
+
+pub fn run(dir: &Path, req: GenerateRequest, args: &GenerateArgs) -> anyhow::Result<()> {
+    let mut engine = load_engine(dir, args.threads, args.kv, super::DEFAULT_KV_BUDGET)?;
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    let mut write_error = None;
+    let stats = engine.generate(&req, |t| {
+        if let Err(e) = out.write_all(t.text.as_bytes()).and_then(|_| out.flush()) {
+            write_error = Some(e);
+            return false;
+        }
+        true
+    })?;
+    if let Some(e) = write_error {
+        if e.kind() != std::io::ErrorKind::BrokenPipe {
+            return Err(e.into());
+        }
+    }
+    let _ = writeln!(out);
+    eprintln!("{}", stats_line(&stats, engine.kv_dtype(), args.json_stats));
+    Ok(())
+}
+
+/// The stats line (text or one JSON object).
+pub fn stats_line(s: &GenerateStats, kv: KvDtype, json: bool) -> String {
+    if json {
+        serde_json::json!({
+            "prompt_tokens": s.prompt_tokens,
+            "cached_prompt_tokens": s.cached_prompt_tokens,
+            "completion_tokens": s.completion_tokens,
+            "prefill_ms": s.prefill.as_secs_f64() * 1e3,
+            "decode_ms": s.decode.as_secs_f64() * 1e3,
+            "first_token_ms": s.first_token.as_secs_f64() * 1e3,
+            "prefill_tokens_per_s": s.prefill_tokens_per_s(),
+            "decode_tokens_per_s": s.decode_tokens_per_s(),
+            "kv_bytes": s.kv_bytes,
+            "kv_bytes_per_token": s.kv_bytes_per_token,
+            "kv_dtype": kv.to_string(),
+            "finish_reason": format!("{:?}", s.finish).to_lowercase(),
+        })
+        .to_string()
+    } else {
+        format!(
+            "prefill {} tok ({} cached) {:.1} tok/s · decode {} tok {:.1} tok/s · first token {:.0} ms · kv {} B ({} B/token, {kv}) · {:?}",
+            s.prompt_tokens,
+            s.cached_prompt_tokens,
+            s.prefill_tokens_per_s(),
+            s.completion_tokens,
+            s.decode_tokens_per_s(),
+            s.first_token.as_secs_f64() * 1e3,
+            s.kv_bytes,
+            s.kv_bytes_per_token,
+            s.finish
+        )
+    }
+}

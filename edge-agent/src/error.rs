@@ -1,0 +1,93 @@
+//! The one error type of `seam-edge`, and its single mapping onto gRPC status codes.
+
+use std::time::Duration;
+
+/// Everything that can go wrong on the device: importing, loading and running a model, and
+/// serving the app API.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The request itself is wrong (empty prompt, bad sampling parameters, ...).
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// A bound was hit: KV byte budget, queue length, batch size. `retry_after` says when
+    /// trying again may work.
+    #[error("resource exhausted: {reason}")]
+    ResourceExhausted {
+        reason: String,
+        retry_after: Option<Duration>,
+    },
+    /// The deadline of the request passed before it finished.
+    #[error("deadline exceeded after {0:?}")]
+    DeadlineExceeded(Duration),
+    /// The caller went away or cancelled.
+    #[error("cancelled")]
+    Cancelled,
+    /// A GGUF file could not be read or is not supported.
+    #[error(transparent)]
+    Gguf(#[from] crate::gguf::GgufError),
+    /// The KV cache refused an operation.
+    #[error(transparent)]
+    Kv(#[from] crate::runtime::kv_cache::KvError),
+    /// Model package, ONNX Runtime loading, configuration.
+    #[error(transparent)]
+    Shared(#[from] seam_shared::Error),
+    /// ONNX Runtime failed while building a session or running a graph.
+    #[error("onnx runtime: {0}")]
+    Ort(String),
+    /// The tokenizer could not be built, loaded or run.
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A model package is inconsistent with what the code needs.
+    #[error("model package: {0}")]
+    Package(String),
+}
+
+impl Error {
+    pub fn io(path: impl AsRef<std::path::Path>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.as_ref().display().to_string(),
+            source,
+        }
+    }
+
+    /// The gRPC status for this error (the only place that decides it).
+    pub fn to_status(&self) -> tonic::Status {
+        use tonic::Code;
+        let code = match self {
+            Error::InvalidArgument(_) => Code::InvalidArgument,
+            Error::ResourceExhausted { .. } => Code::ResourceExhausted,
+            Error::DeadlineExceeded(_) => Code::DeadlineExceeded,
+            Error::Cancelled => Code::Cancelled,
+            Error::Kv(_) => Code::InvalidArgument,
+            Error::Gguf(_) | Error::Package(_) | Error::Shared(_) => Code::FailedPrecondition,
+            Error::Ort(_) | Error::Tokenizer(_) | Error::Io { .. } => Code::Internal,
+        };
+        let mut status = tonic::Status::new(code, self.to_string());
+        if let Error::ResourceExhausted {
+            retry_after: Some(d),
+            ..
+        } = self
+        {
+            if let Ok(v) = d.as_millis().to_string().parse() {
+                status.metadata_mut().insert("retry-after-ms", v);
+            }
+        }
+        status
+    }
+}
+
+impl From<ort::Error> for Error {
+    fn from(e: ort::Error) -> Self {
+        Error::Ort(e.to_string())
+    }
+}
+
+/// Result alias of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

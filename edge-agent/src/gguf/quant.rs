@@ -1,0 +1,252 @@
+//! ggml block formats: decoding to f32 and parsing blocks for repacking.
+//!
+//! Layouts (little-endian), per 32-element block:
+//! - Q4_0: `d: f16`, `qs: [u8; 16]`; element `j` is the low nibble of `qs[j]`, element `j + 16`
+//!   the high nibble; `w = d * (q - 8)`.
+//! - Q4_1: `d: f16`, `m: f16`, `qs: [u8; 16]` with the same nibble order; `w = d * q + m`.
+//! - Q8_0: `d: f16`, `qs: [i8; 32]`; `w = d * q`.
+
+use half::{bf16, f16};
+
+use super::{GgmlType, GgufError, Result};
+
+/// Elements per block of the 32-wide formats.
+pub const QK: usize = 32;
+
+/// One Q4_1 block with scale and min widened to f32 (exact: every f16 is an f32) and the
+/// 4-bit values unpacked to one per byte, in element order.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Q41Block {
+    /// Scale.
+    pub d: f32,
+    /// Minimum (offset).
+    pub m: f32,
+    /// Values `0..=15`, element order.
+    pub q: [u8; QK],
+}
+
+/// One Q8_0 block with its scale widened to f32 (exact).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Q80Block {
+    /// Scale.
+    pub d: f32,
+    /// Values, element order.
+    pub q: [i8; QK],
+}
+
+fn f16_at(bytes: &[u8], i: usize) -> f32 {
+    f16::from_le_bytes([bytes[i], bytes[i + 1]]).to_f32()
+}
+
+/// Unpacks 16 bytes of nibbles into 32 values in element order.
+fn unpack_nibbles(qs: &[u8]) -> [u8; QK] {
+    let mut q = [0u8; QK];
+    for (j, &b) in qs.iter().enumerate().take(QK / 2) {
+        q[j] = b & 0x0f;
+        q[j + QK / 2] = b >> 4;
+    }
+    q
+}
+
+fn check_blocks(ty: GgmlType, bytes: &[u8], block_bytes: usize) -> Result<usize> {
+    if !bytes.len().is_multiple_of(block_bytes) {
+        return Err(GgufError::BadBlockData {
+            ty,
+            reason: format!(
+                "{} bytes is not a multiple of the {block_bytes}-byte block",
+                bytes.len()
+            ),
+        });
+    }
+    Ok(bytes.len() / block_bytes)
+}
+
+/// Parses Q4_1 data (20 bytes per block) into blocks.
+pub fn q4_1_blocks(bytes: &[u8]) -> Result<Vec<Q41Block>> {
+    check_blocks(GgmlType::Q4_1, bytes, 20)?;
+    Ok(bytes
+        .chunks_exact(20)
+        .map(|b| Q41Block {
+            d: f16_at(b, 0),
+            m: f16_at(b, 2),
+            q: unpack_nibbles(&b[4..]),
+        })
+        .collect())
+}
+
+/// Parses Q8_0 data (34 bytes per block) into blocks.
+pub fn q8_0_blocks(bytes: &[u8]) -> Result<Vec<Q80Block>> {
+    check_blocks(GgmlType::Q8_0, bytes, 34)?;
+    Ok(bytes
+        .chunks_exact(34)
+        .map(|b| {
+            let mut q = [0i8; QK];
+            for (dst, &src) in q.iter_mut().zip(&b[2..]) {
+                *dst = src as i8;
+            }
+            Q80Block { d: f16_at(b, 0), q }
+        })
+        .collect())
+}
+
+/// Decodes `n_elements` values of type `ty` from `bytes`, which must hold exactly
+/// `n_elements / block_elems` blocks. Supported: F32, F16, BF16, Q4_0, Q4_1, Q8_0.
+pub fn dequantize(ty: GgmlType, bytes: &[u8], n_elements: usize) -> Result<Vec<f32>> {
+    let (block_elems, block_bytes) = match ty {
+        GgmlType::F32
+        | GgmlType::F16
+        | GgmlType::BF16
+        | GgmlType::Q4_0
+        | GgmlType::Q4_1
+        | GgmlType::Q8_0 => ty.block_layout().ok_or(GgufError::UnsupportedType(ty))?,
+        other => return Err(GgufError::UnsupportedType(other)),
+    };
+    if !n_elements.is_multiple_of(block_elems) {
+        return Err(GgufError::BadBlockData {
+            ty,
+            reason: format!(
+                "{n_elements} elements is not a multiple of the block size {block_elems}"
+            ),
+        });
+    }
+    let expected = n_elements / block_elems * block_bytes;
+    if bytes.len() != expected {
+        return Err(GgufError::BadBlockData {
+            ty,
+            reason: format!(
+                "{n_elements} elements need {expected} bytes, got {}",
+                bytes.len()
+            ),
+        });
+    }
+    let mut out = Vec::with_capacity(n_elements);
+    match ty {
+        GgmlType::F32 => out.extend(
+            bytes
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+        ),
+        GgmlType::F16 => out.extend(
+            bytes
+                .chunks_exact(2)
+                .map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32()),
+        ),
+        GgmlType::BF16 => out.extend(
+            bytes
+                .chunks_exact(2)
+                .map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32()),
+        ),
+        GgmlType::Q4_0 => {
+            for b in bytes.chunks_exact(18) {
+                let d = f16_at(b, 0);
+                out.extend(
+                    unpack_nibbles(&b[2..])
+                        .iter()
+                        .map(|&q| d * (q as f32 - 8.0)),
+                );
+            }
+        }
+        GgmlType::Q4_1 => {
+            for blk in q4_1_blocks(bytes)? {
+                out.extend(blk.q.iter().map(|&q| blk.d * q as f32 + blk.m));
+            }
+        }
+        GgmlType::Q8_0 => {
+            for blk in q8_0_blocks(bytes)? {
+                out.extend(blk.q.iter().map(|&q| blk.d * q as f32));
+            }
+        }
+        other => return Err(GgufError::UnsupportedType(other)),
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn h(x: f32) -> [u8; 2] {
+        f16::from_f32(x).to_le_bytes()
+    }
+
+    /// Hand-packs a Q4_1 block: values 0..32 reduced mod 16 in element order.
+    fn q4_1_block(d: f32, m: f32) -> Vec<u8> {
+        let mut b = [h(d), h(m)].concat();
+        b.extend((0..16u8).map(|j| j | (j << 4)));
+        b
+    }
+
+    #[test]
+    fn q4_1_uses_low_nibbles_first_then_high() {
+        let mut bytes = [h(0.5), h(-1.0)].concat();
+        bytes.extend((0..16u8).map(|j| j | ((15 - j) << 4)));
+        let w = dequantize(GgmlType::Q4_1, &bytes, 32).unwrap();
+        for j in 0..16 {
+            assert_eq!(w[j], 0.5 * j as f32 - 1.0);
+            assert_eq!(w[j + 16], 0.5 * (15 - j) as f32 - 1.0);
+        }
+        let blocks = q4_1_blocks(&[q4_1_block(2.0, 0.25), q4_1_block(1.0, 0.0)].concat()).unwrap();
+        assert_eq!(blocks.len(), 2);
+        assert_eq!(
+            (blocks[0].d, blocks[0].m, blocks[0].q[3], blocks[0].q[19]),
+            (2.0, 0.25, 3, 3)
+        );
+    }
+
+    #[test]
+    fn q8_0_is_scale_times_signed_value() {
+        let mut bytes = h(0.25).to_vec();
+        bytes.extend((0..32i32).map(|j| ((j - 16) * 7) as i8 as u8));
+        let w = dequantize(GgmlType::Q8_0, &bytes, 32).unwrap();
+        for (j, x) in w.iter().enumerate() {
+            assert_eq!(*x, 0.25 * ((j as i32 - 16) * 7) as f32);
+        }
+        assert_eq!(q8_0_blocks(&bytes).unwrap()[0].q[0], -112);
+    }
+
+    #[test]
+    fn q4_0_subtracts_eight() {
+        let mut bytes = h(2.0).to_vec();
+        bytes.extend([0x8fu8; 16]);
+        let w = dequantize(GgmlType::Q4_0, &bytes, 32).unwrap();
+        assert_eq!(&w[..2], &[14.0, 14.0]);
+        assert_eq!(&w[16..18], &[0.0, 0.0]);
+    }
+
+    #[test]
+    fn float_formats() {
+        let f32s: Vec<u8> = [1.5f32, -2.0]
+            .iter()
+            .flat_map(|x| x.to_le_bytes())
+            .collect();
+        assert_eq!(
+            dequantize(GgmlType::F32, &f32s, 2).unwrap(),
+            vec![1.5, -2.0]
+        );
+        assert_eq!(
+            dequantize(GgmlType::F16, &[h(0.125), h(-3.0)].concat(), 2).unwrap(),
+            vec![0.125, -3.0]
+        );
+        let bf: Vec<u8> = [bf16::from_f32(6.5), bf16::from_f32(-0.5)]
+            .iter()
+            .flat_map(|x| x.to_le_bytes())
+            .collect();
+        assert_eq!(dequantize(GgmlType::BF16, &bf, 2).unwrap(), vec![6.5, -0.5]);
+    }
+
+    #[test]
+    fn size_mismatch_and_unsupported_types_are_errors() {
+        let block = q4_1_block(1.0, 0.0);
+        assert!(dequantize(GgmlType::Q4_1, &block, 64).is_err());
+        assert!(dequantize(GgmlType::Q4_1, &block, 31).is_err());
+        assert!(dequantize(GgmlType::Q4_1, &block[..19], 32).is_err());
+        assert!(q4_1_blocks(&block[..19]).is_err());
+        assert!(q8_0_blocks(&[0u8; 35]).is_err());
+        let err = dequantize(GgmlType::Q6_K, &[0u8; 210], 256).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "unsupported tensor type Q6_K for dequantization"
+        );
+        assert!(dequantize(GgmlType::Other(99), &[], 0).is_err());
+    }
+}

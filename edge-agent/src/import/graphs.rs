@@ -1,0 +1,240 @@
+//! The ONNX graphs of a llama decoder, cut at attention.
+//!
+//! Attention runs in Rust over the int8 KV cache, so ONNX Runtime computes everything between
+//! two attentions: the tail of one layer (output projection, residual, MLP) and the head of the
+//! next (RMSNorm, packed q|k|v projection). Graph inputs and outputs are named by [`io`].
+
+use super::linear::{BLOCK, Q4Linear, Q8Linear};
+use crate::onnx::{Attr, Dim, GraphBuilder, MS_DOMAIN};
+
+/// Names of graph inputs and outputs, shared with the runtime.
+pub mod io {
+    /// Hidden state entering a segment, `[1, S, n_embd]` (input of a segment's first graph and
+    /// of the head).
+    pub const HIDDEN: &str = "hidden";
+    /// Residual stream before the previous layer's attention, `[1, S, n_embd]`.
+    pub const RESIDUAL: &str = "residual";
+    /// Attention output of the previous layer before its output projection, `[1, S, n_embd]`.
+    pub const ATTN: &str = "attn";
+    /// Packed q|k|v projections of a layer, `[1, S, (n_head + 2·n_head_kv)·head_dim]`.
+    pub const QKV: &str = "qkv";
+    /// Residual stream entering the next layer, `[1, S, n_embd]`.
+    pub const RESIDUAL_OUT: &str = "residual_out";
+    /// Hidden state leaving a segment, `[1, S, n_embd]`.
+    pub const HIDDEN_OUT: &str = "hidden_out";
+    /// Logits, `[1, S, vocab]`.
+    pub const LOGITS: &str = "logits";
+}
+
+/// Weights of one decoder layer.
+#[derive(Debug, Clone)]
+pub struct LayerWeights {
+    pub attn_norm: Vec<f32>,
+    pub ffn_norm: Vec<f32>,
+    /// q|k|v stacked.
+    pub qkv: Q4Linear,
+    pub o: Q4Linear,
+    /// gate|up stacked.
+    pub gate_up: Q4Linear,
+    pub down: Q4Linear,
+}
+
+/// Dimensions the graphs need.
+#[derive(Debug, Clone, Copy)]
+pub struct Dims {
+    pub n_embd: usize,
+    pub n_ff: usize,
+    pub qkv: usize,
+    pub vocab: usize,
+    pub eps: f32,
+}
+
+const SEQ: Dim = Dim::Named("seq");
+
+fn act(d: usize) -> [Dim; 3] {
+    [Dim::Fixed(1), SEQ, Dim::Fixed(d as i64)]
+}
+
+/// `y = W·x` for a Q4_1 layer: MatMulNBits plus the block-sum correction. `sums` are the block
+/// sums of `x` (shared by every layer reading the same `x`).
+fn q4_matmul(g: &mut GraphBuilder, x: &str, sums: &str, w: &Q4Linear, stem: &str) -> String {
+    let nb = (w.k / BLOCK) as i64;
+    let b = g.init_u8(
+        &format!("{stem}_q"),
+        &[w.n as i64, nb, (BLOCK / 2) as i64],
+        w.packed.clone(),
+    );
+    let s = g.init_f32(&format!("{stem}_d"), &[w.n as i64 * nb], &w.scales);
+    let c = g.init_f32(&format!("{stem}_c"), &[nb, w.n as i64], &w.correction_t());
+    let mm = g.op(
+        "MatMulNBits",
+        MS_DOMAIN,
+        &[x, &b, &s],
+        vec![
+            Attr::Int("K", w.k as i64),
+            Attr::Int("N", w.n as i64),
+            Attr::Int("bits", 4),
+            Attr::Int("block_size", BLOCK as i64),
+            Attr::Int("accuracy_level", 4),
+        ],
+    );
+    let corr = g.op("MatMul", "", &[sums, &c], vec![]);
+    g.op("Add", "", &[&mm, &corr], vec![])
+}
+
+/// Sums of `x` over each block of 32 features: `[1, S, k] → [1, S, k/32]`.
+fn block_sums(g: &mut GraphBuilder, x: &str, k: usize) -> String {
+    let shape = g.init_i64(
+        "blocks_shape",
+        &[4],
+        &[0, 0, (k / BLOCK) as i64, BLOCK as i64],
+    );
+    let axes = g.init_i64("blocks_axes", &[1], &[-1]);
+    let r = g.op("Reshape", "", &[x, &shape], vec![]);
+    g.op(
+        "ReduceSum",
+        "",
+        &[&r, &axes],
+        vec![Attr::Int("keepdims", 0)],
+    )
+}
+
+fn rms_norm(g: &mut GraphBuilder, x: &str, w: &[f32], eps: f32) -> String {
+    let gamma = g.init_f32("norm_w", &[w.len() as i64], w);
+    g.op(
+        "SimplifiedLayerNormalization",
+        "",
+        &[x, &gamma],
+        vec![
+            Attr::Int("axis", -1),
+            Attr::Float("epsilon", eps),
+            Attr::Int("stash_type", 1),
+        ],
+    )
+}
+
+/// `(norm(x + skip), x + skip)` in one node.
+fn skip_rms_norm(
+    g: &mut GraphBuilder,
+    x: &str,
+    skip: &str,
+    w: &[f32],
+    eps: f32,
+) -> (String, String) {
+    let gamma = g.init_f32("norm_w", &[w.len() as i64], w);
+    let normed = g.fresh("normed");
+    let sum = g.fresh("residual");
+    g.node(
+        "SkipSimplifiedLayerNormalization",
+        MS_DOMAIN,
+        &[x, skip, &gamma],
+        &[&normed, "", "", &sum],
+        vec![Attr::Float("epsilon", eps)],
+    );
+    (normed, sum)
+}
+
+/// The qkv projection of `layer` on the (normed) `x`.
+fn qkv(g: &mut GraphBuilder, x: &str, layer: &LayerWeights, d: Dims) -> String {
+    let sums = block_sums(g, x, d.n_embd);
+    q4_matmul(g, x, &sums, &layer.qkv, "qkv")
+}
+
+/// Output projection, residual, MLP of `layer`; returns `(mlp_out, residual_mid)` whose sum is
+/// the residual stream leaving the layer.
+fn layer_tail(
+    g: &mut GraphBuilder,
+    residual: &str,
+    attn: &str,
+    layer: &LayerWeights,
+    d: Dims,
+) -> (String, String) {
+    let attn_sums = block_sums(g, attn, d.n_embd);
+    let o = q4_matmul(g, attn, &attn_sums, &layer.o, "o");
+    let (x, mid) = skip_rms_norm(g, &o, residual, &layer.ffn_norm, d.eps);
+    let x_sums = block_sums(g, &x, d.n_embd);
+    let gu = q4_matmul(g, &x, &x_sums, &layer.gate_up, "gate_up");
+    let split = g.init_i64("split", &[2], &[d.n_ff as i64, d.n_ff as i64]);
+    let (gate, up) = (g.fresh("gate"), g.fresh("up"));
+    g.node(
+        "Split",
+        "",
+        &[&gu, &split],
+        &[&gate, &up],
+        vec![Attr::Int("axis", -1)],
+    );
+    let sig = g.op("Sigmoid", "", &[&gate], vec![]);
+    let silu = g.op("Mul", "", &[&gate, &sig], vec![]);
+    let h = g.op("Mul", "", &[&silu, &up], vec![]);
+    let h_sums = block_sums(g, &h, d.n_ff);
+    let down = q4_matmul(g, &h, &h_sums, &layer.down, "down");
+    (down, mid)
+}
+
+/// First graph of a segment: `hidden → qkv` of `layer`.
+pub fn pre_graph(layer: &LayerWeights, index: usize, d: Dims) -> Vec<u8> {
+    let mut g = GraphBuilder::new(format!("pre_{index}"));
+    let h = g.input_f32(io::HIDDEN, &act(d.n_embd));
+    let x = rms_norm(&mut g, &h, &layer.attn_norm, d.eps);
+    let q = qkv(&mut g, &x, layer, d);
+    g.output_f32(&q, io::QKV, &act(d.qkv));
+    g.finish(&format!(
+        "layer {index}: attention norm and q|k|v projection"
+    ))
+}
+
+/// Middle graph: finishes `prev` (layer `index − 1`) and starts `next` (layer `index`):
+/// `(residual, attn) → (residual_out, qkv)`.
+pub fn mid_graph(prev: &LayerWeights, next: &LayerWeights, index: usize, d: Dims) -> Vec<u8> {
+    let mut g = GraphBuilder::new(format!("mid_{index}"));
+    let residual = g.input_f32(io::RESIDUAL, &act(d.n_embd));
+    let attn = g.input_f32(io::ATTN, &act(d.n_embd));
+    let (down, mid) = layer_tail(&mut g, &residual, &attn, prev, d);
+    let (x, out) = skip_rms_norm(&mut g, &down, &mid, &next.attn_norm, d.eps);
+    let q = qkv(&mut g, &x, next, d);
+    g.output_f32(&out, io::RESIDUAL_OUT, &act(d.n_embd));
+    g.output_f32(&q, io::QKV, &act(d.qkv));
+    g.finish(&format!(
+        "end of layer {} and start of layer {index}",
+        index - 1
+    ))
+}
+
+/// Last graph of a segment: finishes layer `index`: `(residual, attn) → hidden_out`.
+pub fn post_graph(layer: &LayerWeights, index: usize, d: Dims) -> Vec<u8> {
+    let mut g = GraphBuilder::new(format!("post_{index}"));
+    let residual = g.input_f32(io::RESIDUAL, &act(d.n_embd));
+    let attn = g.input_f32(io::ATTN, &act(d.n_embd));
+    let (down, mid) = layer_tail(&mut g, &residual, &attn, layer, d);
+    let out = g.op("Add", "", &[&down, &mid], vec![]);
+    g.output_f32(&out, io::HIDDEN_OUT, &act(d.n_embd));
+    g.finish(&format!("end of layer {index}"))
+}
+
+/// Final RMSNorm and the 8-bit LM head: `hidden → logits`.
+pub fn head_graph(output_norm: &[f32], head: &Q8Linear, d: Dims) -> Vec<u8> {
+    let mut g = GraphBuilder::new("head");
+    let h = g.input_f32(io::HIDDEN, &act(d.n_embd));
+    let x = rms_norm(&mut g, &h, output_norm, d.eps);
+    let nb = (head.k / BLOCK) as i64;
+    let b = g.init_u8(
+        "head_q",
+        &[head.n as i64, nb, BLOCK as i64],
+        head.packed.clone(),
+    );
+    let s = g.init_f32("head_d", &[head.n as i64 * nb], &head.scales);
+    let logits = g.op(
+        "MatMulNBits",
+        MS_DOMAIN,
+        &[&x, &b, &s],
+        vec![
+            Attr::Int("K", head.k as i64),
+            Attr::Int("N", head.n as i64),
+            Attr::Int("bits", 8),
+            Attr::Int("block_size", BLOCK as i64),
+            Attr::Int("accuracy_level", 4),
+        ],
+    );
+    g.output_f32(&logits, io::LOGITS, &act(d.vocab));
+    g.finish("final norm and LM head")
+}

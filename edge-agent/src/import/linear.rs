@@ -1,0 +1,178 @@
+//! Quantized linear layers in the layouts ONNX Runtime's `MatMulNBits` wants, converted from
+//! GGUF blocks without re-rounding anything.
+//!
+//! GGUF Q4_1 stores `w = d·q + m` per block of 32 with elements 0–15 in the low nibbles and
+//! 16–31 in the high nibbles. `MatMulNBits` (4 bits, no zero points) computes `Σ d·(q−8)·x`
+//! with consecutive pairs per byte, so the nibbles are repacked and the rest of the function,
+//! `Σ_b (m_b + 8·d_b)·S_b(x)` with `S_b(x)` the sum of the activations of block `b`, is added
+//! by a small f32 matmul over the block sums. The result is exactly the GGUF function.
+
+/// Elements per quantization block (Q4_1, Q8_0).
+pub const BLOCK: usize = 32;
+
+pub use crate::gguf::quant::{Q41Block as Q41, Q80Block as Q80};
+
+/// A 4-bit linear layer `y = W·x` with `n` outputs and `k` inputs.
+#[derive(Debug, Clone)]
+pub struct Q4Linear {
+    pub n: usize,
+    pub k: usize,
+    /// `[n, k/32, 16]`: element `2i` in the low nibble of byte `i`, `2i+1` in the high nibble.
+    pub packed: Vec<u8>,
+    /// `[n, k/32]`: the block scales `d`.
+    pub scales: Vec<f32>,
+    /// `[n, k/32]`: the per-block correction `m + 8·d`.
+    pub correction: Vec<f32>,
+}
+
+impl Q4Linear {
+    /// Builds the layer from GGUF Q4_1 blocks in row order (`n` rows of `k/32` blocks).
+    pub fn from_q4_1(n: usize, k: usize, blocks: &[Q41]) -> Self {
+        assert_eq!(k % BLOCK, 0, "k must be a multiple of {BLOCK}");
+        assert_eq!(blocks.len(), n * k / BLOCK, "block count");
+        let mut packed = Vec::with_capacity(n * k / 2);
+        let mut scales = Vec::with_capacity(blocks.len());
+        let mut correction = Vec::with_capacity(blocks.len());
+        for b in blocks {
+            for pair in b.q.chunks_exact(2) {
+                packed.push((pair[0] & 0x0f) | (pair[1] << 4));
+            }
+            scales.push(b.d);
+            correction.push(b.m + 8.0 * b.d);
+        }
+        Q4Linear {
+            n,
+            k,
+            packed,
+            scales,
+            correction,
+        }
+    }
+
+    /// Stacks layers with the same input size into one (their outputs concatenated).
+    pub fn concat(parts: &[Q4Linear]) -> Self {
+        let k = parts[0].k;
+        assert!(parts.iter().all(|p| p.k == k), "concat needs equal k");
+        Q4Linear {
+            n: parts.iter().map(|p| p.n).sum(),
+            k,
+            packed: parts
+                .iter()
+                .flat_map(|p| p.packed.iter().copied())
+                .collect(),
+            scales: parts
+                .iter()
+                .flat_map(|p| p.scales.iter().copied())
+                .collect(),
+            correction: parts
+                .iter()
+                .flat_map(|p| p.correction.iter().copied())
+                .collect(),
+        }
+    }
+
+    /// The correction matrix transposed to `[k/32, n]`, ready to multiply the block sums.
+    pub fn correction_t(&self) -> Vec<f32> {
+        let nb = self.k / BLOCK;
+        let mut t = vec![0.0; nb * self.n];
+        for row in 0..self.n {
+            for b in 0..nb {
+                t[b * self.n + row] = self.correction[row * nb + b];
+            }
+        }
+        t
+    }
+
+    /// The weight `W[row, col]` this layer computes with (for tests).
+    pub fn weight(&self, row: usize, col: usize) -> f32 {
+        let nb = self.k / BLOCK;
+        let (b, j) = (col / BLOCK, col % BLOCK);
+        let byte = self.packed[(row * nb + b) * (BLOCK / 2) + j / 2];
+        let q = if j % 2 == 0 { byte & 0x0f } else { byte >> 4 };
+        let d = self.scales[row * nb + b];
+        d * (q as f32 - 8.0) + self.correction[row * nb + b]
+    }
+}
+
+/// An 8-bit linear layer (Q8_0), e.g. the tied LM head.
+#[derive(Debug, Clone)]
+pub struct Q8Linear {
+    pub n: usize,
+    pub k: usize,
+    /// `[n, k/32, 32]`: `q + 128` as unsigned bytes (MatMulNBits' default zero point is 128).
+    pub packed: Vec<u8>,
+    /// `[n, k/32]`: the block scales `d`.
+    pub scales: Vec<f32>,
+}
+
+impl Q8Linear {
+    pub fn from_q8_0(n: usize, k: usize, blocks: &[Q80]) -> Self {
+        assert_eq!(k % BLOCK, 0, "k must be a multiple of {BLOCK}");
+        assert_eq!(blocks.len(), n * k / BLOCK, "block count");
+        Q8Linear {
+            n,
+            k,
+            packed: blocks
+                .iter()
+                .flat_map(|b| b.q.iter().map(|&q| (q as i16 + 128) as u8))
+                .collect(),
+            scales: blocks.iter().map(|b| b.d).collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn block(seed: u32) -> Q41 {
+        let mut q = [0u8; BLOCK];
+        for (j, v) in q.iter_mut().enumerate() {
+            *v = ((seed as usize * 7 + j * 5) % 16) as u8;
+        }
+        Q41 {
+            d: 0.01 * (seed as f32 + 1.0),
+            m: -0.05 * seed as f32,
+            q,
+        }
+    }
+
+    #[test]
+    fn repacked_weights_equal_the_gguf_function() {
+        let (n, k) = (3, 64);
+        let blocks: Vec<Q41> = (0..(n * k / BLOCK) as u32).map(block).collect();
+        let lin = Q4Linear::from_q4_1(n, k, &blocks);
+        for row in 0..n {
+            for col in 0..k {
+                let b = blocks[row * 2 + col / BLOCK];
+                let expected = b.d * b.q[col % BLOCK] as f32 + b.m;
+                assert!(
+                    (lin.weight(row, col) - expected).abs() < 1e-6,
+                    "{row},{col}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn concat_stacks_rows_and_transposes_corrections() {
+        let a = Q4Linear::from_q4_1(1, 64, &[block(1), block(2)]);
+        let b = Q4Linear::from_q4_1(2, 64, &[block(3), block(4), block(5), block(6)]);
+        let c = Q4Linear::concat(&[a.clone(), b.clone()]);
+        assert_eq!((c.n, c.k), (3, 64));
+        assert_eq!(c.weight(2, 40), b.weight(1, 40));
+        let t = c.correction_t();
+        assert_eq!(t[3 + 2], c.correction[2 * 2 + 1]);
+    }
+
+    #[test]
+    fn q8_offsets_by_128() {
+        let mut q = [0i8; BLOCK];
+        q[0] = -128;
+        q[1] = 127;
+        let l = Q8Linear::from_q8_0(1, 32, &[Q80 { d: 0.5, q }]);
+        assert_eq!(l.packed[0], 0);
+        assert_eq!(l.packed[1], 255);
+        assert_eq!(l.packed[2], 128);
+    }
+}

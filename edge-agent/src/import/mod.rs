@@ -1,0 +1,268 @@
+//! `seam-edge model import`: a GGUF checkpoint becomes a model package (ONNX graphs per layer
+//! segment with the 4-/8-bit weights kept as they are, the Q8_0 embedding table, a Hugging Face
+//! `tokenizer.json`, and a manifest with checksums).
+
+pub mod graphs;
+pub mod linear;
+
+use crate::error::{Error, Result};
+use crate::gguf::hparams::LlamaHparams;
+use crate::gguf::quant::{q4_1_blocks, q8_0_blocks};
+use crate::gguf::{GgmlType, GgufFile};
+use graphs::{Dims, LayerWeights};
+use linear::{Q4Linear, Q8Linear};
+use seam_shared::package::{
+    self, Architecture, FORMAT_VERSION, Manifest, Segment, Source, Weights,
+};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// What to import.
+#[derive(Debug, Clone)]
+pub struct ImportOptions {
+    /// Layers where the forward pass may be split (segment boundaries).
+    pub split_points: Vec<u32>,
+    /// Print progress on stderr.
+    pub progress: bool,
+}
+
+/// Summary of an import.
+#[derive(Debug, Clone)]
+pub struct ImportReport {
+    pub digest: String,
+    pub files: usize,
+    pub bytes: u64,
+    pub graphs: usize,
+}
+
+/// Imports the GGUF at `gguf_path` into a new package directory `out`.
+pub fn import_gguf(gguf_path: &Path, out: &Path, opts: &ImportOptions) -> Result<ImportReport> {
+    let source_sha = package::sha256_file(gguf_path)?;
+    let gguf = GgufFile::open(gguf_path)?;
+    let hp = LlamaHparams::from_gguf(&gguf)?;
+    let splits = validate_split_points(&opts.split_points, hp.n_layer as u32)?;
+    std::fs::create_dir_all(out.join("graphs")).map_err(|e| Error::io(out, e))?;
+
+    let dims = Dims {
+        n_embd: hp.n_embd,
+        n_ff: hp.n_ff,
+        qkv: (hp.n_head + 2 * hp.n_head_kv) * hp.head_dim,
+        vocab: hp.vocab_size,
+        eps: hp.rms_eps,
+    };
+    let mut files: BTreeMap<String, String> = BTreeMap::new();
+    let mut bytes = 0u64;
+    let mut write = |rel: String, data: &[u8]| -> Result<String> {
+        let path = out.join(&rel);
+        std::fs::write(&path, data).map_err(|e| Error::io(&path, e))?;
+        files.insert(rel.clone(), package::sha256_bytes(data));
+        bytes += data.len() as u64;
+        Ok(rel)
+    };
+
+    // Boundaries 0 = b0 < b1 < … < n; segment i is [b_i, b_{i+1}).
+    let mut bounds = vec![0u32];
+    bounds.extend(&splits);
+    bounds.push(hp.n_layer as u32);
+    let mut segments = Vec::new();
+    let mut graph_count = 0usize;
+    let mut prev: Option<LayerWeights> = None;
+    for w in bounds.windows(2) {
+        let (start, end) = (w[0], w[1]);
+        let mut graph_files = Vec::new();
+        for layer in start..end {
+            if opts.progress {
+                eprintln!("import: layer {}/{}", layer + 1, hp.n_layer);
+            }
+            let lw = layer_weights(&gguf, &hp, layer as usize)?;
+            let (name, onnx) = if layer == start {
+                (
+                    format!("graphs/pre_{layer:02}.onnx"),
+                    graphs::pre_graph(&lw, layer as usize, dims),
+                )
+            } else {
+                let p = prev.as_ref().expect("previous layer of a segment");
+                (
+                    format!("graphs/mid_{layer:02}.onnx"),
+                    graphs::mid_graph(p, &lw, layer as usize, dims),
+                )
+            };
+            graph_files.push(write(name, &onnx)?);
+            if layer + 1 == end {
+                let onnx = graphs::post_graph(&lw, layer as usize, dims);
+                graph_files.push(write(format!("graphs/post_{layer:02}.onnx"), &onnx)?);
+            }
+            prev = Some(lw);
+        }
+        graph_count += graph_files.len();
+        segments.push(Segment {
+            start,
+            end,
+            graphs: graph_files,
+        });
+    }
+
+    let (embd_info, head) = head_weights(&gguf, &hp)?;
+    let output_norm = gguf.tensor_f32("output_norm.weight")?;
+    let head_file = write(
+        "graphs/head.onnx".into(),
+        &graphs::head_graph(&output_norm, &head, dims),
+    )?;
+    let embedding = write("embedding.q8_0".into(), gguf.tensor_bytes(embd_info)?)?;
+
+    let tokenizer_json = crate::tokenizer_build::tokenizer_json(&gguf)?;
+    let tokenizer_text =
+        serde_json::to_vec(&tokenizer_json).map_err(|e| Error::Tokenizer(e.to_string()))?;
+    tokenizers::Tokenizer::from_bytes(&tokenizer_text)
+        .map_err(|e| Error::Tokenizer(format!("the built tokenizer.json does not load: {e}")))?;
+    let tokenizer = write("tokenizer.json".into(), &tokenizer_text)?;
+
+    let tokens = gguf.get_string_array("tokenizer.ggml.tokens")?;
+    let eos = hp.eos_token_id.unwrap_or(0);
+    let stop_tokens = tokens
+        .iter()
+        .enumerate()
+        .filter(|(i, t)| {
+            *i as u32 != eos
+                && matches!(**t, "<|endoftext|>" | "<|im_end|>" | "<|eot_id|>" | "</s>")
+        })
+        .map(|(i, _)| i as u32)
+        .collect();
+    let name = gguf
+        .get_str("general.name")
+        .ok()
+        .map(str::to_string)
+        .unwrap_or_else(|| file_stem(gguf_path));
+    let manifest = Manifest {
+        format_version: FORMAT_VERSION,
+        name,
+        source: Source {
+            file: gguf_path
+                .file_name()
+                .map(|f| f.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            sha256: source_sha,
+        },
+        architecture: Architecture {
+            family: "llama".into(),
+            n_layer: hp.n_layer as u32,
+            n_embd: hp.n_embd as u32,
+            n_ff: hp.n_ff as u32,
+            n_head: hp.n_head as u32,
+            n_head_kv: hp.n_head_kv as u32,
+            head_dim: hp.head_dim as u32,
+            vocab_size: hp.vocab_size as u32,
+            context_length: hp.context_length as u32,
+            rope_theta: hp.rope_theta,
+            rms_eps: hp.rms_eps,
+            bos_token: hp.bos_token_id.unwrap_or(0),
+            eos_token: eos,
+            stop_tokens,
+        },
+        weights: Weights {
+            linear: "q4_1".into(),
+            head: "q8_0".into(),
+        },
+        split_points: splits,
+        segments,
+        head: head_file,
+        embedding,
+        tokenizer,
+        kv_dtype: "int8".into(),
+        chat_template: gguf
+            .get_str("tokenizer.chat_template")
+            .ok()
+            .map(str::to_string),
+        files,
+    };
+    let file_count = manifest.files.len();
+    let digest = package::write_manifest(out, &manifest)?;
+    Ok(ImportReport {
+        digest,
+        files: file_count,
+        bytes,
+        graphs: graph_count + 1,
+    })
+}
+
+/// Sorted, unique split points inside `1..n_layer`.
+pub fn validate_split_points(points: &[u32], n_layer: u32) -> Result<Vec<u32>> {
+    let mut p = points.to_vec();
+    p.sort_unstable();
+    p.dedup();
+    if let Some(bad) = p.iter().find(|&&k| k == 0 || k >= n_layer) {
+        return Err(Error::InvalidArgument(format!(
+            "split point {bad} is outside 1..{n_layer} (the model has {n_layer} layers)"
+        )));
+    }
+    Ok(p)
+}
+
+fn q4(gguf: &GgufFile, name: &str, n: usize, k: usize) -> Result<Q4Linear> {
+    let info = gguf.tensor(name)?;
+    if info.ty != GgmlType::Q4_1 {
+        return Err(Error::Package(format!(
+            "unsupported quantization {:?} for {name}: linear layers must be Q4_1",
+            info.ty
+        )));
+    }
+    if info.dims != [k as u64, n as u64] {
+        return Err(Error::Package(format!(
+            "{name} has shape {:?}, expected [{k}, {n}]",
+            info.dims
+        )));
+    }
+    let blocks = q4_1_blocks(gguf.tensor_bytes(info)?)?;
+    Ok(Q4Linear::from_q4_1(n, k, &blocks))
+}
+
+fn layer_weights(gguf: &GgufFile, hp: &LlamaHparams, i: usize) -> Result<LayerWeights> {
+    let t = |s: &str| format!("blk.{i}.{s}.weight");
+    let (e, f, kv) = (hp.n_embd, hp.n_ff, hp.n_head_kv * hp.head_dim);
+    Ok(LayerWeights {
+        attn_norm: gguf.tensor_f32(&t("attn_norm"))?,
+        ffn_norm: gguf.tensor_f32(&t("ffn_norm"))?,
+        qkv: Q4Linear::concat(&[
+            q4(gguf, &t("attn_q"), e, e)?,
+            q4(gguf, &t("attn_k"), kv, e)?,
+            q4(gguf, &t("attn_v"), kv, e)?,
+        ]),
+        o: q4(gguf, &t("attn_output"), e, e)?,
+        gate_up: Q4Linear::concat(&[
+            q4(gguf, &t("ffn_gate"), f, e)?,
+            q4(gguf, &t("ffn_up"), f, e)?,
+        ]),
+        down: q4(gguf, &t("ffn_down"), e, f)?,
+    })
+}
+
+/// The Q8_0 embedding table and the LM head (tied to it unless `output.weight` exists).
+fn head_weights<'a>(
+    gguf: &'a GgufFile,
+    hp: &LlamaHparams,
+) -> Result<(&'a crate::gguf::TensorInfo, Q8Linear)> {
+    let embd = gguf.tensor("token_embd.weight")?;
+    let head = gguf.tensor("output.weight").unwrap_or(embd);
+    for info in [embd, head] {
+        if info.ty != GgmlType::Q8_0 {
+            return Err(Error::Package(format!(
+                "unsupported quantization {:?} for {}: the embedding and head must be Q8_0",
+                info.ty, info.name
+            )));
+        }
+        if info.dims != [hp.n_embd as u64, hp.vocab_size as u64] {
+            return Err(Error::Package(format!(
+                "{} has shape {:?}, expected [{}, {}]",
+                info.name, info.dims, hp.n_embd, hp.vocab_size
+            )));
+        }
+    }
+    let blocks = q8_0_blocks(gguf.tensor_bytes(head)?)?;
+    Ok((embd, Q8Linear::from_q8_0(hp.vocab_size, hp.n_embd, &blocks)))
+}
+
+fn file_stem(p: &Path) -> String {
+    p.file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "model".into())
+}

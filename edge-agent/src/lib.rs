@@ -1,0 +1,16 @@
+//! Seam's on-device agent: imports GGUF checkpoints into model packages, runs them through ONNX
+//! Runtime with an int8 KV cache, and serves the app API (`seam.edge.v1.Assistant`).
+
+pub mod commands;
+pub mod error;
+pub mod gguf;
+pub mod import;
+pub mod onnx;
+pub mod runtime;
+pub mod server;
+pub mod tokenizer_build;
+
+#[cfg(any(test, feature = "test-util"))]
+pub mod reference;
+
+pub use error::{Error, Result};

@@ -1,0 +1,251 @@
+//! A plainly written f32 llama forward pass, used by tests as an independent reference.
+//!
+//! Every weight is dequantized to f32 once; [`ReferenceModel::logits`] recomputes the whole
+//! sequence from scratch (no KV cache), with O(n²) causal attention and plain loops. It is
+//! meant to be obviously right, not fast.
+//!
+//! GGUF stores a linear layer `y = W·x` with dims `[ne0 = in, ne1 = out]`, i.e. row-major
+//! `out × in`, so row `o` of the weight is `W[o * in .. (o + 1) * in]`.
+
+use crate::gguf::hparams::LlamaHparams;
+use crate::gguf::{GgufFile, Result};
+
+/// Weights of one transformer block, all f32, row-major `out × in`.
+struct Layer {
+    attn_norm: Vec<f32>,
+    wq: Vec<f32>,
+    wk: Vec<f32>,
+    wv: Vec<f32>,
+    wo: Vec<f32>,
+    ffn_norm: Vec<f32>,
+    gate: Vec<f32>,
+    up: Vec<f32>,
+    down: Vec<f32>,
+}
+
+/// A llama model with every weight in f32.
+pub struct ReferenceModel {
+    /// Validated hyperparameters.
+    pub hparams: LlamaHparams,
+    token_embd: Vec<f32>,
+    output: Option<Vec<f32>>,
+    output_norm: Vec<f32>,
+    layers: Vec<Layer>,
+}
+
+/// Dot product. Unrolled by hand into 8 accumulators only because that runs ~8x faster in
+/// unoptimized test builds than an iterator chain; the arithmetic is still a plain sum.
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    let n = a.len() / 8 * 8;
+    let mut acc = [0.0f32; 8];
+    let mut i = 0;
+    while i < n {
+        let (x, y) = (&a[i..i + 8], &b[i..i + 8]);
+        acc[0] += x[0] * y[0];
+        acc[1] += x[1] * y[1];
+        acc[2] += x[2] * y[2];
+        acc[3] += x[3] * y[3];
+        acc[4] += x[4] * y[4];
+        acc[5] += x[5] * y[5];
+        acc[6] += x[6] * y[6];
+        acc[7] += x[7] * y[7];
+        i += 8;
+    }
+    let tail: f32 = a[n..].iter().zip(&b[n..]).map(|(x, y)| x * y).sum();
+    acc.iter().sum::<f32>() + tail
+}
+
+/// `y = W·x` for `W` row-major with rows of `x.len()` elements.
+fn matvec(w: &[f32], x: &[f32]) -> Vec<f32> {
+    w.chunks_exact(x.len()).map(|row| dot(row, x)).collect()
+}
+
+/// `x / sqrt(mean(x²) + eps) * w`.
+fn rms_norm(x: &[f32], w: &[f32], eps: f32) -> Vec<f32> {
+    let mean_sq = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
+    let scale = 1.0 / (mean_sq + eps).sqrt();
+    x.iter().zip(w).map(|(v, g)| v * scale * g).collect()
+}
+
+fn silu(x: f32) -> f32 {
+    x / (1.0 + (-x).exp())
+}
+
+/// Rotates pairs `(2i, 2i+1)` of every head by `pos · theta^(-2i / head_dim)`
+/// (llama.cpp "normal" rope, which GGUF llama Q/K weights are permuted for).
+fn rope(x: &mut [f32], pos: usize, head_dim: usize, theta: f32) {
+    for head in x.chunks_exact_mut(head_dim) {
+        for i in 0..head_dim / 2 {
+            let freq = (theta as f64).powf(-2.0 * i as f64 / head_dim as f64);
+            let (sin, cos) = (pos as f64 * freq).sin_cos();
+            let (a, b) = (head[2 * i], head[2 * i + 1]);
+            head[2 * i] = a * cos as f32 - b * sin as f32;
+            head[2 * i + 1] = a * sin as f32 + b * cos as f32;
+        }
+    }
+}
+
+fn softmax_in_place(x: &mut [f32]) {
+    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0.0;
+    for v in x.iter_mut() {
+        *v = (*v - max).exp();
+        sum += *v;
+    }
+    x.iter_mut().for_each(|v| *v /= sum);
+}
+
+impl ReferenceModel {
+    /// Validates the hyperparameters and dequantizes every weight to f32.
+    pub fn from_gguf(f: &GgufFile) -> Result<Self> {
+        let hparams = LlamaHparams::from_gguf(f)?;
+        let layers = (0..hparams.n_layer)
+            .map(|l| {
+                let w = |name: &str| f.tensor_f32(&format!("blk.{l}.{name}.weight"));
+                Ok(Layer {
+                    attn_norm: w("attn_norm")?,
+                    wq: w("attn_q")?,
+                    wk: w("attn_k")?,
+                    wv: w("attn_v")?,
+                    wo: w("attn_output")?,
+                    ffn_norm: w("ffn_norm")?,
+                    gate: w("ffn_gate")?,
+                    up: w("ffn_up")?,
+                    down: w("ffn_down")?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let output = if hparams.tied_embeddings {
+            None
+        } else {
+            Some(f.tensor_f32("output.weight")?)
+        };
+        Ok(Self {
+            token_embd: f.tensor_f32("token_embd.weight")?,
+            output_norm: f.tensor_f32("output_norm.weight")?,
+            output,
+            layers,
+            hparams,
+        })
+    }
+
+    /// Logits (length `vocab_size`) for every position of `tokens`, recomputed from scratch.
+    ///
+    /// # Panics
+    /// If a token id is not below `vocab_size`.
+    pub fn logits(&self, tokens: &[u32]) -> Vec<Vec<f32>> {
+        let hp = &self.hparams;
+        let (e, hd) = (hp.n_embd, hp.head_dim);
+        let group = hp.n_head / hp.n_head_kv;
+        let scale = 1.0 / (hd as f32).sqrt();
+        let mut xs: Vec<Vec<f32>> = tokens
+            .iter()
+            .map(|&t| {
+                let t = t as usize;
+                assert!(
+                    t < hp.vocab_size,
+                    "token id {t} outside vocabulary of {}",
+                    hp.vocab_size
+                );
+                self.token_embd[t * e..(t + 1) * e].to_vec()
+            })
+            .collect();
+        for layer in &self.layers {
+            let (mut qs, mut ks, mut vs) = (Vec::new(), Vec::new(), Vec::new());
+            for (pos, x) in xs.iter().enumerate() {
+                let h = rms_norm(x, &layer.attn_norm, hp.rms_eps);
+                let (mut q, mut k) = (matvec(&layer.wq, &h), matvec(&layer.wk, &h));
+                rope(&mut q, pos, hd, hp.rope_theta);
+                rope(&mut k, pos, hd, hp.rope_theta);
+                qs.push(q);
+                ks.push(k);
+                vs.push(matvec(&layer.wv, &h));
+            }
+            for (pos, x) in xs.iter_mut().enumerate() {
+                let mut attn = vec![0.0f32; hp.n_head * hd];
+                for head in 0..hp.n_head {
+                    let kv = head / group;
+                    let q = &qs[pos][head * hd..(head + 1) * hd];
+                    let mut scores: Vec<f32> = (0..=pos)
+                        .map(|j| dot(q, &ks[j][kv * hd..(kv + 1) * hd]) * scale)
+                        .collect();
+                    softmax_in_place(&mut scores);
+                    let out = &mut attn[head * hd..(head + 1) * hd];
+                    for (j, p) in scores.iter().enumerate() {
+                        for (o, v) in out.iter_mut().zip(&vs[j][kv * hd..(kv + 1) * hd]) {
+                            *o += p * v;
+                        }
+                    }
+                }
+                for (xi, a) in x.iter_mut().zip(matvec(&layer.wo, &attn)) {
+                    *xi += a;
+                }
+                let h = rms_norm(x, &layer.ffn_norm, hp.rms_eps);
+                let act: Vec<f32> = matvec(&layer.gate, &h)
+                    .into_iter()
+                    .zip(matvec(&layer.up, &h))
+                    .map(|(g, u)| silu(g) * u)
+                    .collect();
+                for (xi, d) in x.iter_mut().zip(matvec(&layer.down, &act)) {
+                    *xi += d;
+                }
+            }
+        }
+        let head = self.output.as_deref().unwrap_or(&self.token_embd);
+        xs.iter()
+            .map(|x| matvec(head, &rms_norm(x, &self.output_norm, hp.rms_eps)))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gguf::testutil::real_gguf_path;
+
+    #[test]
+    fn rope_rotates_pairs_by_position() {
+        let mut x = vec![1.0, 0.0, 1.0, 0.0];
+        rope(&mut x, 0, 4, 10_000.0);
+        assert_eq!(x, vec![1.0, 0.0, 1.0, 0.0]);
+        rope(&mut x, 1, 4, 10_000.0);
+        assert!((x[0] - 1f32.cos()).abs() < 1e-6 && (x[1] - 1f32.sin()).abs() < 1e-6);
+        let a = 0.01f32;
+        assert!((x[2] - a.cos()).abs() < 1e-6 && (x[3] - a.sin()).abs() < 1e-6);
+    }
+
+    #[test]
+    fn rms_norm_and_softmax() {
+        let y = rms_norm(&[3.0, 4.0], &[1.0, 2.0], 0.0);
+        let r = (12.5f32).sqrt();
+        assert!((y[0] - 3.0 / r).abs() < 1e-6 && (y[1] - 8.0 / r).abs() < 1e-6);
+        let mut s = vec![0.0, (2.0f32).ln()];
+        softmax_in_place(&mut s);
+        assert!((s[0] - 1.0 / 3.0).abs() < 1e-6);
+    }
+
+    /// "The capital of France is" under the SmolLM2 tokenizer.
+    pub(crate) const FRANCE: [u32; 5] = [504, 3575, 282, 4649, 314];
+    const PARIS: u32 = 7042;
+
+    #[test]
+    fn real_model_says_paris() {
+        let start = std::time::Instant::now();
+        let model = ReferenceModel::from_gguf(&GgufFile::open(real_gguf_path()).unwrap()).unwrap();
+        eprintln!("load and dequantize took {:?}", start.elapsed());
+        let start = std::time::Instant::now();
+        let logits = model.logits(&FRANCE);
+        let elapsed = start.elapsed();
+        assert_eq!(logits.len(), FRANCE.len());
+        let last = &logits[FRANCE.len() - 1];
+        let mut order: Vec<usize> = (0..last.len()).collect();
+        order.sort_by(|&a, &b| last[b].total_cmp(&last[a]));
+        let top5: Vec<(usize, f32)> = order[..5].iter().map(|&i| (i, last[i])).collect();
+        eprintln!(
+            "forward of {} tokens took {elapsed:?}; top-5 {top5:?}",
+            FRANCE.len()
+        );
+        assert_eq!(order[0] as u32, PARIS, "top-5 {top5:?}");
+    }
+}

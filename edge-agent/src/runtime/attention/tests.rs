@@ -1,0 +1,269 @@
+use super::*;
+use crate::runtime::kv_cache::{KvDtype, KvGeometry};
+
+fn data(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+/// Plain f64 reference from raw `[pos][kv_head][hd]` arrays: causal GQA softmax attention.
+fn naive(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    pos_start: usize,
+    n_heads: usize,
+    nkv: usize,
+    hd: usize,
+) -> Vec<f64> {
+    let rows = q.len() / (n_heads * hd);
+    let mut out = vec![0.0f64; q.len()];
+    for s in 0..rows {
+        for h in 0..n_heads {
+            let g = h / (n_heads / nkv);
+            let qh = &q[(s * n_heads + h) * hd..][..hd];
+            let n = pos_start + s + 1;
+            let scores: Vec<f64> = (0..n)
+                .map(|t| {
+                    let kt = &k[(t * nkv + g) * hd..][..hd];
+                    qh.iter()
+                        .zip(kt)
+                        .map(|(&a, &b)| a as f64 * b as f64)
+                        .sum::<f64>()
+                        / (hd as f64).sqrt()
+                })
+                .collect();
+            let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let e: Vec<f64> = scores.iter().map(|x| (x - max).exp()).collect();
+            let sum: f64 = e.iter().sum();
+            for d in 0..hd {
+                let acc: f64 = (0..n)
+                    .map(|t| e[t] * v[(t * nkv + g) * hd + d] as f64)
+                    .sum();
+                out[(s * n_heads + h) * hd + d] = acc / sum;
+            }
+        }
+    }
+    out
+}
+
+struct Case {
+    geom: KvGeometry,
+    n_heads: usize,
+    k: Vec<f32>,
+    v: Vec<f32>,
+}
+
+impl Case {
+    fn new(n_heads: usize, nkv: usize, hd: usize, positions: usize, seed: u64) -> Case {
+        let geom = KvGeometry {
+            n_layers: 2,
+            n_kv_heads: nkv,
+            head_dim: hd,
+        };
+        let n = positions * nkv * hd;
+        Case {
+            geom,
+            n_heads,
+            k: data(n, seed),
+            v: data(n, seed + 1),
+        }
+    }
+
+    /// Cache with all positions written to layer 1 (layer 0 left empty), in chunks of `chunk`.
+    fn cache(&self, dtype: KvDtype, chunk: usize) -> KvCache {
+        let w = self.geom.row_width();
+        let positions = self.k.len() / w;
+        let mut c = KvCache::new(self.geom, dtype, positions + 3);
+        for p in (0..positions).step_by(chunk) {
+            let r = chunk.min(positions - p);
+            c.write(1, p, &self.k[p * w..][..r * w], &self.v[p * w..][..r * w])
+                .unwrap();
+            c.write(0, p, &vec![0.0; r * w], &vec![0.0; r * w]).unwrap();
+            c.commit(p + r).unwrap();
+        }
+        c
+    }
+
+    fn run(&self, c: &KvCache, q: &[f32], pos_start: usize, threads: usize) -> Vec<f32> {
+        let mut out = vec![f32::NAN; q.len()];
+        attention(q, c, 1, pos_start, self.n_heads, &mut out, threads).unwrap();
+        out
+    }
+}
+
+#[test]
+fn f32_cache_matches_naive_reference() {
+    for &(n_heads, nkv, hd, positions, rows) in &[
+        (9, 3, 64, 40, 1),
+        (9, 3, 64, 40, 40),
+        (4, 4, 16, 9, 3),
+        (6, 2, 20, 33, 7),
+        (2, 1, 2, 5, 5),
+    ] {
+        let case = Case::new(n_heads, nkv, hd, positions, positions as u64);
+        let c = case.cache(KvDtype::F32, 8);
+        let pos_start = positions - rows;
+        let q = data(rows * n_heads * hd, 99);
+        let want = naive(&q, &case.k, &case.v, pos_start, n_heads, nkv, hd);
+        let got = case.run(&c, &q, pos_start, 1);
+        // Outputs are convex combinations of values in [-1, 1]: error relative to that range.
+        for (g, w) in got.iter().zip(&want) {
+            assert!((*g as f64 - w).abs() <= 1e-5, "{g} vs {w}");
+        }
+    }
+}
+
+/// Bound derived from the quantizer: every cached element is off by at most `max|row| / 254`.
+/// A score is then off by at most `eps = Σ|q_i| * max|k_t| / 254 / sqrt(hd)`, which changes each
+/// softmax weight by a factor within `e^{±2 eps}`, so the output error is at most
+/// `max_t max|v_t| / 254 + max|v| * (e^{2 eps} - 1)` (plus f32 rounding slack).
+#[test]
+fn int8_cache_is_within_quantization_bound() {
+    let (n_heads, nkv, hd, positions) = (9, 3, 64, 300);
+    let case = Case::new(n_heads, nkv, hd, positions, 5);
+    let c = case.cache(KvDtype::Int8, 64);
+    let rows = 20;
+    let pos_start = positions - rows;
+    let q = data(rows * n_heads * hd, 6)
+        .iter()
+        .map(|x| x * 3.0)
+        .collect::<Vec<_>>();
+    let want = naive(&q, &case.k, &case.v, pos_start, n_heads, nkv, hd);
+    let got = case.run(&c, &q, pos_start, 1);
+    let row_max = |x: &[f32]| x.iter().fold(0.0f32, |m, v| m.max(v.abs())) as f64;
+    let k_max = case.k.chunks(hd).map(row_max).fold(0.0, f64::max);
+    let v_max = case.v.chunks(hd).map(row_max).fold(0.0, f64::max);
+    let (mut dot, mut nq, mut ng, mut worst) = (0.0f64, 0.0f64, 0.0f64, 0.0f64);
+    for (qh, (gh, wh)) in q.chunks(hd).zip(got.chunks(hd).zip(want.chunks(hd))) {
+        let q_l1: f64 = qh.iter().map(|x| x.abs() as f64).sum();
+        let eps = q_l1 * k_max / 254.0 / (hd as f64).sqrt();
+        let bound = v_max / 254.0 + v_max * ((2.0 * eps).exp() - 1.0) + 1e-5;
+        for (&g, &w) in gh.iter().zip(wh) {
+            let err = (g as f64 - w).abs();
+            assert!(err <= bound, "error {err} above bound {bound}");
+            worst = worst.max(err);
+            dot += g as f64 * w;
+            nq += w * w;
+            ng += g as f64 * g as f64;
+        }
+    }
+    let cos = dot / (nq.sqrt() * ng.sqrt());
+    println!("int8 attention: cosine {cos:.7}, max abs error {worst:.2e}");
+    assert!(cos >= 0.9999, "cosine {cos}");
+}
+
+#[test]
+fn threads_give_identical_results() {
+    let case = Case::new(9, 3, 64, 200, 11);
+    for dtype in [KvDtype::Int8, KvDtype::F32] {
+        let c = case.cache(dtype, 50);
+        for (pos_start, rows) in [(0, 200), (150, 50), (199, 1)] {
+            let q = data(rows * 9 * 64, 12);
+            let one = case.run(&c, &q, pos_start, 1);
+            for threads in [2, 3, 7] {
+                assert_eq!(
+                    case.run(&c, &q, pos_start, threads),
+                    one,
+                    "threads {threads}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn split_rows_balances_the_causal_triangle() {
+    assert_eq!(split_rows(0, 10, 1, 1 << 20), vec![0, 10]);
+    assert_eq!(split_rows(0, 10, 4, 100), vec![0, 10]);
+    let b = split_rows(0, 512, 2, 512 * 512);
+    assert_eq!(b.len(), 3);
+    assert!((350..380).contains(&b[1]), "{b:?}"); // ~512/sqrt(2)
+    assert_eq!(split_rows(4096, 2, 8, 8192), vec![0, 1, 2]);
+}
+
+#[test]
+fn attention_after_rollback_and_prefix_copy_matches_fresh() {
+    let case = Case::new(9, 3, 64, 30, 21);
+    let w = case.geom.row_width();
+    for dtype in [KvDtype::Int8, KvDtype::F32] {
+        let fresh = case.cache(dtype, 30);
+        let q = data(5 * 9 * 64, 22);
+        let want = case.run(&fresh, &q, 25, 1);
+
+        // Rollback: write garbage drafts past 20, truncate, rewrite.
+        let mut rolled = case.cache(dtype, 10);
+        rolled.truncate(20).unwrap();
+        let junk = data(10 * w, 23);
+        for l in 0..2 {
+            rolled.write(l, 20, &junk, &junk).unwrap();
+        }
+        rolled.truncate(20).unwrap();
+        rolled
+            .write(0, 20, &vec![0.0; 10 * w], &vec![0.0; 10 * w])
+            .unwrap();
+        rolled
+            .write(1, 20, &case.k[20 * w..], &case.v[20 * w..])
+            .unwrap();
+        assert_eq!(case.run(&rolled, &q, 25, 1), want);
+
+        // Prefix copy of 12 positions, then the rest written without commit.
+        let mut copied = KvCache::new(case.geom, dtype, 64);
+        copied.copy_prefix_from(&fresh, 12).unwrap();
+        copied
+            .write(1, 12, &case.k[12 * w..], &case.v[12 * w..])
+            .unwrap();
+        assert_eq!(case.run(&copied, &q, 25, 2), want);
+    }
+}
+
+#[test]
+fn attention_rejects_bad_inputs() {
+    let case = Case::new(9, 3, 64, 10, 31);
+    let c = case.cache(KvDtype::Int8, 10);
+    let q = data(9 * 64, 32);
+    let mut out = vec![0.0; 9 * 64];
+    let e = |r: Result<(), KvError>| r.unwrap_err();
+    assert!(matches!(
+        e(attention(&q, &c, 1, 10, 9, &mut out, 1)),
+        KvError::NotWritten { .. }
+    ));
+    assert!(matches!(
+        e(attention(&q, &c, 2, 0, 9, &mut out, 1)),
+        KvError::LayerOutOfRange { .. }
+    ));
+    assert!(matches!(
+        e(attention(&q, &c, 1, 0, 8, &mut out, 1)),
+        KvError::BadHeadGrouping { .. }
+    ));
+    assert!(matches!(
+        e(attention(&q[1..], &c, 1, 0, 9, &mut out, 1)),
+        KvError::NotRowMultiple { .. }
+    ));
+    assert!(matches!(
+        e(attention(&q, &c, 1, 0, 9, &mut out[1..], 1)),
+        KvError::LengthMismatch { .. }
+    ));
+    attention(&[], &c, 1, 0, 9, &mut [], 4).unwrap();
+}
+
+#[test]
+fn exp_neg_is_accurate() {
+    let mut worst = 0.0f64;
+    for i in 0..=200_000 {
+        let x = -(i as f32) * 87.0 / 200_000.0;
+        let want = (x as f64).exp();
+        worst = worst.max((exp_neg(x) as f64 - want).abs() / want);
+    }
+    assert!(worst < 5e-7, "relative error {worst}");
+    assert!(exp_neg(f32::NAN).is_nan());
+    assert!(exp_neg(f32::NEG_INFINITY) < 1e-37);
+    assert_eq!(exp_neg(0.0), 1.0);
+}

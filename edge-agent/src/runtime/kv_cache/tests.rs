@@ -1,0 +1,320 @@
+use super::*;
+use proptest::prelude::*;
+
+const GEOM: KvGeometry = KvGeometry {
+    n_layers: 3,
+    n_kv_heads: 2,
+    head_dim: 8,
+};
+
+fn data(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+/// Writes `rows` positions at `pos` to every layer with data derived from (layer, pos).
+fn fill(c: &mut KvCache, pos: usize, rows: usize, seed: u64) {
+    let w = c.geometry().row_width();
+    for l in 0..c.geometry().n_layers {
+        let k = data(rows * w, seed + l as u64 * 1000 + pos as u64);
+        let v = data(rows * w, seed + l as u64 * 1000 + pos as u64 + 500);
+        c.write(l, pos, &k, &v).unwrap();
+    }
+}
+
+#[test]
+fn dtype_names_round_trip() {
+    for d in [KvDtype::Int8, KvDtype::F32] {
+        assert_eq!(d.to_string().parse::<KvDtype>().unwrap(), d);
+    }
+    assert_eq!("int8".parse::<KvDtype>().unwrap(), KvDtype::Int8);
+    assert!(matches!(
+        "fp16".parse::<KvDtype>(),
+        Err(KvError::UnknownDtype(_))
+    ));
+}
+
+#[test]
+fn int8_bytes_per_token_ratio_for_smollm2() {
+    let g = KvGeometry {
+        n_layers: 30,
+        n_kv_heads: 3,
+        head_dim: 64,
+    };
+    let i8c = KvCache::new(g, KvDtype::Int8, 16);
+    let f32c = KvCache::new(g, KvDtype::F32, 16);
+    assert_eq!(i8c.bytes_per_token(), 30 * 2 * 3 * (64 + 4));
+    assert_eq!(f32c.bytes_per_token(), 30 * 2 * 3 * 64 * 4);
+    let ratio = i8c.bytes_per_token() as f64 / f32c.bytes_per_token() as f64;
+    println!(
+        "int8/f32 bytes per token: {} / {} = {ratio:.6}",
+        i8c.bytes_per_token(),
+        f32c.bytes_per_token()
+    );
+    assert!(ratio <= 0.27, "ratio {ratio}");
+    assert_eq!(i8c.allocated_bytes(), 16 * i8c.bytes_per_token());
+}
+
+#[test]
+fn int8_quantization_error_is_within_half_a_step() {
+    let mut c = KvCache::new(GEOM, KvDtype::Int8, 4);
+    let mut k = data(2 * 16, 1);
+    k[8..16].fill(0.0); // position 0, head 1: all zero
+    k[16] = 1e-3; // position 1, head 0: tiny max
+    let v = data(2 * 16, 2);
+    c.write(1, 0, &k, &v).unwrap();
+    for pos in 0..2 {
+        for head in 0..2 {
+            let got = c.read_k_row(1, pos, head).unwrap();
+            let want = &k[(pos * 2 + head) * 8..][..8];
+            let max = want.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+            for (g, w) in got.iter().zip(want) {
+                assert!((g - w).abs() <= max / 254.0 * 1.0001, "{g} vs {w}");
+            }
+            if max == 0.0 {
+                assert!(got.iter().all(|&g| g == 0.0));
+            }
+        }
+    }
+}
+
+#[test]
+fn f32_rows_round_trip_exactly() {
+    let mut c = KvCache::new(GEOM, KvDtype::F32, 4);
+    let (k, v) = (data(3 * 16, 3), data(3 * 16, 4));
+    c.write(2, 0, &k, &v).unwrap();
+    assert_eq!(c.read_k_row(2, 2, 1).unwrap(), k[40..48]);
+    assert_eq!(c.read_v_row(2, 1, 0).unwrap(), v[16..24]);
+}
+
+#[test]
+fn write_errors_leave_cache_untouched() {
+    let mut c = KvCache::new(GEOM, KvDtype::Int8, 4);
+    let ok = data(16, 5);
+    let err = |r: Result<(), KvError>| r.unwrap_err();
+    assert!(matches!(
+        err(c.write(3, 0, &ok, &ok)),
+        KvError::LayerOutOfRange { .. }
+    ));
+    assert!(matches!(
+        err(c.write(0, 0, &ok[..15], &ok[..15])),
+        KvError::NotRowMultiple { .. }
+    ));
+    assert!(matches!(
+        err(c.write(0, 0, &ok, &ok[..8])),
+        KvError::LengthMismatch { .. }
+    ));
+    assert!(matches!(
+        err(c.write(0, 1, &ok, &ok)),
+        KvError::WriteGap { pos: 1, len: 0 }
+    ));
+    let big = data(5 * 16, 6);
+    assert!(matches!(
+        err(c.write(0, 0, &big, &big)),
+        KvError::OutOfCapacity { .. }
+    ));
+    let mut nan = ok.clone();
+    nan[3] = f32::NAN;
+    assert_eq!(
+        err(c.write(0, 0, &ok, &nan)),
+        KvError::NonFinite {
+            what: "v",
+            index: 3
+        }
+    );
+    nan[3] = f32::INFINITY;
+    assert_eq!(
+        err(c.write(0, 0, &nan, &ok)),
+        KvError::NonFinite {
+            what: "k",
+            index: 3
+        }
+    );
+    assert_eq!(c.written(0), 0);
+    assert!(c.read_k_row(0, 0, 0).is_err());
+    assert!(
+        err(c.write(0, 0, &ok, &nan))
+            .to_string()
+            .contains("non-finite")
+    );
+}
+
+#[test]
+fn commit_and_truncate_rules() {
+    let mut c = KvCache::new(GEOM, KvDtype::F32, 8);
+    fill(&mut c, 0, 3, 7);
+    assert!(matches!(c.commit(9), Err(KvError::OutOfCapacity { .. })));
+    assert!(matches!(
+        c.commit(4),
+        Err(KvError::NotWritten { layer: 0, .. })
+    ));
+    c.commit(3).unwrap();
+    assert_eq!(c.len(), 3);
+    assert!(matches!(
+        c.truncate(4),
+        Err(KvError::TruncateBeyondLength { .. })
+    ));
+    c.truncate(1).unwrap();
+    assert_eq!((c.len(), c.written(0), c.written(2)), (1, 1, 1));
+    assert!(c.read_k_row(0, 1, 0).is_err());
+    // A partially written step cannot be committed until every layer has it.
+    let w = GEOM.row_width();
+    c.write(0, 1, &data(w, 8), &data(w, 9)).unwrap();
+    assert!(matches!(
+        c.commit(2),
+        Err(KvError::NotWritten { layer: 1, .. })
+    ));
+}
+
+#[test]
+fn truncate_and_rewrite_equals_fresh_cache() {
+    for dtype in [KvDtype::Int8, KvDtype::F32] {
+        let mut fresh = KvCache::new(GEOM, dtype, 8);
+        fill(&mut fresh, 0, 4, 10);
+        fresh.commit(4).unwrap();
+        fill(&mut fresh, 4, 3, 20);
+        fresh.commit(7).unwrap();
+
+        let mut rolled = KvCache::new(GEOM, dtype, 8);
+        fill(&mut rolled, 0, 4, 10);
+        rolled.commit(4).unwrap();
+        fill(&mut rolled, 4, 4, 99); // rejected draft
+        rolled.commit(8).unwrap();
+        rolled.truncate(4).unwrap();
+        fill(&mut rolled, 4, 3, 20);
+        rolled.commit(7).unwrap();
+        for l in 0..3 {
+            for p in 0..7 {
+                for h in 0..2 {
+                    assert_eq!(rolled.read_k_row(l, p, h), fresh.read_k_row(l, p, h));
+                    assert_eq!(rolled.read_v_row(l, p, h), fresh.read_v_row(l, p, h));
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn copy_prefix_equals_recomputing_it() {
+    for dtype in [KvDtype::Int8, KvDtype::F32] {
+        let mut src = KvCache::new(GEOM, dtype, 10);
+        fill(&mut src, 0, 6, 30);
+        src.commit(6).unwrap();
+        let mut dst = KvCache::new(GEOM, dtype, 5);
+        fill(&mut dst, 0, 2, 77);
+        dst.commit(2).unwrap();
+        assert!(matches!(
+            dst.copy_prefix_from(&src, 6),
+            Err(KvError::OutOfCapacity { .. })
+        ));
+        assert!(matches!(
+            dst.copy_prefix_from(&src, 7),
+            Err(KvError::PrefixTooLong { .. })
+        ));
+        dst.copy_prefix_from(&src, 4).unwrap();
+        assert_eq!(dst.len(), 4);
+        for l in 0..3 {
+            for p in 0..4 {
+                for h in 0..2 {
+                    assert_eq!(dst.read_k_row(l, p, h), src.read_k_row(l, p, h));
+                    assert_eq!(dst.read_v_row(l, p, h), src.read_v_row(l, p, h));
+                }
+            }
+        }
+        assert!(dst.read_k_row(0, 4, 0).is_err());
+    }
+    let a = KvCache::new(GEOM, KvDtype::Int8, 4);
+    let mut b = KvCache::new(GEOM, KvDtype::F32, 4);
+    assert!(matches!(
+        b.copy_prefix_from(&a, 0),
+        Err(KvError::Incompatible(_))
+    ));
+    let mut c = KvCache::new(
+        KvGeometry {
+            n_layers: 2,
+            ..GEOM
+        },
+        KvDtype::Int8,
+        4,
+    );
+    assert!(matches!(
+        c.copy_prefix_from(&a, 0),
+        Err(KvError::Incompatible(_))
+    ));
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Write {
+        layer: usize,
+        back: usize,
+        rows: usize,
+    },
+    Commit(usize),
+    Truncate(usize),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        (0..4usize, 0..3usize, 0..5usize).prop_map(|(layer, back, rows)| Op::Write {
+            layer,
+            back,
+            rows
+        }),
+        (0..12usize).prop_map(Op::Commit),
+        (0..12usize).prop_map(Op::Truncate),
+    ]
+}
+
+proptest! {
+    /// Random write/commit/truncate sequences never panic, keep `len <= written <= capacity`,
+    /// and every readable row holds the last value written there (checked in f32 mode against
+    /// a shadow model).
+    #[test]
+    fn random_ops_keep_invariants(ops in proptest::collection::vec(op(), 1..40)) {
+        let cap = 8;
+        let mut c = KvCache::new(GEOM, KvDtype::F32, cap);
+        let w = GEOM.row_width();
+        let mut shadow = vec![vec![None::<Vec<f32>>; cap]; GEOM.n_layers];
+        for (i, op) in ops.iter().enumerate() {
+            match *op {
+                Op::Write { layer, back, rows } => {
+                    let pos = c.len().saturating_sub(back);
+                    let k = data(rows * w, i as u64);
+                    let res = c.write(layer, pos, &k, &k);
+                    let valid = layer < GEOM.n_layers && pos + rows <= cap;
+                    prop_assert_eq!(res.is_ok(), valid);
+                    if valid {
+                        for r in 0..rows {
+                            shadow[layer][pos + r] = Some(k[r * w..][..w].to_vec());
+                        }
+                    }
+                }
+                Op::Commit(n) => {
+                    let valid = n <= cap && (n <= c.len() || (0..GEOM.n_layers).all(|l| c.written(l) >= n));
+                    prop_assert_eq!(c.commit(n).is_ok(), valid);
+                }
+                Op::Truncate(n) => {
+                    let valid = n <= c.len();
+                    prop_assert_eq!(c.truncate(n).is_ok(), valid);
+                }
+            }
+            for (l, rows) in shadow.iter().enumerate() {
+                let written = c.written(l);
+                prop_assert!(c.len() <= written && written <= cap);
+                for (p, row) in rows.iter().enumerate().take(written) {
+                    let want = row.as_ref().expect("written rows were written");
+                    prop_assert_eq!(&c.read_k_row(l, p, 1).unwrap()[..], &want[8..16]);
+                }
+                prop_assert!(c.read_k_row(l, written, 0).is_err());
+            }
+        }
+    }
+}

@@ -1,0 +1,11 @@
+//! Running a model package on the device: KV cache, attention, sampling, generation.
+
+pub mod attention;
+pub mod budget;
+pub mod engine;
+pub mod kv_cache;
+pub mod model;
+pub mod perplexity;
+pub mod rope;
+pub mod sampler;
+pub mod text_stream;

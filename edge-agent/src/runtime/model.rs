@@ -1,0 +1,364 @@
+//! A loaded model package: ONNX Runtime sessions for every graph, the embedding table, the
+//! tokenizer, and the forward pass that chains graphs with attention over the KV cache.
+
+use super::attention::attention;
+use super::kv_cache::KvCache;
+use super::rope::Rope;
+use crate::error::{Error, Result};
+use crate::import::graphs::io;
+use crate::import::linear::BLOCK;
+use ort::session::Session;
+use ort::value::TensorRef;
+use seam_shared::package::{Architecture, Package};
+use std::ops::Range;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// How a model is loaded.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    /// Intra-op threads of ONNX Runtime's global pool and of attention (0 = all cores).
+    pub threads: usize,
+    /// Load only the segments covering these layers (a device in split mode loads
+    /// `0..K`; a worker loads `K..n`). `None` = all.
+    pub layers: Option<Range<u32>>,
+    /// Whether to load the LM head.
+    pub head: bool,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions {
+            threads: 2,
+            layers: None,
+            head: true,
+        }
+    }
+}
+
+struct LoadedSegment {
+    start: u32,
+    end: u32,
+    graphs: Vec<Session>,
+}
+
+/// A model ready to run. Sessions need `&mut` to run, so one model serves one forward pass
+/// at a time; callers serialise through the engine.
+pub struct Model {
+    package: Package,
+    arch: Architecture,
+    tokenizer: tokenizers::Tokenizer,
+    embedding: Vec<u8>,
+    segments: Vec<LoadedSegment>,
+    head: Option<Session>,
+    rope: Rope,
+    threads: usize,
+    load_time: Duration,
+}
+
+impl std::fmt::Debug for Model {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Model")
+            .field("dir", &self.package.dir())
+            .field("digest", &self.package.digest())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Bytes of one Q8_0 block: f16 scale + 32 int8.
+const Q8_0_BLOCK_BYTES: usize = 2 + BLOCK;
+
+impl Model {
+    /// Opens and verifies the package in `dir` and builds its sessions.
+    pub fn load(dir: &Path, opts: &LoadOptions) -> Result<Model> {
+        let started = Instant::now();
+        let threads = seam_shared::ort_env::init(opts.threads)?;
+        let package = Package::open(dir)?;
+        let m = package.manifest().clone();
+        let arch = m.architecture.clone();
+        let tokenizer = tokenizers::Tokenizer::from_file(package.path(&m.tokenizer))
+            .map_err(|e| Error::Tokenizer(e.to_string()))?;
+        let emb_path = package.path(&m.embedding);
+        let embedding = std::fs::read(&emb_path).map_err(|e| Error::io(&emb_path, e))?;
+        let expected = arch.vocab_size as usize * arch.n_embd as usize / BLOCK * Q8_0_BLOCK_BYTES;
+        if embedding.len() != expected {
+            return Err(Error::Package(format!(
+                "{} has {} bytes, expected {expected} for a Q8_0 table of {}×{}",
+                m.embedding,
+                embedding.len(),
+                arch.vocab_size,
+                arch.n_embd
+            )));
+        }
+        let wanted = opts.layers.clone().unwrap_or(0..arch.n_layer);
+        let mut segments = Vec::new();
+        for seg in &m.segments {
+            if seg.end <= wanted.start || seg.start >= wanted.end {
+                continue;
+            }
+            if seg.start < wanted.start || seg.end > wanted.end {
+                return Err(Error::InvalidArgument(format!(
+                    "layers {}..{} do not fall on segment boundaries (split points {:?})",
+                    wanted.start, wanted.end, m.split_points
+                )));
+            }
+            let graphs = seg
+                .graphs
+                .iter()
+                .map(|g| session(&package.path(g)))
+                .collect::<Result<Vec<_>>>()?;
+            segments.push(LoadedSegment {
+                start: seg.start,
+                end: seg.end,
+                graphs,
+            });
+        }
+        let head = if opts.head {
+            Some(session(&package.path(&m.head))?)
+        } else {
+            None
+        };
+        let rope = Rope::new(
+            arch.head_dim as usize,
+            arch.rope_theta as f64,
+            arch.context_length as usize,
+        )?;
+        Ok(Model {
+            package,
+            arch,
+            tokenizer,
+            embedding,
+            segments,
+            head,
+            rope,
+            threads: threads.max(1),
+            load_time: started.elapsed(),
+        })
+    }
+
+    pub fn package(&self) -> &Package {
+        &self.package
+    }
+
+    pub fn arch(&self) -> &Architecture {
+        &self.arch
+    }
+
+    pub fn tokenizer(&self) -> &tokenizers::Tokenizer {
+        &self.tokenizer
+    }
+
+    /// Time taken by [`Model::load`] (verification, sessions).
+    pub fn load_time(&self) -> Duration {
+        self.load_time
+    }
+
+    /// Layers this model instance runs.
+    pub fn layers(&self) -> Range<u32> {
+        let start = self.segments.first().map_or(0, |s| s.start);
+        let end = self.segments.last().map_or(0, |s| s.end);
+        start..end
+    }
+
+    /// Width of one hidden state.
+    pub fn n_embd(&self) -> usize {
+        self.arch.n_embd as usize
+    }
+
+    /// Embedding rows of `tokens` (exact Q8_0 dequantisation), `[S, n_embd]`.
+    pub fn embed(&self, tokens: &[u32]) -> Result<Vec<f32>> {
+        let d = self.n_embd();
+        let row_bytes = d / BLOCK * Q8_0_BLOCK_BYTES;
+        let mut out = Vec::with_capacity(tokens.len() * d);
+        for &t in tokens {
+            if t >= self.arch.vocab_size {
+                return Err(Error::InvalidArgument(format!(
+                    "token id {t} is outside the vocabulary of {}",
+                    self.arch.vocab_size
+                )));
+            }
+            let row = &self.embedding[t as usize * row_bytes..][..row_bytes];
+            for block in row.chunks_exact(Q8_0_BLOCK_BYTES) {
+                let scale = f16_to_f32(u16::from_le_bytes([block[0], block[1]]));
+                out.extend(block[2..].iter().map(|&q| scale * (q as i8) as f32));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Runs layers `range` (whole segments) on `hidden` (`[S, n_embd]`, positions
+    /// `pos..pos+S`), writing their K/V into `cache` (whose layer 0 is `range.start`).
+    /// Returns the hidden state leaving the last layer.
+    pub fn run_layers(
+        &mut self,
+        range: Range<u32>,
+        hidden: Vec<f32>,
+        pos: usize,
+        cache: &mut KvCache,
+    ) -> Result<Vec<f32>> {
+        let d = self.n_embd();
+        if hidden.is_empty() || hidden.len() % d != 0 {
+            return Err(Error::InvalidArgument(format!(
+                "hidden state of {} values is not a whole number of {d}-wide rows",
+                hidden.len()
+            )));
+        }
+        let s = hidden.len() / d;
+        if pos + s > cache.capacity() {
+            return Err(Error::ResourceExhausted {
+                reason: format!(
+                    "{} positions exceed the KV cache capacity of {}",
+                    pos + s,
+                    cache.capacity()
+                ),
+                retry_after: None,
+            });
+        }
+        let (nh, nkv, hd) = (
+            self.arch.n_head as usize,
+            self.arch.n_head_kv as usize,
+            self.arch.head_dim as usize,
+        );
+        let (qw, kw) = (nh * hd, nkv * hd);
+        let mut h = hidden;
+        let mut attn = vec![0.0f32; s * qw];
+        let (mut q, mut k, mut v) = (vec![0.0; s * qw], vec![0.0; s * kw], vec![0.0; s * kw]);
+        let shape = [1usize, s, d];
+        let first_layer = range.start;
+        for seg in self.segments.iter_mut() {
+            if seg.end <= range.start || seg.start >= range.end {
+                continue;
+            }
+            if seg.start < range.start || seg.end > range.end {
+                return Err(Error::InvalidArgument(format!(
+                    "layers {range:?} do not fall on segment boundaries"
+                )));
+            }
+            let mut qkv = {
+                let out = seg.graphs[0].run(
+                    ort::inputs![io::HIDDEN => TensorRef::from_array_view((shape, &h[..]))?],
+                )?;
+                out[io::QKV].try_extract_tensor::<f32>()?.1.to_vec()
+            };
+            for layer in seg.start..seg.end {
+                split_qkv(&qkv, s, qw, kw, &mut q, &mut k, &mut v);
+                self.rope.apply(&mut q, nh, hd, pos)?;
+                self.rope.apply(&mut k, nkv, hd, pos)?;
+                let cl = (layer - first_layer) as usize;
+                cache.write(cl, pos, &k, &v)?;
+                attention(&q, cache, cl, pos, nh, &mut attn, self.threads)?;
+                let graph = &mut seg.graphs[(layer - seg.start) as usize + 1];
+                let out = graph.run(ort::inputs![
+                    io::RESIDUAL => TensorRef::from_array_view((shape, &h[..]))?,
+                    io::ATTN => TensorRef::from_array_view((shape, &attn[..]))?,
+                ])?;
+                if layer + 1 < seg.end {
+                    h = out[io::RESIDUAL_OUT]
+                        .try_extract_tensor::<f32>()?
+                        .1
+                        .to_vec();
+                    qkv = out[io::QKV].try_extract_tensor::<f32>()?.1.to_vec();
+                } else {
+                    h = out[io::HIDDEN_OUT].try_extract_tensor::<f32>()?.1.to_vec();
+                }
+            }
+        }
+        Ok(h)
+    }
+
+    /// Logits of every row of `hidden` (`[S, n_embd]` → `[S, vocab]`).
+    pub fn logits(&mut self, hidden: &[f32]) -> Result<Vec<f32>> {
+        let d = self.n_embd();
+        let s = hidden.len() / d;
+        let head = self.head.as_mut().ok_or_else(|| {
+            Error::Package("this model instance was loaded without its head".into())
+        })?;
+        let out = head.run(
+            ort::inputs![io::HIDDEN => TensorRef::from_array_view(([1usize, s, d], hidden))?],
+        )?;
+        Ok(out[io::LOGITS].try_extract_tensor::<f32>()?.1.to_vec())
+    }
+
+    /// Full forward pass of `tokens` at positions `pos..`: embeddings, every loaded layer, and
+    /// the logits of the last row only (`all_logits = false`) or of every row.
+    pub fn forward(
+        &mut self,
+        tokens: &[u32],
+        pos: usize,
+        cache: &mut KvCache,
+        all_logits: bool,
+    ) -> Result<Vec<f32>> {
+        let h = self.embed(tokens)?;
+        let layers = self.layers();
+        let h = self.run_layers(layers, h, pos, cache)?;
+        let d = self.n_embd();
+        if all_logits {
+            self.logits(&h)
+        } else {
+            self.logits(&h[h.len() - d..])
+        }
+    }
+}
+
+fn session(path: &Path) -> Result<Session> {
+    let fail = |e: &dyn std::fmt::Display| Error::Ort(format!("{}: {e}", path.display()));
+    let env = seam_shared::ort_env::environment().map_err(|e| fail(&e))?;
+    let builder = Session::builder(env).map_err(|e| fail(&e))?;
+    let mut builder = builder
+        .with_optimization_level(ort::session::builder::GraphOptimizationLevel::Level3)
+        .map_err(|e| fail(&e))?;
+    builder.commit_from_file(path).map_err(|e| fail(&e))
+}
+
+fn split_qkv(
+    qkv: &[f32],
+    s: usize,
+    qw: usize,
+    kw: usize,
+    q: &mut [f32],
+    k: &mut [f32],
+    v: &mut [f32],
+) {
+    let row = qw + 2 * kw;
+    for r in 0..s {
+        let src = &qkv[r * row..(r + 1) * row];
+        q[r * qw..(r + 1) * qw].copy_from_slice(&src[..qw]);
+        k[r * kw..(r + 1) * kw].copy_from_slice(&src[qw..qw + kw]);
+        v[r * kw..(r + 1) * kw].copy_from_slice(&src[qw + kw..]);
+    }
+}
+
+/// IEEE half → f32 (GGUF block scales).
+pub fn f16_to_f32(h: u16) -> f32 {
+    let sign = ((h >> 15) as u32) << 31;
+    let exp = ((h >> 10) & 0x1f) as u32;
+    let mant = (h & 0x3ff) as u32;
+    let bits = match (exp, mant) {
+        (0, 0) => sign,
+        (0, m) => {
+            // subnormal: normalise
+            let shift = m.leading_zeros() - 21;
+            let m = (m << shift) & 0x3ff;
+            sign | ((113 - shift) << 23) | (m << 13)
+        }
+        (0x1f, m) => sign | 0x7f80_0000 | (m << 13),
+        (e, m) => sign | ((e + 112) << 23) | (m << 13),
+    };
+    f32::from_bits(bits)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::f16_to_f32;
+
+    #[test]
+    fn half_conversion_matches_known_values() {
+        assert_eq!(f16_to_f32(0x3c00), 1.0);
+        assert_eq!(f16_to_f32(0xc000), -2.0);
+        assert_eq!(f16_to_f32(0x3555), 0.333_251_95);
+        assert_eq!(f16_to_f32(0x0001), 5.960_464_5e-8);
+        assert_eq!(f16_to_f32(0x7bff), 65504.0);
+        assert!(f16_to_f32(0x7c00).is_infinite());
+        assert_eq!(f16_to_f32(0x8000).to_bits(), (-0.0f32).to_bits());
+    }
+}

@@ -1,0 +1,98 @@
+//! Perplexity over non-overlapping windows of `ctx` tokens, each window scoring its second
+//! half (as llama.cpp's perplexity tool does, so figures compare).
+
+use super::kv_cache::{KvCache, KvDtype, KvGeometry};
+use super::model::Model;
+use crate::error::{Error, Result};
+
+/// Result of a perplexity run.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Perplexity {
+    pub perplexity: f64,
+    pub windows: usize,
+    pub scored_tokens: usize,
+    pub text_tokens: usize,
+    pub ctx: usize,
+    pub kv: String,
+}
+
+/// Scores `tokens` with `model`; `progress` gets (window, windows, running perplexity).
+pub fn perplexity(
+    model: &mut Model,
+    tokens: &[u32],
+    ctx: usize,
+    kv: KvDtype,
+    max_windows: Option<usize>,
+    mut progress: impl FnMut(usize, usize, f64),
+) -> Result<Perplexity> {
+    if ctx < 4 || ctx > model.arch().context_length as usize {
+        return Err(Error::InvalidArgument(format!(
+            "--ctx must be in 4..={}, got {ctx}",
+            model.arch().context_length
+        )));
+    }
+    let mut windows = tokens.len() / ctx;
+    if let Some(m) = max_windows {
+        windows = windows.min(m);
+    }
+    if windows == 0 {
+        return Err(Error::InvalidArgument(format!(
+            "the text has {} tokens, fewer than one window of {ctx}",
+            tokens.len()
+        )));
+    }
+    let a = model.arch().clone();
+    let geometry = KvGeometry {
+        n_layers: a.n_layer as usize,
+        n_kv_heads: a.n_head_kv as usize,
+        head_dim: a.head_dim as usize,
+    };
+    let vocab = a.vocab_size as usize;
+    let first = ctx / 2;
+    let mut cache = KvCache::new(geometry, kv, ctx);
+    let (mut nll, mut count) = (0.0f64, 0usize);
+    for w in 0..windows {
+        let window = &tokens[w * ctx..(w + 1) * ctx];
+        cache.truncate(0)?;
+        let logits = model.forward(window, 0, &mut cache, true)?;
+        cache.commit(ctx)?;
+        for j in first..ctx - 1 {
+            let row = &logits[j * vocab..(j + 1) * vocab];
+            nll -= log_softmax_at(row, window[j + 1] as usize);
+            count += 1;
+        }
+        progress(w + 1, windows, (nll / count as f64).exp());
+    }
+    Ok(Perplexity {
+        perplexity: (nll / count as f64).exp(),
+        windows,
+        scored_tokens: count,
+        text_tokens: tokens.len(),
+        ctx,
+        kv: kv.to_string(),
+    })
+}
+
+/// `log softmax(row)[i]`, computed in f64.
+pub fn log_softmax_at(row: &[f32], i: usize) -> f64 {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let sum: f64 = row.iter().map(|&l| (l as f64 - max).exp()).sum();
+    row[i] as f64 - max - sum.ln()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::log_softmax_at;
+
+    #[test]
+    fn log_softmax_of_uniform_row_is_log_one_over_n() {
+        let v = log_softmax_at(&[3.0; 8], 5);
+        assert!((v - (1.0f64 / 8.0).ln()).abs() < 1e-12);
+    }
+
+    #[test]
+    fn log_softmax_is_stable_for_large_logits() {
+        let v = log_softmax_at(&[1000.0, 0.0], 0);
+        assert!(v.abs() < 1e-12);
+    }
+}

@@ -1,0 +1,167 @@
+//! `seam.edge.v1.Assistant`: generation runs on a blocking thread (never on the executor),
+//! one request at a time per model, behind a bounded queue.
+
+use super::convert;
+use crate::error::Error;
+use crate::runtime::engine::{Engine, validate};
+use seam_shared::proto::edge as pb;
+use seam_shared::proto::edge::assistant_server::Assistant;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{Semaphore, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+/// Bounds of the service.
+#[derive(Debug, Clone, Copy)]
+pub struct ServiceLimits {
+    /// Generate requests running or waiting; more are refused with RESOURCE_EXHAUSTED.
+    pub max_queued: usize,
+}
+
+impl Default for ServiceLimits {
+    fn default() -> Self {
+        ServiceLimits { max_queued: 8 }
+    }
+}
+
+/// The Assistant service over one engine.
+#[derive(Debug, Clone)]
+pub struct AssistantService {
+    engine: Arc<Mutex<Engine>>,
+    queue: Arc<Semaphore>,
+    context: u32,
+}
+
+impl AssistantService {
+    pub fn new(engine: Arc<Mutex<Engine>>, limits: ServiceLimits) -> Self {
+        let context = engine
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .model()
+            .arch()
+            .context_length;
+        AssistantService {
+            engine,
+            queue: Arc::new(Semaphore::new(limits.max_queued)),
+            context,
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Assistant for AssistantService {
+    type GenerateStream = ReceiverStream<Result<pb::GenerateEvent, Status>>;
+
+    async fn generate(
+        &self,
+        request: Request<pb::GenerateRequest>,
+    ) -> Result<Response<Self::GenerateStream>, Status> {
+        let timeout = grpc_timeout(request.metadata());
+        let req = convert::generate_request(request.into_inner(), timeout, Instant::now())
+            .and_then(|r| validate(&r, self.context).map(|_| r))
+            .map_err(|e| {
+                tracing::info!(error = %e, "generate refused");
+                e.to_status()
+            })?;
+        let permit = self.queue.clone().try_acquire_owned().map_err(|_| {
+            Error::ResourceExhausted {
+                reason: "too many generate requests queued on this device".into(),
+                retry_after: Some(Duration::from_millis(500)),
+            }
+            .to_status()
+        })?;
+        let (tx, rx) = mpsc::channel(64);
+        let engine = self.engine.clone();
+        let span = tracing::info_span!(
+            "generate",
+            prompt_bytes = req.prompt.len(),
+            max_tokens = req.max_tokens
+        );
+        tokio::task::spawn_blocking(move || {
+            let _enter = span.enter();
+            let _permit = permit;
+            let mut engine = engine.lock().unwrap_or_else(|e| e.into_inner());
+            let result = engine.generate(&req, |t| {
+                tx.blocking_send(Ok(convert::token_event(t.id, t.index, t.text)))
+                    .is_ok()
+            });
+            let event = match result {
+                Ok(stats) => {
+                    tracing::info!(
+                        prompt_tokens = stats.prompt_tokens,
+                        cached = stats.cached_prompt_tokens,
+                        completion_tokens = stats.completion_tokens,
+                        decode_tok_s = stats.decode_tokens_per_s(),
+                        finish = ?stats.finish,
+                        "generate done"
+                    );
+                    Ok(convert::final_event(&stats))
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "generate failed");
+                    Err(e.to_status())
+                }
+            };
+            let _ = tx.blocking_send(event);
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn embed(
+        &self,
+        _request: Request<pb::EmbedRequest>,
+    ) -> Result<Response<pb::EmbedResponse>, Status> {
+        Err(Status::unimplemented(
+            "this model package has no sentence encoder",
+        ))
+    }
+
+    async fn classify(
+        &self,
+        _request: Request<pb::ClassifyRequest>,
+    ) -> Result<Response<pb::ClassifyResponse>, Status> {
+        Err(Status::unimplemented(
+            "this model package has no intent classifier",
+        ))
+    }
+}
+
+/// The `grpc-timeout` header (`<digits><unit>`, unit one of H M S m u n).
+fn grpc_timeout(md: &tonic::metadata::MetadataMap) -> Option<Duration> {
+    let v = md.get("grpc-timeout")?.to_str().ok()?;
+    parse_grpc_timeout(v)
+}
+
+fn parse_grpc_timeout(v: &str) -> Option<Duration> {
+    if v.len() < 2 || v.len() > 9 {
+        return None;
+    }
+    let (digits, unit) = v.split_at(v.len() - 1);
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.checked_mul(3600)?),
+        "M" => Duration::from_secs(n.checked_mul(60)?),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_grpc_timeout;
+    use std::time::Duration;
+
+    #[test]
+    fn grpc_timeout_header_units() {
+        assert_eq!(parse_grpc_timeout("100m"), Some(Duration::from_millis(100)));
+        assert_eq!(parse_grpc_timeout("2S"), Some(Duration::from_secs(2)));
+        assert_eq!(parse_grpc_timeout("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(parse_grpc_timeout("5x"), None);
+        assert_eq!(parse_grpc_timeout("m"), None);
+        assert_eq!(parse_grpc_timeout("1234567890S"), None);
+    }
+}

@@ -1,0 +1,48 @@
+//! The app-facing gRPC server: `seam.edge.v1.Assistant`, the standard health service and
+//! server reflection, so `grpcurl` and any generated client work.
+
+mod assistant;
+mod convert;
+
+pub use assistant::{AssistantService, ServiceLimits};
+
+use crate::runtime::engine::Engine;
+use seam_shared::proto::edge::assistant_server::AssistantServer;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+/// Largest request message accepted from apps (a prompt is text; 1 MiB is plenty).
+pub const MAX_REQUEST_BYTES: usize = 1 << 20;
+
+/// Serves the Assistant API on `listener` until `shutdown` resolves, then drains.
+pub async fn serve(
+    engine: Engine,
+    listener: tokio::net::TcpListener,
+    limits: ServiceLimits,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let service = AssistantService::new(Arc::new(Mutex::new(engine)), limits);
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<AssistantServer<AssistantService>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(seam_shared::proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    tonic::transport::Server::builder()
+        // A device serves a handful of local apps: bound concurrent streams per connection.
+        .concurrency_limit_per_connection(32)
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(AssistantServer::new(service).max_decoding_message_size(MAX_REQUEST_BYTES))
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await?;
+    Ok(())
+}
+
+/// Binds `addr` (use port 0 for any free port).
+pub async fn bind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+    Ok(tokio::net::TcpListener::bind(addr).await?)
+}

@@ -1,0 +1,228 @@
+//! Builds a Hugging Face `tokenizer.json` from the vocabulary stored in a GGUF file.
+//!
+//! Only byte-level BPE vocabularies (`tokenizer.ggml.model = "gpt2"`) are handled. The
+//! pre-tokenizer follows `tokenizer.ggml.pre` the way the model's original tokenizer does:
+//!
+//! | `pre`               | pre-tokenizer                                                 |
+//! |---------------------|---------------------------------------------------------------|
+//! | `smollm`            | `Sequence[Digits(individual_digits), ByteLevel(no prefix)]`   |
+//! | `gpt2`, `default`   | `ByteLevel(no prefix)`                                        |
+//!
+//! Anything else is an error rather than a tokenizer that silently splits text differently.
+//! The output loads with `tokenizers::Tokenizer::from_bytes` (0.20 and later: merges are
+//! written as `[left, right]` pairs).
+
+use serde_json::{Map, Value as Json, json};
+
+use crate::gguf::{GgufError, GgufFile, Result};
+
+/// GGUF token types (llama.cpp `llama_token_type`).
+const TOKEN_TYPE_UNKNOWN: i32 = 2;
+const TOKEN_TYPE_CONTROL: i32 = 3;
+const TOKEN_TYPE_USER_DEFINED: i32 = 4;
+
+fn err(msg: impl Into<String>) -> GgufError {
+    GgufError::Tokenizer(msg.into())
+}
+
+/// The pre-tokenizer for a `tokenizer.ggml.pre` value.
+fn pre_tokenizer(pre: &str) -> Result<Json> {
+    let byte_level = json!({
+        "type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true
+    });
+    match pre {
+        "smollm" => Ok(json!({
+            "type": "Sequence",
+            "pretokenizers": [{ "type": "Digits", "individual_digits": true }, byte_level]
+        })),
+        "gpt2" | "default" => Ok(byte_level),
+        other => Err(err(format!(
+            "unsupported tokenizer.ggml.pre {other:?} (supported: \"smollm\", \"gpt2\", \"default\")"
+        ))),
+    }
+}
+
+/// The post-processor: byte-level offset trimming, plus a BOS template when the GGUF asks
+/// for `tokenizer.ggml.add_bos_token`.
+fn post_processor(add_bos: Option<(&str, u32)>) -> Json {
+    let byte_level = json!({
+        "type": "ByteLevel", "add_prefix_space": true, "trim_offsets": false, "use_regex": true
+    });
+    let Some((bos, id)) = add_bos else {
+        return byte_level;
+    };
+    let special = |type_id: u32| json!({ "SpecialToken": { "id": bos, "type_id": type_id } });
+    let seq = |name: &str, type_id: u32| json!({ "Sequence": { "id": name, "type_id": type_id } });
+    json!({
+        "type": "Sequence",
+        "processors": [byte_level, {
+            "type": "TemplateProcessing",
+            "single": [special(0), seq("A", 0)],
+            "pair": [special(0), seq("A", 0), special(1), seq("B", 1)],
+            "special_tokens": { bos: { "id": bos, "ids": [id], "tokens": [bos] } }
+        }]
+    })
+}
+
+/// Builds the `tokenizer.json` document for the GGUF's vocabulary.
+///
+/// Control (and unknown-type) tokens become special `added_tokens`, user-defined tokens
+/// become non-special added tokens, so both always encode as single ids.
+pub fn tokenizer_json(gguf: &GgufFile) -> Result<Json> {
+    let model = gguf.get_str("tokenizer.ggml.model")?;
+    if model != "gpt2" {
+        return Err(err(format!(
+            "unsupported tokenizer.ggml.model {model:?} (supported: \"gpt2\")"
+        )));
+    }
+    let pre = match gguf.get("tokenizer.ggml.pre") {
+        Some(_) => pre_tokenizer(gguf.get_str("tokenizer.ggml.pre")?)?,
+        None => pre_tokenizer("default")?,
+    };
+    let tokens = gguf.get_string_array("tokenizer.ggml.tokens")?;
+    let types = match gguf.get("tokenizer.ggml.token_type") {
+        Some(_) => gguf.get_i32_array("tokenizer.ggml.token_type")?,
+        None => vec![1; tokens.len()],
+    };
+    if types.len() != tokens.len() {
+        return Err(err(format!(
+            "{} token types for {} tokens",
+            types.len(),
+            tokens.len()
+        )));
+    }
+    let mut vocab = Map::new();
+    let mut added = Vec::new();
+    for (id, (&token, &ty)) in tokens.iter().zip(&types).enumerate() {
+        if vocab.insert(token.to_string(), json!(id)).is_some() {
+            return Err(err(format!("duplicate token {token:?} (id {id})")));
+        }
+        if matches!(
+            ty,
+            TOKEN_TYPE_UNKNOWN | TOKEN_TYPE_CONTROL | TOKEN_TYPE_USER_DEFINED
+        ) {
+            added.push(json!({
+                "id": id, "content": token, "single_word": false, "lstrip": false,
+                "rstrip": false, "normalized": false, "special": ty != TOKEN_TYPE_USER_DEFINED
+            }));
+        }
+    }
+    let merges = gguf
+        .get_string_array("tokenizer.ggml.merges")?
+        .into_iter()
+        .map(|m| match m.split_once(' ') {
+            Some((a, b)) if !a.is_empty() && !b.is_empty() && !b.contains(' ') => Ok(json!([a, b])),
+            _ => Err(err(format!(
+                "merge {m:?} is not two tokens separated by one space"
+            ))),
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let add_bos = if gguf.get_bool_or("tokenizer.ggml.add_bos_token", false)? {
+        let id = gguf.get_u32("tokenizer.ggml.bos_token_id")?;
+        let bos = tokens
+            .get(id as usize)
+            .ok_or_else(|| err(format!("bos id {id} outside vocabulary")))?;
+        Some((*bos, id))
+    } else {
+        None
+    };
+    Ok(json!({
+        "version": "1.0",
+        "truncation": null,
+        "padding": null,
+        "added_tokens": added,
+        "normalizer": null,
+        "pre_tokenizer": pre,
+        "post_processor": post_processor(add_bos),
+        "decoder": { "type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true },
+        "model": {
+            "type": "BPE",
+            "dropout": null,
+            "unk_token": null,
+            "continuing_subword_prefix": null,
+            "end_of_word_suffix": null,
+            "fuse_unk": false,
+            "byte_fallback": false,
+            "ignore_merges": false,
+            "vocab": vocab,
+            "merges": merges
+        }
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gguf::Value;
+    use crate::gguf::testutil::{Writer, real_gguf_path};
+
+    fn strs(v: &[&str]) -> Value {
+        Value::Array(v.iter().map(|s| Value::String(s.to_string())).collect())
+    }
+
+    fn tiny(model: &str, pre: &str, merges: &[&str]) -> GgufFile {
+        let bytes = Writer::default()
+            .kv("tokenizer.ggml.model", Value::String(model.into()))
+            .kv("tokenizer.ggml.pre", Value::String(pre.into()))
+            .kv(
+                "tokenizer.ggml.tokens",
+                strs(&["<s>", "a", "b", "ab", "<x>"]),
+            )
+            .kv(
+                "tokenizer.ggml.token_type",
+                Value::Array([3, 1, 1, 1, 4].map(Value::I32).to_vec()),
+            )
+            .kv("tokenizer.ggml.merges", strs(merges))
+            .kv("tokenizer.ggml.bos_token_id", Value::U32(0))
+            .kv("tokenizer.ggml.add_bos_token", Value::Bool(true))
+            .to_bytes();
+        GgufFile::parse(bytes).unwrap()
+    }
+
+    #[test]
+    fn builds_a_tiny_vocabulary() {
+        let j = tokenizer_json(&tiny("gpt2", "gpt2", &["a b"])).unwrap();
+        assert_eq!(j["model"]["vocab"]["ab"], 3);
+        assert_eq!(j["model"]["merges"], json!([["a", "b"]]));
+        assert_eq!(j["pre_tokenizer"]["type"], "ByteLevel");
+        assert_eq!(j["added_tokens"][0]["special"], true);
+        assert_eq!(j["added_tokens"][1]["content"], "<x>");
+        assert_eq!(j["added_tokens"][1]["special"], false);
+        assert_eq!(
+            j["post_processor"]["processors"][1]["special_tokens"]["<s>"]["ids"],
+            json!([0])
+        );
+    }
+
+    #[test]
+    fn rejects_unknown_models_pre_tokenizers_and_bad_merges() {
+        let e = tokenizer_json(&tiny("llama", "gpt2", &[])).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "tokenizer: unsupported tokenizer.ggml.model \"llama\" (supported: \"gpt2\")"
+        );
+        let e = tokenizer_json(&tiny("gpt2", "qwen2", &[])).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("unsupported tokenizer.ggml.pre \"qwen2\""),
+            "{e}"
+        );
+        assert!(tokenizer_json(&tiny("gpt2", "gpt2", &["ab"])).is_err());
+        assert!(tokenizer_json(&tiny("gpt2", "gpt2", &["a b c"])).is_err());
+    }
+
+    #[test]
+    fn real_file_vocabulary() {
+        let j = tokenizer_json(&GgufFile::open(real_gguf_path()).unwrap()).unwrap();
+        assert_eq!(j["model"]["vocab"].as_object().unwrap().len(), 49152);
+        assert_eq!(j["model"]["merges"].as_array().unwrap().len(), 48900);
+        assert_eq!(j["model"]["merges"][0], json!(["Ġ", "t"]));
+        assert_eq!(j["model"]["vocab"]["<|im_start|>"], 1);
+        let added = j["added_tokens"].as_array().unwrap();
+        assert_eq!(added.len(), 17);
+        assert!(added.iter().all(|t| t["special"] == true));
+        assert_eq!(added[2]["content"], "<|im_end|>");
+        assert_eq!(j["pre_tokenizer"]["pretokenizers"][0]["type"], "Digits");
+        assert_eq!(j["post_processor"]["type"], "ByteLevel");
+    }
+}

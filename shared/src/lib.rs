@@ -1,0 +1,10 @@
+//! Seam's shared library: the wire contract (generated from `proto/`), the model-package
+//! format, ONNX Runtime loading and telemetry set-up. No policy and no business rules live here.
+
+pub mod error;
+pub mod ort_env;
+pub mod package;
+pub mod proto;
+pub mod telemetry;
+
+pub use error::{Error, Result};

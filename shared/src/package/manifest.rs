@@ -1,0 +1,204 @@
+//! `manifest.toml`: what a model package holds and how its parts fit together.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Version of the package layout this code reads and writes.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// The manifest of a model package, stored as `manifest.toml` at the package root.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    /// Layout version; see [`FORMAT_VERSION`].
+    pub format_version: u32,
+    /// Human-readable model name (from the source checkpoint).
+    pub name: String,
+    /// Where the weights came from (file name and SHA-256 of the source checkpoint).
+    pub source: Source,
+    /// Decoder architecture and dimensions.
+    pub architecture: Architecture,
+    /// How the weights are stored in the graphs.
+    pub weights: Weights,
+    /// Layer indices where the forward pass may be split between device and cloud, ascending,
+    /// each in `1..n_layer`.
+    pub split_points: Vec<u32>,
+    /// Contiguous layer segments covering `0..n_layer`, in order.
+    pub segments: Vec<Segment>,
+    /// The graph of the final norm and LM head (hidden state → logits).
+    pub head: String,
+    /// Q8_0 token-embedding table, rows gathered on the device (exact).
+    pub embedding: String,
+    /// Hugging Face `tokenizer.json`.
+    pub tokenizer: String,
+    /// Default KV-cache dtype at rest (`int8` or `f32`).
+    pub kv_dtype: String,
+    /// Optional chat template (Jinja source from the checkpoint), informational.
+    #[serde(default)]
+    pub chat_template: Option<String>,
+    /// SHA-256 (hex) of every file of the package except the manifest, by relative path.
+    pub files: BTreeMap<String, String>,
+}
+
+/// Provenance of the imported weights.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Source {
+    pub file: String,
+    pub sha256: String,
+}
+
+/// Llama-family decoder dimensions.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Architecture {
+    /// Architecture family; only `llama` for now.
+    pub family: String,
+    pub n_layer: u32,
+    pub n_embd: u32,
+    pub n_ff: u32,
+    pub n_head: u32,
+    pub n_head_kv: u32,
+    pub head_dim: u32,
+    pub vocab_size: u32,
+    pub context_length: u32,
+    pub rope_theta: f32,
+    pub rms_eps: f32,
+    pub bos_token: u32,
+    pub eos_token: u32,
+    /// Extra end-of-turn tokens that also stop generation (e.g. `<|im_end|>`).
+    #[serde(default)]
+    pub stop_tokens: Vec<u32>,
+}
+
+/// Storage of the weights inside the graphs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Weights {
+    /// Linear layers, e.g. `q4_1`.
+    pub linear: String,
+    /// LM head and token embedding, e.g. `q8_0`.
+    pub head: String,
+}
+
+/// A run of layers `[start, end)` and the graphs that compute it, in execution order.
+///
+/// The first graph takes the hidden state entering layer `start` and yields the packed
+/// q|k|v projections of layer `start`; each middle graph takes the residual stream and the
+/// attention output of the previous layer and yields the next residual and packed q|k|v; the
+/// last graph finishes layer `end - 1` and yields the hidden state leaving the segment.
+/// Attention itself runs on the device's KV cache between graphs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Segment {
+    pub start: u32,
+    pub end: u32,
+    pub graphs: Vec<String>,
+}
+
+impl Manifest {
+    /// Checks the internal consistency of the manifest (not the files on disk).
+    pub fn validate(&self) -> Result<(), String> {
+        if self.format_version != FORMAT_VERSION {
+            return Err(format!(
+                "format_version {} is not supported (expected {FORMAT_VERSION})",
+                self.format_version
+            ));
+        }
+        let a = &self.architecture;
+        if a.family != "llama" {
+            return Err(format!(
+                "architecture.family `{}` is not supported",
+                a.family
+            ));
+        }
+        for (name, v) in [
+            ("n_layer", a.n_layer),
+            ("n_embd", a.n_embd),
+            ("n_ff", a.n_ff),
+            ("n_head", a.n_head),
+            ("n_head_kv", a.n_head_kv),
+            ("head_dim", a.head_dim),
+            ("vocab_size", a.vocab_size),
+            ("context_length", a.context_length),
+        ] {
+            if v == 0 {
+                return Err(format!("architecture.{name} must be positive"));
+            }
+        }
+        if a.n_head * a.head_dim != a.n_embd || !a.n_head.is_multiple_of(a.n_head_kv) {
+            return Err("architecture: n_head * head_dim must equal n_embd and n_head must be a multiple of n_head_kv".into());
+        }
+        if !a.head_dim.is_multiple_of(2) {
+            return Err("architecture.head_dim must be even (rotary pairs)".into());
+        }
+        if !(a.rope_theta.is_finite()
+            && a.rope_theta > 0.0
+            && a.rms_eps.is_finite()
+            && a.rms_eps > 0.0)
+        {
+            return Err("architecture.rope_theta and rms_eps must be positive".into());
+        }
+        if !matches!(self.kv_dtype.as_str(), "int8" | "f32") {
+            return Err(format!("kv_dtype `{}` must be int8 or f32", self.kv_dtype));
+        }
+        let mut prev = 0;
+        for &p in &self.split_points {
+            if p <= prev || p >= a.n_layer {
+                return Err(format!(
+                    "split_points must be ascending and inside 1..{}, got {:?}",
+                    a.n_layer, self.split_points
+                ));
+            }
+            prev = p;
+        }
+        let mut next = 0;
+        for s in &self.segments {
+            if s.start != next || s.end <= s.start || s.end > a.n_layer {
+                return Err(format!(
+                    "segments must cover 0..{} contiguously; segment {}..{} breaks that",
+                    a.n_layer, s.start, s.end
+                ));
+            }
+            if s.graphs.len() != (s.end - s.start) as usize + 1 {
+                return Err(format!(
+                    "segment {}..{} must list {} graphs",
+                    s.start,
+                    s.end,
+                    s.end - s.start + 1
+                ));
+            }
+            if s.start != 0 && !self.split_points.contains(&s.start) {
+                return Err(format!("segment start {} is not a split point", s.start));
+            }
+            next = s.end;
+        }
+        if next != a.n_layer {
+            return Err(format!("segments end at layer {next}, not {}", a.n_layer));
+        }
+        let referenced = self.segments.iter().flat_map(|s| s.graphs.iter()).chain([
+            &self.head,
+            &self.embedding,
+            &self.tokenizer,
+        ]);
+        for f in referenced {
+            if !self.files.contains_key(f) {
+                return Err(format!("`{f}` is used but not listed in [files]"));
+            }
+        }
+        for (path, sha) in &self.files {
+            if path.contains("..") || path.starts_with('/') || path.contains('\\') {
+                return Err(format!("file path `{path}` must stay inside the package"));
+            }
+            if sha.len() != 64 || !sha.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(format!("files.`{path}` is not a SHA-256 hex digest"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The segment that starts at `layer`, if any.
+    pub fn segment_starting_at(&self, layer: u32) -> Option<&Segment> {
+        self.segments.iter().find(|s| s.start == layer)
+    }
+}

@@ -1,0 +1,139 @@
+//! Model packages: a directory with `manifest.toml` and the files it lists, each checked by
+//! SHA-256. The package digest is the SHA-256 of the manifest, so it covers every file.
+
+mod manifest;
+
+pub use manifest::{Architecture, FORMAT_VERSION, Manifest, Segment, Source, Weights};
+
+use crate::error::{Error, Result};
+use sha2::{Digest, Sha256};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+/// Name of the manifest file at the root of a package.
+pub const MANIFEST_FILE: &str = "manifest.toml";
+
+/// Largest manifest accepted (it lists files and dimensions; anything bigger is not ours).
+const MAX_MANIFEST_BYTES: u64 = 1 << 20;
+
+/// A model package on disk whose manifest is valid and whose files match their checksums.
+#[derive(Debug, Clone)]
+pub struct Package {
+    dir: PathBuf,
+    manifest: Manifest,
+    digest: String,
+}
+
+impl Package {
+    /// Opens the package in `dir`: parses and validates the manifest, then checks the SHA-256 of
+    /// every listed file.
+    pub fn open(dir: impl AsRef<Path>) -> Result<Self> {
+        let dir = dir.as_ref().to_path_buf();
+        if !dir.is_dir() {
+            return Err(Error::Integrity {
+                dir: dir.clone(),
+                reason: "not a directory (run `seam-edge model import` to create a package)".into(),
+            });
+        }
+        let path = dir.join(MANIFEST_FILE);
+        let meta = std::fs::metadata(&path).map_err(|e| Error::io(&path, e))?;
+        if meta.len() > MAX_MANIFEST_BYTES {
+            return Err(Error::Manifest {
+                path,
+                reason: format!(
+                    "{} bytes is larger than the {MAX_MANIFEST_BYTES} allowed",
+                    meta.len()
+                ),
+            });
+        }
+        let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+        let text = std::str::from_utf8(&bytes).map_err(|e| Error::Manifest {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        let manifest: Manifest = toml::from_str(text).map_err(|e| Error::Manifest {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        manifest
+            .validate()
+            .map_err(|reason| Error::Manifest { path, reason })?;
+        for (rel, expected) in &manifest.files {
+            let actual = sha256_file(&dir.join(rel))?;
+            if !actual.eq_ignore_ascii_case(expected) {
+                return Err(Error::Integrity {
+                    dir: dir.clone(),
+                    reason: format!("`{rel}` has SHA-256 {actual}, the manifest says {expected}"),
+                });
+            }
+        }
+        Ok(Package {
+            digest: hex(&Sha256::digest(&bytes)),
+            dir,
+            manifest,
+        })
+    }
+
+    /// The package directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The validated manifest.
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// SHA-256 (hex) of the manifest, which lists the SHA-256 of every file: two packages with
+    /// the same digest compute the same function.
+    pub fn digest(&self) -> &str {
+        &self.digest
+    }
+
+    /// Absolute path of a file of the package.
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.join(rel)
+    }
+}
+
+/// Writes `manifest` into `dir` after validating it; returns the package digest.
+pub fn write_manifest(dir: &Path, manifest: &Manifest) -> Result<String> {
+    let path = dir.join(MANIFEST_FILE);
+    manifest.validate().map_err(|reason| Error::Manifest {
+        path: path.clone(),
+        reason,
+    })?;
+    let text = toml::to_string_pretty(manifest).map_err(|e| Error::Manifest {
+        path: path.clone(),
+        reason: e.to_string(),
+    })?;
+    std::fs::write(&path, text.as_bytes()).map_err(|e| Error::io(&path, e))?;
+    Ok(hex(&Sha256::digest(text.as_bytes())))
+}
+
+/// SHA-256 (hex) of a file, streamed.
+pub fn sha256_file(path: &Path) -> Result<String> {
+    let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf).map_err(|e| Error::io(path, e))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hex(&hasher.finalize()))
+}
+
+/// SHA-256 (hex) of bytes in memory.
+pub fn sha256_bytes(bytes: &[u8]) -> String {
+    hex(&Sha256::digest(bytes))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,140 @@
+use super::*;
+use std::collections::BTreeMap;
+
+fn tiny_manifest(files: BTreeMap<String, String>) -> Manifest {
+    Manifest {
+        format_version: FORMAT_VERSION,
+        name: "tiny".into(),
+        source: Source {
+            file: "tiny.gguf".into(),
+            sha256: "0".repeat(64),
+        },
+        architecture: Architecture {
+            family: "llama".into(),
+            n_layer: 2,
+            n_embd: 8,
+            n_ff: 16,
+            n_head: 2,
+            n_head_kv: 1,
+            head_dim: 4,
+            vocab_size: 10,
+            context_length: 64,
+            rope_theta: 10000.0,
+            rms_eps: 1e-5,
+            bos_token: 1,
+            eos_token: 2,
+            stop_tokens: vec![],
+        },
+        weights: Weights {
+            linear: "q4_1".into(),
+            head: "q8_0".into(),
+        },
+        split_points: vec![1],
+        segments: vec![
+            Segment {
+                start: 0,
+                end: 1,
+                graphs: vec!["a".into(), "b".into()],
+            },
+            Segment {
+                start: 1,
+                end: 2,
+                graphs: vec!["c".into(), "d".into()],
+            },
+        ],
+        head: "h".into(),
+        embedding: "e".into(),
+        tokenizer: "t".into(),
+        kv_dtype: "int8".into(),
+        chat_template: None,
+        files,
+    }
+}
+
+fn write_package(dir: &Path) -> Manifest {
+    let mut files = BTreeMap::new();
+    for name in ["a", "b", "c", "d", "h", "e", "t"] {
+        let content = format!("content of {name}");
+        std::fs::write(dir.join(name), &content).unwrap();
+        files.insert(name.to_string(), sha256_bytes(content.as_bytes()));
+    }
+    let m = tiny_manifest(files);
+    write_manifest(dir, &m).unwrap();
+    m
+}
+
+fn temp_dir(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("seam-pkg-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[test]
+fn round_trip_and_digest_is_stable() {
+    let dir = temp_dir("rt");
+    let m = write_package(&dir);
+    let p = Package::open(&dir).unwrap();
+    assert_eq!(p.manifest(), &m);
+    let again = Package::open(&dir).unwrap();
+    assert_eq!(p.digest(), again.digest());
+    assert_eq!(p.digest().len(), 64);
+}
+
+#[test]
+fn a_changed_file_is_an_integrity_error() {
+    let dir = temp_dir("tamper");
+    write_package(&dir);
+    std::fs::write(dir.join("c"), "tampered").unwrap();
+    let err = Package::open(&dir).unwrap_err().to_string();
+    assert!(err.contains("`c` has SHA-256"), "{err}");
+}
+
+#[test]
+fn a_missing_directory_says_how_to_make_one() {
+    let err = Package::open("/nonexistent/seam/pkg")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("model import"), "{err}");
+}
+
+#[test]
+fn unknown_manifest_fields_are_rejected() {
+    let dir = temp_dir("unknown");
+    write_package(&dir);
+    let path = dir.join(MANIFEST_FILE);
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, format!("surprise = 1\n{text}")).unwrap();
+    let err = Package::open(&dir).unwrap_err().to_string();
+    assert!(err.contains("surprise"), "{err}");
+}
+
+#[test]
+fn validation_names_the_problem() {
+    let mut files = BTreeMap::new();
+    for name in ["a", "b", "c", "d", "h", "e", "t"] {
+        files.insert(name.to_string(), "ab".repeat(32));
+    }
+    let ok = tiny_manifest(files);
+    assert_eq!(ok.validate(), Ok(()));
+
+    let mut m = ok.clone();
+    m.split_points = vec![2];
+    assert!(m.validate().unwrap_err().contains("split_points"));
+
+    let mut m = ok.clone();
+    m.segments[1].start = 0;
+    assert!(m.validate().unwrap_err().contains("contiguously"));
+
+    let mut m = ok.clone();
+    m.files.remove("h");
+    assert!(m.validate().unwrap_err().contains("`h`"));
+
+    let mut m = ok.clone();
+    m.files.insert("../escape".into(), "ab".repeat(32));
+    assert!(m.validate().unwrap_err().contains("inside the package"));
+
+    let mut m = ok;
+    m.architecture.family = "mamba".into();
+    assert!(m.validate().unwrap_err().contains("mamba"));
+}
