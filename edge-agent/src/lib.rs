@@ -12,5 +12,7 @@ pub mod tokenizer_build;
 
 #[cfg(any(test, feature = "test-util"))]
 pub mod reference;
+#[cfg(any(test, feature = "test-util"))]
+pub mod test_util;
 
 pub use error::{Error, Result};

@@ -152,6 +152,9 @@ enum ModelCommand {
         /// Layers where the forward pass may be split between device and cloud.
         #[arg(long, value_delimiter = ',')]
         split_points: Vec<u32>,
+        /// Compute matmuls in f32 (exact but ~10x slower) instead of with int8 activations.
+        #[arg(long)]
+        f32_compute: bool,
     },
     /// Print a package's manifest after verifying its checksums.
     Inspect { dir: PathBuf },
@@ -173,7 +176,8 @@ fn main() -> anyhow::Result<()> {
                     gguf,
                     out,
                     split_points,
-                } => commands::model::import(&gguf, &out, &split_points),
+                    f32_compute,
+                } => commands::model::import(&gguf, &out, &split_points, f32_compute),
                 ModelCommand::Inspect { dir } => commands::model::inspect(&dir),
             }
         }

@@ -6,7 +6,12 @@ use seam_shared::package::Package;
 use std::path::Path;
 use std::time::Instant;
 
-pub fn import(gguf: &Path, out: &Path, split_points: &[u32]) -> anyhow::Result<()> {
+pub fn import(
+    gguf: &Path,
+    out: &Path,
+    split_points: &[u32],
+    f32_compute: bool,
+) -> anyhow::Result<()> {
     let started = Instant::now();
     let report = import_gguf(
         gguf,
@@ -14,6 +19,7 @@ pub fn import(gguf: &Path, out: &Path, split_points: &[u32]) -> anyhow::Result<(
         &ImportOptions {
             split_points: split_points.to_vec(),
             progress: true,
+            f32_compute,
         },
     )
     .with_context(|| format!("importing {}", gguf.display()))?;
@@ -50,8 +56,8 @@ pub fn inspect(dir: &Path) -> anyhow::Result<()> {
         a.context_length
     );
     println!(
-        "weights   linear {} · head/embedding {} · kv cache {}",
-        m.weights.linear, m.weights.head, m.kv_dtype
+        "weights   linear {} · head/embedding {} · {} compute · kv cache {}",
+        m.weights.linear, m.weights.head, m.weights.compute, m.kv_dtype
     );
     println!("splits    {:?}", m.split_points);
     for s in &m.segments {

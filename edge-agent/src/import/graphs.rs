@@ -47,6 +47,8 @@ pub struct Dims {
     pub qkv: usize,
     pub vocab: usize,
     pub eps: f32,
+    /// MatMulNBits `accuracy_level`: 4 = int8 activations (fast), 0 = f32 (exact).
+    pub accuracy_level: i64,
 }
 
 const SEQ: Dim = Dim::Named("seq");
@@ -57,7 +59,14 @@ fn act(d: usize) -> [Dim; 3] {
 
 /// `y = W·x` for a Q4_1 layer: MatMulNBits plus the block-sum correction. `sums` are the block
 /// sums of `x` (shared by every layer reading the same `x`).
-fn q4_matmul(g: &mut GraphBuilder, x: &str, sums: &str, w: &Q4Linear, stem: &str) -> String {
+fn q4_matmul(
+    g: &mut GraphBuilder,
+    x: &str,
+    sums: &str,
+    w: &Q4Linear,
+    stem: &str,
+    level: i64,
+) -> String {
     let nb = (w.k / BLOCK) as i64;
     let b = g.init_u8(
         &format!("{stem}_q"),
@@ -75,7 +84,7 @@ fn q4_matmul(g: &mut GraphBuilder, x: &str, sums: &str, w: &Q4Linear, stem: &str
             Attr::Int("N", w.n as i64),
             Attr::Int("bits", 4),
             Attr::Int("block_size", BLOCK as i64),
-            Attr::Int("accuracy_level", 4),
+            Attr::Int("accuracy_level", level),
         ],
     );
     let corr = g.op("MatMul", "", &[sums, &c], vec![]);
@@ -137,7 +146,7 @@ fn skip_rms_norm(
 /// The qkv projection of `layer` on the (normed) `x`.
 fn qkv(g: &mut GraphBuilder, x: &str, layer: &LayerWeights, d: Dims) -> String {
     let sums = block_sums(g, x, d.n_embd);
-    q4_matmul(g, x, &sums, &layer.qkv, "qkv")
+    q4_matmul(g, x, &sums, &layer.qkv, "qkv", d.accuracy_level)
 }
 
 /// Output projection, residual, MLP of `layer`; returns `(mlp_out, residual_mid)` whose sum is
@@ -150,10 +159,10 @@ fn layer_tail(
     d: Dims,
 ) -> (String, String) {
     let attn_sums = block_sums(g, attn, d.n_embd);
-    let o = q4_matmul(g, attn, &attn_sums, &layer.o, "o");
+    let o = q4_matmul(g, attn, &attn_sums, &layer.o, "o", d.accuracy_level);
     let (x, mid) = skip_rms_norm(g, &o, residual, &layer.ffn_norm, d.eps);
     let x_sums = block_sums(g, &x, d.n_embd);
-    let gu = q4_matmul(g, &x, &x_sums, &layer.gate_up, "gate_up");
+    let gu = q4_matmul(g, &x, &x_sums, &layer.gate_up, "gate_up", d.accuracy_level);
     let split = g.init_i64("split", &[2], &[d.n_ff as i64, d.n_ff as i64]);
     let (gate, up) = (g.fresh("gate"), g.fresh("up"));
     g.node(
@@ -167,7 +176,7 @@ fn layer_tail(
     let silu = g.op("Mul", "", &[&gate, &sig], vec![]);
     let h = g.op("Mul", "", &[&silu, &up], vec![]);
     let h_sums = block_sums(g, &h, d.n_ff);
-    let down = q4_matmul(g, &h, &h_sums, &layer.down, "down");
+    let down = q4_matmul(g, &h, &h_sums, &layer.down, "down", d.accuracy_level);
     (down, mid)
 }
 
@@ -232,7 +241,7 @@ pub fn head_graph(output_norm: &[f32], head: &Q8Linear, d: Dims) -> Vec<u8> {
             Attr::Int("N", head.n as i64),
             Attr::Int("bits", 8),
             Attr::Int("block_size", BLOCK as i64),
-            Attr::Int("accuracy_level", 4),
+            Attr::Int("accuracy_level", d.accuracy_level),
         ],
     );
     g.output_f32(&logits, io::LOGITS, &act(d.vocab));

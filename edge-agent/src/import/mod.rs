@@ -24,6 +24,9 @@ pub struct ImportOptions {
     pub split_points: Vec<u32>,
     /// Print progress on stderr.
     pub progress: bool,
+    /// Compute the matmuls in f32 (exact, slow; for checking the graphs) instead of with
+    /// int8-quantized activations.
+    pub f32_compute: bool,
 }
 
 /// Summary of an import.
@@ -49,6 +52,7 @@ pub fn import_gguf(gguf_path: &Path, out: &Path, opts: &ImportOptions) -> Result
         qkv: (hp.n_head + 2 * hp.n_head_kv) * hp.head_dim,
         vocab: hp.vocab_size,
         eps: hp.rms_eps,
+        accuracy_level: if opts.f32_compute { 0 } else { 4 },
     };
     let mut files: BTreeMap<String, String> = BTreeMap::new();
     let mut bytes = 0u64;
@@ -162,6 +166,7 @@ pub fn import_gguf(gguf_path: &Path, out: &Path, opts: &ImportOptions) -> Result
         weights: Weights {
             linear: "q4_1".into(),
             head: "q8_0".into(),
+            compute: if opts.f32_compute { "f32" } else { "int8" }.into(),
         },
         split_points: splits,
         segments,

@@ -79,6 +79,9 @@ pub struct Weights {
     pub linear: String,
     /// LM head and token embedding, e.g. `q8_0`.
     pub head: String,
+    /// How the quantized matmuls compute: `int8` (activations quantized per block to int8,
+    /// as llama.cpp does; fast) or `f32` (exact function of the weights; slow, for checks).
+    pub compute: String,
 }
 
 /// A run of layers `[start, end)` and the graphs that compute it, in execution order.
@@ -138,6 +141,12 @@ impl Manifest {
             && a.rms_eps > 0.0)
         {
             return Err("architecture.rope_theta and rms_eps must be positive".into());
+        }
+        if !matches!(self.weights.compute.as_str(), "int8" | "f32") {
+            return Err(format!(
+                "weights.compute `{}` must be int8 or f32",
+                self.weights.compute
+            ));
         }
         if !matches!(self.kv_dtype.as_str(), "int8" | "f32") {
             return Err(format!("kv_dtype `{}` must be int8 or f32", self.kv_dtype));

@@ -28,6 +28,7 @@ fn tiny_manifest(files: BTreeMap<String, String>) -> Manifest {
         weights: Weights {
             linear: "q4_1".into(),
             head: "q8_0".into(),
+            compute: "int8".into(),
         },
         split_points: vec![1],
         segments: vec![

@@ -1,0 +1,81 @@
+//! Helpers for tests (feature `test-util`): the default assets installed by `make setup` and a
+//! model package imported once and shared by every test binary.
+
+use crate::import::{ImportOptions, import_gguf};
+use seam_shared::package::Package;
+use std::path::{Path, PathBuf};
+
+/// Split points of the shared test package.
+pub const TEST_SPLIT_POINTS: [u32; 3] = [4, 8, 15];
+
+/// The workspace root (where `.seam/` lives).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("edge-agent sits in the workspace")
+        .to_path_buf()
+}
+
+/// An asset installed by `make setup`, e.g. `assets/prose/lee_background.txt`. Panics with the
+/// fix if it is missing: tests need the real assets and must not silently skip.
+pub fn asset(rel: &str) -> PathBuf {
+    let p = workspace_root().join(".seam").join(rel);
+    assert!(
+        p.exists(),
+        "{} is missing: run `make setup` first",
+        p.display()
+    );
+    p
+}
+
+/// The default GGUF checkpoint (`$SEAM_GGUF` overrides).
+pub fn gguf_path() -> PathBuf {
+    match std::env::var_os("SEAM_GGUF") {
+        Some(p) => PathBuf::from(p),
+        None => asset("assets/SmolLM2-135M-Instruct.Q4_1.gguf"),
+    }
+}
+
+/// The model package of the default checkpoint, imported on first use into `target/` and
+/// reused while its manifest verifies. Safe against parallel test binaries: each imports into
+/// its own directory and renames it into place.
+pub fn package_dir() -> PathBuf {
+    package_dir_for(false)
+}
+
+/// Like [`package_dir`], with the matmuls computed in f32 (`true`: exactly the GGUF function)
+/// or with int8 activations (`false`: the shipped default).
+pub fn package_dir_for(f32_compute: bool) -> PathBuf {
+    let name = if f32_compute {
+        "seam-test-package-f32"
+    } else {
+        "seam-test-package"
+    };
+    let dir = workspace_root().join("target").join(name);
+    if Package::open(&dir).is_ok() {
+        return dir;
+    }
+    let tmp = dir.with_extension(format!("tmp-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    import_gguf(
+        &gguf_path(),
+        &tmp,
+        &ImportOptions {
+            split_points: TEST_SPLIT_POINTS.to_vec(),
+            progress: false,
+            f32_compute,
+        },
+    )
+    .expect("importing the test package");
+    if Package::open(&dir).is_err() {
+        let _ = std::fs::remove_dir_all(&dir);
+        if std::fs::rename(&tmp, &dir).is_err() {
+            // Another process won the race; its package is as good as ours.
+            let _ = std::fs::remove_dir_all(&tmp);
+        }
+    } else {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    Package::open(&dir).expect("the test package verifies");
+    dir
+}

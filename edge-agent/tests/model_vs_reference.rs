@@ -1,0 +1,211 @@
+//! The imported ONNX model against an independent reference: a plain f32 llama forward pass
+//! over the dequantized GGUF weights (`seam_edge::reference`), on several prompts, with both
+//! KV-cache dtypes, and prefill in one pass against token-by-token decoding.
+
+use seam_edge::gguf::GgufFile;
+use seam_edge::reference::ReferenceModel;
+use seam_edge::runtime::kv_cache::{KvCache, KvDtype, KvGeometry};
+use seam_edge::runtime::model::{LoadOptions, Model};
+use seam_edge::test_util::{gguf_path, package_dir, package_dir_for};
+
+const PROMPTS: [&str; 4] = [
+    "The capital of France is",
+    "Once upon a time there was a little girl who lived",
+    "def fibonacci(n):\n    if n < 2:\n        return",
+    "<|im_start|>user\nWhat is the boiling point of water?<|im_end|>\n<|im_start|>assistant\n",
+];
+
+fn load() -> Model {
+    load_from(&package_dir())
+}
+
+fn load_from(dir: &std::path::Path) -> Model {
+    Model::load(
+        dir,
+        &LoadOptions {
+            threads: 2,
+            ..LoadOptions::default()
+        },
+    )
+    .expect("loading the test package")
+}
+
+fn cache(model: &Model, dtype: KvDtype, capacity: usize) -> KvCache {
+    let a = model.arch();
+    let g = KvGeometry {
+        n_layers: a.n_layer as usize,
+        n_kv_heads: a.n_head_kv as usize,
+        head_dim: a.head_dim as usize,
+    };
+    KvCache::new(g, dtype, capacity)
+}
+
+fn argmax(v: &[f32]) -> usize {
+    (0..v.len()).fold(0, |b, i| if v[i] > v[b] { i } else { b })
+}
+
+/// (cosine, max |a - b| / range(b)) of two logit rows.
+fn compare(ours: &[f32], reference: &[f32]) -> (f64, f64) {
+    let (mut dot, mut na, mut nb, mut max_diff) = (0.0f64, 0.0f64, 0.0f64, 0.0f64);
+    let (mut lo, mut hi) = (f64::MAX, f64::MIN);
+    for (&a, &b) in ours.iter().zip(reference) {
+        let (a, b) = (a as f64, b as f64);
+        dot += a * b;
+        na += a * a;
+        nb += b * b;
+        max_diff = max_diff.max((a - b).abs());
+        lo = lo.min(b);
+        hi = hi.max(b);
+    }
+    (dot / (na.sqrt() * nb.sqrt()), max_diff / (hi - lo))
+}
+
+/// Worst cosine, worst max|diff|/range and top-1 agreements over all prompts and positions.
+struct Agreement {
+    cosine: f64,
+    rel_diff: f64,
+    top1: usize,
+    positions: usize,
+}
+
+fn agreement(model: &mut Model, reference: &ReferenceModel, dtype: KvDtype) -> Agreement {
+    let vocab = model.arch().vocab_size as usize;
+    let mut a = Agreement {
+        cosine: 1.0,
+        rel_diff: 0.0,
+        top1: 0,
+        positions: 0,
+    };
+    for prompt in PROMPTS {
+        let tokens = model
+            .tokenizer()
+            .encode(prompt, false)
+            .unwrap()
+            .get_ids()
+            .to_vec();
+        let expected = reference.logits(&tokens);
+        let mut c = cache(model, dtype, tokens.len());
+        let ours = model.forward(&tokens, 0, &mut c, true).unwrap();
+        for (p, exp) in expected.iter().enumerate() {
+            let row = &ours[p * vocab..(p + 1) * vocab];
+            let (cos, rel) = compare(row, exp);
+            a.cosine = a.cosine.min(cos);
+            a.rel_diff = a.rel_diff.max(rel);
+            a.top1 += usize::from(argmax(row) == argmax(exp));
+            a.positions += 1;
+        }
+    }
+    eprintln!(
+        "{dtype} kv: worst cosine {:.6}, worst max|diff|/range {:.5}, top-1 agreement {}/{}",
+        a.cosine, a.rel_diff, a.top1, a.positions
+    );
+    a
+}
+
+fn reference() -> ReferenceModel {
+    ReferenceModel::from_gguf(&GgufFile::open(gguf_path()).unwrap()).unwrap()
+}
+
+/// With f32 compute the imported graphs are exactly the GGUF function: Q4_1 repacking and the
+/// block-sum correction, rotary, attention over the cache, norms, the 8-bit head.
+#[test]
+fn exact_graphs_equal_the_f32_reference() {
+    let mut model = load_from(&package_dir_for(true));
+    let r = reference();
+    let a = agreement(&mut model, &r, KvDtype::F32);
+    assert!(a.cosine > 0.99999, "cosine {}", a.cosine);
+    assert!(a.rel_diff < 1e-3, "relative max diff {}", a.rel_diff);
+    assert_eq!(a.top1, a.positions);
+    // The int8 KV cache is the only approximation left.
+    let a = agreement(&mut model, &r, KvDtype::Int8);
+    assert!(a.cosine > 0.98, "cosine {}", a.cosine);
+    assert!(
+        a.top1 * 100 >= a.positions * 95,
+        "top-1 {}/{}",
+        a.top1,
+        a.positions
+    );
+}
+
+/// The shipped graphs quantize activations to int8 per block inside MatMulNBits (as llama.cpp
+/// does for Q4_1 dot products): close to the reference, same greedy choices.
+#[test]
+fn fast_graphs_stay_close_to_the_f32_reference() {
+    let mut model = load();
+    let r = reference();
+    for dtype in [KvDtype::F32, KvDtype::Int8] {
+        let a = agreement(&mut model, &r, dtype);
+        assert!(a.cosine > 0.95, "{dtype}: cosine {}", a.cosine);
+        assert!(
+            a.rel_diff < 0.1,
+            "{dtype}: relative max diff {}",
+            a.rel_diff
+        );
+        assert!(
+            a.top1 * 100 >= a.positions * 95,
+            "{dtype}: top-1 {}/{}",
+            a.top1,
+            a.positions
+        );
+    }
+}
+
+#[test]
+fn greedy_continuation_of_the_capital_of_france_is_paris() {
+    let mut model = load();
+    let tokens = model
+        .tokenizer()
+        .encode("The capital of France is", false)
+        .unwrap()
+        .get_ids()
+        .to_vec();
+    let mut c = cache(&model, KvDtype::Int8, tokens.len());
+    let logits = model.forward(&tokens, 0, &mut c, false).unwrap();
+    let next = argmax(&logits) as u32;
+    assert_eq!(model.tokenizer().decode(&[next], false).unwrap(), " Paris");
+}
+
+#[test]
+fn token_by_token_decoding_equals_one_pass_prefill() {
+    let mut model = load();
+    let vocab = model.arch().vocab_size as usize;
+    let tokens = model
+        .tokenizer()
+        .encode(PROMPTS[1], false)
+        .unwrap()
+        .get_ids()
+        .to_vec();
+    let mut whole = cache(&model, KvDtype::F32, tokens.len());
+    let all = model.forward(&tokens, 0, &mut whole, true).unwrap();
+    let mut step = cache(&model, KvDtype::F32, tokens.len());
+    for (p, &t) in tokens.iter().enumerate() {
+        let row = model.forward(&[t], p, &mut step, false).unwrap();
+        step.commit(p + 1).unwrap();
+        let (cos, _) = compare(&row, &all[p * vocab..(p + 1) * vocab]);
+        assert!(cos > 0.9999, "position {p}: cosine {cos}");
+    }
+}
+
+#[test]
+fn rollback_then_recompute_gives_the_same_logits() {
+    let mut model = load();
+    let tokens = model
+        .tokenizer()
+        .encode(PROMPTS[0], false)
+        .unwrap()
+        .get_ids()
+        .to_vec();
+    let mut c = cache(&model, KvDtype::Int8, tokens.len() + 8);
+    model.forward(&tokens, 0, &mut c, false).unwrap();
+    c.commit(tokens.len()).unwrap();
+    let first = model.forward(&[42], tokens.len(), &mut c, false).unwrap();
+    c.commit(tokens.len() + 1).unwrap();
+    model
+        .forward(&[7, 8, 9], tokens.len() + 1, &mut c, false)
+        .unwrap();
+    c.commit(tokens.len() + 4).unwrap();
+    // Speculative rejection: drop the last four positions in O(1) and take another path.
+    c.truncate(tokens.len()).unwrap();
+    let again = model.forward(&[42], tokens.len(), &mut c, false).unwrap();
+    assert_eq!(first, again);
+}
