@@ -26,6 +26,7 @@ demo: package
 
 ## test: the whole test suite (unit, property, model-vs-reference, end-to-end)
 test: setup
+	$(CARGO) build --workspace --bins --locked
 	$(CARGO) test --workspace --locked
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 	$(CARGO) fmt --all -- --check

@@ -1,1 +1,120 @@
+//! Harness for end-to-end tests: real `seam-edge` processes on loopback, their logs captured,
+//! gRPC clients connected to them.
 
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::Duration;
+
+pub use seam_edge::test_util::package_dir;
+
+/// Longest wait for a process to report that it is listening (a model load in a debug build).
+const START_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The `seam-edge` binary of the build that runs the tests (`target/<profile>/seam-edge`).
+pub fn edge_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("tests run from target/<profile>/deps");
+    let bin = dir.join("seam-edge");
+    assert!(
+        bin.exists(),
+        "{} is missing: build the workspace binaries first (`cargo build --workspace`)",
+        bin.display()
+    );
+    bin
+}
+
+/// A running `seam-edge serve`, killed on drop.
+pub struct EdgeProcess {
+    child: Child,
+    pub addr: String,
+    logs: Arc<Mutex<Vec<String>>>,
+    log_rx: Mutex<mpsc::Receiver<String>>,
+}
+
+impl EdgeProcess {
+    /// Starts the agent on a free loopback port and waits until it listens.
+    pub fn start(package: &Path, extra: &[&str]) -> EdgeProcess {
+        let mut child = Command::new(edge_bin())
+            .args(["serve", "--listen", "127.0.0.1:0", "--model"])
+            .arg(package)
+            .args(extra)
+            .env("SEAM_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawning seam-edge serve");
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = mpsc::channel();
+        let stderr = child.stderr.take().expect("stderr");
+        {
+            let logs = logs.clone();
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    logs.lock().unwrap().push(line.clone());
+                    let _ = tx.send(line);
+                }
+            });
+        }
+        let stdout = child.stdout.take().expect("stdout");
+        let (addr_tx, addr_rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(a) = line.strip_prefix("listening on ") {
+                    let _ = addr_tx.send(a.to_string());
+                }
+            }
+        });
+        let addr = match addr_rx.recv_timeout(START_TIMEOUT) {
+            Ok(a) => a,
+            Err(_) => {
+                let _ = child.kill();
+                panic!(
+                    "seam-edge did not start; logs:\n{}",
+                    logs.lock().unwrap().join("\n")
+                );
+            }
+        };
+        EdgeProcess {
+            child,
+            addr: format!("http://{addr}"),
+            logs,
+            log_rx: Mutex::new(rx),
+        }
+    }
+
+    /// Waits (bounded) for a log line containing every one of `needles`.
+    pub fn wait_for_log(&self, needles: &[&str], timeout: Duration) -> Option<String> {
+        let matches = |l: &str| needles.iter().all(|n| l.contains(n));
+        if let Some(l) = self.logs.lock().unwrap().iter().find(|l| matches(l)) {
+            return Some(l.clone());
+        }
+        let rx = self.log_rx.lock().unwrap();
+        let deadline = std::time::Instant::now() + timeout;
+        while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+            match rx.recv_timeout(left) {
+                Ok(l) if matches(&l) => return Some(l),
+                Ok(_) => continue,
+                Err(_) => return None,
+            }
+        }
+        None
+    }
+
+    /// Everything the process logged so far.
+    pub fn logs(&self) -> String {
+        self.logs.lock().unwrap().join("\n")
+    }
+}
+
+impl Drop for EdgeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -137,43 +137,125 @@ fn run(view: &LayerView<'_>, shape: &Shape, q: &[f32], out: &mut [f32], first_po
     }
 }
 
-/// A cached element type, widened to f32 in the inner loops.
-trait Lane: Copy + Send + Sync {
-    /// Returns `src` as f32: the slice itself for f32, else widened into `buf`.
-    fn as_f32<'a>(src: &'a [Self], buf: &'a mut [f32]) -> &'a [f32];
+/// Lanes of the register blocks (two SSE vectors).
+const VL: usize = 8;
+/// Most query heads whose scores and value sums share one pass over the cache.
+const MAX_BLOCK: usize = 4;
+/// Positions per value-sum tile: the tile's values stay in L1 across the head-dim blocks.
+const TILE: usize = 64;
+
+/// 8 f32 lanes, 16-byte aligned so their loads fold into arithmetic instructions.
+#[derive(Clone, Copy, Default)]
+#[repr(C, align(16))]
+struct F8([f32; VL]);
+
+/// Where one kv head sits in the cache rows, and the attention constants.
+struct GroupGeo {
+    /// Row width of the cache (all kv heads).
+    kw: usize,
+    /// Offset of this kv head in a row.
+    off: usize,
+    /// Index of this kv head.
+    g: usize,
+    nkv: usize,
+    hd: usize,
+    inv_sqrt: f32,
+}
+
+/// Per-thread scratch buffers, allocated once per call.
+#[derive(Default)]
+struct Scratch {
+    /// Query block as `[chunk][head]`, zero-padded to whole chunks.
+    qf: Vec<F8>,
+    /// Broadcast value-sum weights of one tile, `[position][head]`.
+    wb: Vec<F8>,
+}
+
+/// A cached element type.
+trait Lane: Copy + Default + Send + Sync {
+    /// The 8 elements as f32 (without any scale).
+    fn widen(s: &[Self; VL]) -> [f32; VL];
 }
 
 impl Lane for f32 {
     #[inline(always)]
-    fn as_f32<'a>(src: &'a [f32], _buf: &'a mut [f32]) -> &'a [f32] {
-        src
+    fn widen(s: &[f32; VL]) -> [f32; VL] {
+        *s
     }
 }
 
 impl Lane for i8 {
     #[inline(always)]
-    fn as_f32<'a>(src: &'a [i8], buf: &'a mut [f32]) -> &'a [f32] {
-        let (bc, br) = buf.as_chunks_mut::<LANES>();
-        let (sc, sr) = src.as_chunks::<LANES>();
-        for (b, s) in bc.iter_mut().zip(sc) {
-            // Built locally and stored whole so it vectorizes (see `axpy`).
-            let mut t = [0.0f32; LANES];
-            for (t, &s) in t.iter_mut().zip(s) {
-                *t = f32::from(s);
+    fn widen(s: &[i8; VL]) -> [f32; VL] {
+        // Built locally from a plain loop: this form vectorizes (unpack + convert).
+        let mut t = [0.0f32; VL];
+        for (t, &s) in t.iter_mut().zip(s) {
+            *t = f32::from(s);
+        }
+        t
+    }
+}
+
+/// Calls `f` with each 8-element chunk of `row`, the last one zero-padded.
+#[inline(always)]
+fn for_chunks<E: Copy + Default>(row: &[E], mut f: impl FnMut(usize, &[E; VL])) {
+    let (chunks, rest) = row.as_chunks::<VL>();
+    for (c, x) in chunks.iter().enumerate() {
+        f(c, x);
+    }
+    if !rest.is_empty() {
+        let mut x = [E::default(); VL];
+        x[..rest.len()].copy_from_slice(rest);
+        f(chunks.len(), &x);
+    }
+}
+
+/// Sum of 8 lanes as a short tree.
+#[inline(always)]
+fn hsum(a: &[f32; VL]) -> f32 {
+    let h = [a[0] + a[4], a[1] + a[5], a[2] + a[6], a[3] + a[7]];
+    (h[0] + h[2]) + (h[1] + h[3])
+}
+
+/// Writes `sc[j * n + t] = inv_sqrt * k_scale_t * q_j · k_t` for the `NB` heads of `qb`
+/// (`[NB, hd]`) and every position `t < n`. Each key chunk is widened once for all heads; the
+/// int8 scale is applied to the finished dot product.
+#[inline(always)]
+fn scores<E: Lane, const NB: usize>(
+    k: &[E],
+    k_scales: Option<&[f32]>,
+    geo: &GroupGeo,
+    qb: &[f32],
+    sc: &mut [f32],
+    scratch: &mut Scratch,
+) {
+    let hd = geo.hd;
+    let n = sc.len() / NB;
+    let qf = &mut scratch.qf;
+    qf.clear();
+    qf.resize(hd.div_ceil(VL) * NB, F8::default());
+    for (j, qh) in qb.chunks_exact(hd).enumerate() {
+        for_chunks(qh, |c, x| qf[c * NB + j] = F8(*x));
+    }
+    let qf = qf.as_chunks::<NB>().0;
+    for (t, row) in k.chunks_exact(geo.kw).take(n).enumerate() {
+        let mut acc = [[0.0f32; VL]; NB];
+        for_chunks(&row[geo.off..][..hd], |c, kc| {
+            let kc = E::widen(kc);
+            for (a, qj) in acc.iter_mut().zip(&qf[c]) {
+                for ((a, &q), &x) in a.iter_mut().zip(&qj.0).zip(&kc) {
+                    *a += q * x;
+                }
             }
-            *b = t;
+        });
+        let f = k_scales.map_or(geo.inv_sqrt, |ks| ks[t * geo.nkv + geo.g] * geo.inv_sqrt);
+        for (j, a) in acc.iter().enumerate() {
+            sc[j * n + t] = hsum(a) * f;
         }
-        for (b, &s) in br.iter_mut().zip(sr) {
-            *b = f32::from(s);
-        }
-        buf
     }
 }
 
 /// Processes the rows of `q` (first one at `first_pos`) for every head.
-///
-/// The query heads sharing a kv head are handled together so each cached row is widened once
-/// and read once per group.
 fn rows_kernel<E: Lane>(
     k: &[E],
     v: &[E],
@@ -183,49 +265,134 @@ fn rows_kernel<E: Lane>(
     out: &mut [f32],
     first_pos: usize,
 ) {
-    let (hd, nkv, group) = (sh.hd, sh.nkv, sh.group);
+    // Constant-propagated copy for the common head size.
+    if sh.hd == 64 {
+        rows_kernel_hd(k, v, scales, sh, 64, q, out, first_pos);
+    } else {
+        rows_kernel_hd(k, v, scales, sh, sh.hd, q, out, first_pos);
+    }
+}
+
+/// [`rows_kernel`] body. Per row, kv head and block of up to [`MAX_BLOCK`] query heads: all
+/// scores, softmax, then the weighted value sum with the softmax normalization and int8 value
+/// scale folded into the weights.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn rows_kernel_hd<E: Lane>(
+    k: &[E],
+    v: &[E],
+    scales: Option<(&[f32], &[f32])>,
+    sh: &Shape,
+    hd: usize,
+    q: &[f32],
+    out: &mut [f32],
+    first_pos: usize,
+) {
+    let (nkv, group) = (sh.nkv, sh.group);
     let (kw, width) = (nkv * hd, sh.n_heads * hd);
     let max_n = first_pos + q.len() / width;
-    let mut scores = vec![0.0f32; group * max_n];
-    let mut buf = vec![0.0f32; hd];
-    let mut inv_sums = vec![0.0f32; group];
+    let mut scores = vec![0.0f32; MAX_BLOCK * max_n];
+    let mut scratch = Scratch::default();
     for (s, (q_row, out_row)) in q
         .chunks_exact(width)
         .zip(out.chunks_exact_mut(width))
         .enumerate()
     {
         let n = first_pos + s + 1;
-        let (k_rows, v_rows) = (k[..n * kw].chunks_exact(kw), v[..n * kw].chunks_exact(kw));
         let groups = q_row
             .chunks_exact(group * hd)
             .zip(out_row.chunks_exact_mut(group * hd));
         for (g, (qg, og)) in groups.enumerate() {
-            let sc = &mut scores[..group * n];
-            // Scores, [head in group][position]; the int8 scale is folded in per position.
-            for (t, kr) in k_rows.clone().enumerate() {
-                let kf = E::as_f32(&kr[g * hd..][..hd], &mut buf);
-                let mut f = sh.inv_sqrt;
-                if let Some((ks, _)) = scales {
-                    f *= ks[t * nkv + g];
+            let geo = GroupGeo {
+                kw,
+                off: g * hd,
+                g,
+                nkv,
+                hd,
+                inv_sqrt: sh.inv_sqrt,
+            };
+            let mut j = 0;
+            while j < group {
+                let nb = (group - j).min(MAX_BLOCK);
+                let (qb, ob) = (&qg[j * hd..][..nb * hd], &mut og[j * hd..][..nb * hd]);
+                let sc = &mut scores[..nb * n];
+                let args = (k, v, scales, &geo, n, qb, sc, ob, &mut scratch);
+                match nb {
+                    1 => head_block::<E, 1>(args),
+                    2 => head_block::<E, 2>(args),
+                    3 => head_block::<E, 3>(args),
+                    _ => head_block::<E, 4>(args),
                 }
-                for (j, qh) in qg.chunks_exact(hd).enumerate() {
-                    sc[j * n + t] = dot(qh, kf) * f;
+                j += nb;
+            }
+        }
+    }
+}
+
+type BlockArgs<'a, E> = (
+    &'a [E],
+    &'a [E],
+    Option<(&'a [f32], &'a [f32])>,
+    &'a GroupGeo,
+    usize,
+    &'a [f32],
+    &'a mut [f32],
+    &'a mut [f32],
+    &'a mut Scratch,
+);
+
+/// Attention of `NB` query heads sharing one kv head, for one query row over `n` positions.
+#[inline(always)]
+fn head_block<E: Lane, const NB: usize>(args: BlockArgs<'_, E>) {
+    let (k, v, scales, geo, n, qb, sc, out, scratch) = args;
+    scores::<E, NB>(k, scales.map(|s| s.0), geo, qb, sc, scratch);
+    let mut inv = [0.0f32; NB];
+    for (sc_h, inv) in sc.chunks_exact_mut(n).zip(inv.iter_mut()) {
+        *inv = 1.0 / softmax_unnormalized(sc_h);
+    }
+    let hd = geo.hd;
+    let v_scales = scales.map(|s| s.1);
+    let blocks = hd / VL;
+    out.fill(0.0);
+    let wb = &mut scratch.wb;
+    wb.resize(TILE * NB, F8::default());
+    for t0 in (0..n).step_by(TILE) {
+        let len = TILE.min(n - t0);
+        // Broadcast weights of this tile, [position][head].
+        for (jj, (sc_h, &inv)) in sc.chunks_exact(n).zip(&inv).enumerate() {
+            for (t, &p) in sc_h[t0..][..len].iter().enumerate() {
+                let vs = v_scales.map_or(1.0, |vs| vs[(t0 + t) * geo.nkv + geo.g]);
+                wb[t * NB + jj] = F8([p * inv * vs; VL]);
+            }
+        }
+        let w = &wb.as_chunks::<NB>().0[..len];
+        let rows = &v[t0 * geo.kw..][..len * geo.kw];
+        for c in 0..blocks {
+            let mut acc = [[0.0f32; VL]; NB];
+            for (a, oh) in acc.iter_mut().zip(out.chunks_exact(hd)) {
+                a.copy_from_slice(&oh[c * VL..][..VL]);
+            }
+            for (row, wt) in rows.chunks_exact(geo.kw).zip(w) {
+                let Some(vr) = row[geo.off + c * VL..].first_chunk::<VL>() else {
+                    continue;
+                };
+                let vf = E::widen(vr);
+                for (a, wj) in acc.iter_mut().zip(wt) {
+                    for ((a, &w), &x) in a.iter_mut().zip(&wj.0).zip(&vf) {
+                        *a += w * x;
+                    }
                 }
             }
-            for (sc_h, inv) in sc.chunks_exact_mut(n).zip(inv_sums.iter_mut()) {
-                *inv = 1.0 / softmax_unnormalized(sc_h);
+            for (oh, a) in out.chunks_exact_mut(hd).zip(&acc) {
+                oh[c * VL..][..VL].copy_from_slice(a);
             }
-            // Weighted sum of values; the int8 scale is folded into the weight.
-            og.fill(0.0);
-            for (t, vr) in v_rows.clone().enumerate() {
-                let vf = E::as_f32(&vr[g * hd..][..hd], &mut buf);
-                let vs = scales.map_or(1.0, |(_, vs)| vs[t * nkv + g]);
-                for (j, oh) in og.chunks_exact_mut(hd).enumerate() {
-                    axpy(oh, sc[j * n + t] * vs, vf);
+        }
+        for d in blocks * VL..hd {
+            for (row, wt) in rows.chunks_exact(geo.kw).zip(w) {
+                let x = E::widen(&[row[geo.off + d]; VL])[0];
+                for (oh, wj) in out.chunks_exact_mut(hd).zip(wt) {
+                    oh[d] += wj.0[0] * x;
                 }
-            }
-            for (oh, &inv) in og.chunks_exact_mut(hd).zip(&inv_sums) {
-                oh.iter_mut().for_each(|o| *o *= inv);
             }
         }
     }
@@ -278,47 +445,6 @@ fn exp_neg(x: f32) -> f32 {
     let p = p * r + 1.0;
     // n is in [-126, 0], so the biased exponent is a normal one.
     p * f32::from_bits(((n as i32 + 127) as u32) << 23)
-}
-
-/// `Σ a_i * b_i` over equal-length slices, in 16 f32 accumulators.
-#[inline(always)]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let (ac, ar) = a.as_chunks::<LANES>();
-    let (bc, br) = b.as_chunks::<LANES>();
-    let mut acc = [0.0f32; LANES];
-    for (x, y) in ac.iter().zip(bc) {
-        for ((s, &x), &y) in acc.iter_mut().zip(x).zip(y) {
-            *s += x * y;
-        }
-    }
-    let tail: f32 = ar.iter().zip(br).map(|(&x, &y)| x * y).sum();
-    // Tree reduction: a serial 16-add chain would dominate for head_dim 64.
-    let mut quad = [0.0f32; 4];
-    for c in acc.as_chunks::<4>().0 {
-        for (q, &v) in quad.iter_mut().zip(c) {
-            *q += v;
-        }
-    }
-    ((quad[0] + quad[2]) + (quad[1] + quad[3])) + tail
-}
-
-/// `out += w * b` over equal-length slices.
-#[inline(always)]
-fn axpy(out: &mut [f32], w: f32, b: &[f32]) {
-    let (oc, or) = out.as_chunks_mut::<LANES>();
-    let (bc, br) = b.as_chunks::<LANES>();
-    for (o, y) in oc.iter_mut().zip(bc) {
-        // Work on a local copy: without it LLVM loses the no-alias fact after inlining and
-        // emits scalar loads and stores.
-        let mut t = *o;
-        for (t, &y) in t.iter_mut().zip(y) {
-            *t += w * y;
-        }
-        *o = t;
-    }
-    for (o, &y) in or.iter_mut().zip(br) {
-        *o += w * y;
-    }
 }
 
 #[cfg(test)]
