@@ -76,13 +76,31 @@ fn agreement(model: &mut Model, reference: &ReferenceModel, dtype: KvDtype) -> A
         top1: 0,
         positions: 0,
     };
-    for prompt in PROMPTS {
-        let tokens = model
-            .tokenizer()
-            .encode(prompt, false)
-            .unwrap()
-            .get_ids()
-            .to_vec();
+    // Short prompts of several kinds, and a longer run of news prose.
+    let text = std::fs::read_to_string(seam_edge::test_util::asset(
+        "assets/prose/lee_background.txt",
+    ))
+    .unwrap();
+    let mut prose = model
+        .tokenizer()
+        .encode(text.as_str(), false)
+        .unwrap()
+        .get_ids()
+        .to_vec();
+    prose.truncate(96);
+    let mut prompts: Vec<Vec<u32>> = PROMPTS
+        .iter()
+        .map(|p| {
+            model
+                .tokenizer()
+                .encode(*p, false)
+                .unwrap()
+                .get_ids()
+                .to_vec()
+        })
+        .collect();
+    prompts.push(prose);
+    for tokens in prompts {
         let expected = reference.logits(&tokens);
         let mut c = cache(model, dtype, tokens.len());
         let ours = model.forward(&tokens, 0, &mut c, true).unwrap();
@@ -183,6 +201,38 @@ fn token_by_token_decoding_equals_one_pass_prefill() {
         step.commit(p + 1).unwrap();
         let (cos, _) = compare(&row, &all[p * vocab..(p + 1) * vocab]);
         assert!(cos > 0.9999, "position {p}: cosine {cos}");
+    }
+}
+
+/// A long prompt exercises the multi-threaded prefill attention; decoding the same tokens one
+/// at a time (the single-row path) must give the same logits.
+#[test]
+fn long_prompt_prefill_equals_token_by_token_decoding() {
+    let mut model = load();
+    let vocab = model.arch().vocab_size as usize;
+    let text = std::fs::read_to_string(seam_edge::test_util::asset(
+        "assets/prose/lee_background.txt",
+    ))
+    .unwrap();
+    let mut tokens = model
+        .tokenizer()
+        .encode(text.as_str(), false)
+        .unwrap()
+        .get_ids()
+        .to_vec();
+    tokens.truncate(400);
+    for dtype in [KvDtype::F32, KvDtype::Int8] {
+        let mut whole = cache(&model, dtype, tokens.len());
+        let all = model.forward(&tokens, 0, &mut whole, true).unwrap();
+        let mut step = cache(&model, dtype, tokens.len());
+        let mut worst = 1.0f64;
+        for (p, &t) in tokens.iter().enumerate() {
+            let row = model.forward(&[t], p, &mut step, false).unwrap();
+            step.commit(p + 1).unwrap();
+            worst = worst.min(compare(&row, &all[p * vocab..(p + 1) * vocab]).0);
+        }
+        eprintln!("{dtype}: worst cosine prefill vs step {worst:.7}");
+        assert!(worst > 0.9999, "{dtype}: worst cosine {worst}");
     }
 }
 

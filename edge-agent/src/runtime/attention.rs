@@ -1,10 +1,11 @@
 //! Causal grouped-query attention over the [`KvCache`].
 //!
-//! For int8 caches the rows are never dequantized into a buffer: a score is
-//! `k_scale * Σ q·k_i8 / sqrt(head_dim)` and the output is `Σ p_t * v_scale_t * v_i8_t`.
-//! Inner loops run over fixed 16-lane chunks with f32 accumulators so they vectorize.
+//! For int8 caches the rows are never dequantized into a buffer. Each row is split in groups of
+//! [`GROUP`] elements with one scale each: a score is `Σ_g k_scale_g * (Σ_{i in g} q_i·k_i8_i) /
+//! sqrt(head_dim)` and output group `g` is `Σ_t p_t * v_scale_{t,g} * v_i8_t`. Inner loops run
+//! over fixed 8-lane chunks with f32 accumulators so they vectorize.
 
-use super::kv_cache::{KvCache, KvError, LayerView};
+use super::kv_cache::{GROUP, KvCache, KvError, LayerView, scale_f32};
 
 /// Lanes per inner-loop chunk.
 const LANES: usize = 16;
@@ -139,6 +140,9 @@ fn run(view: &LayerView<'_>, shape: &Shape, q: &[f32], out: &mut [f32], first_po
 
 /// Lanes of the register blocks (two SSE vectors).
 const VL: usize = 8;
+/// Chunks of [`VL`] lanes per int8 quantization group.
+const CPG: usize = GROUP / VL;
+const _: () = assert!(GROUP.is_multiple_of(VL));
 /// Most query heads whose scores and value sums share one pass over the cache.
 const MAX_BLOCK: usize = 4;
 /// Positions per value-sum tile: the tile's values stay in L1 across the head-dim blocks.
@@ -151,6 +155,10 @@ struct F8([f32; VL]);
 
 /// Where one kv head sits in the cache rows, and the attention constants.
 struct GroupGeo {
+    /// Elements per scale group: [`GROUP`] for int8, `hd` (one unscaled group) for f32.
+    gsz: usize,
+    /// Scale groups per row of one kv head (`hd / gsz`).
+    ng: usize,
     /// Row width of the cache (all kv heads).
     kw: usize,
     /// Offset of this kv head in a row.
@@ -173,11 +181,15 @@ struct Scratch {
 
 /// A cached element type.
 trait Lane: Copy + Default + Send + Sync {
+    /// Whether rows are quantized in groups of [`GROUP`] (otherwise a row is one group, scale 1).
+    const GROUPED: bool;
     /// The 8 elements as f32 (without any scale).
     fn widen(s: &[Self; VL]) -> [f32; VL];
 }
 
 impl Lane for f32 {
+    const GROUPED: bool = false;
+
     #[inline(always)]
     fn widen(s: &[f32; VL]) -> [f32; VL] {
         *s
@@ -185,6 +197,8 @@ impl Lane for f32 {
 }
 
 impl Lane for i8 {
+    const GROUPED: bool = true;
+
     #[inline(always)]
     fn widen(s: &[i8; VL]) -> [f32; VL] {
         // Built locally from a plain loop: this form vectorizes (unpack + convert).
@@ -217,13 +231,14 @@ fn hsum(a: &[f32; VL]) -> f32 {
     (h[0] + h[2]) + (h[1] + h[3])
 }
 
-/// Writes `sc[j * n + t] = inv_sqrt * k_scale_t * q_j · k_t` for the `NB` heads of `qb`
-/// (`[NB, hd]`) and every position `t < n`. Each key chunk is widened once for all heads; the
-/// int8 scale is applied to the finished dot product.
+/// Writes `sc[j * n + t] = inv_sqrt * Σ_g k_scale_{t,g} * q_j · k_t (over group g)` for the `NB`
+/// heads of `qb` (`[NB, hd]`) and every position `t < n` (f32: one group, scale 1). Each key
+/// chunk is widened once for all heads; each group's scale is applied lane-wise to that group's
+/// partial dot products before they are added and reduced.
 #[inline(always)]
 fn scores<E: Lane, const NB: usize>(
     k: &[E],
-    k_scales: Option<&[f32]>,
+    k_scales: Option<&[u16]>,
     geo: &GroupGeo,
     qb: &[f32],
     sc: &mut [f32],
@@ -238,19 +253,55 @@ fn scores<E: Lane, const NB: usize>(
         for_chunks(qh, |c, x| qf[c * NB + j] = F8(*x));
     }
     let qf = qf.as_chunks::<NB>().0;
-    for (t, row) in k.chunks_exact(geo.kw).take(n).enumerate() {
-        let mut acc = [[0.0f32; VL]; NB];
-        for_chunks(&row[geo.off..][..hd], |c, kc| {
-            let kc = E::widen(kc);
-            for (a, qj) in acc.iter_mut().zip(&qf[c]) {
-                for ((a, &q), &x) in a.iter_mut().zip(&qj.0).zip(&kc) {
-                    *a += q * x;
+    let rows = k.chunks_exact(geo.kw).take(n).enumerate();
+    match k_scales {
+        Some(ks) if E::GROUPED => {
+            // hd is a whole number of groups and GROUP of chunks: no padding.
+            let qg = qf.as_chunks::<CPG>().0;
+            for (t, row) in rows {
+                let kg = row[geo.off..][..hd]
+                    .as_chunks::<VL>()
+                    .0
+                    .as_chunks::<CPG>()
+                    .0;
+                let sg = &ks[(t * geo.nkv + geo.g) * geo.ng..][..geo.ng];
+                let mut tot = [0.0f32; NB];
+                for ((kg, qg), &s) in kg.iter().zip(qg).zip(sg) {
+                    let mut acc = [[0.0f32; VL]; NB];
+                    for (kc, qc) in kg.iter().zip(qg) {
+                        let kc = E::widen(kc);
+                        for (a, qj) in acc.iter_mut().zip(qc) {
+                            for ((a, &q), &x) in a.iter_mut().zip(&qj.0).zip(&kc) {
+                                *a += q * x;
+                            }
+                        }
+                    }
+                    // Reduced per group: a lane-wise total would not fit the registers.
+                    let s = scale_f32(s);
+                    for (tt, a) in tot.iter_mut().zip(&acc) {
+                        *tt += s * hsum(a);
+                    }
+                }
+                for (j, &tt) in tot.iter().enumerate() {
+                    sc[j * n + t] = tt * geo.inv_sqrt;
                 }
             }
-        });
-        let f = k_scales.map_or(geo.inv_sqrt, |ks| ks[t * geo.nkv + geo.g] * geo.inv_sqrt);
-        for (j, a) in acc.iter().enumerate() {
-            sc[j * n + t] = hsum(a) * f;
+        }
+        _ => {
+            for (t, row) in rows {
+                let mut acc = [[0.0f32; VL]; NB];
+                for_chunks(&row[geo.off..][..hd], |c, kc| {
+                    let kc = E::widen(kc);
+                    for (a, qj) in acc.iter_mut().zip(&qf[c]) {
+                        for ((a, &q), &x) in a.iter_mut().zip(&qj.0).zip(&kc) {
+                            *a += q * x;
+                        }
+                    }
+                });
+                for (j, a) in acc.iter().enumerate() {
+                    sc[j * n + t] = hsum(a) * geo.inv_sqrt;
+                }
+            }
         }
     }
 }
@@ -259,7 +310,7 @@ fn scores<E: Lane, const NB: usize>(
 fn rows_kernel<E: Lane>(
     k: &[E],
     v: &[E],
-    scales: Option<(&[f32], &[f32])>,
+    scales: Option<(&[u16], &[u16])>,
     sh: &Shape,
     q: &[f32],
     out: &mut [f32],
@@ -267,23 +318,26 @@ fn rows_kernel<E: Lane>(
 ) {
     // Constant-propagated copy for the common head size.
     if sh.hd == 64 {
-        rows_kernel_hd(k, v, scales, sh, 64, q, out, first_pos);
+        let gsz = if E::GROUPED { GROUP } else { 64 };
+        rows_kernel_hd(k, v, scales, sh, 64, gsz, q, out, first_pos);
     } else {
-        rows_kernel_hd(k, v, scales, sh, sh.hd, q, out, first_pos);
+        let gsz = if E::GROUPED { GROUP } else { sh.hd };
+        rows_kernel_hd(k, v, scales, sh, sh.hd, gsz, q, out, first_pos);
     }
 }
 
-/// [`rows_kernel`] body. Per row, kv head and block of up to [`MAX_BLOCK`] query heads: all
-/// scores, softmax, then the weighted value sum with the softmax normalization and int8 value
-/// scale folded into the weights.
+/// [`rows_kernel`] body (`gsz` elements per scale group, dividing `hd`). Per row, kv head and
+/// block of up to [`MAX_BLOCK`] query heads: all scores, softmax, then the weighted value sum
+/// with the softmax normalization and the int8 group scales folded into the weights.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn rows_kernel_hd<E: Lane>(
     k: &[E],
     v: &[E],
-    scales: Option<(&[f32], &[f32])>,
+    scales: Option<(&[u16], &[u16])>,
     sh: &Shape,
     hd: usize,
+    gsz: usize,
     q: &[f32],
     out: &mut [f32],
     first_pos: usize,
@@ -304,6 +358,8 @@ fn rows_kernel_hd<E: Lane>(
             .zip(out_row.chunks_exact_mut(group * hd));
         for (g, (qg, og)) in groups.enumerate() {
             let geo = GroupGeo {
+                gsz,
+                ng: hd / gsz,
                 kw,
                 off: g * hd,
                 g,
@@ -332,7 +388,7 @@ fn rows_kernel_hd<E: Lane>(
 type BlockArgs<'a, E> = (
     &'a [E],
     &'a [E],
-    Option<(&'a [f32], &'a [f32])>,
+    Option<(&'a [u16], &'a [u16])>,
     &'a GroupGeo,
     usize,
     &'a [f32],
@@ -346,52 +402,58 @@ type BlockArgs<'a, E> = (
 fn head_block<E: Lane, const NB: usize>(args: BlockArgs<'_, E>) {
     let (k, v, scales, geo, n, qb, sc, out, scratch) = args;
     scores::<E, NB>(k, scales.map(|s| s.0), geo, qb, sc, scratch);
-    let mut inv = [0.0f32; NB];
-    for (sc_h, inv) in sc.chunks_exact_mut(n).zip(inv.iter_mut()) {
-        *inv = 1.0 / softmax_unnormalized(sc_h);
+    for sc_h in sc.chunks_exact_mut(n) {
+        let inv = 1.0 / softmax_unnormalized(sc_h);
+        sc_h.iter_mut().for_each(|p| *p *= inv);
     }
-    let hd = geo.hd;
+    let (hd, gsz, ng) = (geo.hd, geo.gsz, geo.ng);
     let v_scales = scales.map(|s| s.1);
-    let blocks = hd / VL;
+    let blocks = gsz / VL; // whole chunks per group
     out.fill(0.0);
     let wb = &mut scratch.wb;
     wb.resize(TILE * NB, F8::default());
     for t0 in (0..n).step_by(TILE) {
         let len = TILE.min(n - t0);
-        // Broadcast weights of this tile, [position][head].
-        for (jj, (sc_h, &inv)) in sc.chunks_exact(n).zip(&inv).enumerate() {
-            for (t, &p) in sc_h[t0..][..len].iter().enumerate() {
-                let vs = v_scales.map_or(1.0, |vs| vs[(t0 + t) * geo.nkv + geo.g]);
-                wb[t * NB + jj] = F8([p * inv * vs; VL]);
-            }
-        }
-        let w = &wb.as_chunks::<NB>().0[..len];
         let rows = &v[t0 * geo.kw..][..len * geo.kw];
-        for c in 0..blocks {
-            let mut acc = [[0.0f32; VL]; NB];
-            for (a, oh) in acc.iter_mut().zip(out.chunks_exact(hd)) {
-                a.copy_from_slice(&oh[c * VL..][..VL]);
-            }
-            for (row, wt) in rows.chunks_exact(geo.kw).zip(w) {
-                let Some(vr) = row[geo.off + c * VL..].first_chunk::<VL>() else {
-                    continue;
-                };
-                let vf = E::widen(vr);
-                for (a, wj) in acc.iter_mut().zip(wt) {
-                    for ((a, &w), &x) in a.iter_mut().zip(&wj.0).zip(&vf) {
-                        *a += w * x;
-                    }
+        for gi in 0..ng {
+            // Broadcast weights of this tile and group, [position][head].
+            for (jj, sc_h) in sc.chunks_exact(n).enumerate() {
+                for (t, &p) in sc_h[t0..][..len].iter().enumerate() {
+                    let vs = v_scales.map_or(1.0, |vs| {
+                        scale_f32(vs[((t0 + t) * geo.nkv + geo.g) * ng + gi])
+                    });
+                    wb[t * NB + jj] = F8([p * vs; VL]);
                 }
             }
-            for (oh, a) in out.chunks_exact_mut(hd).zip(&acc) {
-                oh[c * VL..][..VL].copy_from_slice(a);
+            let w = &wb.as_chunks::<NB>().0[..len];
+            let g0 = gi * gsz; // first element of the group within a head row
+            for c in 0..blocks {
+                let o = g0 + c * VL;
+                let mut acc = [[0.0f32; VL]; NB];
+                for (a, oh) in acc.iter_mut().zip(out.chunks_exact(hd)) {
+                    a.copy_from_slice(&oh[o..][..VL]);
+                }
+                for (row, wt) in rows.chunks_exact(geo.kw).zip(w) {
+                    let Some(vr) = row[geo.off + o..].first_chunk::<VL>() else {
+                        continue;
+                    };
+                    let vf = E::widen(vr);
+                    for (a, wj) in acc.iter_mut().zip(wt) {
+                        for ((a, &w), &x) in a.iter_mut().zip(&wj.0).zip(&vf) {
+                            *a += w * x;
+                        }
+                    }
+                }
+                for (oh, a) in out.chunks_exact_mut(hd).zip(&acc) {
+                    oh[o..][..VL].copy_from_slice(a);
+                }
             }
-        }
-        for d in blocks * VL..hd {
-            for (row, wt) in rows.chunks_exact(geo.kw).zip(w) {
-                let x = E::widen(&[row[geo.off + d]; VL])[0];
-                for (oh, wj) in out.chunks_exact_mut(hd).zip(wt) {
-                    oh[d] += wj.0[0] * x;
+            for d in g0 + blocks * VL..g0 + gsz {
+                for (row, wt) in rows.chunks_exact(geo.kw).zip(w) {
+                    let x = E::widen(&[row[geo.off + d]; VL])[0];
+                    for (oh, wj) in out.chunks_exact_mut(hd).zip(wt) {
+                        oh[d] += wj.0[0] * x;
+                    }
                 }
             }
         }

@@ -169,7 +169,7 @@ impl Engine {
             Err(e) => return Err(e),
         };
         Ok((
-            KvCache::new(geometry, self.kv_dtype, positions),
+            KvCache::try_new(geometry, self.kv_dtype, positions)?,
             reservation,
         ))
     }

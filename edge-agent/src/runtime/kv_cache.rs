@@ -1,9 +1,18 @@
 //! Pre-allocated key/value cache for one decoding session.
 //!
-//! At rest the cache is int8 with one f32 scale per (position, kv-head); an f32 mode with the same
-//! layout exists for comparison. Storage is laid out `[layer][k|v][pos][kv_head][head_dim]` (scales
-//! `[layer][k|v][pos][kv_head]`) and allocated once for a fixed capacity: writing, committing,
-//! rolling back and copying a prefix never reallocate.
+//! At rest the cache is int8: each (position, kv-head) row of `head_dim` values is split into
+//! groups of [`GROUP`] consecutive elements, each with its own scale stored as the bits of an IEEE
+//! half (`u16`). For `head_dim = 64` that is 64 + 2 * 2 = 68 bytes per row, against 256 in f32. An
+//! f32 mode with the same layout exists for comparison. Storage is laid out
+//! `[layer][k|v][pos][kv_head][head_dim]` (scales `[layer][k|v][pos][kv_head][head_dim / GROUP]`)
+//! and allocated once for a fixed capacity: writing, committing, rolling back and copying a prefix
+//! never reallocate.
+//!
+//! Quantization of one group `x`: `s = f16(max|x| / 127)` (clamped to `f16::MAX`), then
+//! `q = round(x / s)` clamped to `[-127, 127]`, using the rounded `s` so the reconstruction
+//! `q * s` is within `s / 2` of `x` (plus at most `127 * 2^-25` where `s` is an f16 subnormal). A
+//! group whose rounded scale is zero is stored as zeros. Grouping keeps one outlier channel from
+//! coarsening the other half of the row.
 //!
 //! Bookkeeping: `len` is the committed length (positions every layer holds). Each layer also has a
 //! `written` mark (`len <= written[l] <= capacity`): positions written for that layer but not yet
@@ -12,10 +21,15 @@
 use std::fmt;
 use std::str::FromStr;
 
+use half::f16;
+
+/// Elements per int8 quantization group; int8 caches need `head_dim % GROUP == 0`.
+pub const GROUP: usize = 32;
+
 /// Element type of the cache at rest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum KvDtype {
-    /// int8 values with one f32 scale per (position, kv-head).
+    /// int8 values with one f16 scale per [`GROUP`] elements of a (position, kv-head) row.
     Int8,
     /// Plain f32 values (reference mode).
     F32,
@@ -125,27 +139,36 @@ pub enum KvError {
     /// Query heads that are not a positive multiple of the kv heads.
     #[error("{n_heads} query heads cannot be grouped over {n_kv_heads} kv heads")]
     BadHeadGrouping { n_heads: usize, n_kv_heads: usize },
+    /// An int8 cache whose head dimension is not a whole number of quantization groups.
+    #[error("head_dim {head_dim} is not a multiple of the int8 kv group size {group}")]
+    HeadDimNotGrouped { head_dim: usize, group: usize },
     /// Invalid RoPE configuration.
     #[error("invalid rope configuration: {0}")]
     BadRope(&'static str),
 }
 
 enum Storage {
-    Int8 { data: Vec<i8>, scales: Vec<f32> },
-    F32 { data: Vec<f32> },
+    /// `scales` holds f16 bits, `[row][kv_head][group]`.
+    Int8 {
+        data: Vec<i8>,
+        scales: Vec<u16>,
+    },
+    F32 {
+        data: Vec<f32>,
+    },
 }
 
 /// Borrowed view of the first positions of one layer, as attention reads it.
 ///
-/// `k`/`v` are `[pos][kv_head][head_dim]`; scales are `[pos][kv_head]`.
+/// `k`/`v` are `[pos][kv_head][head_dim]`; scales are `[pos][kv_head][head_dim / GROUP]`.
 #[derive(Debug, Clone, Copy)]
 pub enum LayerView<'a> {
-    /// int8 values; element `x` reconstructs as `x as f32 * scale`.
+    /// int8 values; element `i` of a row reconstructs as `x_i as f32 * scale_f32(scale[i / GROUP])`.
     Int8 {
         k: &'a [i8],
         v: &'a [i8],
-        k_scales: &'a [f32],
-        v_scales: &'a [f32],
+        k_scales: &'a [u16],
+        v_scales: &'a [u16],
     },
     /// f32 values.
     F32 { k: &'a [f32], v: &'a [f32] },
@@ -163,12 +186,16 @@ pub struct KvCache {
 
 impl KvCache {
     /// Allocates a zeroed cache for `capacity` positions. Memory is `capacity * bytes_per_token()`.
+    ///
+    /// An int8 cache needs `head_dim % GROUP == 0`; otherwise every [`KvCache::write`] and
+    /// [`KvCache::layer_view`] fails with [`KvError::HeadDimNotGrouped`]. Use [`KvCache::try_new`]
+    /// to get that error up front.
     pub fn new(geom: KvGeometry, dtype: KvDtype, capacity: usize) -> KvCache {
         let rows = geom.n_layers * 2 * capacity;
         let storage = match dtype {
             KvDtype::Int8 => Storage::Int8 {
                 data: vec![0; rows * geom.row_width()],
-                scales: vec![0.0; rows * geom.n_kv_heads],
+                scales: vec![0; rows * geom.n_kv_heads * groups(geom.head_dim)],
             },
             KvDtype::F32 => Storage::F32 {
                 data: vec![0.0; rows * geom.row_width()],
@@ -182,6 +209,13 @@ impl KvCache {
             written: vec![0; geom.n_layers],
             storage,
         }
+    }
+
+    /// [`KvCache::new`], failing for an int8 cache whose `head_dim` is not a multiple of
+    /// [`GROUP`].
+    pub fn try_new(geom: KvGeometry, dtype: KvDtype, capacity: usize) -> Result<KvCache, KvError> {
+        check_grouping(geom, dtype)?;
+        Ok(KvCache::new(geom, dtype, capacity))
     }
 
     /// Committed length: positions held by every layer.
@@ -217,7 +251,7 @@ impl KvCache {
     /// Storage bytes for one position across all layers, K and V, scales included.
     pub fn bytes_per_token(&self) -> usize {
         let per_head = match self.dtype {
-            KvDtype::Int8 => self.geom.head_dim + size_of::<f32>(),
+            KvDtype::Int8 => self.geom.head_dim + groups(self.geom.head_dim) * size_of::<u16>(),
             KvDtype::F32 => self.geom.head_dim * size_of::<f32>(),
         };
         self.geom.n_layers * 2 * self.geom.n_kv_heads * per_head
@@ -234,6 +268,7 @@ impl KvCache {
     /// is modified on error. Uncommitted positions of this layer after `pos + S` are forgotten.
     pub fn write(&mut self, layer: usize, pos: usize, k: &[f32], v: &[f32]) -> Result<(), KvError> {
         self.check_layer(layer)?;
+        check_grouping(self.geom, self.dtype)?;
         let width = self.geom.row_width();
         if width == 0 || !k.len().is_multiple_of(width) {
             return Err(KvError::NotRowMultiple {
@@ -265,7 +300,7 @@ impl KvCache {
         if rows == 0 {
             return Ok(());
         }
-        let (hd, nkv) = (self.geom.head_dim, self.geom.n_kv_heads);
+        let sw = self.scale_width();
         for (kv, src) in [k, v].into_iter().enumerate() {
             let row0 = self.block(layer, kv) + pos;
             match &mut self.storage {
@@ -273,10 +308,10 @@ impl KvCache {
                     data[row0 * width..][..src.len()].copy_from_slice(src);
                 }
                 Storage::Int8 { data, scales } => {
-                    let dst = data[row0 * width..][..src.len()].chunks_exact_mut(hd);
-                    let sc = scales[row0 * nkv..][..rows * nkv].iter_mut();
-                    for ((d, s), x) in dst.zip(sc).zip(src.chunks_exact(hd)) {
-                        *s = quantize_row(x, d);
+                    let dst = data[row0 * width..][..src.len()].chunks_exact_mut(GROUP);
+                    let sc = scales[row0 * sw..][..rows * sw].iter_mut();
+                    for ((d, s), x) in dst.zip(sc).zip(src.chunks_exact(GROUP)) {
+                        *s = quantize_group(x, d);
                     }
                 }
             }
@@ -350,7 +385,7 @@ impl KvCache {
                 capacity: self.capacity,
             });
         }
-        let (width, nkv) = (self.geom.row_width(), self.geom.n_kv_heads);
+        let (width, sw) = (self.geom.row_width(), self.scale_width());
         for layer in 0..self.geom.n_layers {
             for kv in 0..2 {
                 let (dst0, src0) = (self.block(layer, kv), other.block(layer, kv));
@@ -371,7 +406,7 @@ impl KvCache {
                     ) => {
                         d[dst0 * width..][..n * width]
                             .copy_from_slice(&s[src0 * width..][..n * width]);
-                        ds[dst0 * nkv..][..n * nkv].copy_from_slice(&ss[src0 * nkv..][..n * nkv]);
+                        ds[dst0 * sw..][..n * sw].copy_from_slice(&ss[src0 * sw..][..n * sw]);
                     }
                     _ => unreachable!("dtype equality checked above"),
                 }
@@ -386,6 +421,7 @@ impl KvCache {
     /// committed).
     pub fn layer_view(&self, layer: usize, n_pos: usize) -> Result<LayerView<'_>, KvError> {
         self.check_layer(layer)?;
+        check_grouping(self.geom, self.dtype)?;
         if n_pos > self.written[layer] {
             return Err(KvError::NotWritten {
                 layer,
@@ -393,7 +429,7 @@ impl KvCache {
                 written: self.written[layer],
             });
         }
-        let (width, nkv) = (self.geom.row_width(), self.geom.n_kv_heads);
+        let (width, sw) = (self.geom.row_width(), self.scale_width());
         let (kb, vb) = (self.block(layer, 0), self.block(layer, 1));
         Ok(match &self.storage {
             Storage::F32 { data } => LayerView::F32 {
@@ -403,8 +439,8 @@ impl KvCache {
             Storage::Int8 { data, scales } => LayerView::Int8 {
                 k: &data[kb * width..][..n_pos * width],
                 v: &data[vb * width..][..n_pos * width],
-                k_scales: &scales[kb * nkv..][..n_pos * nkv],
-                v_scales: &scales[vb * nkv..][..n_pos * nkv],
+                k_scales: &scales[kb * sw..][..n_pos * sw],
+                v_scales: &scales[vb * sw..][..n_pos * sw],
             },
         })
     }
@@ -444,11 +480,23 @@ impl KvCache {
         let idx = (self.block(layer, kv) + pos) * nkv + head;
         Ok(match &self.storage {
             Storage::F32 { data } => data[idx * hd..][..hd].to_vec(),
-            Storage::Int8 { data, scales } => data[idx * hd..][..hd]
-                .iter()
-                .map(|&x| f32::from(x) * scales[idx])
-                .collect(),
+            Storage::Int8 { data, scales } => {
+                let sc = &scales[idx * groups(hd)..][..groups(hd)];
+                data[idx * hd..][..hd]
+                    .chunks(GROUP)
+                    .zip(sc)
+                    .flat_map(|(q, &s)| {
+                        let s = f16::from_bits(s).to_f32();
+                        q.iter().map(move |&x| f32::from(x) * s)
+                    })
+                    .collect()
+            }
         })
+    }
+
+    /// Scales per position of one layer's K (or V): `n_kv_heads * head_dim / GROUP`.
+    fn scale_width(&self) -> usize {
+        self.geom.n_kv_heads * groups(self.geom.head_dim)
     }
 
     /// First row (in positions) of the `[layer][kv]` block.
@@ -475,20 +523,52 @@ fn check_finite(what: &'static str, x: &[f32]) -> Result<(), KvError> {
     }
 }
 
-/// Quantizes `x` into `out` with scale `max|x| / 127` and returns the scale (0 for an all-zero
-/// row, which then reconstructs exactly as zeros).
-fn quantize_row(x: &[f32], out: &mut [i8]) -> f32 {
+/// Quantization groups per row of `head_dim` (rounded up; int8 caches require an exact fit).
+fn groups(head_dim: usize) -> usize {
+    head_dim.div_ceil(GROUP)
+}
+
+fn check_grouping(geom: KvGeometry, dtype: KvDtype) -> Result<(), KvError> {
+    if dtype == KvDtype::Int8 && !geom.head_dim.is_multiple_of(GROUP) {
+        return Err(KvError::HeadDimNotGrouped {
+            head_dim: geom.head_dim,
+            group: GROUP,
+        });
+    }
+    Ok(())
+}
+
+/// Quantizes the (finite) group `x` into `out` and returns its scale as f16 bits.
+///
+/// The scale is `max|x| / 127` rounded to f16 (at most `f16::MAX`); the values are quantized with
+/// that rounded scale. A zero scale (all-zero group, or one too small for f16) stores zeros.
+fn quantize_group(x: &[f32], out: &mut [i8]) -> u16 {
     let max = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-    let scale = max / 127.0;
+    let mut half = f16::from_f32(max / 127.0);
+    if half.is_infinite() {
+        half = f16::MAX;
+    }
+    let scale = half.to_f32();
     if scale == 0.0 {
         out.fill(0);
-        return 0.0;
+        return 0;
     }
     for (o, &v) in out.iter_mut().zip(x) {
         // The clamp makes the cast exact; `as` would saturate anyway.
         *o = (v / scale).round().clamp(-127.0, 127.0) as i8;
     }
-    scale
+    half.to_bits()
+}
+
+/// Widens a scale stored by this cache (the bits of a finite, non-negative f16) to f32.
+///
+/// Branch-free so it vectorizes in the attention loops: the f16 exponent and mantissa are placed
+/// in an f32 and rebased by `2^(127 - 15)`, which is exact for zero, subnormal and normal halves.
+/// Agrees with `f16::from_bits(bits).to_f32()` on every such value.
+#[inline(always)]
+pub fn scale_f32(bits: u16) -> f32 {
+    const REBASE: f32 = f32::from_bits((112 + 127) << 23); // 2^112
+    f32::from_bits(u32::from(bits & 0x7fff) << 13) * REBASE
 }
 
 #[cfg(test)]

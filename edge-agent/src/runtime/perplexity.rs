@@ -49,7 +49,7 @@ pub fn perplexity(
     };
     let vocab = a.vocab_size as usize;
     let first = ctx / 2;
-    let mut cache = KvCache::new(geometry, kv, ctx);
+    let mut cache = KvCache::try_new(geometry, kv, ctx)?;
     let (mut nll, mut count) = (0.0f64, 0usize);
     for w in 0..windows {
         let window = &tokens[w * ctx..(w + 1) * ctx];

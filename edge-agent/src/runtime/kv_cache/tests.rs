@@ -1,11 +1,21 @@
 use super::*;
+use half::f16;
 use proptest::prelude::*;
 
 const GEOM: KvGeometry = KvGeometry {
     n_layers: 3,
     n_kv_heads: 2,
-    head_dim: 8,
+    head_dim: 2 * GROUP,
 };
+/// Elements of one position of one layer's K (or V) in [`GEOM`].
+const W: usize = 2 * 2 * GROUP;
+
+/// Error bound of one quantized group with max magnitude `max`: half a step of the f16-rounded
+/// scale (relative rounding `2^-11`), plus `127 * 2^-25` when the scale is an f16 subnormal
+/// (absolute rounding `2^-25`, which the clamp to ±127 can expose), plus f32 slack.
+fn group_bound(max: f32) -> f32 {
+    max / 254.0 * (1.0 + 1.0 / 2048.0) + 127.0 * 2f32.powi(-25) + max * 1e-6
+}
 
 fn data(n: usize, seed: u64) -> Vec<f32> {
     let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
@@ -50,7 +60,7 @@ fn int8_bytes_per_token_ratio_for_smollm2() {
     };
     let i8c = KvCache::new(g, KvDtype::Int8, 16);
     let f32c = KvCache::new(g, KvDtype::F32, 16);
-    assert_eq!(i8c.bytes_per_token(), 30 * 2 * 3 * (64 + 4));
+    assert_eq!(i8c.bytes_per_token(), 30 * 2 * 3 * (64 + 2 * 2));
     assert_eq!(f32c.bytes_per_token(), 30 * 2 * 3 * 64 * 4);
     let ratio = i8c.bytes_per_token() as f64 / f32c.bytes_per_token() as f64;
     println!(
@@ -63,59 +73,134 @@ fn int8_bytes_per_token_ratio_for_smollm2() {
 }
 
 #[test]
-fn int8_quantization_error_is_within_half_a_step() {
+fn int8_quantization_error_is_within_half_a_step_per_group() {
     let mut c = KvCache::new(GEOM, KvDtype::Int8, 4);
-    let mut k = data(2 * 16, 1);
-    k[8..16].fill(0.0); // position 0, head 1: all zero
-    k[16] = 1e-3; // position 1, head 0: tiny max
-    let v = data(2 * 16, 2);
+    let mut k = data(3 * W, 1);
+    k[2 * GROUP..4 * GROUP].fill(0.0); // position 0, head 1: all zero
+    k[W..W + GROUP].iter_mut().for_each(|x| *x *= 1e-3); // normal f16 scale, small
+    k[W + GROUP..W + 2 * GROUP]
+        .iter_mut()
+        .for_each(|x| *x *= 1e-4); // scale below 2^-14: an f16 subnormal
+    k[W + 2 * GROUP..W + 3 * GROUP]
+        .iter_mut()
+        .for_each(|x| *x *= 1e-9); // scale rounds to zero
+    k[2 * W] = 1e7; // position 2: scale would overflow f16, clamped to f16::MAX
+    let v = data(3 * W, 2);
     c.write(1, 0, &k, &v).unwrap();
-    for pos in 0..2 {
+    for pos in 0..3 {
         for head in 0..2 {
             let got = c.read_k_row(1, pos, head).unwrap();
-            let want = &k[(pos * 2 + head) * 8..][..8];
-            let max = want.iter().fold(0.0f32, |m, x| m.max(x.abs()));
-            for (g, w) in got.iter().zip(want) {
-                assert!((g - w).abs() <= max / 254.0 * 1.0001, "{g} vs {w}");
-            }
-            if max == 0.0 {
-                assert!(got.iter().all(|&g| g == 0.0));
+            let want = &k[(pos * 2 + head) * 2 * GROUP..][..2 * GROUP];
+            for (gg, gw) in got.chunks(GROUP).zip(want.chunks(GROUP)) {
+                let max = gw.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+                if max > 127.0 * 65504.0 {
+                    // Beyond f16 range: the largest element saturates at 127 * f16::MAX.
+                    assert_eq!(gg[0], 127.0 * 65504.0);
+                    continue;
+                }
+                for (g, w) in gg.iter().zip(gw) {
+                    assert!((g - w).abs() <= group_bound(max), "{g} vs {w} (max {max})");
+                }
+                if max < 1e-6 {
+                    assert!(gg.iter().all(|&g| g == 0.0));
+                }
             }
         }
     }
 }
 
 #[test]
+fn int8_outlier_only_coarsens_its_own_group() {
+    let mut c = KvCache::new(GEOM, KvDtype::Int8, 1);
+    let mut k = data(W, 40);
+    k[5] = 100.0; // one outlier channel in the first half of (position 0, head 0)
+    c.write(0, 0, &k, &k).unwrap();
+    let got = c.read_k_row(0, 0, 0).unwrap();
+    let max_abs = |x: &[f32]| x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    let err = |r: std::ops::Range<usize>| {
+        got[r.clone()]
+            .iter()
+            .zip(&k[r])
+            .fold(0.0f32, |m, (g, w)| m.max((g - w).abs()))
+    };
+    let (e0, e1) = (err(0..GROUP), err(GROUP..2 * GROUP));
+    let (b0, b1) = (
+        group_bound(max_abs(&k[..GROUP])),
+        group_bound(max_abs(&k[GROUP..2 * GROUP])),
+    );
+    println!(
+        "outlier group: error {e0:.2e} (bound {b0:.2e}); other group: {e1:.2e} (bound {b1:.2e})"
+    );
+    assert!(e0 <= b0 && e1 <= b1);
+    // With one scale per row the other half would be off by up to 100 / 254 ≈ 0.39.
+    assert!(b1 < 0.004 && e1 < 0.004, "{e1}");
+}
+
+#[test]
+fn scale_widening_matches_half() {
+    for bits in 0..=f16::MAX.to_bits() {
+        assert_eq!(
+            scale_f32(bits).to_bits(),
+            f16::from_bits(bits).to_f32().to_bits(),
+            "{bits:#06x}"
+        );
+    }
+}
+
+#[test]
+fn int8_needs_whole_groups() {
+    let g = KvGeometry {
+        head_dim: GROUP + 8,
+        ..GEOM
+    };
+    let want = KvError::HeadDimNotGrouped {
+        head_dim: GROUP + 8,
+        group: GROUP,
+    };
+    assert_eq!(
+        KvCache::try_new(g, KvDtype::Int8, 2).err(),
+        Some(want.clone())
+    );
+    let mut c = KvCache::new(g, KvDtype::Int8, 2);
+    let x = data(g.row_width(), 41);
+    assert_eq!(c.write(0, 0, &x, &x), Err(want.clone()));
+    assert_eq!(c.layer_view(0, 0).err(), Some(want));
+    let mut f = KvCache::try_new(g, KvDtype::F32, 2).unwrap();
+    f.write(0, 0, &x, &x).unwrap();
+}
+
+#[test]
 fn f32_rows_round_trip_exactly() {
     let mut c = KvCache::new(GEOM, KvDtype::F32, 4);
-    let (k, v) = (data(3 * 16, 3), data(3 * 16, 4));
+    let (k, v) = (data(3 * W, 3), data(3 * W, 4));
     c.write(2, 0, &k, &v).unwrap();
-    assert_eq!(c.read_k_row(2, 2, 1).unwrap(), k[40..48]);
-    assert_eq!(c.read_v_row(2, 1, 0).unwrap(), v[16..24]);
+    let hd = GEOM.head_dim;
+    assert_eq!(c.read_k_row(2, 2, 1).unwrap(), k[5 * hd..6 * hd]);
+    assert_eq!(c.read_v_row(2, 1, 0).unwrap(), v[2 * hd..3 * hd]);
 }
 
 #[test]
 fn write_errors_leave_cache_untouched() {
     let mut c = KvCache::new(GEOM, KvDtype::Int8, 4);
-    let ok = data(16, 5);
+    let ok = data(W, 5);
     let err = |r: Result<(), KvError>| r.unwrap_err();
     assert!(matches!(
         err(c.write(3, 0, &ok, &ok)),
         KvError::LayerOutOfRange { .. }
     ));
     assert!(matches!(
-        err(c.write(0, 0, &ok[..15], &ok[..15])),
+        err(c.write(0, 0, &ok[..W - 1], &ok[..W - 1])),
         KvError::NotRowMultiple { .. }
     ));
     assert!(matches!(
-        err(c.write(0, 0, &ok, &ok[..8])),
+        err(c.write(0, 0, &ok, &ok[..W / 2])),
         KvError::LengthMismatch { .. }
     ));
     assert!(matches!(
         err(c.write(0, 1, &ok, &ok)),
         KvError::WriteGap { pos: 1, len: 0 }
     ));
-    let big = data(5 * 16, 6);
+    let big = data(5 * W, 6);
     assert!(matches!(
         err(c.write(0, 0, &big, &big)),
         KvError::OutOfCapacity { .. }
@@ -311,7 +396,7 @@ proptest! {
                 prop_assert!(c.len() <= written && written <= cap);
                 for (p, row) in rows.iter().enumerate().take(written) {
                     let want = row.as_ref().expect("written rows were written");
-                    prop_assert_eq!(&c.read_k_row(l, p, 1).unwrap()[..], &want[8..16]);
+                    prop_assert_eq!(&c.read_k_row(l, p, 1).unwrap()[..], &want[W / 2..]);
                 }
                 prop_assert!(c.read_k_row(l, written, 0).is_err());
             }
