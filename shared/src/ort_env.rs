@@ -28,7 +28,7 @@ pub fn init(threads: usize) -> Result<usize> {
     let pool = ort::environment::GlobalThreadPoolOptions::default()
         .with_intra_threads(threads)
         .and_then(|p| p.with_inter_threads(1))
-        .and_then(|p| p.with_spin_control(true))
+        .and_then(|p| p.with_spin_control(spin()))
         .map_err(|e| Error::Runtime(e.to_string()))?;
     let env = builder
         .with_name("seam")
@@ -38,6 +38,12 @@ pub fn init(threads: usize) -> Result<usize> {
     let _ = ENVIRONMENT.set((env, threads));
     tracing::debug!(library = %lib.display(), threads, "onnx runtime loaded");
     Ok(threads)
+}
+
+/// Whether pool threads spin while waiting for work: `SEAM_ORT_SPIN=0` turns it off (for
+/// devices where other processes compete for the cores).
+fn spin() -> bool {
+    std::env::var("SEAM_ORT_SPIN").map_or(true, |v| v != "0")
 }
 
 /// The environment created by [`init`].
