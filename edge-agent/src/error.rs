@@ -74,10 +74,9 @@ impl Error {
             retry_after: Some(d),
             ..
         } = self
+            && let Ok(v) = d.as_millis().to_string().parse()
         {
-            if let Ok(v) = d.as_millis().to_string().parse() {
-                status.metadata_mut().insert("retry-after-ms", v);
-            }
+            status.metadata_mut().insert("retry-after-ms", v);
         }
         status
     }

@@ -67,17 +67,13 @@ pub fn measure(
     let mut best_prefill = f64::MAX;
     let mut best_decode = f64::MAX;
     for _ in 0..repeats.max(1) {
-        let mut cache = KvCache::new(
-            geometry.clone(),
-            KvDtype::Int8,
-            prompt.len() + decode_tokens + 1,
-        );
+        let mut cache = KvCache::new(geometry, KvDtype::Int8, prompt.len() + decode_tokens + 1);
         let t = Instant::now();
         model.forward(&prompt, 0, &mut cache, false)?;
         cache.commit(prompt.len())?;
         best_prefill = best_prefill.min(t.elapsed().as_secs_f64());
         // Decode from a short context, as a chat turn would.
-        let mut cache = KvCache::new(geometry.clone(), KvDtype::Int8, 16 + decode_tokens + 1);
+        let mut cache = KvCache::new(geometry, KvDtype::Int8, 16 + decode_tokens + 1);
         let mut logits = model.forward(&prompt[..16], 0, &mut cache, false)?;
         cache.commit(16)?;
         let t = Instant::now();
@@ -116,8 +112,8 @@ pub fn measure(
         prefill_tokens_per_s: prompt.len() as f64 / best_prefill,
         decode_tokens,
         decode_tokens_per_s: decode_tokens as f64 / best_decode,
-        kv_bytes_per_token_int8: KvCache::new(geometry.clone(), KvDtype::Int8, 1).bytes_per_token(),
-        kv_bytes_per_token_f32: KvCache::new(geometry.clone(), KvDtype::F32, 1).bytes_per_token(),
+        kv_bytes_per_token_int8: KvCache::new(geometry, KvDtype::Int8, 1).bytes_per_token(),
+        kv_bytes_per_token_f32: KvCache::new(geometry, KvDtype::F32, 1).bytes_per_token(),
         weight_bytes,
         attention_us,
     })
@@ -131,7 +127,7 @@ fn attention_cost(
     positions: usize,
     threads: usize,
 ) -> anyhow::Result<f64> {
-    let mut cache = KvCache::new(g.clone(), dtype, positions);
+    let mut cache = KvCache::new(*g, dtype, positions);
     let kw = g.n_kv_heads * g.head_dim;
     let rows: Vec<f32> = (0..positions * kw)
         .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)

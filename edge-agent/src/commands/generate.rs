@@ -26,10 +26,10 @@ pub fn run(dir: &Path, req: GenerateRequest, args: &GenerateArgs) -> anyhow::Res
         }
         true
     })?;
-    if let Some(e) = write_error {
-        if e.kind() != std::io::ErrorKind::BrokenPipe {
-            return Err(e.into());
-        }
+    if let Some(e) = write_error
+        && e.kind() != std::io::ErrorKind::BrokenPipe
+    {
+        return Err(e.into());
     }
     let _ = writeln!(out);
     eprintln!("{}", stats_line(&stats, engine.kv_dtype(), args.json_stats));

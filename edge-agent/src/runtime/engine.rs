@@ -363,10 +363,10 @@ pub fn validate(req: &GenerateRequest, context: u32) -> Result<()> {
             "at most 16 stop strings of at most 256 bytes".into(),
         ));
     }
-    if let Some(d) = req.deadline {
-        if d <= Instant::now() {
-            return Err(Error::DeadlineExceeded(Duration::ZERO));
-        }
+    if let Some(d) = req.deadline
+        && d <= Instant::now()
+    {
+        return Err(Error::DeadlineExceeded(Duration::ZERO));
     }
     req.sampling.validate()
 }

@@ -197,7 +197,7 @@ impl Model {
         cache: &mut KvCache,
     ) -> Result<Vec<f32>> {
         let d = self.n_embd();
-        if hidden.is_empty() || hidden.len() % d != 0 {
+        if hidden.is_empty() || !hidden.len().is_multiple_of(d) {
             return Err(Error::InvalidArgument(format!(
                 "hidden state of {} values is not a whole number of {d}-wide rows",
                 hidden.len()
