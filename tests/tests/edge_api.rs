@@ -212,3 +212,31 @@ async fn a_client_that_goes_away_cancels_its_generation() {
     assert!(line.is_some(), "no cancellation logged:\n{}", edge().logs());
     assert!(run(request("The capital of France is", 2)).await.is_ok());
 }
+
+#[tokio::test]
+async fn a_request_over_the_kv_budget_is_refused_and_smaller_ones_still_run() {
+    // 2 MB holds ~160 int8 positions of SmolLM2-135M (12,240 bytes each).
+    let edge = EdgeProcess::start(&package_dir(), &["--kv-budget", "2000000"]);
+    let err = run_on(edge.addr.clone(), request("The capital of France is", 1000))
+        .await
+        .expect_err("over budget");
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    assert!(err.message().contains("KV budget"), "{}", err.message());
+    assert!(
+        err.metadata().get("retry-after-ms").is_some(),
+        "no retry hint"
+    );
+    // The cached prefix of an earlier request is evicted before a new one is refused.
+    // Prompts with nothing in common: each needs a new cache while the last one is still held.
+    for prompt in [
+        "The capital of France is",
+        "One, two, three,",
+        "The capital of France is",
+    ] {
+        let (text, tokens, _) = run_on(edge.addr.clone(), request(prompt, 100))
+            .await
+            .unwrap();
+        assert!(tokens > 0 && !text.is_empty(), "{prompt}: {text:?}");
+    }
+    assert!(edge.logs().contains("generate done"));
+}
