@@ -240,3 +240,19 @@ async fn a_request_over_the_kv_budget_is_refused_and_smaller_ones_still_run() {
     }
     assert!(edge.logs().contains("generate done"));
 }
+
+#[tokio::test]
+async fn an_oversized_request_is_refused_with_a_clear_status() {
+    // 2 MiB of prompt: over the 1 MiB message limit of the app API.
+    let err = run(request(&"word ".repeat(400_000), 4))
+        .await
+        .expect_err("oversized");
+    assert!(
+        matches!(
+            err.code(),
+            Code::OutOfRange | Code::ResourceExhausted | Code::InvalidArgument
+        ),
+        "{err:?}"
+    );
+    assert!(run(request("The capital of France is", 2)).await.is_ok());
+}
