@@ -76,7 +76,10 @@ pub fn import_gguf(gguf_path: &Path, out: &Path, opts: &ImportOptions) -> Result
         let mut graph_files = Vec::new();
         for layer in start..end {
             if opts.progress {
-                eprintln!("import: layer {}/{}", layer + 1, hp.n_layer);
+                eprint!("\rimport: layer {}/{}", layer + 1, hp.n_layer);
+                if layer as usize + 1 == hp.n_layer {
+                    eprintln!();
+                }
             }
             let lw = layer_weights(&gguf, &hp, layer as usize)?;
             let (name, onnx) = if layer == start {
