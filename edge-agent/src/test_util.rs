@@ -55,7 +55,10 @@ pub fn package_dir_for(f32_compute: bool) -> PathBuf {
     if Package::open(&dir).is_ok() {
         return dir;
     }
-    let tmp = dir.with_extension(format!("tmp-{}", std::process::id()));
+    // Unique per process and per thread: tests of one binary run on several threads.
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = dir.with_extension(format!("tmp-{}-{n}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
     import_gguf(
         &gguf_path(),

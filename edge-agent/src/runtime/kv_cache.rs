@@ -142,6 +142,9 @@ pub enum KvError {
     /// An int8 cache whose head dimension is not a whole number of quantization groups.
     #[error("head_dim {head_dim} is not a multiple of the int8 kv group size {group}")]
     HeadDimNotGrouped { head_dim: usize, group: usize },
+    /// A head dimension above what the attention kernels handle.
+    #[error("head_dim {head_dim} is above the largest supported ({max})")]
+    HeadDimTooLarge { head_dim: usize, max: usize },
     /// Invalid RoPE configuration.
     #[error("invalid rope configuration: {0}")]
     BadRope(&'static str),

@@ -338,3 +338,36 @@ fn exp_neg_is_accurate() {
     assert!(exp_neg(f32::NEG_INFINITY) < 1e-37);
     assert_eq!(exp_neg(0.0), 1.0);
 }
+
+/// The baseline build of the kernels (what CPUs without AVX2 run) against the reference and
+/// against the dispatched build.
+#[test]
+fn portable_kernels_match_the_reference_and_the_dispatched_build() {
+    let (n_heads, nkv, hd, positions, rows) = (9, 3, 64, 70, 9);
+    let case = Case::new(n_heads, nkv, hd, positions, 41);
+    let pos_start = positions - rows;
+    let q = data(rows * n_heads * hd, 42);
+    let shape = Shape {
+        n_heads,
+        nkv,
+        hd,
+        group: n_heads / nkv,
+        inv_sqrt: 1.0 / (hd as f32).sqrt(),
+    };
+    let want = naive(&q, &case.k, &case.v, pos_start, n_heads, nkv, hd);
+    for dtype in [KvDtype::F32, KvDtype::Int8] {
+        let c = case.cache(dtype, 16);
+        let view = c.layer_view(1, positions).unwrap();
+        let mut portable = vec![f32::NAN; q.len()];
+        kernel::rows::<false>(&view, &shape, &q, &mut portable, pos_start);
+        let dispatched = case.run(&c, &q, pos_start, 1);
+        for (p, d) in portable.iter().zip(&dispatched) {
+            assert!((p - d).abs() <= 1e-5, "{dtype}: {p} vs {d}");
+        }
+        if dtype == KvDtype::F32 {
+            for (p, w) in portable.iter().zip(&want) {
+                assert!((*p as f64 - w).abs() <= 1e-5, "{p} vs {w}");
+            }
+        }
+    }
+}

@@ -1,0 +1,353 @@
+//! The attention kernels behind [`super::attention`].
+//!
+//! Work is cut into *blocks* of up to [`MAX_NQ`] query vectors that read the same kv head: the
+//! heads of that kv head in one row (decode), and those of consecutive rows (prefill). A block
+//! makes one pass over the keys (every widened key chunk is used by all its vectors), a softmax
+//! per vector over that vector's causal prefix, and one pass over the values per 16 output
+//! elements. A vector's result does not depend on the other vectors of its block: positions past
+//! its causal limit get weight exactly 0, so row splits across threads give identical results.
+//!
+//! Everything is `#[inline(always)]` down from [`rows`], so the AVX2 copy compiled in
+//! [`super::run_avx2`] vectorizes all of it; `FMA` selects fused multiply-adds there.
+
+use super::{Shape, softmax_unnormalized};
+use crate::runtime::kv_cache::{GROUP, LayerView, scale_f32};
+
+/// Lanes of one chunk (one AVX2 register of f32).
+const VL: usize = 8;
+/// Chunks per int8 quantization group.
+const CPG: usize = GROUP / VL;
+const _: () = assert!(GROUP.is_multiple_of(2 * VL));
+/// Most query vectors per block: their accumulators must fit the 16 vector registers.
+const MAX_NQ: usize = 6;
+/// Most chunks per head row: head dimensions up to 128.
+pub(super) const MAX_CHUNKS: usize = 16;
+
+/// 8 f32 lanes, aligned so their loads fold into arithmetic instructions.
+#[derive(Clone, Copy, Default)]
+#[repr(C, align(32))]
+struct F8([f32; VL]);
+
+/// A cached element type.
+trait Lane: Copy + Default + Send + Sync {
+    /// Whether rows are quantized in groups of [`GROUP`] (otherwise unscaled).
+    const GROUPED: bool;
+    /// 8 elements as f32 (without any scale).
+    fn widen(s: &[Self; VL]) -> [f32; VL];
+}
+
+impl Lane for f32 {
+    const GROUPED: bool = false;
+
+    #[inline(always)]
+    fn widen(s: &[f32; VL]) -> [f32; VL] {
+        *s
+    }
+}
+
+impl Lane for i8 {
+    const GROUPED: bool = true;
+
+    #[inline(always)]
+    fn widen(s: &[i8; VL]) -> [f32; VL] {
+        // A plain loop of this form becomes one sign-extend and one convert.
+        let mut t = [0.0f32; VL];
+        for (t, &s) in t.iter_mut().zip(s) {
+            *t = f32::from(s);
+        }
+        t
+    }
+}
+
+/// `acc + a * b`, fused when `FMA` (the AVX2 build) and as two operations otherwise (a fused
+/// multiply-add without hardware support would be a slow library call).
+#[inline(always)]
+fn madd<const FMA: bool>(a: f32, b: f32, acc: f32) -> f32 {
+    if FMA { a.mul_add(b, acc) } else { acc + a * b }
+}
+
+/// Sum of 8 lanes as a short tree.
+#[inline(always)]
+fn hsum(a: &[f32; VL]) -> f32 {
+    let h = [a[0] + a[4], a[1] + a[5], a[2] + a[6], a[3] + a[7]];
+    (h[0] + h[2]) + (h[1] + h[3])
+}
+
+/// Chunk `c` of a row of `hd` elements, zero-padded past the end.
+#[inline(always)]
+fn chunk<E: Lane>(row: &[E], c: usize, hd: usize) -> [E; VL] {
+    let start = c * VL;
+    if start + VL <= hd {
+        row[start..start + VL]
+            .try_into()
+            .unwrap_or([E::default(); VL])
+    } else {
+        let mut x = [E::default(); VL];
+        if start < hd {
+            x[..hd - start].copy_from_slice(&row[start..hd]);
+        }
+        x
+    }
+}
+
+/// Where one kv head sits in the cache rows.
+#[derive(Clone, Copy)]
+struct Head {
+    /// Row width of the cache (all kv heads).
+    kw: usize,
+    /// Index of the kv head.
+    g: usize,
+    nkv: usize,
+    hd: usize,
+    inv_sqrt: f32,
+}
+
+impl Head {
+    /// Chunks per row of this head (rounded up).
+    #[inline(always)]
+    fn chunks(&self) -> usize {
+        self.hd.div_ceil(VL)
+    }
+
+    /// Scale groups per row of this head (int8 only).
+    #[inline(always)]
+    fn groups(&self) -> usize {
+        self.hd / GROUP
+    }
+
+    #[inline(always)]
+    fn row<'a, E>(&self, data: &'a [E], t: usize) -> &'a [E] {
+        &data[t * self.kw + self.g * self.hd..][..self.hd]
+    }
+
+    #[inline(always)]
+    fn scales<'a>(&self, scales: &'a [u16], t: usize) -> &'a [u16] {
+        &scales[(t * self.nkv + self.g) * self.groups()..][..self.groups()]
+    }
+}
+
+/// Per-thread buffers, allocated once per [`rows`] call.
+#[derive(Default)]
+struct Scratch {
+    /// Query vectors of a block as `[chunk][vector]`, zero-padded to whole chunks.
+    q: Vec<F8>,
+    /// Output vectors of a block as `[chunk][vector]`.
+    out: Vec<F8>,
+    /// Scores, then weights, `[vector][position]`.
+    p: Vec<f32>,
+}
+
+/// Attention for the rows of `q` (the first at position `first_pos`) and every head.
+#[inline(always)]
+pub(super) fn rows<const FMA: bool>(
+    view: &LayerView<'_>,
+    shape: &Shape,
+    q: &[f32],
+    out: &mut [f32],
+    first_pos: usize,
+) {
+    match *view {
+        LayerView::F32 { k, v } => rows_typed::<f32, FMA>(k, v, None, shape, q, out, first_pos),
+        LayerView::Int8 {
+            k,
+            v,
+            k_scales,
+            v_scales,
+        } => rows_typed::<i8, FMA>(k, v, Some((k_scales, v_scales)), shape, q, out, first_pos),
+    }
+}
+
+#[inline(always)]
+fn rows_typed<E: Lane, const FMA: bool>(
+    k: &[E],
+    v: &[E],
+    scales: Option<(&[u16], &[u16])>,
+    sh: &Shape,
+    q: &[f32],
+    out: &mut [f32],
+    first_pos: usize,
+) {
+    // A copy with the common head size as a constant, so chunk bounds fold away.
+    if sh.hd == 64 {
+        rows_hd::<E, FMA>(k, v, scales, sh, 64, q, out, first_pos);
+    } else {
+        rows_hd::<E, FMA>(k, v, scales, sh, sh.hd, q, out, first_pos);
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn rows_hd<E: Lane, const FMA: bool>(
+    k: &[E],
+    v: &[E],
+    scales: Option<(&[u16], &[u16])>,
+    sh: &Shape,
+    hd: usize,
+    q: &[f32],
+    out: &mut [f32],
+    first_pos: usize,
+) {
+    let width = sh.n_heads * hd;
+    let n_rows = q.len() / width;
+    // Rows per block: as many whole rows of one kv head's query heads as fit.
+    let rows_per_block = (MAX_NQ / sh.group).max(1);
+    let mut scratch = Scratch::default();
+    let mut vectors = Vec::with_capacity(MAX_NQ);
+    for r0 in (0..n_rows).step_by(rows_per_block) {
+        let r1 = (r0 + rows_per_block).min(n_rows);
+        for g in 0..sh.nkv {
+            let head = Head {
+                kw: sh.nkv * hd,
+                g,
+                nkv: sh.nkv,
+                hd,
+                inv_sqrt: sh.inv_sqrt,
+            };
+            // (offset of the vector in q/out, positions it attends to)
+            vectors.clear();
+            for r in r0..r1 {
+                for j in 0..sh.group {
+                    let offset = r * width + (g * sh.group + j) * hd;
+                    vectors.push((offset, first_pos + r + 1));
+                }
+            }
+            for block in vectors.chunks(MAX_NQ) {
+                let args = (k, v, scales, head, block, q, &mut *out, &mut scratch);
+                match block.len() {
+                    1 => run_block::<E, 1, FMA>(args),
+                    2 => run_block::<E, 2, FMA>(args),
+                    3 => run_block::<E, 3, FMA>(args),
+                    4 => run_block::<E, 4, FMA>(args),
+                    5 => run_block::<E, 5, FMA>(args),
+                    _ => run_block::<E, 6, FMA>(args),
+                }
+            }
+        }
+    }
+}
+
+type BlockArgs<'a, E> = (
+    &'a [E],
+    &'a [E],
+    Option<(&'a [u16], &'a [u16])>,
+    Head,
+    &'a [(usize, usize)],
+    &'a [f32],
+    &'a mut [f32],
+    &'a mut Scratch,
+);
+
+/// One block of `NQ` query vectors over one kv head.
+#[inline(always)]
+fn run_block<E: Lane, const NQ: usize, const FMA: bool>(args: BlockArgs<'_, E>) {
+    let (k, v, scales, head, vectors, q, out, scratch) = args;
+    let (hd, nch) = (head.hd, head.chunks());
+    let n = vectors.iter().map(|&(_, limit)| limit).max().unwrap_or(0);
+    let qf = &mut scratch.q;
+    qf.clear();
+    qf.resize(nch * NQ, F8::default());
+    for (j, &(offset, _)) in vectors.iter().enumerate() {
+        let qv = &q[offset..][..hd];
+        for c in 0..nch {
+            qf[c * NQ + j] = F8(chunk(qv, c, hd));
+        }
+    }
+    let p = &mut scratch.p;
+    p.clear();
+    p.resize(NQ * n, 0.0);
+    scores::<E, NQ, FMA>(k, scales.map(|s| s.0), head, qf.as_chunks::<NQ>().0, n, p);
+    for (j, &(_, limit)) in vectors.iter().enumerate() {
+        let row = &mut p[j * n..][..n];
+        let inv = 1.0 / softmax_unnormalized(&mut row[..limit]);
+        row[..limit].iter_mut().for_each(|x| *x *= inv);
+        row[limit..].fill(0.0);
+    }
+    let of = &mut scratch.out;
+    of.clear();
+    of.resize(nch * NQ, F8::default());
+    values::<E, NQ, FMA>(v, scales.map(|s| s.1), head, p, n, of);
+    for (j, &(offset, _)) in vectors.iter().enumerate() {
+        let ov = &mut out[offset..][..hd];
+        for (c, o) in ov.chunks_mut(VL).enumerate() {
+            o.copy_from_slice(&of[c * NQ + j].0[..o.len()]);
+        }
+    }
+}
+
+/// `p[j * n + t] = inv_sqrt * q_j · (k_t with its group scales applied)` for `t < n`. Each key
+/// row is widened and scaled once, into registers, for all `NQ` vectors.
+#[inline(always)]
+fn scores<E: Lane, const NQ: usize, const FMA: bool>(
+    k: &[E],
+    k_scales: Option<&[u16]>,
+    head: Head,
+    qf: &[[F8; NQ]],
+    n: usize,
+    p: &mut [f32],
+) {
+    let (hd, nch) = (head.hd, head.chunks());
+    for t in 0..n {
+        let row = head.row(k, t);
+        let mut kf = [[0.0f32; VL]; MAX_CHUNKS];
+        for (c, kc) in kf.iter_mut().enumerate().take(nch) {
+            *kc = E::widen(&chunk(row, c, hd));
+        }
+        if let Some(ks) = k_scales.filter(|_| E::GROUPED) {
+            let ks = head.scales(ks, t);
+            for (c, kc) in kf.iter_mut().enumerate().take(nch) {
+                let s = scale_f32(ks[c / CPG]);
+                kc.iter_mut().for_each(|x| *x *= s);
+            }
+        }
+        for j in 0..NQ {
+            let mut acc = [0.0f32; VL];
+            for (kc, qc) in kf.iter().zip(qf).take(nch) {
+                for ((a, &q), &x) in acc.iter_mut().zip(&qc[j].0).zip(kc) {
+                    *a = madd::<FMA>(q, x, *a);
+                }
+            }
+            p[j * n + t] = hsum(&acc) * head.inv_sqrt;
+        }
+    }
+}
+
+/// `out[c][j] = Σ_t p[j * n + t] * v_scale_{t, group of c} * v_t[chunk c]`, two chunks (16
+/// elements, within one scale group) at a time so the accumulators stay in registers.
+#[inline(always)]
+fn values<E: Lane, const NQ: usize, const FMA: bool>(
+    v: &[E],
+    v_scales: Option<&[u16]>,
+    head: Head,
+    p: &[f32],
+    n: usize,
+    out: &mut [F8],
+) {
+    let (hd, nch) = (head.hd, head.chunks());
+    for c0 in (0..nch).step_by(2) {
+        let mut acc = [[[0.0f32; VL]; 2]; NQ];
+        for t in 0..n {
+            let row = head.row(v, t);
+            let v0 = E::widen(&chunk(row, c0, hd));
+            let v1 = E::widen(&chunk(row, c0 + 1, hd));
+            let s = match v_scales {
+                Some(vs) if E::GROUPED => scale_f32(head.scales(vs, t)[c0 / CPG]),
+                _ => 1.0,
+            };
+            for (j, a) in acc.iter_mut().enumerate() {
+                let w = p[j * n + t] * s;
+                for (a, &x) in a[0].iter_mut().zip(&v0) {
+                    *a = madd::<FMA>(w, x, *a);
+                }
+                for (a, &x) in a[1].iter_mut().zip(&v1) {
+                    *a = madd::<FMA>(w, x, *a);
+                }
+            }
+        }
+        for (j, a) in acc.iter().enumerate() {
+            out[c0 * NQ + j] = F8(a[0]);
+            if c0 + 1 < nch {
+                out[(c0 + 1) * NQ + j] = F8(a[1]);
+            }
+        }
+    }
+}
