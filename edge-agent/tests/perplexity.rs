@@ -1,18 +1,23 @@
 //! Perplexity on real English prose (the Lee news corpus installed by `make setup`), with the
 //! int8 KV cache against the f32 one. The full-corpus figures come from `seam-edge perplexity`;
-//! this test scores the first windows so that it stays quick.
+//! these tests score the first windows so that they stay quick.
+//!
+//! The cache's own cost is measured on the graphs that compute the GGUF function exactly (f32
+//! matmuls): there a change of the cached K/V moves perplexity only through attention. The shipped
+//! graphs quantize activations to int8 inside `MatMulNBits` (as llama.cpp does), and any change to
+//! their inputs flips some of those roundings: perturbing the f32 cache by a relative 1e-6 already
+//! moves their perplexity by about +0.15% on 20 windows. On them the test only bounds the change
+//! loosely; README gives both full-corpus figures.
 
 use seam_edge::runtime::kv_cache::KvDtype;
 use seam_edge::runtime::model::{LoadOptions, Model};
-use seam_edge::runtime::perplexity::perplexity;
-use seam_edge::test_util::{asset, package_dir};
+use seam_edge::runtime::perplexity::{Perplexity, perplexity};
+use seam_edge::test_util::{asset, package_dir, package_dir_for};
+use std::path::Path;
 
-const WINDOWS: usize = 6;
 const CTX: usize = 512;
 
-#[test]
-fn int8_kv_cache_costs_at_most_a_tenth_of_a_percent_of_perplexity() {
-    let mut model = Model::load(&package_dir(), &LoadOptions::default()).unwrap();
+fn corpus_tokens(model: &Model) -> Vec<u32> {
     let text = std::fs::read_to_string(asset("assets/prose/lee_background.txt")).unwrap();
     let tokens = model
         .tokenizer()
@@ -25,41 +30,51 @@ fn int8_kv_cache_costs_at_most_a_tenth_of_a_percent_of_perplexity() {
         "the corpus has {} tokens",
         tokens.len()
     );
-    let f32 = perplexity(
-        &mut model,
-        &tokens,
-        CTX,
-        KvDtype::F32,
-        Some(WINDOWS),
-        |_, _, _| {},
-    )
-    .unwrap();
-    let int8 = perplexity(
-        &mut model,
-        &tokens,
-        CTX,
-        KvDtype::Int8,
-        Some(WINDOWS),
-        |_, _, _| {},
-    )
-    .unwrap();
-    let change = int8.perplexity / f32.perplexity - 1.0;
-    eprintln!(
-        "perplexity over {} tokens: f32 kv {:.4}, int8 kv {:.4} ({:+.3}%)",
-        f32.scored_tokens,
-        f32.perplexity,
-        int8.perplexity,
-        change * 100.0
-    );
-    assert_eq!(f32.scored_tokens, WINDOWS * (CTX / 2 - 1));
+    tokens
+}
+
+/// Perplexity of the first `windows` windows with an f32 and an int8 cache.
+fn f32_and_int8(dir: &Path, windows: usize) -> (Perplexity, Perplexity) {
+    let mut model = Model::load(dir, &LoadOptions::default()).unwrap();
+    let tokens = corpus_tokens(&model);
+    let mut run =
+        |kv| perplexity(&mut model, &tokens, CTX, kv, Some(windows), |_, _, _| {}).unwrap();
+    let (f32, int8) = (run(KvDtype::F32), run(KvDtype::Int8));
+    assert_eq!(f32.scored_tokens, windows * (CTX / 2 - 1));
     // A 135M model on news prose: a broken graph or tokenizer lands in the hundreds or more.
     assert!(
         (10.0..60.0).contains(&f32.perplexity),
         "f32 perplexity {}",
         f32.perplexity
     );
+    eprintln!(
+        "{}: perplexity over {} tokens: f32 kv {:.4}, int8 kv {:.4} ({:+.3}%)",
+        dir.display(),
+        f32.scored_tokens,
+        f32.perplexity,
+        int8.perplexity,
+        (int8.perplexity / f32.perplexity - 1.0) * 100.0
+    );
+    (f32, int8)
+}
+
+#[test]
+fn int8_kv_cache_costs_at_most_a_tenth_of_a_percent_of_perplexity() {
+    let (f32, int8) = f32_and_int8(&package_dir_for(true), 12);
+    let change = int8.perplexity / f32.perplexity - 1.0;
     assert!(
         change <= 0.001,
+        "int8 KV changes perplexity by {:+.4}%",
+        change * 100.0
+    );
+}
+
+#[test]
+fn int8_kv_cache_on_the_shipped_graphs_stays_within_their_rounding_noise() {
+    let (f32, int8) = f32_and_int8(&package_dir(), 6);
+    let change = int8.perplexity / f32.perplexity - 1.0;
+    assert!(
+        change.abs() <= 0.01,
         "int8 KV changes perplexity by {:+.4}%",
         change * 100.0
     );
