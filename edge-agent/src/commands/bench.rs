@@ -228,10 +228,10 @@ pub fn run_all(
 
 fn print_table(rows: &[BenchFigures]) {
     println!(
-        "| threads | load ms | prefill tok/s ({} tok) | decode tok/s ({} tok) | weights MB | bandwidth-bound note |",
+        "| threads | load ms | prefill tok/s ({} tok) | decode tok/s ({} tok) | weights MB read per token | read GB/s | bandwidth bound tok/s | decode / bound |",
         rows[0].prefill_tokens, rows[0].decode_tokens
     );
-    println!("|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|");
     for r in rows {
         let bound = r.read_gb_s * 1e9 / r.weight_bytes as f64;
         println!(
