@@ -18,6 +18,13 @@ pub enum Error {
     /// A file listed in the manifest is missing or its content does not match its SHA-256.
     #[error("model package {dir}: {reason}")]
     Integrity { dir: PathBuf, reason: String },
+    /// A tensor from the wire (or one about to be put on it) is malformed: dtype, shape, data
+    /// length, scales or non-finite values.
+    #[error("invalid tensor: {0}")]
+    TensorInvalid(String),
+    /// A tensor from the wire holds more values than the receiver accepts.
+    #[error("tensor of shape {shape:?} exceeds the limit of {limit} values")]
+    TensorTooLarge { shape: Vec<u64>, limit: usize },
     /// The ONNX Runtime shared library could not be found or loaded.
     #[error("onnx runtime: {0}")]
     Runtime(String),

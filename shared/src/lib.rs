@@ -1,4 +1,4 @@
-//! Seam's shared library: the wire contract (generated from `proto/`), the model-package
+//! Seam's shared library: the wire contract (generated from `proto/`), the tensor codec, the model-package
 //! format, ONNX Runtime loading and telemetry set-up. No policy and no business rules live here.
 
 pub mod error;
@@ -6,5 +6,6 @@ pub mod ort_env;
 pub mod package;
 pub mod proto;
 pub mod telemetry;
+pub mod tensor;
 
 pub use error::{Error, Result};

@@ -251,7 +251,7 @@ impl Engine {
                 finish = Some(FinishReason::Deadline);
                 break;
             }
-            let next = sampler.sample(&logits);
+            let next = sampler.sample(&logits, (tokens.len() + completion.len()) as u64);
             if completion.is_empty() {
                 first_token = started.elapsed();
             }

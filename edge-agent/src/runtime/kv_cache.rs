@@ -187,6 +187,17 @@ pub struct KvCache {
     storage: Storage,
 }
 
+impl fmt::Debug for KvCache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KvCache")
+            .field("geometry", &self.geom)
+            .field("dtype", &self.dtype)
+            .field("len", &self.len)
+            .field("capacity", &self.capacity)
+            .finish_non_exhaustive()
+    }
+}
+
 impl KvCache {
     /// Allocates a zeroed cache for `capacity` positions. Memory is `capacity * bytes_per_token()`.
     ///

@@ -36,6 +36,15 @@ impl Default for LoadOptions {
     }
 }
 
+/// One sequence of a batched pass ([`Model::run_layers_batch`]): `rows` rows at positions
+/// `pos..pos + rows`, with its own KV cache.
+#[derive(Debug)]
+pub struct Sequence<'a> {
+    pub pos: usize,
+    pub rows: usize,
+    pub cache: &'a mut KvCache,
+}
+
 struct LoadedSegment {
     start: u32,
     end: u32,
@@ -196,23 +205,39 @@ impl Model {
         pos: usize,
         cache: &mut KvCache,
     ) -> Result<Vec<f32>> {
+        let rows = hidden.len() / self.n_embd().max(1);
+        self.run_layers_batch(range, hidden, &mut [Sequence { pos, rows, cache }])
+    }
+
+    /// [`Model::run_layers`] for several sequences at once: `hidden` holds the rows of every
+    /// sequence in order. The graphs see all rows as one batch (each of their operations is
+    /// row-wise, so the weights are read once for all sequences); rotary embedding, the KV
+    /// writes and attention run per sequence.
+    pub fn run_layers_batch(
+        &mut self,
+        range: Range<u32>,
+        hidden: Vec<f32>,
+        seqs: &mut [Sequence<'_>],
+    ) -> Result<Vec<f32>> {
         let d = self.n_embd();
-        if hidden.is_empty() || !hidden.len().is_multiple_of(d) {
+        let s: usize = seqs.iter().map(|q| q.rows).sum();
+        if s == 0 || seqs.iter().any(|q| q.rows == 0) || hidden.len() != s * d {
             return Err(Error::InvalidArgument(format!(
-                "hidden state of {} values is not a whole number of {d}-wide rows",
+                "hidden state of {} values does not hold the {s} rows of {d} announced",
                 hidden.len()
             )));
         }
-        let s = hidden.len() / d;
-        if pos + s > cache.capacity() {
-            return Err(Error::ResourceExhausted {
-                reason: format!(
-                    "{} positions exceed the KV cache capacity of {}",
-                    pos + s,
-                    cache.capacity()
-                ),
-                retry_after: None,
-            });
+        for q in seqs.iter() {
+            if q.pos + q.rows > q.cache.capacity() {
+                return Err(Error::ResourceExhausted {
+                    reason: format!(
+                        "{} positions exceed the KV cache capacity of {}",
+                        q.pos + q.rows,
+                        q.cache.capacity()
+                    ),
+                    retry_after: None,
+                });
+            }
         }
         let (nh, nkv, hd) = (
             self.arch.n_head as usize,
@@ -242,11 +267,18 @@ impl Model {
             };
             for layer in seg.start..seg.end {
                 split_qkv(&qkv, s, qw, kw, &mut q, &mut k, &mut v);
-                self.rope.apply(&mut q, nh, hd, pos)?;
-                self.rope.apply(&mut k, nkv, hd, pos)?;
                 let cl = (layer - first_layer) as usize;
-                cache.write(cl, pos, &k, &v)?;
-                attention(&q, cache, cl, pos, nh, &mut attn, self.threads)?;
+                let mut row = 0;
+                for sq in seqs.iter_mut() {
+                    let (r0, r1) = (row, row + sq.rows);
+                    let (qs, ks) = (&mut q[r0 * qw..r1 * qw], &mut k[r0 * kw..r1 * kw]);
+                    self.rope.apply(qs, nh, hd, sq.pos)?;
+                    self.rope.apply(ks, nkv, hd, sq.pos)?;
+                    sq.cache.write(cl, sq.pos, ks, &v[r0 * kw..r1 * kw])?;
+                    let out = &mut attn[r0 * qw..r1 * qw];
+                    attention(qs, sq.cache, cl, sq.pos, nh, out, self.threads)?;
+                    row = r1;
+                }
                 let graph = &mut seg.graphs[(layer - seg.start) as usize + 1];
                 let out = graph.run(ort::inputs![
                     io::RESIDUAL => TensorRef::from_array_view((shape, &h[..]))?,

@@ -1,5 +1,8 @@
-//! Choosing the next token from logits: greedy, or temperature + nucleus (top-p) sampling with a
-//! seeded generator so a seed reproduces an answer.
+//! Choosing the next token from logits: greedy, or temperature + nucleus (top-p) sampling.
+//!
+//! Every random draw is derived from `(seed, absolute position, draw index)` rather than from the
+//! state of a stream, so the device and a cloud worker draw the same token for the same position,
+//! and a session replayed after a failover reproduces its answer.
 
 use crate::error::{Error, Result};
 use rand::rngs::StdRng;
@@ -49,8 +52,21 @@ impl SamplingParams {
 #[derive(Debug)]
 pub struct Sampler {
     params: SamplingParams,
-    rng: StdRng,
     scratch: Vec<(f32, u32)>,
+}
+
+/// A uniform draw in `[0, 1)` for draw `index` at `position` of a stream seeded with `seed`.
+pub fn uniform(seed: u64, position: u64, index: u64) -> f64 {
+    let key = mix(mix(seed ^ 0x5eed_5eed_5eed_5eed) ^ position) ^ index.rotate_left(32);
+    StdRng::seed_from_u64(mix(key)).random::<f64>()
+}
+
+/// SplitMix64's finaliser: spreads nearby keys over the whole range.
+fn mix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
 }
 
 /// Candidates considered before falling back to sorting the whole vocabulary.
@@ -61,13 +77,16 @@ impl Sampler {
         params.validate()?;
         Ok(Sampler {
             params,
-            rng: StdRng::seed_from_u64(params.seed),
             scratch: Vec::new(),
         })
     }
 
-    /// The next token for these logits.
-    pub fn sample(&mut self, logits: &[f32]) -> u32 {
+    pub fn params(&self) -> SamplingParams {
+        self.params
+    }
+
+    /// The token at absolute `position` given the logits of the row before it.
+    pub fn sample(&mut self, logits: &[f32], position: u64) -> u32 {
         if self.params.temperature == 0.0 {
             return argmax(logits);
         }
@@ -107,7 +126,7 @@ impl Sampler {
                 break;
             }
         }
-        let mut r = self.rng.random::<f64>() * kept;
+        let mut r = uniform(self.params.seed, position, 0) * kept;
         for c in &self.scratch[..cut] {
             r -= c.0 as f64;
             if r <= 0.0 {
@@ -144,7 +163,7 @@ mod tests {
     #[test]
     fn greedy_takes_the_argmax() {
         let mut s = Sampler::new(params(0.0, 1.0, 0)).unwrap();
-        assert_eq!(s.sample(&[0.1, 3.0, -1.0, 3.0]), 1);
+        assert_eq!(s.sample(&[0.1, 3.0, -1.0, 3.0], 0), 1);
     }
 
     #[test]
@@ -152,7 +171,7 @@ mod tests {
         let logits: Vec<f32> = (0..1000).map(|i| ((i * 37) % 101) as f32 / 20.0).collect();
         let run = |seed| {
             let mut s = Sampler::new(params(1.0, 1.0, seed)).unwrap();
-            (0..50).map(|_| s.sample(&logits)).collect::<Vec<_>>()
+            (0..50).map(|p| s.sample(&logits, p)).collect::<Vec<_>>()
         };
         assert_eq!(run(7), run(7));
         assert_ne!(run(7), run(8));
@@ -164,8 +183,8 @@ mod tests {
         let mut s = Sampler::new(params(1.0, 1.0, 1)).unwrap();
         let mut counts = [0usize; 3];
         let n = 40_000;
-        for _ in 0..n {
-            counts[s.sample(&logits) as usize] += 1;
+        for p in 0..n {
+            counts[s.sample(&logits, p) as usize] += 1;
         }
         for (c, p) in counts.iter().zip([0.125, 0.25, 0.625]) {
             let f = *c as f64 / n as f64;
@@ -177,8 +196,8 @@ mod tests {
     fn top_p_cuts_the_tail() {
         let logits = [(0.5f32).ln(), (0.3f32).ln(), (0.2f32).ln()];
         let mut s = Sampler::new(params(1.0, 0.75, 3)).unwrap();
-        for _ in 0..2000 {
-            assert_ne!(s.sample(&logits), 2);
+        for p in 0..2000 {
+            assert_ne!(s.sample(&logits, p), 2);
         }
     }
 
@@ -186,11 +205,32 @@ mod tests {
     fn large_vocabulary_with_flat_distribution_uses_the_full_sort() {
         let logits = vec![0.0f32; 5000];
         let mut s = Sampler::new(params(1.0, 0.99, 11)).unwrap();
-        let picks: std::collections::HashSet<u32> = (0..3000).map(|_| s.sample(&logits)).collect();
+        let picks: std::collections::HashSet<u32> =
+            (0..3000).map(|p| s.sample(&logits, p)).collect();
         assert!(
             picks.iter().any(|&t| t as usize >= FAST_CANDIDATES),
             "only the head was sampled"
         );
+    }
+
+    #[test]
+    fn a_position_draws_the_same_token_whatever_came_before() {
+        let logits: Vec<f32> = (0..300).map(|i| ((i * 13) % 29) as f32 / 7.0).collect();
+        let mut a = Sampler::new(params(0.8, 0.95, 5)).unwrap();
+        let mut b = Sampler::new(params(0.8, 0.95, 5)).unwrap();
+        let first: Vec<u32> = (0..20).map(|p| a.sample(&logits, p)).collect();
+        let again: Vec<u32> = (10..20).rev().map(|p| b.sample(&logits, p)).collect();
+        assert_eq!(again, first[10..].iter().rev().copied().collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn uniform_draws_are_spread_and_keyed() {
+        let n = 20_000;
+        let mean = (0..n).map(|p| uniform(3, p, 0)).sum::<f64>() / n as f64;
+        assert!((mean - 0.5).abs() < 0.01, "{mean}");
+        assert_ne!(uniform(3, 1, 0), uniform(3, 1, 1));
+        assert_ne!(uniform(3, 1, 0), uniform(4, 1, 0));
+        assert_eq!(uniform(3, 1, 0), uniform(3, 1, 0));
     }
 
     #[test]

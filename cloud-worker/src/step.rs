@@ -1,0 +1,87 @@
+//! Checking a step message before it is queued: frame size, ids, the hidden-state tensor, drafts.
+//! What depends on the session (its length, rollback, step order) is checked when the session
+//! is checked out ([`crate::sessions::SessionTable::checkout`]).
+
+use crate::error::{Error, Result};
+use prost::Message;
+use seam_shared::proto::common::StepRequest;
+use seam_shared::tensor;
+
+/// Bounds a step must fit.
+#[derive(Debug, Clone, Copy)]
+pub struct StepLimits {
+    /// Width of a hidden-state row.
+    pub hidden_size: usize,
+    /// Vocabulary size (drafts are token ids).
+    pub vocab_size: u32,
+    /// Most rows in one step.
+    pub max_rows: usize,
+    /// Most rows whose logits one step may ask for.
+    pub max_logit_rows: usize,
+    /// Largest encoded step message.
+    pub max_frame_bytes: usize,
+}
+
+/// A step that passed every check that needs no session state.
+#[derive(Debug, Clone)]
+pub struct StepPlan {
+    pub session: String,
+    pub step_id: u64,
+    pub start: usize,
+    pub rows: usize,
+    /// `rows × hidden_size` decoded values.
+    pub hidden: Vec<f32>,
+    pub drafts: Vec<u32>,
+    pub rollback_to: Option<usize>,
+    pub want_logits: bool,
+}
+
+/// Checks `req` against `limits` and decodes its hidden states.
+pub fn plan(req: StepRequest, limits: &StepLimits) -> Result<StepPlan> {
+    let size = req.encoded_len();
+    if size > limits.max_frame_bytes {
+        return Err(Error::ResourceExhausted {
+            reason: format!(
+                "step message of {size} bytes is above the limit of {}",
+                limits.max_frame_bytes
+            ),
+            retry_after: None,
+        });
+    }
+    if req.step_id == 0 {
+        return Err(Error::InvalidArgument("step_id must start at 1".into()));
+    }
+    let hidden = req
+        .hidden
+        .as_ref()
+        .ok_or_else(|| Error::InvalidArgument("the step has no hidden states".into()))?;
+    let rows = tensor::decode(
+        hidden,
+        Some(limits.hidden_size),
+        limits.max_rows * limits.hidden_size,
+    )?;
+    if !req.draft_tokens.is_empty()
+        || !req.draft_probs.is_empty()
+        || req.draft_probs_dense.is_some()
+    {
+        return Err(Error::InvalidArgument(
+            "speculative drafts are not accepted by this worker version".into(),
+        ));
+    }
+    if req.want_logits && rows.rows > limits.max_logit_rows {
+        return Err(Error::InvalidArgument(format!(
+            "logits asked for {} rows, at most {} per step",
+            rows.rows, limits.max_logit_rows
+        )));
+    }
+    Ok(StepPlan {
+        session: req.session_id,
+        step_id: req.step_id,
+        start: req.start_position as usize,
+        rows: rows.rows,
+        hidden: rows.data,
+        drafts: req.draft_tokens,
+        rollback_to: req.rollback_to.map(|n| n as usize),
+        want_logits: req.want_logits,
+    })
+}
