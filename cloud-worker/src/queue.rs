@@ -56,20 +56,18 @@ impl Queue {
     }
 
     /// Adds a step, or gives it back with RESOURCE_EXHAUSTED when the queue is full.
-    pub fn push(&self, job: Job) -> Result<(), (Job, Error)> {
+    pub fn push(&self, job: Job) -> Result<(), Box<(Job, Error)>> {
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         if st.closed {
-            return Err((
-                job,
-                Error::Unavailable("the worker is shutting down".into()),
-            ));
+            let err = Error::Unavailable("the worker is shutting down".into());
+            return Err(Box::new((job, err)));
         }
         if st.jobs.len() >= self.max_len {
             let err = Error::ResourceExhausted {
                 reason: format!("{} steps are already waiting", st.jobs.len()),
                 retry_after: Some(Duration::from_millis(50)),
             };
-            return Err((job, err));
+            return Err(Box::new((job, err)));
         }
         st.jobs.push_back(job);
         drop(st);
@@ -203,7 +201,7 @@ mod tests {
     fn a_full_queue_refuses_with_a_retry_hint() {
         let q = Queue::new(1);
         q.push(job("a", 1, 1)).unwrap();
-        let (_, err) = q.push(job("b", 1, 1)).unwrap_err();
+        let (_, err) = *q.push(job("b", 1, 1)).unwrap_err();
         assert_eq!(err.code(), tonic::Code::ResourceExhausted);
         assert!(err.retry_after_ms() > 0);
         q.close();

@@ -19,6 +19,9 @@ use std::time::{Duration, Instant};
 
 /// Most rows whose logits one step may ask for (a logits row is `vocab × 4` bytes).
 const MAX_LOGIT_ROWS: usize = 64;
+/// Bytes above `max_frame_bytes` the transport still reads, so that the step can be refused
+/// on its own.
+const FRAME_SLACK: usize = 1 << 20;
 /// How often idle and expired sessions are swept.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
@@ -127,8 +130,10 @@ pub async fn serve(
         .build_v1()
         .map_err(|e| Error::Config(format!("reflection: {e}")))?;
     let logits_bytes = MAX_LOGIT_ROWS * a.vocab_size as usize * 4 + (1 << 20);
+    // Frames a little above the limit are refused per step (the stream goes on); only frames
+    // beyond this slack make the transport end the stream.
     let worker = WorkerServer::new(service)
-        .max_decoding_message_size(cfg.max_frame_bytes)
+        .max_decoding_message_size(cfg.max_frame_bytes + FRAME_SLACK)
         .max_encoding_message_size(logits_bytes);
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     let drain = {

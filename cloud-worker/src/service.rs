@@ -177,7 +177,8 @@ impl Worker for WorkerService {
                             reply,
                             enqueued: Instant::now(),
                         };
-                        if let Err((job, e)) = queue.push(job) {
+                        if let Err(refused) = queue.push(job) {
+                            let (job, e) = *refused;
                             crate::executor::answer_error(job, &e, start as usize);
                         }
                     }
@@ -206,7 +207,13 @@ impl Worker for WorkerService {
                                 return;
                             }
                         }
-                        None => return,
+                        None => {
+                            // The reader is gone; it leaves the stream's error first, if any.
+                            if let Ok(status) = err_rx.try_recv() {
+                                let _ = yield_.send(Err(status)).await;
+                            }
+                            return;
+                        }
                     },
                     Some(status) = err_rx.recv() => {
                         let _ = yield_.send(Err(status)).await;

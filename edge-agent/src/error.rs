@@ -28,7 +28,7 @@ pub enum Error {
     /// The KV cache refused an operation.
     #[error(transparent)]
     Kv(#[from] crate::runtime::kv_cache::KvError),
-    /// Model package, ONNX Runtime loading, configuration.
+    /// Model package, ONNX Runtime loading, configuration, tensors from the wire.
     #[error(transparent)]
     Shared(#[from] seam_shared::Error),
     /// ONNX Runtime failed while building a session or running a graph.
@@ -43,6 +43,16 @@ pub enum Error {
         path: String,
         #[source]
         source: std::io::Error,
+    },
+    /// The cloud side (worker or gateway) could not be reached or broke the protocol.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    /// The cloud side refused a request with this status.
+    #[error("cloud: {message}")]
+    Remote {
+        code: tonic::Code,
+        message: String,
+        retry_after_ms: u64,
     },
     /// A model package is inconsistent with what the code needs.
     #[error("model package: {0}")]
@@ -66,15 +76,24 @@ impl Error {
             Error::DeadlineExceeded(_) => Code::DeadlineExceeded,
             Error::Cancelled => Code::Cancelled,
             Error::Kv(_) => Code::InvalidArgument,
+            Error::Shared(seam_shared::Error::TensorInvalid(_)) => Code::InvalidArgument,
+            Error::Shared(seam_shared::Error::TensorTooLarge { .. }) => Code::ResourceExhausted,
             Error::Gguf(_) | Error::Package(_) | Error::Shared(_) => Code::FailedPrecondition,
             Error::Ort(_) | Error::Tokenizer(_) | Error::Io { .. } => Code::Internal,
+            Error::Unavailable(_) => Code::Unavailable,
+            Error::Remote { code, .. } => *code,
         };
         let mut status = tonic::Status::new(code, self.to_string());
-        if let Error::ResourceExhausted {
-            retry_after: Some(d),
-            ..
-        } = self
-            && let Ok(v) = d.as_millis().to_string().parse()
+        let retry_ms = match self {
+            Error::ResourceExhausted {
+                retry_after: Some(d),
+                ..
+            } => d.as_millis() as u64,
+            Error::Remote { retry_after_ms, .. } => *retry_after_ms,
+            _ => 0,
+        };
+        if retry_ms > 0
+            && let Ok(v) = retry_ms.to_string().parse()
         {
             status.metadata_mut().insert("retry-after-ms", v);
         }

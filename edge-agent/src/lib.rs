@@ -5,6 +5,7 @@ pub mod commands;
 pub mod error;
 pub mod gguf;
 pub mod import;
+pub mod link;
 pub mod onnx;
 pub mod runtime;
 pub mod server;

@@ -61,6 +61,8 @@ enum Command {
         /// `text` or `json` stats on stderr.
         #[arg(long, default_value = "text")]
         stats: StatsFormat,
+        #[command(flatten)]
+        split: commands::SplitArgs,
         prompt: String,
     },
     /// Perplexity of a text file over non-overlapping windows (llama.cpp's method).
@@ -81,6 +83,8 @@ enum Command {
         /// One JSON object on stdout.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        split: commands::SplitArgs,
     },
     /// Serve seam.edge.v1.Assistant (with health and reflection) until SIGTERM.
     Serve {
@@ -98,6 +102,10 @@ enum Command {
         /// Logs as JSON lines.
         #[arg(long)]
         log_json: bool,
+        /// With --worker, requests that ask for route SPLIT run split (at their layer, or at
+        /// --split).
+        #[command(flatten)]
+        split: commands::SplitArgs,
     },
     /// Send one prompt to a running agent and print the streamed answer and its figures.
     Ask {
@@ -194,6 +202,7 @@ fn main() -> anyhow::Result<()> {
             chat,
             deadline_ms,
             stats,
+            split,
             prompt,
         } => {
             seam_shared::telemetry::init("warn", false);
@@ -214,6 +223,7 @@ fn main() -> anyhow::Result<()> {
                 threads,
                 kv,
                 json_stats: matches!(stats, StatsFormat::Json),
+                split,
             };
             commands::generate::run(&model, req, &args)
         }
@@ -225,9 +235,18 @@ fn main() -> anyhow::Result<()> {
             threads,
             max_windows,
             json,
+            split,
         } => {
             seam_shared::telemetry::init("warn", false);
-            commands::perplexity::run(&model, &file, ctx, kv, threads, max_windows, json)
+            let args = commands::perplexity::PerplexityArgs {
+                ctx,
+                kv,
+                threads,
+                max_windows,
+                json,
+                split,
+            };
+            commands::perplexity::run(&model, &file, &args)
         }
         Command::Serve {
             model,
@@ -236,13 +255,21 @@ fn main() -> anyhow::Result<()> {
             kv,
             kv_budget,
             log_json,
+            split,
         } => {
             seam_shared::telemetry::init("info", log_json);
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()
                 .build()?;
-            rt.block_on(commands::serve::run(&model, listen, threads, kv, kv_budget))
+            let args = commands::serve::ServeArgs {
+                listen,
+                threads,
+                kv,
+                kv_budget,
+                split,
+            };
+            rt.block_on(commands::serve::run(&model, args))
         }
         Command::Ask {
             server,

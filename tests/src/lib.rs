@@ -1,5 +1,5 @@
-//! Harness for end-to-end tests: real `seam-edge` processes on loopback, their logs captured,
-//! gRPC clients connected to them.
+//! Harness for end-to-end tests: real `seam-edge` and `seam-worker` processes on loopback, their
+//! logs captured, gRPC clients connected to them.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -9,17 +9,29 @@ use std::time::Duration;
 
 pub use seam_edge::test_util::package_dir;
 
+/// A running `seam-worker serve`.
+pub type WorkerProcess = EdgeProcess;
+
 /// Longest wait for a process to report that it is listening (a model load in a debug build).
 const START_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// The `seam-edge` binary of the build that runs the tests (`target/<profile>/seam-edge`).
 pub fn edge_bin() -> PathBuf {
+    bin("seam-edge")
+}
+
+/// The `seam-worker` binary of the build that runs the tests.
+pub fn worker_bin() -> PathBuf {
+    bin("seam-worker")
+}
+
+fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
     let dir = exe
         .parent()
         .and_then(Path::parent)
         .expect("tests run from target/<profile>/deps");
-    let bin = dir.join("seam-edge");
+    let bin = dir.join(name);
     assert!(
         bin.exists(),
         "{} is missing: build the workspace binaries first (`cargo build --workspace`)",
@@ -28,7 +40,7 @@ pub fn edge_bin() -> PathBuf {
     bin
 }
 
-/// A running `seam-edge serve`, killed on drop.
+/// A running `seam-edge serve` or `seam-worker serve`, killed on drop.
 pub struct EdgeProcess {
     child: Child,
     pub addr: String,
@@ -39,7 +51,16 @@ pub struct EdgeProcess {
 impl EdgeProcess {
     /// Starts the agent on a free loopback port and waits until it listens.
     pub fn start(package: &Path, extra: &[&str]) -> EdgeProcess {
-        let mut child = Command::new(edge_bin())
+        Self::spawn(edge_bin(), package, extra)
+    }
+
+    /// Starts a worker on a free loopback port and waits until it listens.
+    pub fn start_worker(package: &Path, extra: &[&str]) -> EdgeProcess {
+        Self::spawn(worker_bin(), package, extra)
+    }
+
+    fn spawn(bin: PathBuf, package: &Path, extra: &[&str]) -> EdgeProcess {
+        let mut child = Command::new(&bin)
             .args(["serve", "--listen", "127.0.0.1:0", "--model"])
             .arg(package)
             .args(extra)
@@ -75,7 +96,8 @@ impl EdgeProcess {
             Err(_) => {
                 let _ = child.kill();
                 panic!(
-                    "seam-edge did not start; logs:\n{}",
+                    "{} did not start; logs:\n{}",
+                    bin.display(),
                     logs.lock().unwrap().join("\n")
                 );
             }

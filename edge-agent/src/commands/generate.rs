@@ -1,7 +1,7 @@
 //! `seam-edge generate`: the completion alone on stdout, a stats line on stderr.
 
-use super::load_engine;
-use crate::runtime::engine::{GenerateRequest, GenerateStats};
+use super::{SplitArgs, load_engine};
+use crate::runtime::engine::{GenerateRequest, GenerateStats, Route};
 use crate::runtime::kv_cache::KvDtype;
 use std::io::Write;
 use std::path::Path;
@@ -12,14 +12,35 @@ pub struct GenerateArgs {
     pub threads: usize,
     pub kv: KvDtype,
     pub json_stats: bool,
+    pub split: SplitArgs,
 }
 
 pub fn run(dir: &Path, req: GenerateRequest, args: &GenerateArgs) -> anyhow::Result<()> {
     let mut engine = load_engine(dir, args.threads, args.kv, super::DEFAULT_KV_BUDGET)?;
+    // The worker link runs its I/O on this runtime while the engine blocks this thread.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    let split = {
+        let _context = runtime.enter();
+        args.split.resolve(&engine)?
+    };
+    let mut link = split
+        .as_ref()
+        .map(|(endpoint, _)| endpoint.link(runtime.handle().clone()));
+    let route = match (&mut link, &split) {
+        (Some(link), Some((_, layer))) => Route::Split {
+            layer: *layer,
+            wire: args.split.wire,
+            link,
+        },
+        _ => Route::Local,
+    };
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     let mut write_error = None;
-    let stats = engine.generate(&req, |t| {
+    let stats = engine.generate_routed(&req, route, |t| {
         if let Err(e) = out.write_all(t.text.as_bytes()).and_then(|_| out.flush()) {
             write_error = Some(e);
             return false;
@@ -52,9 +73,25 @@ pub fn stats_line(s: &GenerateStats, kv: KvDtype, json: bool) -> String {
             "kv_bytes_per_token": s.kv_bytes_per_token,
             "kv_dtype": kv.to_string(),
             "finish_reason": format!("{:?}", s.finish).to_lowercase(),
+            "route": s.split.as_ref().map_or("local".to_string(), |r| format!("split({})", r.layer)),
+            "wire": s.split.as_ref().map(|r| r.wire.to_string()),
+            "bytes_sent": s.split.as_ref().map_or(0, |r| r.counters.bytes_sent),
+            "bytes_received": s.split.as_ref().map_or(0, |r| r.counters.bytes_received),
+            "round_trips": s.split.as_ref().map_or(0, |r| r.counters.round_trips),
         })
         .to_string()
     } else {
+        let route = match &s.split {
+            Some(r) => format!(
+                " · split({}) {} wire, {} B sent, {} B received, {} round trips",
+                r.layer,
+                r.wire,
+                r.counters.bytes_sent,
+                r.counters.bytes_received,
+                r.counters.round_trips
+            ),
+            None => String::new(),
+        };
         format!(
             "prefill {} tok ({} cached) {:.1} tok/s · decode {} tok {:.1} tok/s · first token {:.0} ms · kv {} B ({} B/token, {kv}) · {:?}",
             s.prompt_tokens,
@@ -66,6 +103,6 @@ pub fn stats_line(s: &GenerateStats, kv: KvDtype, json: bool) -> String {
             s.kv_bytes,
             s.kv_bytes_per_token,
             s.finish
-        )
+        ) + &route
     }
 }

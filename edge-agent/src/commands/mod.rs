@@ -7,6 +7,7 @@ pub mod model;
 pub mod perplexity;
 pub mod serve;
 
+use crate::link::worker::WorkerEndpoint;
 use crate::runtime::budget::KvBudget;
 use crate::runtime::engine::Engine;
 use crate::runtime::kv_cache::KvDtype;
@@ -31,4 +32,47 @@ pub fn load_engine(
         },
     )?;
     Ok(Engine::new(model, kv, KvBudget::new(budget)))
+}
+
+/// Where the cloud half of a split request runs (`--worker`, `--split`, `--wire`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct SplitArgs {
+    /// A seam-worker to split with, e.g. http://127.0.0.1:50061.
+    #[arg(long)]
+    pub worker: Option<String>,
+    /// Split layer K (one of the package's split points; default: the smallest).
+    #[arg(long)]
+    pub split: Option<u32>,
+    /// How hidden states travel: int8 (a scale per row), int8/G (a scale per G values), f16, f32.
+    #[arg(long, default_value = "int8")]
+    pub wire: seam_shared::tensor::WireDtype,
+    /// Identity reported to the worker.
+    #[arg(long, default_value = "local-device")]
+    pub device_id: String,
+}
+
+impl SplitArgs {
+    /// The worker endpoint and split layer, when `--worker` is given; `--split` without it is
+    /// an error.
+    pub fn resolve(&self, engine: &Engine) -> anyhow::Result<Option<(WorkerEndpoint, u32)>> {
+        let Some(addr) = &self.worker else {
+            anyhow::ensure!(self.split.is_none(), "--split needs --worker");
+            return Ok(None);
+        };
+        let package = engine.model().package();
+        let points = &package.manifest().split_points;
+        let layer = match self.split {
+            Some(k) => k,
+            None => *points
+                .iter()
+                .min()
+                .ok_or_else(|| anyhow::anyhow!("the package has no split points"))?,
+        };
+        anyhow::ensure!(
+            points.contains(&layer),
+            "--split {layer} is not a split point of this package ({points:?})"
+        );
+        let endpoint = WorkerEndpoint::new(addr, package.digest(), &self.device_id)?;
+        Ok(Some((endpoint, layer)))
+    }
 }

@@ -1,28 +1,40 @@
-//! `seam-edge perplexity`.
+//! `seam-edge perplexity`: locally, or split with a worker (`--worker`, `--split`, `--wire`).
 
+use super::SplitArgs;
 use crate::runtime::kv_cache::KvDtype;
-use crate::runtime::model::{LoadOptions, Model};
-use crate::runtime::perplexity::perplexity;
+use crate::runtime::model::Model;
+use crate::runtime::perplexity::{Perplexity, perplexity};
+use crate::runtime::split::split_perplexity;
 use anyhow::Context;
 use std::path::Path;
 use std::time::Instant;
 
-pub fn run(
-    dir: &Path,
-    file: &Path,
-    ctx: usize,
-    kv: KvDtype,
-    threads: usize,
-    max_windows: Option<usize>,
-    json: bool,
-) -> anyhow::Result<()> {
-    let mut model = Model::load(
-        dir,
-        &LoadOptions {
-            threads,
-            ..LoadOptions::default()
-        },
-    )?;
+/// Rows per step of a split perplexity run (the worker returns logits for at most 64 rows).
+const ROWS_PER_STEP: usize = 64;
+
+/// Options of one `perplexity` call.
+#[derive(Debug, Clone)]
+pub struct PerplexityArgs {
+    pub ctx: usize,
+    pub kv: KvDtype,
+    pub threads: usize,
+    pub max_windows: Option<usize>,
+    pub json: bool,
+    pub split: SplitArgs,
+}
+
+pub fn run(dir: &Path, file: &Path, args: &PerplexityArgs) -> anyhow::Result<()> {
+    let engine = super::load_engine(dir, args.threads, args.kv, super::DEFAULT_KV_BUDGET)?;
+    // The worker link runs its I/O on this runtime while the model blocks this thread.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    let split = {
+        let _context = runtime.enter();
+        args.split.resolve(&engine)?
+    };
+    let mut model: Model = engine.into_model();
     let text =
         std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
     let tokens = model
@@ -32,12 +44,45 @@ pub fn run(
         .get_ids()
         .to_vec();
     let started = Instant::now();
-    let result = perplexity(&mut model, &tokens, ctx, kv, max_windows, |w, n, ppl| {
+    let progress = |w: usize, n: usize, ppl: f64| {
         eprint!("\rperplexity: window {w}/{n}, running {ppl:.4}   ");
-    })?;
+    };
+    let (result, traffic): (Perplexity, Option<_>) = match split {
+        None => (
+            perplexity(
+                &mut model,
+                &tokens,
+                args.ctx,
+                args.kv,
+                args.max_windows,
+                progress,
+            )?,
+            None,
+        ),
+        Some((endpoint, layer)) => {
+            let mut link = endpoint.link(runtime.handle().clone());
+            let (p, c) = split_perplexity(
+                &mut model,
+                &mut link,
+                layer,
+                args.split.wire,
+                &tokens,
+                args.ctx,
+                args.max_windows,
+                ROWS_PER_STEP,
+                progress,
+            )?;
+            (p, Some(c))
+        }
+    };
     eprintln!();
-    if json {
-        println!("{}", serde_json::to_string(&result)?);
+    if args.json {
+        let mut v = serde_json::to_value(&result)?;
+        if let Some(c) = traffic {
+            v["bytes_sent"] = c.bytes_sent.into();
+            v["bytes_received"] = c.bytes_received.into();
+        }
+        println!("{v}");
     } else {
         println!(
             "perplexity {:.4} over {} windows of {} tokens ({} scored of {} in the text, kv {}) in {:.1}s",

@@ -6,12 +6,14 @@ use super::budget::{KvBudget, Reservation};
 use super::kv_cache::{KvCache, KvDtype, KvGeometry};
 use super::model::Model;
 use super::sampler::{Sampler, SamplingParams};
+use super::split::{OpenSplit, SplitLink, SplitReport, SplitRun};
 use super::text_stream::TextStream;
 use crate::error::{Error, Result};
+use seam_shared::tensor::WireDtype;
 use std::time::{Duration, Instant};
 
 /// Rows prefilled per forward pass (bounds the transient activations of long prompts).
-const PREFILL_CHUNK: usize = 256;
+pub const PREFILL_CHUNK: usize = 256;
 /// Largest completion a request may ask for.
 pub const MAX_TOKENS_LIMIT: u32 = 4096;
 
@@ -57,6 +59,8 @@ pub struct GenerateStats {
     pub kv_bytes: usize,
     pub kv_bytes_per_token: usize,
     pub finish: FinishReason,
+    /// Split requests: the split layer, wire dtype and traffic.
+    pub split: Option<SplitReport>,
 }
 
 impl GenerateStats {
@@ -129,6 +133,11 @@ impl Engine {
         &mut self.model
     }
 
+    /// The model, without the engine's state.
+    pub fn into_model(self) -> Model {
+        self.model
+    }
+
     pub fn kv_dtype(&self) -> KvDtype {
         self.kv_dtype
     }
@@ -151,10 +160,20 @@ impl Engine {
     /// A KV cache for `positions` positions of every loaded layer, reserved against the budget
     /// (the cached prefix is evicted first if the budget is short).
     pub fn allocate_cache(&mut self, positions: usize) -> Result<(KvCache, Reservation)> {
-        let a = self.model.arch();
         let layers = self.model.layers();
+        self.allocate_cache_for((layers.end - layers.start) as usize, positions)
+    }
+
+    /// A KV cache for `positions` positions of the first `n_layers` layers, reserved against the
+    /// budget (the cached prefix is evicted first if the budget is short).
+    pub fn allocate_cache_for(
+        &mut self,
+        n_layers: usize,
+        positions: usize,
+    ) -> Result<(KvCache, Reservation)> {
+        let a = self.model.arch();
         let geometry = KvGeometry {
-            n_layers: (layers.end - layers.start) as usize,
+            n_layers,
             n_kv_heads: a.n_head_kv as usize,
             head_dim: a.head_dim as usize,
         };
@@ -174,17 +193,31 @@ impl Engine {
         ))
     }
 
-    /// Runs one request to the end, handing each token to `on_token` (which returns `false`
-    /// to cancel).
+    /// Runs one request to the end on the device, handing each token to `on_token` (which
+    /// returns `false` to cancel).
     pub fn generate(
         &mut self,
         req: &GenerateRequest,
-        mut on_token: impl FnMut(TokenOut) -> Keep,
+        on_token: impl FnMut(TokenOut) -> Keep,
+    ) -> Result<GenerateStats> {
+        self.generate_routed(req, Route::Local, on_token)
+    }
+
+    /// Runs one request to the end, on the device or split with the cloud as `route` says.
+    pub fn generate_routed(
+        &mut self,
+        req: &GenerateRequest,
+        route: Route<'_>,
+        on_token: impl FnMut(TokenOut) -> Keep,
     ) -> Result<GenerateStats> {
         let started = Instant::now();
         validate(req, self.model.arch().context_length)?;
-        let mut sampler = Sampler::new(req.sampling)?;
-        let tokens = self.prompt_tokens(req)?;
+        let mut req = req.clone();
+        if req.sampling.temperature > 0.0 && req.sampling.seed == 0 {
+            // Seed 0 asks for a random answer; the draws themselves are keyed by the seed.
+            req.sampling.seed = rand::random::<u64>() | 1;
+        }
+        let tokens = self.prompt_tokens(&req)?;
         if tokens.is_empty() {
             return Err(Error::InvalidArgument(
                 "the prompt encodes to no tokens".into(),
@@ -199,130 +232,124 @@ impl Engine {
                 req.max_tokens
             )));
         }
+        let deadline = req.deadline;
+        let deadline_hit = move || deadline.is_some_and(|d| Instant::now() >= d);
+        match route {
+            Route::Local => {
+                let (cache, reservation, cached) = self.local_cache(&tokens, capacity)?;
+                let mut run = LocalRun {
+                    model: &mut self.model,
+                    cache,
+                    logits: Vec::new(),
+                    sampler: Sampler::new(req.sampling)?,
+                };
+                let prefilled = run.prefill(&tokens, cached, &deadline_hit)?;
+                let prefill = started.elapsed();
+                let mut stats = decode(
+                    &mut run,
+                    &req,
+                    &tokens,
+                    !prefilled,
+                    &deadline_hit,
+                    on_token,
+                    started,
+                    prefill,
+                )?;
+                stats.cached_prompt_tokens = cached;
+                stats.kv_bytes = run.cache.len() * run.cache.bytes_per_token();
+                stats.kv_bytes_per_token = run.cache.bytes_per_token();
+                // Keep the prompt's KV for the next request (a repeated system prompt).
+                let mut cache = run.cache;
+                let prompt_len = tokens.len().min(cache.len());
+                cache.truncate(prompt_len)?;
+                self.prefix = Some(CachedPrefix {
+                    tokens: tokens[..prompt_len].to_vec(),
+                    cache,
+                    _reservation: reservation,
+                });
+                Ok(stats)
+            }
+            Route::Split { layer, wire, link } => {
+                if !self
+                    .model
+                    .package()
+                    .manifest()
+                    .split_points
+                    .contains(&layer)
+                {
+                    return Err(Error::InvalidArgument(format!(
+                        "split layer {layer} is not a split point of this package ({:?})",
+                        self.model.package().manifest().split_points
+                    )));
+                }
+                let (cache, _reservation) = self.allocate_cache_for(layer as usize, capacity)?;
+                let bytes_per_token = cache.bytes_per_token();
+                let open = OpenSplit {
+                    layer,
+                    max_positions: capacity as u32,
+                    sampling: req.sampling,
+                    deadline: req.deadline,
+                };
+                let run = SplitRun::start(
+                    &mut self.model,
+                    cache,
+                    link,
+                    &open,
+                    wire,
+                    &tokens,
+                    deadline_hit,
+                )?;
+                let prefill = started.elapsed();
+                let Some(mut run) = run else {
+                    let mut stats = empty_stats(&tokens, started, FinishReason::Deadline);
+                    stats.prefill = prefill;
+                    return Ok(stats);
+                };
+                let result = decode(
+                    &mut run,
+                    &req,
+                    &tokens,
+                    false,
+                    &deadline_hit,
+                    on_token,
+                    started,
+                    prefill,
+                );
+                let kv_bytes = run.kv_bytes();
+                let report = run.finish();
+                let mut stats = result?;
+                stats.kv_bytes = kv_bytes;
+                stats.kv_bytes_per_token = bytes_per_token;
+                stats.split = Some(report);
+                Ok(stats)
+            }
+        }
+    }
 
-        // Reuse the KV of the longest common prefix with the previous prompt (at least one
-        // token must be computed to get logits): in place when the old cache is big enough,
-        // else copied into a new one.
-        let (mut cache, reservation, cached) = match self.prefix.take() {
-            Some(p) if p.cache.capacity() >= capacity && common_prefix(&p.tokens, &tokens) > 0 => {
-                let common = common_prefix(&p.tokens, &tokens).min(tokens.len() - 1);
+    /// The cache of a local request: the cached prefix reused in place when it is big enough,
+    /// else a new cache with the shared prefix copied in. Returns it with its reservation and
+    /// the number of prompt positions already computed.
+    fn local_cache(
+        &mut self,
+        tokens: &[u32],
+        capacity: usize,
+    ) -> Result<(KvCache, Reservation, usize)> {
+        // At least one token must be computed to get logits.
+        match self.prefix.take() {
+            Some(p) if p.cache.capacity() >= capacity && common_prefix(&p.tokens, tokens) > 0 => {
+                let common = common_prefix(&p.tokens, tokens).min(tokens.len() - 1);
                 let mut cache = p.cache;
                 cache.truncate(common)?;
-                (cache, p._reservation, common)
+                Ok((cache, p._reservation, common))
             }
             previous => {
                 self.prefix = previous;
                 let (mut cache, r) = self.allocate_cache(capacity)?;
-                let cached = self.copy_prefix_into(&mut cache, &tokens);
-                (cache, r, cached)
-            }
-        };
-        self.prefix = None;
-
-        let deadline_hit = |now: Instant| req.deadline.is_some_and(|d| now >= d);
-        let mut finish = None;
-        let mut logits = Vec::new();
-        let mut pos = cached;
-        while pos < tokens.len() {
-            if deadline_hit(Instant::now()) {
-                finish = Some(FinishReason::Deadline);
-                break;
-            }
-            let end = (pos + PREFILL_CHUNK).min(tokens.len());
-            logits = self
-                .model
-                .forward(&tokens[pos..end], pos, &mut cache, false)?;
-            cache.commit(end)?;
-            pos = end;
-        }
-        let prefill = started.elapsed();
-
-        let eos = stop_ids(self.model.arch());
-        let mut stream = TextStream::new(req.stop.clone());
-        let mut completion: Vec<u32> = Vec::new();
-        let mut first_token = Duration::ZERO;
-        let decode_start = Instant::now();
-        while finish.is_none() {
-            if completion.len() >= req.max_tokens as usize {
-                finish = Some(FinishReason::Length);
-                break;
-            }
-            if deadline_hit(Instant::now()) {
-                finish = Some(FinishReason::Deadline);
-                break;
-            }
-            let next = sampler.sample(&logits, (tokens.len() + completion.len()) as u64);
-            if completion.is_empty() {
-                first_token = started.elapsed();
-            }
-            if eos.contains(&next) {
-                finish = Some(FinishReason::Stop);
-                break;
-            }
-            completion.push(next);
-            let full = self
-                .model
-                .tokenizer()
-                .decode(&completion, true)
-                .map_err(|e| Error::Tokenizer(e.to_string()))?;
-            let emit = stream.push(&full);
-            let keep = on_token(TokenOut {
-                id: next,
-                index: completion.len() - 1,
-                text: emit.text,
-            });
-            if emit.stopped {
-                finish = Some(FinishReason::StopString);
-                break;
-            }
-            if !keep {
-                finish = Some(FinishReason::Cancelled);
-                break;
-            }
-            if completion.len() >= req.max_tokens as usize {
-                continue;
-            }
-            let p = tokens.len() + completion.len() - 1;
-            logits = self.model.forward(&[next], p, &mut cache, false)?;
-            cache.commit(p + 1)?;
-        }
-        let finish = finish.unwrap_or(FinishReason::Length);
-        if matches!(finish, FinishReason::Length | FinishReason::Stop) {
-            let full = self
-                .model
-                .tokenizer()
-                .decode(&completion, true)
-                .map_err(|e| Error::Tokenizer(e.to_string()))?;
-            let rest = stream.finish(&full);
-            if !rest.is_empty() {
-                on_token(TokenOut {
-                    id: *completion.last().unwrap_or(&0),
-                    index: completion.len().saturating_sub(1),
-                    text: rest,
-                });
+                let cached = self.copy_prefix_into(&mut cache, tokens);
+                self.prefix = None;
+                Ok((cache, r, cached))
             }
         }
-        let stats = GenerateStats {
-            prompt_tokens: tokens.len(),
-            cached_prompt_tokens: cached,
-            completion_tokens: completion.len(),
-            prefill,
-            decode: decode_start.elapsed(),
-            first_token,
-            total: started.elapsed(),
-            kv_bytes: cache.len() * cache.bytes_per_token(),
-            kv_bytes_per_token: cache.bytes_per_token(),
-            finish,
-        };
-        // Keep the prompt's KV for the next request (a repeated system prompt).
-        let prompt_len = tokens.len().min(cache.len());
-        cache.truncate(prompt_len)?;
-        self.prefix = Some(CachedPrefix {
-            tokens: tokens[..prompt_len].to_vec(),
-            cache,
-            _reservation: reservation,
-        });
-        Ok(stats)
     }
 
     /// Copies the KV of the cached prefix shared with `tokens` into `cache`; returns how many
@@ -339,6 +366,187 @@ impl Engine {
         }
         cache.commit(common).map(|_| common).unwrap_or(0)
     }
+}
+
+/// How the layers of a request are placed.
+pub enum Route<'a> {
+    /// Every layer on the device.
+    Local,
+    /// Layers `[0, layer)` on the device, the rest on a cloud worker reached through `link`,
+    /// the hidden states sent as `wire`.
+    Split {
+        layer: u32,
+        wire: WireDtype,
+        link: &'a mut dyn SplitLink,
+    },
+}
+
+/// The source of a request's tokens: the whole model here, or the device half of a split.
+trait Continuation {
+    /// The model (for its tokenizer and end-of-turn tokens).
+    fn model(&self) -> &Model;
+    /// The token at `position` (the first one after the prompt, then one after each advance).
+    fn token(&mut self, position: usize) -> u32;
+    /// Runs `token`, placed at `position`, through the model.
+    fn advance(&mut self, token: u32, position: usize) -> Result<()>;
+}
+
+struct LocalRun<'a> {
+    model: &'a mut Model,
+    cache: KvCache,
+    logits: Vec<f32>,
+    sampler: Sampler,
+}
+
+impl LocalRun<'_> {
+    /// Prefills positions `cached..` in chunks; `false` if the deadline passed first.
+    fn prefill(
+        &mut self,
+        tokens: &[u32],
+        cached: usize,
+        deadline_hit: &dyn Fn() -> bool,
+    ) -> Result<bool> {
+        let mut pos = cached;
+        while pos < tokens.len() {
+            if deadline_hit() {
+                return Ok(false);
+            }
+            let end = (pos + PREFILL_CHUNK).min(tokens.len());
+            self.logits = self
+                .model
+                .forward(&tokens[pos..end], pos, &mut self.cache, false)?;
+            self.cache.commit(end)?;
+            pos = end;
+        }
+        Ok(true)
+    }
+}
+
+impl Continuation for LocalRun<'_> {
+    fn model(&self) -> &Model {
+        self.model
+    }
+
+    fn token(&mut self, position: usize) -> u32 {
+        self.sampler.sample(&self.logits, position as u64)
+    }
+
+    fn advance(&mut self, token: u32, position: usize) -> Result<()> {
+        self.logits = self
+            .model
+            .forward(&[token], position, &mut self.cache, false)?;
+        self.cache.commit(position + 1)?;
+        Ok(())
+    }
+}
+
+impl Continuation for SplitRun<'_> {
+    fn model(&self) -> &Model {
+        SplitRun::model(self)
+    }
+
+    fn token(&mut self, _position: usize) -> u32 {
+        SplitRun::token(self)
+    }
+
+    fn advance(&mut self, token: u32, position: usize) -> Result<()> {
+        SplitRun::advance(self, token, position)
+    }
+}
+
+/// Stats of a request that produced nothing.
+fn empty_stats(tokens: &[u32], started: Instant, finish: FinishReason) -> GenerateStats {
+    GenerateStats {
+        prompt_tokens: tokens.len(),
+        cached_prompt_tokens: 0,
+        completion_tokens: 0,
+        prefill: started.elapsed(),
+        decode: Duration::ZERO,
+        first_token: Duration::ZERO,
+        total: started.elapsed(),
+        kv_bytes: 0,
+        kv_bytes_per_token: 0,
+        finish,
+        split: None,
+    }
+}
+
+/// The decode loop shared by every route: picks tokens, streams text, and stops on
+/// end-of-turn tokens, stop strings, max tokens, the deadline or cancellation.
+#[allow(clippy::too_many_arguments)]
+fn decode(
+    run: &mut dyn Continuation,
+    req: &GenerateRequest,
+    tokens: &[u32],
+    deadline_in_prefill: bool,
+    deadline_hit: &dyn Fn() -> bool,
+    mut on_token: impl FnMut(TokenOut) -> Keep,
+    started: Instant,
+    prefill: Duration,
+) -> Result<GenerateStats> {
+    let mut stats = empty_stats(tokens, started, FinishReason::Length);
+    stats.prefill = prefill;
+    if deadline_in_prefill {
+        stats.finish = FinishReason::Deadline;
+        return Ok(stats);
+    }
+    let eos = stop_ids(run.model().arch());
+    let mut stream = TextStream::new(req.stop.clone());
+    let mut completion: Vec<u32> = Vec::new();
+    let decode_start = Instant::now();
+    let detokenize = |run: &dyn Continuation, ids: &[u32]| {
+        run.model()
+            .tokenizer()
+            .decode(ids, true)
+            .map_err(|e| Error::Tokenizer(e.to_string()))
+    };
+    let finish = loop {
+        if completion.len() >= req.max_tokens as usize {
+            break FinishReason::Length;
+        }
+        if deadline_hit() {
+            break FinishReason::Deadline;
+        }
+        let position = tokens.len() + completion.len();
+        let next = run.token(position);
+        if completion.is_empty() {
+            stats.first_token = started.elapsed();
+        }
+        if eos.contains(&next) {
+            break FinishReason::Stop;
+        }
+        completion.push(next);
+        let emit = stream.push(&detokenize(&*run, &completion)?);
+        let keep = on_token(TokenOut {
+            id: next,
+            index: completion.len() - 1,
+            text: emit.text,
+        });
+        if emit.stopped {
+            break FinishReason::StopString;
+        }
+        if !keep {
+            break FinishReason::Cancelled;
+        }
+        if completion.len() < req.max_tokens as usize {
+            run.advance(next, position)?;
+        }
+    };
+    if matches!(finish, FinishReason::Length | FinishReason::Stop) {
+        let rest = stream.finish(&detokenize(&*run, &completion)?);
+        if !rest.is_empty() {
+            on_token(TokenOut {
+                id: *completion.last().unwrap_or(&0),
+                index: completion.len().saturating_sub(1),
+                text: rest,
+            });
+        }
+    }
+    stats.completion_tokens = completion.len();
+    stats.decode = decode_start.elapsed();
+    stats.total = started.elapsed();
+    stats.finish = finish;
+    Ok(stats)
 }
 
 /// Checks a request before any work: prompt, limits, deadline, sampling.

@@ -8,4 +8,5 @@ pub mod model;
 pub mod perplexity;
 pub mod rope;
 pub mod sampler;
+pub mod split;
 pub mod text_stream;

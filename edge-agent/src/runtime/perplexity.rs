@@ -25,22 +25,7 @@ pub fn perplexity(
     max_windows: Option<usize>,
     mut progress: impl FnMut(usize, usize, f64),
 ) -> Result<Perplexity> {
-    if ctx < 4 || ctx > model.arch().context_length as usize {
-        return Err(Error::InvalidArgument(format!(
-            "--ctx must be in 4..={}, got {ctx}",
-            model.arch().context_length
-        )));
-    }
-    let mut windows = tokens.len() / ctx;
-    if let Some(m) = max_windows {
-        windows = windows.min(m);
-    }
-    if windows == 0 {
-        return Err(Error::InvalidArgument(format!(
-            "the text has {} tokens, fewer than one window of {ctx}",
-            tokens.len()
-        )));
-    }
+    let windows = window_count(model, tokens, ctx, max_windows)?;
     let a = model.arch().clone();
     let geometry = KvGeometry {
         n_layers: a.n_layer as usize,
@@ -71,6 +56,33 @@ pub fn perplexity(
         ctx,
         kv: kv.to_string(),
     })
+}
+
+/// Windows of `ctx` tokens in `tokens` (at most `max_windows`), or a clear error when `ctx` is
+/// out of range or the text is shorter than one window.
+pub fn window_count(
+    model: &Model,
+    tokens: &[u32],
+    ctx: usize,
+    max_windows: Option<usize>,
+) -> Result<usize> {
+    if ctx < 4 || ctx > model.arch().context_length as usize {
+        return Err(Error::InvalidArgument(format!(
+            "--ctx must be in 4..={}, got {ctx}",
+            model.arch().context_length
+        )));
+    }
+    let mut windows = tokens.len() / ctx;
+    if let Some(m) = max_windows {
+        windows = windows.min(m);
+    }
+    if windows == 0 {
+        return Err(Error::InvalidArgument(format!(
+            "the text has {} tokens, fewer than one window of {ctx}",
+            tokens.len()
+        )));
+    }
+    Ok(windows)
 }
 
 /// `log softmax(row)[i]`, computed in f64.

@@ -3,9 +3,12 @@
 
 use super::convert;
 use crate::error::Error;
-use crate::runtime::engine::{Engine, validate};
+use crate::link::worker::WorkerEndpoint;
+use crate::runtime::engine::{Engine, Route, validate};
+use seam_shared::proto::common::{Route as RouteMsg, RouteKind};
 use seam_shared::proto::edge as pb;
 use seam_shared::proto::edge::assistant_server::Assistant;
+use seam_shared::tensor::WireDtype;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{Semaphore, mpsc};
@@ -25,16 +28,30 @@ impl Default for ServiceLimits {
     }
 }
 
+/// The cloud worker that requests routed SPLIT continue on.
+#[derive(Debug, Clone)]
+pub struct SplitTarget {
+    pub endpoint: WorkerEndpoint,
+    /// Split layer when a request names none.
+    pub default_layer: u32,
+    pub wire: WireDtype,
+}
+
 /// The Assistant service over one engine.
 #[derive(Debug, Clone)]
 pub struct AssistantService {
     engine: Arc<Mutex<Engine>>,
     queue: Arc<Semaphore>,
     context: u32,
+    split: Option<SplitTarget>,
 }
 
 impl AssistantService {
-    pub fn new(engine: Arc<Mutex<Engine>>, limits: ServiceLimits) -> Self {
+    pub fn new(
+        engine: Arc<Mutex<Engine>>,
+        limits: ServiceLimits,
+        split: Option<SplitTarget>,
+    ) -> Self {
         let context = engine
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -45,7 +62,34 @@ impl AssistantService {
             engine,
             queue: Arc::new(Semaphore::new(limits.max_queued)),
             context,
+            split,
         }
+    }
+
+    /// The route of a request: SPLIT when it asks for it and a worker is configured (at its
+    /// layer or the default), else LOCAL.
+    fn choose_route(&self, ask: &convert::RouteAsk) -> Result<RouteMsg, Error> {
+        if !ask.split {
+            return Ok(RouteMsg {
+                kind: RouteKind::Local as i32,
+                reason: "no routing policy yet: the device runs every layer".into(),
+                rule: "default".into(),
+                ..Default::default()
+            });
+        }
+        let target = self.split.as_ref().ok_or_else(|| {
+            Error::InvalidArgument(
+                "route SPLIT needs a cloud worker, which this agent is not connected to".into(),
+            )
+        })?;
+        let layer = ask.layer.unwrap_or(target.default_layer);
+        Ok(RouteMsg {
+            kind: RouteKind::Split as i32,
+            split_layer: layer,
+            reason: format!("the app asked for split({layer})"),
+            rule: "override".into(),
+            policy_version: 0,
+        })
     }
 }
 
@@ -58,8 +102,9 @@ impl Assistant for AssistantService {
         request: Request<pb::GenerateRequest>,
     ) -> Result<Response<Self::GenerateStream>, Status> {
         let timeout = grpc_timeout(request.metadata());
-        let req = convert::generate_request(request.into_inner(), timeout, Instant::now())
-            .and_then(|r| validate(&r, self.context).map(|_| r))
+        let (req, route) = convert::generate_request(request.into_inner(), timeout, Instant::now())
+            .and_then(|(r, ask)| validate(&r, self.context).map(|_| (r, ask)))
+            .and_then(|(r, ask)| Ok((r, self.choose_route(&ask)?)))
             .map_err(|e| {
                 tracing::info!(error = %e, "generate refused");
                 e.to_status()
@@ -76,13 +121,28 @@ impl Assistant for AssistantService {
         let span = tracing::info_span!(
             "generate",
             prompt_bytes = req.prompt.len(),
-            max_tokens = req.max_tokens
+            max_tokens = req.max_tokens,
+            route = route.kind,
+            split_layer = route.split_layer
         );
+        tracing::info!(parent: &span, rule = %route.rule, reason = %route.reason, "route chosen");
+        let mut link = (route.kind == RouteKind::Split as i32)
+            .then_some(self.split.as_ref())
+            .flatten()
+            .map(|t| (t.endpoint.link(tokio::runtime::Handle::current()), t.wire));
         tokio::task::spawn_blocking(move || {
             let _enter = span.enter();
             let _permit = permit;
             let mut engine = engine.lock().unwrap_or_else(|e| e.into_inner());
-            let result = engine.generate(&req, |t| {
+            let routed = match &mut link {
+                Some((link, wire)) => Route::Split {
+                    layer: route.split_layer,
+                    wire: *wire,
+                    link,
+                },
+                None => Route::Local,
+            };
+            let result = engine.generate_routed(&req, routed, |t| {
                 tx.blocking_send(Ok(convert::token_event(t.id, t.index, t.text)))
                     .is_ok()
             });
@@ -96,7 +156,7 @@ impl Assistant for AssistantService {
                         finish = ?stats.finish,
                         "generate done"
                     );
-                    Ok(convert::final_event(&stats))
+                    Ok(convert::final_event(&stats, route))
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "generate failed");

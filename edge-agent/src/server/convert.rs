@@ -4,31 +4,41 @@
 use crate::error::{Error, Result};
 use crate::runtime::engine::{FinishReason, GenerateRequest, GenerateStats};
 use crate::runtime::sampler::SamplingParams;
-use seam_shared::proto::common::{Route, RouteFeatures, RouteKind};
+use seam_shared::proto::common::{Route, RouteFeatures};
 use seam_shared::proto::edge as pb;
 use std::time::{Duration, Instant};
 
 /// Largest prompt accepted, in bytes.
 pub const MAX_PROMPT_BYTES: usize = 256 << 10;
 
+/// What the app asked about the route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RouteAsk {
+    /// Route preference SPLIT.
+    pub split: bool,
+    /// The split layer it named, if any.
+    pub layer: Option<u32>,
+}
+
 /// The engine request for a wire request received at `now`, with the tighter of the
-/// request's own deadline and the gRPC deadline header.
+/// request's own deadline and the gRPC deadline header, and the app's route preference.
 pub fn generate_request(
     req: pb::GenerateRequest,
     grpc_timeout: Option<Duration>,
     now: Instant,
-) -> Result<GenerateRequest> {
+) -> Result<(GenerateRequest, RouteAsk)> {
     if req.prompt.len() > MAX_PROMPT_BYTES {
         return Err(Error::InvalidArgument(format!(
             "prompt of {} bytes is above the limit of {MAX_PROMPT_BYTES}",
             req.prompt.len()
         )));
     }
-    if req.route == pb::RoutePreference::Split as i32 {
-        return Err(Error::InvalidArgument(
-            "route SPLIT needs a cloud worker, which this agent is not connected to".into(),
-        ));
-    }
+    let preference = pb::RoutePreference::try_from(req.route)
+        .map_err(|_| Error::InvalidArgument(format!("unknown route preference {}", req.route)))?;
+    let ask = RouteAsk {
+        split: preference == pb::RoutePreference::Split,
+        layer: (req.split_layer > 0).then_some(req.split_layer),
+    };
     let s = req.sampling.unwrap_or_default();
     if s.top_k.is_some() {
         return Err(Error::InvalidArgument(
@@ -46,18 +56,22 @@ pub fn generate_request(
         (Some(a), Some(b)) => Some(now + a.min(b)),
         (a, b) => a.or(b).map(|d| now + d),
     };
-    Ok(GenerateRequest {
-        system: req.system_prompt,
-        prompt: req.prompt,
-        chat: req.chat,
-        max_tokens: req.max_tokens,
-        sampling,
-        stop: req.stop,
-        deadline,
-    })
+    Ok((
+        GenerateRequest {
+            system: req.system_prompt,
+            prompt: req.prompt,
+            chat: req.chat,
+            max_tokens: req.max_tokens,
+            sampling,
+            stop: req.stop,
+            deadline,
+        },
+        ask,
+    ))
 }
 
-pub fn final_event(stats: &GenerateStats) -> pb::GenerateEvent {
+pub fn final_event(stats: &GenerateStats, route: Route) -> pb::GenerateEvent {
+    let counters = stats.split.as_ref().map(|s| s.counters).unwrap_or_default();
     let finish = match stats.finish {
         FinishReason::Stop => pb::FinishReason::Stop,
         FinishReason::Length => pb::FinishReason::Length,
@@ -81,18 +95,15 @@ pub fn final_event(stats: &GenerateStats) -> pb::GenerateEvent {
                 first_token_ms: ms(stats.first_token),
                 route_ms: 0.0,
             }),
-            route: Some(Route {
-                kind: RouteKind::Local as i32,
-                split_layer: 0,
-                reason: "no gateway configured: the device runs every layer".into(),
-                rule: String::new(),
-                policy_version: 0,
-            }),
+            route: Some(route),
             features: Some(RouteFeatures {
                 prompt_tokens: stats.prompt_tokens as u32,
                 ..Default::default()
             }),
             kv_bytes: stats.kv_bytes as u64,
+            bytes_sent: counters.bytes_sent,
+            bytes_received: counters.bytes_received,
+            round_trips: counters.round_trips,
             ..Default::default()
         })),
     }
@@ -125,17 +136,36 @@ mod tests {
         let now = Instant::now();
         let mut r = req("hi");
         r.deadline_ms = 5_000;
-        let g = generate_request(r.clone(), Some(Duration::from_secs(1)), now).unwrap();
+        let g = generate_request(r.clone(), Some(Duration::from_secs(1)), now)
+            .unwrap()
+            .0;
         assert_eq!(g.deadline, Some(now + Duration::from_secs(1)));
-        let g = generate_request(r, None, now).unwrap();
+        let g = generate_request(r, None, now).unwrap().0;
         assert_eq!(g.deadline, Some(now + Duration::from_secs(5)));
-        let g = generate_request(req("hi"), None, now).unwrap();
+        let g = generate_request(req("hi"), None, now).unwrap().0;
         assert_eq!(g.deadline, None);
     }
 
     #[test]
+    fn route_preferences_are_read_and_unknown_ones_refused() {
+        let mut r = req("hi");
+        r.route = pb::RoutePreference::Split as i32;
+        r.split_layer = 8;
+        let (_, ask) = generate_request(r.clone(), None, Instant::now()).unwrap();
+        assert_eq!(
+            ask,
+            RouteAsk {
+                split: true,
+                layer: Some(8)
+            }
+        );
+        r.route = 9;
+        assert!(generate_request(r, None, Instant::now()).is_err());
+    }
+
+    #[test]
     fn unset_top_p_means_no_cut_and_oversized_prompts_are_refused() {
-        let g = generate_request(req("hi"), None, Instant::now()).unwrap();
+        let g = generate_request(req("hi"), None, Instant::now()).unwrap().0;
         assert_eq!(g.sampling.top_p, 1.0);
         let big = "x".repeat(MAX_PROMPT_BYTES + 1);
         assert!(matches!(

@@ -4,7 +4,7 @@
 mod assistant;
 mod convert;
 
-pub use assistant::{AssistantService, ServiceLimits};
+pub use assistant::{AssistantService, ServiceLimits, SplitTarget};
 
 use crate::runtime::engine::Engine;
 use seam_shared::proto::edge::assistant_server::AssistantServer;
@@ -19,9 +19,10 @@ pub async fn serve(
     engine: Engine,
     listener: tokio::net::TcpListener,
     limits: ServiceLimits,
+    split: Option<SplitTarget>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let service = AssistantService::new(Arc::new(Mutex::new(engine)), limits);
+    let service = AssistantService::new(Arc::new(Mutex::new(engine)), limits, split);
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
         .set_serving::<AssistantServer<AssistantService>>()
