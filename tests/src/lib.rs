@@ -7,7 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
 
-pub use seam_edge::test_util::package_dir;
+pub use seam_edge::test_util::{encoder_package_dir, package_dir};
 
 /// Longest wait for a process to report that it is listening (a model load in a debug build).
 const START_TIMEOUT: Duration = Duration::from_secs(120);

@@ -1,10 +1,12 @@
 //! `seam-edge generate`: the completion alone on stdout, a stats line on stderr.
 
 use super::load_engine;
+use crate::perception::{Classification, Perception, PerceptionLimits};
 use crate::runtime::engine::{GenerateRequest, GenerateStats};
 use crate::runtime::kv_cache::KvDtype;
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 /// Options of one `generate` call.
 #[derive(Debug, Clone)]
@@ -12,10 +14,21 @@ pub struct GenerateArgs {
     pub threads: usize,
     pub kv: KvDtype,
     pub json_stats: bool,
+    /// Encoder package: the prompt's intent is classified first and reported in the stats.
+    pub encoder: Option<PathBuf>,
 }
 
 pub fn run(dir: &Path, req: GenerateRequest, args: &GenerateArgs) -> anyhow::Result<()> {
     let mut engine = load_engine(dir, args.threads, args.kv, super::DEFAULT_KV_BUDGET)?;
+    let intent = match &args.encoder {
+        Some(enc) => {
+            let mut p = Perception::load(enc, args.threads, PerceptionLimits::default())?;
+            let started = Instant::now();
+            let c = p.classify(&req.prompt, 1)?;
+            Some((c, started.elapsed()))
+        }
+        None => None,
+    };
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     let mut write_error = None;
@@ -32,14 +45,23 @@ pub fn run(dir: &Path, req: GenerateRequest, args: &GenerateArgs) -> anyhow::Res
         return Err(e.into());
     }
     let _ = writeln!(out);
-    eprintln!("{}", stats_line(&stats, engine.kv_dtype(), args.json_stats));
+    eprintln!(
+        "{}",
+        stats_line(&stats, engine.kv_dtype(), intent.as_ref(), args.json_stats)
+    );
     Ok(())
 }
 
-/// The stats line (text or one JSON object).
-pub fn stats_line(s: &GenerateStats, kv: KvDtype, json: bool) -> String {
+/// The stats line (text or one JSON object), with the prompt's intent and the time its
+/// classification took when an encoder was given.
+pub fn stats_line(
+    s: &GenerateStats,
+    kv: KvDtype,
+    intent: Option<&(Classification, Duration)>,
+    json: bool,
+) -> String {
     if json {
-        serde_json::json!({
+        let mut v = serde_json::json!({
             "prompt_tokens": s.prompt_tokens,
             "cached_prompt_tokens": s.cached_prompt_tokens,
             "completion_tokens": s.completion_tokens,
@@ -52,11 +74,28 @@ pub fn stats_line(s: &GenerateStats, kv: KvDtype, json: bool) -> String {
             "kv_bytes_per_token": s.kv_bytes_per_token,
             "kv_dtype": kv.to_string(),
             "finish_reason": format!("{:?}", s.finish).to_lowercase(),
-        })
-        .to_string()
+        });
+        if let Some((c, took)) = intent {
+            v["intent"] = c.intent.clone().into();
+            v["domain"] = c.domain.clone().into();
+            v["confidence"] = c.confidence.into();
+            v["out_of_scope"] = c.out_of_scope.into();
+            v["route_ms"] = (took.as_secs_f64() * 1e3).into();
+        }
+        v.to_string()
     } else {
+        let intent = intent.map_or(String::new(), |(c, took)| {
+            format!(
+                "intent {} ({}, {:.2}{}) in {:.1} ms · ",
+                c.intent,
+                c.domain,
+                c.confidence,
+                if c.out_of_scope { ", out of scope" } else { "" },
+                took.as_secs_f64() * 1e3
+            )
+        });
         format!(
-            "prefill {} tok ({} cached) {:.1} tok/s · decode {} tok {:.1} tok/s · first token {:.0} ms · kv {} B ({} B/token, {kv}) · {:?}",
+            "{intent}prefill {} tok ({} cached) {:.1} tok/s · decode {} tok {:.1} tok/s · first token {:.0} ms · kv {} B ({} B/token, {kv}) · {:?}",
             s.prompt_tokens,
             s.cached_prompt_tokens,
             s.prefill_tokens_per_s(),

@@ -1,10 +1,20 @@
 //! `seam-edge serve`: the app API on a local port until SIGTERM or Ctrl-C, then drain.
 
 use super::load_engine;
+use crate::perception::{Perception, PerceptionLimits};
 use crate::runtime::kv_cache::KvDtype;
 use crate::server::{self, ServiceLimits};
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+/// The sentence encoder of the agent, if any.
+#[derive(Debug, Clone)]
+pub struct PerceptionArgs {
+    /// Encoder package directory.
+    pub encoder: Option<PathBuf>,
+    /// Most texts in one Embed call.
+    pub max_embed_batch: usize,
+}
 
 pub async fn run(
     dir: &Path,
@@ -12,6 +22,7 @@ pub async fn run(
     threads: usize,
     kv: KvDtype,
     kv_budget: usize,
+    perception: PerceptionArgs,
 ) -> anyhow::Result<()> {
     let dir = dir.to_path_buf();
     let engine =
@@ -21,18 +32,34 @@ pub async fn run(
         load_ms = engine.model().load_time().as_millis() as u64,
         "model loaded"
     );
+    let limits = ServiceLimits {
+        perception: PerceptionLimits {
+            max_batch: perception.max_embed_batch,
+        },
+        ..ServiceLimits::default()
+    };
+    let encoder = match perception.encoder {
+        Some(enc) => {
+            let p = tokio::task::spawn_blocking(move || {
+                Perception::load(&enc, threads, limits.perception)
+            })
+            .await??;
+            tracing::info!(
+                digest = p.package().digest(),
+                load_ms = p.load_time().as_millis() as u64,
+                intents = p.labels().len(),
+                "encoder loaded"
+            );
+            Some(p)
+        }
+        None => None,
+    };
     let listener = server::bind(listen).await?;
     let addr = listener.local_addr()?;
     // The first line on stdout is the bound address, for scripts and tests that ask for port 0.
     println!("listening on {addr}");
     tracing::info!(%addr, "serving seam.edge.v1.Assistant");
-    server::serve(
-        engine,
-        listener,
-        ServiceLimits::default(),
-        shutdown_signal(),
-    )
-    .await?;
+    server::serve(engine, encoder, listener, limits, shutdown_signal()).await?;
     tracing::info!("drained, bye");
     Ok(())
 }
