@@ -26,7 +26,7 @@ pub const DEFAULT_MAX_TOKENS: u32 = 256;
 /// Default false-rejection rate the out-of-scope threshold is calibrated for.
 pub const DEFAULT_TARGET_FRR: f32 = 0.05;
 /// L2 strengths tried; the best on the calibration split is kept.
-pub const L2_GRID: [f32; 3] = [1e-4, 3e-4, 1e-3];
+pub const L2_GRID: [f32; 3] = [3e-6, 1e-5, 3e-5];
 
 /// What to import.
 #[derive(Debug, Clone)]
@@ -178,8 +178,8 @@ pub fn import_encoder(opts: &EncoderImportOptions) -> Result<EncoderImportReport
         let acc = accuracy(&trained.head, &x_cal, &y_cal);
         if opts.progress {
             eprintln!(
-                "import: l2 {l2:e}: loss {:.4} after {} iterations, calibration accuracy {:.4}",
-                trained.loss, trained.iterations, acc
+                "import: l2 {l2:e}: loss {:.4} after {} iterations ({:?}), calibration accuracy {:.4}",
+                trained.loss, trained.iterations, trained.stop, acc
             );
         }
         if best.as_ref().is_none_or(|(_, a, _)| acc > *a) {

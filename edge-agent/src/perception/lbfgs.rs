@@ -34,6 +34,21 @@ pub struct Minimum {
     pub value: f64,
     pub iterations: usize,
     pub evaluations: usize,
+    /// Why the search stopped.
+    pub stop: Stop,
+}
+
+/// Why a minimisation stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// The gradient is below `grad_tol`.
+    Gradient,
+    /// An iteration improved the value by less than `rel_tol`.
+    Progress,
+    /// The line search found no lower value along the direction (precision exhausted).
+    LineSearch,
+    /// `max_iter` iterations ran.
+    Iterations,
 }
 
 /// Minimises `f` (returning the value and the gradient at a point) from `x0`.
@@ -48,9 +63,11 @@ pub fn minimize(
     let mut evaluations = 1;
     let mut history: Vec<(Vec<f64>, Vec<f64>, f64)> = Vec::new();
     let mut iterations = 0;
+    let mut stop = Stop::Iterations;
     while iterations < opts.max_iter {
         let gmax = g.iter().fold(0.0f64, |m, v| m.max(v.abs() as f64));
         if gmax < opts.grad_tol {
+            stop = Stop::Gradient;
             break;
         }
         iterations += 1;
@@ -85,6 +102,7 @@ pub fn minimize(
                     value: fx,
                     iterations,
                     evaluations,
+                    stop: Stop::LineSearch,
                 });
             }
         };
@@ -102,6 +120,7 @@ pub fn minimize(
         fx = fnew;
         g = gn;
         if improvement < opts.rel_tol {
+            stop = Stop::Progress;
             break;
         }
     }
@@ -110,6 +129,7 @@ pub fn minimize(
         value: fx,
         iterations,
         evaluations,
+        stop,
     })
 }
 

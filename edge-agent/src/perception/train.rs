@@ -7,7 +7,7 @@
 
 use super::encoder::session_from_memory;
 use super::head::IntentHead;
-use super::lbfgs::{LbfgsOptions, Minimum, minimize};
+use super::lbfgs::{LbfgsOptions, Minimum, Stop, minimize};
 use crate::error::{Error, Result};
 use crate::onnx::{Attr, Dim, GraphBuilder};
 use ort::value::TensorRef;
@@ -26,6 +26,7 @@ pub struct Trained {
     pub head: IntentHead,
     pub loss: f64,
     pub iterations: usize,
+    pub stop: Stop,
 }
 
 /// The graph `(x [n,d], y [n,c] one-hot, w [c,d], b [c]) → (mean cross-entropy, dW, db)`.
@@ -108,6 +109,7 @@ pub fn train_head(
         x: params,
         value,
         iterations,
+        stop,
         ..
     } = minimize(vec![0.0; wlen + classes], objective, opts.lbfgs)?;
     let (w, b) = params.split_at(wlen);
@@ -120,6 +122,7 @@ pub fn train_head(
         },
         loss: value,
         iterations,
+        stop,
     })
 }
 
