@@ -130,7 +130,9 @@ pub fn embed(w: &BertWeights, ids: &[u32]) -> Vec<f32> {
     }
     let mut mean = vec![0.0f32; h];
     for row in x.chunks_exact(h) {
-        mean.iter_mut().zip(row).for_each(|(m, v)| *m += v / s as f32);
+        mean.iter_mut()
+            .zip(row)
+            .for_each(|(m, v)| *m += v / s as f32);
     }
     let norm = mean.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-12);
     mean.iter().map(|v| v / norm).collect()

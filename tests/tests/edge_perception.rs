@@ -63,8 +63,17 @@ async fn embed_returns_unit_vectors_that_keep_meanings_apart() {
         assert!((dot(&e.values, &e.values) - 1.0).abs() < 1e-3);
         assert!(e.tokens >= 5 && !e.truncated);
     }
-    let (a, b, c) = (&r.embeddings[0].values, &r.embeddings[1].values, &r.embeddings[2].values);
-    assert!(dot(a, b) > dot(a, c) + 0.2, "{} vs {}", dot(a, b), dot(a, c));
+    let (a, b, c) = (
+        &r.embeddings[0].values,
+        &r.embeddings[1].values,
+        &r.embeddings[2].values,
+    );
+    assert!(
+        dot(a, b) > dot(a, c) + 0.2,
+        "{} vs {}",
+        dot(a, b),
+        dot(a, c)
+    );
 }
 
 #[tokio::test]
@@ -78,7 +87,11 @@ async fn classify_names_intent_domain_and_top_k() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!((r.intent.as_str(), r.domain.as_str()), ("book_flight", "travel"), "{r:?}");
+    assert_eq!(
+        (r.intent.as_str(), r.domain.as_str()),
+        ("book_flight", "travel"),
+        "{r:?}"
+    );
     assert!(!r.out_of_scope && r.confidence > 0.5, "{r:?}");
     assert_eq!(r.top.len(), 3);
     assert_eq!(r.top[0].intent, "book_flight");
@@ -152,7 +165,11 @@ async fn generate_reports_the_prompt_intent_in_its_features() {
     })
     .await;
     let f = fin.features.unwrap();
-    assert_eq!((f.intent.as_str(), f.domain.as_str()), ("tire_pressure", "auto_and_commute"), "{f:?}");
+    assert_eq!(
+        (f.intent.as_str(), f.domain.as_str()),
+        ("tire_pressure", "auto_and_commute"),
+        "{f:?}"
+    );
     assert!(f.confidence > 0.3 && !f.out_of_scope, "{f:?}");
     assert_eq!(f.prompt_tokens, fin.prompt_tokens);
     assert_eq!(f.max_tokens, 4);
@@ -201,7 +218,11 @@ fn classify_reads_stdin_and_writes_one_json_object_per_line() {
     assert!(lines[0]["confidence"].as_f64().unwrap() > 0.3);
     assert_eq!(lines[0]["out_of_scope"], false);
     assert_eq!(lines[0]["top"].as_array().unwrap().len(), 5);
-    assert!(lines[1]["error"].as_str().unwrap().contains("empty"), "{}", lines[1]);
+    assert!(
+        lines[1]["error"].as_str().unwrap().contains("empty"),
+        "{}",
+        lines[1]
+    );
     assert_eq!(lines[2]["intent"], "alarm");
 }
 
@@ -217,14 +238,25 @@ fn embed_takes_the_text_argument() {
 #[test]
 fn generate_json_stats_carry_the_intent() {
     let out = Command::new(edge_bin())
-        .args(["generate", "--max-tokens", "2", "--stats", "json", "--encoder"])
+        .args([
+            "generate",
+            "--max-tokens",
+            "2",
+            "--stats",
+            "json",
+            "--encoder",
+        ])
         .arg(encoder_package_dir())
         .arg("--model")
         .arg(package_dir())
         .arg("Set a timer for ten minutes")
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stderr = String::from_utf8(out.stderr).unwrap();
     let stats: serde_json::Value =
         serde_json::from_str(stderr.trim().lines().last().unwrap()).unwrap();

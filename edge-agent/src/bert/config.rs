@@ -131,14 +131,21 @@ mod tests {
     #[test]
     fn minilm_config_parses() {
         let c = BertConfig::from_json(MINILM).unwrap();
-        assert_eq!((c.hidden_size, c.num_hidden_layers, c.head_dim()), (384, 6, 32));
+        assert_eq!(
+            (c.hidden_size, c.num_hidden_layers, c.head_dim()),
+            (384, 6, 32)
+        );
     }
 
     #[test]
     fn unsupported_configs_are_named() {
         for (from, to, needle) in [
             ("\"gelu\"", "\"relu\"", "hidden_act"),
-            ("\"num_attention_heads\":12", "\"num_attention_heads\":7", "multiple"),
+            (
+                "\"num_attention_heads\":12",
+                "\"num_attention_heads\":7",
+                "multiple",
+            ),
             ("\"model_type\":\"bert\"", "\"model_type\":\"t5\"", "t5"),
             ("\"hidden_size\":384,", "", "hidden_size"),
             ("1e-12", "-1", "layer_norm_eps"),

@@ -66,11 +66,7 @@ impl BertWeights {
             ""
         };
         let get = |name: &str, shape: &[usize]| tensor(&st, &format!("{prefix}{name}"), shape);
-        let (h, f, c) = (
-            config.hidden_size,
-            config.intermediate_size,
-            config.clone(),
-        );
+        let (h, f, c) = (config.hidden_size, config.intermediate_size, config.clone());
         let mut layers = Vec::with_capacity(c.num_hidden_layers);
         for i in 0..c.num_hidden_layers {
             let p = |s: &str| format!("encoder.layer.{i}.{s}");
@@ -161,7 +157,10 @@ pub mod testing {
     pub fn tiny_checkpoint(c: &BertConfig) -> Vec<u8> {
         let (h, f) = (c.hidden_size, c.intermediate_size);
         let mut shapes: Vec<(String, Vec<usize>)> = vec![
-            ("embeddings.word_embeddings.weight".into(), vec![c.vocab_size, h]),
+            (
+                "embeddings.word_embeddings.weight".into(),
+                vec![c.vocab_size, h],
+            ),
             (
                 "embeddings.position_embeddings.weight".into(),
                 vec![c.max_position_embeddings, h],
@@ -249,11 +248,17 @@ mod tests {
         let mut wider = c.clone();
         wider.intermediate_size = 96;
         let err = BertWeights::from_bytes(&bytes, &wider).unwrap_err();
-        assert!(err.contains("intermediate.dense.weight") && err.contains("[96, 32]"), "{err}");
+        assert!(
+            err.contains("intermediate.dense.weight") && err.contains("[96, 32]"),
+            "{err}"
+        );
         let mut deeper = c;
         deeper.num_hidden_layers = 3;
         let err = BertWeights::from_bytes(&bytes, &deeper).unwrap_err();
-        assert!(err.contains("encoder.layer.2.") && err.contains("missing"), "{err}");
+        assert!(
+            err.contains("encoder.layer.2.") && err.contains("missing"),
+            "{err}"
+        );
     }
 
     proptest! {

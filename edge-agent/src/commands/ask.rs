@@ -31,9 +31,17 @@ pub async fn run(server: String, req: pb::GenerateRequest) -> anyhow::Result<()>
                     println!(
                         "  [intent {} · domain {} · confidence {:.2}{} · classified in {:.1} ms]",
                         features.intent,
-                        if features.domain.is_empty() { "-" } else { &features.domain },
+                        if features.domain.is_empty() {
+                            "-"
+                        } else {
+                            &features.domain
+                        },
                         features.confidence,
-                        if features.out_of_scope { " · out of scope" } else { "" },
+                        if features.out_of_scope {
+                            " · out of scope"
+                        } else {
+                            ""
+                        },
                         t.route_ms
                     );
                 }

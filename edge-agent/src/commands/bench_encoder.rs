@@ -82,7 +82,13 @@ pub fn run_all(model: &Path, data: &Path, threads: &[usize]) -> anyhow::Result<(
     );
     println!(
         "{:>7} {:>9} {:>11} {:>15} {:>16} {:>13} {:>13}",
-        "threads", "load ms", "tokens/text", "embed/s batch1", "embed/s batch32", "classify p50", "classify p90"
+        "threads",
+        "load ms",
+        "tokens/text",
+        "embed/s batch1",
+        "embed/s batch32",
+        "classify p50",
+        "classify p90"
     );
     for &t in threads {
         let out = std::process::Command::new(&exe)

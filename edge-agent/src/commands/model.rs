@@ -120,8 +120,16 @@ pub fn evaluate(model: &Path, data: &Path, json: bool) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string(&e)?);
         return Ok(());
     }
-    println!("data          {} ({} in scope, {} out of scope)", data.display(), e.in_scope, e.out_of_scope);
-    println!("accuracy      {:.4} (best intent, in-scope texts)", e.accuracy);
+    println!(
+        "data          {} ({} in scope, {} out of scope)",
+        data.display(),
+        e.in_scope,
+        e.out_of_scope
+    );
+    println!(
+        "accuracy      {:.4} (best intent, in-scope texts)",
+        e.accuracy
+    );
     println!(
         "with oos      {:.4} correct and kept · {:.4} false rejection at threshold {:.4}",
         e.accuracy_with_threshold, e.false_rejection, e.threshold
@@ -130,7 +138,10 @@ pub fn evaluate(model: &Path, data: &Path, json: bool) -> anyhow::Result<()> {
         println!("oos recall    {r:.4}");
     }
     if e.unknown_labels > 0 {
-        println!("unknown       {} texts with labels the head does not know", e.unknown_labels);
+        println!(
+            "unknown       {} texts with labels the head does not know",
+            e.unknown_labels
+        );
     }
     Ok(())
 }
@@ -143,7 +154,15 @@ fn inspect_encoder(pkg: &seam_shared::package::EncoderPackage) -> anyhow::Result
     println!("name      {} (sha256 {})", m.name, m.source.sha256);
     println!(
         "encoder   {} · {} layers · d={} · ff={} · heads {} · vocab {} · max {} tokens · {} weights · digest {}",
-        e.family, e.layers, e.hidden, e.intermediate, e.heads, e.vocab_size, e.max_tokens, e.weights, e.digest
+        e.family,
+        e.layers,
+        e.hidden,
+        e.intermediate,
+        e.heads,
+        e.vocab_size,
+        e.max_tokens,
+        e.weights,
+        e.digest
     );
     println!(
         "head      {} · {} intents · trained on {} ({} texts) · l2 {:e}",

@@ -98,9 +98,7 @@ pub fn import_encoder(opts: &EncoderImportOptions) -> Result<EncoderImportReport
     let train = dataset::read_examples(&opts.train)?;
     let calibration = dataset::read_examples(&opts.calibration)?;
     let domains = match &opts.domains {
-        Some(p) => DomainTable::parse(
-            &std::fs::read_to_string(p).map_err(|e| Error::io(p, e))?,
-        )?,
+        Some(p) => DomainTable::parse(&std::fs::read_to_string(p).map_err(|e| Error::io(p, e))?)?,
         None => DomainTable::clinc150(),
     };
     let classes = dataset::classes(&train, &calibration, &domains)?;
@@ -152,13 +150,19 @@ pub fn import_encoder(opts: &EncoderImportOptions) -> Result<EncoderImportReport
         .map(|(i, (l, _))| (l.as_str(), i))
         .collect();
     let in_scope = |rows: &[Example]| -> Vec<Example> {
-        rows.iter().filter(|e| e.label != OOS_LABEL).cloned().collect()
+        rows.iter()
+            .filter(|e| e.label != OOS_LABEL)
+            .cloned()
+            .collect()
     };
     let (train, calibration) = (in_scope(&train), in_scope(&calibration));
     let x_train = embed_all(&mut encoder, &train, opts.progress, "train")?;
     let x_cal = embed_all(&mut encoder, &calibration, opts.progress, "calibration")?;
     let y_train: Vec<usize> = train.iter().map(|e| index[e.label.as_str()]).collect();
-    let y_cal: Vec<usize> = calibration.iter().map(|e| index[e.label.as_str()]).collect();
+    let y_cal: Vec<usize> = calibration
+        .iter()
+        .map(|e| index[e.label.as_str()])
+        .collect();
     let embed_seconds = started.elapsed().as_secs_f64();
 
     let started = Instant::now();
@@ -186,7 +190,8 @@ pub fn import_encoder(opts: &EncoderImportOptions) -> Result<EncoderImportReport
             best = Some((l2, acc, trained.head));
         }
     }
-    let (l2, cal_acc, head) = best.ok_or_else(|| Error::InvalidArgument("no L2 strength".into()))?;
+    let (l2, cal_acc, head) =
+        best.ok_or_else(|| Error::InvalidArgument("no L2 strength".into()))?;
     let confidences: Vec<f32> = x_cal
         .chunks_exact(dim)
         .map(|e| head.probabilities(e).into_iter().fold(0.0, f32::max))

@@ -171,7 +171,12 @@ pub fn classes(
     }
     Ok(labels
         .into_iter()
-        .map(|l| (l.to_string(), domains.domain(l).unwrap_or_default().to_string()))
+        .map(|l| {
+            (
+                l.to_string(),
+                domains.domain(l).unwrap_or_default().to_string(),
+            )
+        })
         .collect())
 }
 
@@ -198,7 +203,13 @@ mod tests {
     fn quoted_fields_and_the_header_are_handled() {
         let data = b"text\tlabel\n\"how do you spell \"\"exactly\"\tspelling\nplain text\tyes\n";
         let rows = parse_examples(data).unwrap();
-        assert_eq!(rows, vec![ex("how do you spell \"exactly", "spelling"), ex("plain text", "yes")]);
+        assert_eq!(
+            rows,
+            vec![
+                ex("how do you spell \"exactly", "spelling"),
+                ex("plain text", "yes")
+            ]
+        );
     }
 
     #[test]
@@ -230,15 +241,22 @@ mod tests {
         let domains = DomainTable::parse("a\td1\nb\td2\n").unwrap();
         let train = [ex("x", "a"), ex("y", "b"), ex("z", OOS_LABEL)];
         let ok = classes(&train, &[ex("w", "a"), ex("v", OOS_LABEL)], &domains).unwrap();
-        assert_eq!(ok, vec![("a".into(), "d1".into()), ("b".into(), "d2".into())]);
+        assert_eq!(
+            ok,
+            vec![("a".into(), "d1".into()), ("b".into(), "d2".into())]
+        );
 
-        let err = classes(&train, &[ex("w", "c")], &domains).unwrap_err().to_string();
+        let err = classes(&train, &[ex("w", "c")], &domains)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("never occur") && err.contains("`c`"), "{err}");
         let err = classes(&[ex("x", "a"), ex("y", "q")], &[], &domains)
             .unwrap_err()
             .to_string();
         assert!(err.contains("no domain") && err.contains("`q`"), "{err}");
-        let err = classes(&[ex("x", "a")], &[], &domains).unwrap_err().to_string();
+        let err = classes(&[ex("x", "a")], &[], &domains)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("at least 2"), "{err}");
         assert!(DomainTable::parse("a\td\na\te\n").is_err());
         assert!(DomainTable::parse("a d\n").is_err());

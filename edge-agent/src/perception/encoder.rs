@@ -154,7 +154,10 @@ impl Encoder {
                 self.hidden
             )));
         }
-        Ok(values.chunks_exact(self.hidden).map(<[f32]>::to_vec).collect())
+        Ok(values
+            .chunks_exact(self.hidden)
+            .map(<[f32]>::to_vec)
+            .collect())
     }
 }
 

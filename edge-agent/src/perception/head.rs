@@ -34,7 +34,10 @@ impl IntentHead {
         let b: Vec<u8> = self.bias.iter().flat_map(|v| v.to_le_bytes()).collect();
         let bad = |e: safetensors::SafeTensorError| Error::Package(e.to_string());
         let tensors = vec![
-            ("bias", TensorView::new(Dtype::F32, vec![self.classes], &b).map_err(bad)?),
+            (
+                "bias",
+                TensorView::new(Dtype::F32, vec![self.classes], &b).map_err(bad)?,
+            ),
             (
                 "weight",
                 TensorView::new(Dtype::F32, vec![self.classes, self.dim], &w).map_err(bad)?,
@@ -123,7 +126,9 @@ mod tests {
         };
         let bytes = h.to_bytes().unwrap();
         assert_eq!(IntentHead::from_bytes(&bytes, 3, 2).unwrap(), h);
-        let err = IntentHead::from_bytes(&bytes, 4, 2).unwrap_err().to_string();
+        let err = IntentHead::from_bytes(&bytes, 4, 2)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("expected F32 [4, 2]"), "{err}");
         assert!(IntentHead::from_bytes(&bytes[..bytes.len() - 3], 3, 2).is_err());
         let p = h.probabilities(&[1.0, 0.0]);

@@ -49,7 +49,12 @@ fn gradient_graph(n: usize) -> Vec<u8> {
     let gl = g.op("Mul", "", &[&diff, &inv_n], vec![]);
     let dw = g.op("Gemm", "", &[&gl, &x], vec![Attr::Int("transA", 1)]);
     let axis0 = g.init_i64("axis0", &[1], &[0]);
-    let db = g.op("ReduceSum", "", &[&gl, &axis0], vec![Attr::Int("keepdims", 0)]);
+    let db = g.op(
+        "ReduceSum",
+        "",
+        &[&gl, &axis0],
+        vec![Attr::Int("keepdims", 0)],
+    );
     g.output_f32(&loss, "loss", &[]);
     g.output_f32(&dw, "dw", &[cd, dd]);
     g.output_f32(&db, "db", &[cd]);
@@ -148,7 +153,11 @@ mod tests {
     fn separable_clusters_are_learned() {
         seam_shared::ort_env::init(1).unwrap();
         // Three classes around three directions in 4-d, 30 points each.
-        let centers = [[1.0, 0.0, 0.0, 0.2], [0.0, 1.0, 0.0, 0.2], [0.0, 0.0, 1.0, 0.2]];
+        let centers = [
+            [1.0, 0.0, 0.0, 0.2],
+            [0.0, 1.0, 0.0, 0.2],
+            [0.0, 0.0, 1.0, 0.2],
+        ];
         let (mut x, mut y) = (Vec::new(), Vec::new());
         for i in 0..90 {
             let c = i % 3;

@@ -102,7 +102,10 @@ impl Assistant for AssistantService {
             let _enter = span.enter();
             let _permit = permit;
             // The features the route is chosen on, computed once per request.
-            let intent = match encoder.as_ref().map(|p| perception::prompt_intent(p, &req.prompt)) {
+            let intent = match encoder
+                .as_ref()
+                .map(|p| perception::prompt_intent(p, &req.prompt))
+            {
                 Some(Ok((c, took))) => Some((c, took)),
                 Some(Err(e)) => {
                     tracing::warn!(error = %e, "intent classification failed");
@@ -135,8 +138,14 @@ impl Assistant for AssistantService {
                         finish = ?stats.finish,
                         "generate done"
                     );
-                    let (c, took) = intent.map_or((None, Default::default()), |(c, t)| (Some(c), t));
-                    Ok(convert::final_event(&stats, c.as_ref(), req.max_tokens, took))
+                    let (c, took) =
+                        intent.map_or((None, Default::default()), |(c, t)| (Some(c), t));
+                    Ok(convert::final_event(
+                        &stats,
+                        c.as_ref(),
+                        req.max_tokens,
+                        took,
+                    ))
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "generate failed");

@@ -145,7 +145,10 @@ impl EncoderManifest {
             return Err("encoder.layer_norm_eps must be positive".into());
         }
         if !matches!(e.weights.as_str(), "int8" | "f32") {
-            return Err(format!("encoder.weights `{}` must be int8 or f32", e.weights));
+            return Err(format!(
+                "encoder.weights `{}` must be int8 or f32",
+                e.weights
+            ));
         }
         let h = &self.head;
         if h.model != "logistic_regression" {

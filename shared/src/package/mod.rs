@@ -115,7 +115,10 @@ impl<M: PackageManifest> Package<M> {
         if kind != M::KIND {
             return Err(Error::Manifest {
                 path,
-                reason: format!("this is a `{kind}` package where a `{}` one is needed", M::KIND),
+                reason: format!(
+                    "this is a `{kind}` package where a `{}` one is needed",
+                    M::KIND
+                ),
             });
         }
         let manifest: M = toml::Value::Table(table)
