@@ -11,8 +11,8 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0.0f32; 8];
     let mut i = 0;
     while i < n {
-        for j in 0..8 {
-            acc[j] += a[i + j] * b[i + j];
+        for (j, acc) in acc.iter_mut().enumerate() {
+            *acc += a[i + j] * b[i + j];
         }
         i += 8;
     }

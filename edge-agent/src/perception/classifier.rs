@@ -166,7 +166,7 @@ impl Perception {
     /// The classification of an embedding.
     pub fn classify_embedding(&self, e: &Embedding, k: usize) -> Classification {
         let p = self.head.probabilities(&e.values);
-        let k = if k == 0 { 5 } else { k }.min(p.len());
+        let k = (if k == 0 { 5 } else { k }).min(p.len());
         let top: Vec<IntentScore> = top_k(&p, k)
             .into_iter()
             .map(|i| IntentScore {

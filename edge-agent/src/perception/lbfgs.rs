@@ -172,11 +172,11 @@ mod tests {
         let c: Vec<f64> = (0..20).map(|i| 1.0 + 999.0 * i as f64 / 19.0).collect();
         let f = |x: &[f32]| -> Result<(f64, Vec<f32>)> {
             let mut v = 0.0;
-            let mut g = vec![0.0f32; x.len()];
-            for i in 0..x.len() {
-                let d = x[i] as f64 - i as f64;
-                v += c[i] * d * d;
-                g[i] = (2.0 * c[i] * d) as f32;
+            let mut g = Vec::with_capacity(x.len());
+            for (i, (xi, ci)) in x.iter().zip(&c).enumerate() {
+                let d = *xi as f64 - i as f64;
+                v += ci * d * d;
+                g.push((2.0 * ci * d) as f32);
             }
             Ok((v, g))
         };
