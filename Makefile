@@ -4,6 +4,9 @@ CARGO ?= cargo
 GGUF := .seam/assets/SmolLM2-135M-Instruct.Q4_1.gguf
 PKG := .seam/packages/smollm2-135m
 SPLITS := 4,8,15
+ENCODER_ASSETS := .seam/assets/all-minilm-l6-v2
+CLINC := .seam/assets/clinc150
+ENC := .seam/packages/minilm-clinc150
 EDGE := target/release/seam-edge
 
 .PHONY: setup build demo test bench lint package
@@ -18,11 +21,15 @@ build:
 $(PKG)/manifest.toml: $(GGUF) | build
 	$(EDGE) model import --gguf $(GGUF) --out $(PKG) --split-points $(SPLITS)
 
-package: setup build $(PKG)/manifest.toml
+# The sentence encoder (int8 all-MiniLM-L6-v2) with its CLINC150 intent head.
+$(ENC)/manifest.toml: $(ENCODER_ASSETS)/model.safetensors $(CLINC)/train.tsv $(CLINC)/dev.tsv | build
+	$(EDGE) model import-encoder --safetensors $(ENCODER_ASSETS) --out $(ENC) --train $(CLINC)/train.tsv --dev $(CLINC)/dev.tsv
+
+package: setup build $(PKG)/manifest.toml $(ENC)/manifest.toml
 
 ## demo: fetch, build, import, serve on loopback and run a short workload
 demo: package
-	@./scripts/demo.sh $(EDGE) $(PKG)
+	@./scripts/demo.sh $(EDGE) $(PKG) $(ENC)
 
 ## test: the whole test suite (unit, property, model-vs-reference, end-to-end)
 test: setup
@@ -31,9 +38,11 @@ test: setup
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 	$(CARGO) fmt --all -- --check
 
-## bench: prefill/decode tokens/s at 1 and 2 threads, KV bytes per token, load time
+## bench: prefill/decode tokens/s at 1 and 2 threads, KV bytes per token, load time;
+## sentence embeddings/s at batch 1 and 32 and classify latency at 1 and 2 threads
 bench: package
 	$(EDGE) bench --model $(PKG)
+	$(EDGE) bench-encoder --model $(ENC) --data $(CLINC)/test.tsv
 
 lint:
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings

@@ -57,6 +57,15 @@ pub enum Error {
     /// A model package is inconsistent with what the code needs.
     #[error("model package: {0}")]
     Package(String),
+    /// A safetensors checkpoint or its `config.json` is malformed or not supported.
+    #[error("checkpoint: {0}")]
+    Checkpoint(String),
+    /// A labelled data file (`text<TAB>label`) or label table is malformed or inconsistent.
+    #[error("labelled data: {0}")]
+    Dataset(String),
+    /// The request needs a component this agent was started without (e.g. no encoder).
+    #[error("not configured: {0}")]
+    NotConfigured(String),
 }
 
 impl Error {
@@ -78,7 +87,11 @@ impl Error {
             Error::Kv(_) => Code::InvalidArgument,
             Error::Shared(seam_shared::Error::TensorInvalid(_)) => Code::InvalidArgument,
             Error::Shared(seam_shared::Error::TensorTooLarge { .. }) => Code::ResourceExhausted,
-            Error::Gguf(_) | Error::Package(_) | Error::Shared(_) => Code::FailedPrecondition,
+            Error::Gguf(_) | Error::Package(_) | Error::Shared(_) | Error::Checkpoint(_) => {
+                Code::FailedPrecondition
+            }
+            Error::Dataset(_) => Code::InvalidArgument,
+            Error::NotConfigured(_) => Code::FailedPrecondition,
             Error::Ort(_) | Error::Tokenizer(_) | Error::Io { .. } => Code::Internal,
             Error::Unavailable(_) => Code::Unavailable,
             Error::Remote { code, .. } => *code,

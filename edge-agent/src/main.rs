@@ -2,6 +2,8 @@
 
 use clap::{Parser, Subcommand};
 use seam_edge::commands;
+use seam_edge::import::encoder::EncoderImportOptions;
+use seam_edge::import::encoder_graph::EncoderWeightType;
 use seam_edge::runtime::engine::GenerateRequest;
 use seam_edge::runtime::kv_cache::KvDtype;
 use seam_edge::runtime::sampler::SamplingParams;
@@ -63,6 +65,9 @@ enum Command {
         stats: StatsFormat,
         #[command(flatten)]
         split: commands::SplitArgs,
+        /// Encoder package: classify the prompt's intent first and report it in the stats.
+        #[arg(long)]
+        encoder: Option<PathBuf>,
         prompt: String,
     },
     /// Perplexity of a text file over non-overlapping windows (llama.cpp's method).
@@ -106,6 +111,50 @@ enum Command {
         /// --split).
         #[command(flatten)]
         split: commands::SplitArgs,
+        /// Encoder package for Embed, Classify and the intent features of Generate.
+        #[arg(long)]
+        encoder: Option<PathBuf>,
+        /// Most texts in one Embed call (1..=64); more is RESOURCE_EXHAUSTED.
+        #[arg(long, default_value_t = seam_edge::perception::classifier::MAX_BATCH_LIMIT)]
+        max_embed_batch: usize,
+    },
+    /// Classify intents: one JSON object per text (the argument, or each line of stdin).
+    Classify {
+        /// Encoder package directory.
+        #[arg(long)]
+        model: PathBuf,
+        /// Best intents listed in `top`.
+        #[arg(long, default_value_t = 5)]
+        top_k: usize,
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+        /// The text; without it, one text per line of stdin.
+        text: Option<String>,
+    },
+    /// Sentence embeddings: one JSON object per text (the argument, or each line of stdin).
+    Embed {
+        /// Encoder package directory.
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+        /// The text; without it, one text per line of stdin.
+        text: Option<String>,
+    },
+    /// Encoder benchmarks: embeddings/s at batch 1 and 32, classify latency.
+    BenchEncoder {
+        /// Encoder package directory.
+        #[arg(long)]
+        model: PathBuf,
+        /// Labelled texts to run on.
+        #[arg(long, default_value = ".seam/assets/clinc150/test.tsv")]
+        data: PathBuf,
+        /// Thread counts to measure (each in its own process).
+        #[arg(long, value_delimiter = ',', default_value = "1,2")]
+        threads: Vec<usize>,
+        /// Measure in this process only and print JSON (used by the parent).
+        #[arg(long, hide = true)]
+        one: bool,
     },
     /// Send one prompt to a running agent and print the streamed answer and its figures.
     Ask {
@@ -164,6 +213,46 @@ enum ModelCommand {
         #[arg(long)]
         f32_compute: bool,
     },
+    /// Turn a BERT sentence encoder (safetensors) into an encoder package and train its intent
+    /// head on labelled `text<TAB>label` data.
+    ImportEncoder {
+        /// Directory with model.safetensors, config.json and tokenizer.json.
+        #[arg(long)]
+        safetensors: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        /// Training data.
+        #[arg(long, default_value = ".seam/assets/clinc150/train.tsv")]
+        train: PathBuf,
+        /// Calibration data (regularisation and out-of-scope threshold).
+        #[arg(long, default_value = ".seam/assets/clinc150/dev.tsv")]
+        dev: PathBuf,
+        /// `label<TAB>domain` table; default: the CLINC150 domains.
+        #[arg(long)]
+        domains: Option<PathBuf>,
+        /// Longest input in tokens; longer texts are truncated (and flagged).
+        #[arg(long, default_value_t = seam_edge::import::encoder::DEFAULT_MAX_TOKENS)]
+        max_tokens: u32,
+        /// Share of in-scope calibration texts the out-of-scope threshold may reject.
+        #[arg(long, default_value_t = seam_edge::import::encoder::DEFAULT_TARGET_FRR)]
+        oos_frr: f32,
+        /// L2 strengths to try; the best on the calibration data is kept.
+        #[arg(long, value_delimiter = ',')]
+        l2: Vec<f32>,
+        /// Keep the weights in f32 (for checks) instead of int8.
+        #[arg(long)]
+        f32: bool,
+    },
+    /// Accuracy of an encoder package on labelled data (CLINC150 test by default).
+    Evaluate {
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long, default_value = ".seam/assets/clinc150/test.tsv")]
+        data: PathBuf,
+        /// One JSON object on stdout.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print a package's manifest after verifying its checksums.
     Inspect { dir: PathBuf },
 }
@@ -186,6 +275,33 @@ fn main() -> anyhow::Result<()> {
                     split_points,
                     f32_compute,
                 } => commands::model::import(&gguf, &out, &split_points, f32_compute),
+                ModelCommand::ImportEncoder {
+                    safetensors,
+                    out,
+                    train,
+                    dev,
+                    domains,
+                    max_tokens,
+                    oos_frr,
+                    l2,
+                    f32,
+                } => {
+                    let mut opts = EncoderImportOptions::new(safetensors, out, train, dev);
+                    opts.domains = domains;
+                    opts.max_tokens = max_tokens;
+                    opts.target_frr = oos_frr;
+                    if !l2.is_empty() {
+                        opts.l2_grid = l2;
+                    }
+                    if f32 {
+                        opts.weights = EncoderWeightType::F32;
+                    }
+                    opts.progress = true;
+                    commands::model::import_encoder(&opts)
+                }
+                ModelCommand::Evaluate { model, data, json } => {
+                    commands::model::evaluate(&model, &data, json)
+                }
                 ModelCommand::Inspect { dir } => commands::model::inspect(&dir),
             }
         }
@@ -203,6 +319,7 @@ fn main() -> anyhow::Result<()> {
             deadline_ms,
             stats,
             split,
+            encoder,
             prompt,
         } => {
             seam_shared::telemetry::init("warn", false);
@@ -224,6 +341,7 @@ fn main() -> anyhow::Result<()> {
                 kv,
                 json_stats: matches!(stats, StatsFormat::Json),
                 split,
+                encoder,
             };
             commands::generate::run(&model, req, &args)
         }
@@ -256,20 +374,61 @@ fn main() -> anyhow::Result<()> {
             kv_budget,
             log_json,
             split,
+            encoder,
+            max_embed_batch,
         } => {
             seam_shared::telemetry::init("info", log_json);
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()
                 .build()?;
+            let perception = commands::serve::PerceptionArgs {
+                encoder,
+                max_embed_batch,
+            };
             let args = commands::serve::ServeArgs {
                 listen,
                 threads,
                 kv,
                 kv_budget,
                 split,
+                perception,
             };
             rt.block_on(commands::serve::run(&model, args))
+        }
+        Command::Classify {
+            model,
+            top_k,
+            threads,
+            text,
+        } => {
+            seam_shared::telemetry::init("warn", false);
+            let task = commands::perception::Task::Classify { top_k };
+            commands::perception::run(&model, text, task, threads)
+        }
+        Command::Embed {
+            model,
+            threads,
+            text,
+        } => {
+            seam_shared::telemetry::init("warn", false);
+            commands::perception::run(&model, text, commands::perception::Task::Embed, threads)
+        }
+        Command::BenchEncoder {
+            model,
+            data,
+            threads,
+            one,
+        } => {
+            seam_shared::telemetry::init("warn", false);
+            if one {
+                let t = threads.first().copied().unwrap_or(1);
+                let figures = commands::bench_encoder::measure(&model, &data, t)?;
+                println!("{}", serde_json::to_string(&figures)?);
+                Ok(())
+            } else {
+                commands::bench_encoder::run_all(&model, &data, &threads)
+            }
         }
         Command::Ask {
             server,

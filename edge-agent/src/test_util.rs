@@ -82,3 +82,54 @@ pub fn package_dir_for(f32_compute: bool) -> PathBuf {
     Package::open(&dir).expect("the test package verifies");
     dir
 }
+
+/// The all-MiniLM-L6-v2 checkpoint directory installed by `make setup`.
+pub fn minilm_dir() -> PathBuf {
+    asset("assets/all-minilm-l6-v2")
+}
+
+/// A CLINC150 split installed by `make setup`: `train`, `dev` or `test`.
+pub fn clinc150(split: &str) -> PathBuf {
+    asset(&format!("assets/clinc150/{split}.tsv"))
+}
+
+/// The encoder package (int8 all-MiniLM-L6-v2 with a CLINC150 intent head), imported on first
+/// use into `target/` and reused while its manifest verifies. Threads of one process wait for
+/// each other; separate processes import into directories of their own and rename into place.
+pub fn encoder_package_dir() -> PathBuf {
+    use crate::import::encoder::{EncoderImportOptions, import_encoder};
+    use seam_shared::package::EncoderPackage;
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+    static ATTEMPT: AtomicUsize = AtomicUsize::new(0);
+    let _guard = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = workspace_root().join("target").join("seam-test-encoder");
+    if EncoderPackage::open_kind(&dir).is_ok() {
+        return dir;
+    }
+    let tmp = dir.with_extension(format!(
+        "tmp-{}-{}",
+        std::process::id(),
+        ATTEMPT.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&tmp);
+    import_encoder(&EncoderImportOptions::new(
+        minilm_dir(),
+        tmp.clone(),
+        clinc150("train"),
+        clinc150("dev"),
+    ))
+    .expect("importing the test encoder package");
+    if EncoderPackage::open_kind(&dir).is_err() {
+        let _ = std::fs::remove_dir_all(&dir);
+        if std::fs::rename(&tmp, &dir).is_err() {
+            // Another process won the race; its package is as good as ours.
+            let _ = std::fs::remove_dir_all(&tmp);
+        }
+    } else {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    EncoderPackage::open_kind(&dir).expect("the test encoder package verifies");
+    dir
+}

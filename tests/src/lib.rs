@@ -7,7 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
 
-pub use seam_edge::test_util::package_dir;
+pub use seam_edge::test_util::{encoder_package_dir, package_dir};
 
 /// A running `seam-worker serve`.
 pub type WorkerProcess = EdgeProcess;

@@ -26,6 +26,25 @@ pub async fn run(server: String, req: pb::GenerateRequest) -> anyhow::Result<()>
                 let t = f.timings.unwrap_or_default();
                 let finish = pb::FinishReason::try_from(f.finish_reason)
                     .unwrap_or(pb::FinishReason::Unspecified);
+                let features = f.features.clone().unwrap_or_default();
+                if !features.intent.is_empty() {
+                    println!(
+                        "  [intent {} · domain {} · confidence {:.2}{} · classified in {:.1} ms]",
+                        features.intent,
+                        if features.domain.is_empty() {
+                            "-"
+                        } else {
+                            &features.domain
+                        },
+                        features.confidence,
+                        if features.out_of_scope {
+                            " · out of scope"
+                        } else {
+                            ""
+                        },
+                        t.route_ms
+                    );
+                }
                 println!(
                     "  [route {} ({}) · prompt {} tok ({} cached) · {} tok · prefill {:.0} tok/s · decode {:.1} tok/s · first token {:.0} ms · shipped {} B up / {} B down · kv {} B · {}]",
                     kind.as_str_name().trim_start_matches("ROUTE_KIND_"),

@@ -1,10 +1,12 @@
 //! `seam-edge generate`: the completion alone on stdout, a stats line on stderr.
 
 use super::{SplitArgs, load_engine};
+use crate::perception::{Classification, Perception, PerceptionLimits};
 use crate::runtime::engine::{GenerateRequest, GenerateStats, Route};
 use crate::runtime::kv_cache::KvDtype;
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 /// Options of one `generate` call.
 #[derive(Debug, Clone)]
@@ -13,6 +15,8 @@ pub struct GenerateArgs {
     pub kv: KvDtype,
     pub json_stats: bool,
     pub split: SplitArgs,
+    /// Encoder package: the prompt's intent is classified first and reported in the stats.
+    pub encoder: Option<PathBuf>,
 }
 
 pub fn run(dir: &Path, req: GenerateRequest, args: &GenerateArgs) -> anyhow::Result<()> {
@@ -37,6 +41,15 @@ pub fn run(dir: &Path, req: GenerateRequest, args: &GenerateArgs) -> anyhow::Res
         },
         _ => Route::Local,
     };
+    let intent = match &args.encoder {
+        Some(enc) => {
+            let mut p = Perception::load(enc, args.threads, PerceptionLimits::default())?;
+            let started = Instant::now();
+            let c = p.classify(&req.prompt, 1)?;
+            Some((c, started.elapsed()))
+        }
+        None => None,
+    };
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     let mut write_error = None;
@@ -53,14 +66,23 @@ pub fn run(dir: &Path, req: GenerateRequest, args: &GenerateArgs) -> anyhow::Res
         return Err(e.into());
     }
     let _ = writeln!(out);
-    eprintln!("{}", stats_line(&stats, engine.kv_dtype(), args.json_stats));
+    eprintln!(
+        "{}",
+        stats_line(&stats, engine.kv_dtype(), intent.as_ref(), args.json_stats)
+    );
     Ok(())
 }
 
-/// The stats line (text or one JSON object).
-pub fn stats_line(s: &GenerateStats, kv: KvDtype, json: bool) -> String {
+/// The stats line (text or one JSON object), with the route, the traffic of a split request,
+/// and the prompt's intent and the time its classification took when an encoder was given.
+pub fn stats_line(
+    s: &GenerateStats,
+    kv: KvDtype,
+    intent: Option<&(Classification, Duration)>,
+    json: bool,
+) -> String {
     if json {
-        serde_json::json!({
+        let mut v = serde_json::json!({
             "prompt_tokens": s.prompt_tokens,
             "cached_prompt_tokens": s.cached_prompt_tokens,
             "completion_tokens": s.completion_tokens,
@@ -78,9 +100,26 @@ pub fn stats_line(s: &GenerateStats, kv: KvDtype, json: bool) -> String {
             "bytes_sent": s.split.as_ref().map_or(0, |r| r.counters.bytes_sent),
             "bytes_received": s.split.as_ref().map_or(0, |r| r.counters.bytes_received),
             "round_trips": s.split.as_ref().map_or(0, |r| r.counters.round_trips),
-        })
-        .to_string()
+        });
+        if let Some((c, took)) = intent {
+            v["intent"] = c.intent.clone().into();
+            v["domain"] = c.domain.clone().into();
+            v["confidence"] = c.confidence.into();
+            v["out_of_scope"] = c.out_of_scope.into();
+            v["route_ms"] = (took.as_secs_f64() * 1e3).into();
+        }
+        v.to_string()
     } else {
+        let intent = intent.map_or(String::new(), |(c, took)| {
+            format!(
+                "intent {} ({}, {:.2}{}) in {:.1} ms · ",
+                c.intent,
+                c.domain,
+                c.confidence,
+                if c.out_of_scope { ", out of scope" } else { "" },
+                took.as_secs_f64() * 1e3
+            )
+        });
         let route = match &s.split {
             Some(r) => format!(
                 " · split({}) {} wire, {} B sent, {} B received, {} round trips",
@@ -93,7 +132,7 @@ pub fn stats_line(s: &GenerateStats, kv: KvDtype, json: bool) -> String {
             None => String::new(),
         };
         format!(
-            "prefill {} tok ({} cached) {:.1} tok/s · decode {} tok {:.1} tok/s · first token {:.0} ms · kv {} B ({} B/token, {kv}) · {:?}",
+            "{intent}prefill {} tok ({} cached) {:.1} tok/s · decode {} tok {:.1} tok/s · first token {:.0} ms · kv {} B ({} B/token, {kv}) · {:?}{route}",
             s.prompt_tokens,
             s.cached_prompt_tokens,
             s.prefill_tokens_per_s(),
@@ -103,6 +142,6 @@ pub fn stats_line(s: &GenerateStats, kv: KvDtype, json: bool) -> String {
             s.kv_bytes,
             s.kv_bytes_per_token,
             s.finish
-        ) + &route
+        )
     }
 }

@@ -2,8 +2,10 @@
 
 pub mod ask;
 pub mod bench;
+pub mod bench_encoder;
 pub mod generate;
 pub mod model;
+pub mod perception;
 pub mod perplexity;
 pub mod serve;
 

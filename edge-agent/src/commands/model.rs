@@ -1,6 +1,10 @@
-//! `seam-edge model import|inspect`.
+//! `seam-edge model import|import-encoder|inspect|evaluate`.
 
+use crate::import::encoder::{EncoderImportOptions, import_encoder as import_encoder_package};
 use crate::import::{ImportOptions, import_gguf};
+use crate::perception::dataset::read_examples;
+use crate::perception::evaluate::evaluate as evaluate_package;
+use crate::perception::{Perception, PerceptionLimits};
 use anyhow::Context;
 use seam_shared::package::Package;
 use std::path::Path;
@@ -36,6 +40,9 @@ pub fn import(
 }
 
 pub fn inspect(dir: &Path) -> anyhow::Result<()> {
+    if let Ok(pkg) = seam_shared::package::EncoderPackage::open_kind(dir) {
+        return inspect_encoder(&pkg);
+    }
     let pkg = Package::open(dir)?;
     let m = pkg.manifest();
     let a = &m.architecture;
@@ -75,5 +82,99 @@ pub fn inspect(dir: &Path) -> anyhow::Result<()> {
         .map(|md| md.len())
         .sum();
     println!("files     {} ({:.1} MB)", m.files.len(), total as f64 / 1e6);
+    Ok(())
+}
+
+/// `seam-edge model import-encoder`.
+pub fn import_encoder(opts: &EncoderImportOptions) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let r = import_encoder_package(opts)
+        .with_context(|| format!("importing the encoder in {}", opts.checkpoint.display()))?;
+    eprintln!(
+        "import: wrote {} in {:.1}s (embedding {:.1}s, training {:.1}s), digest {}",
+        opts.out.display(),
+        started.elapsed().as_secs_f64(),
+        r.embed_seconds,
+        r.train_seconds,
+        r.digest
+    );
+    eprintln!(
+        "import: {} intents from {} examples · l2 {:e} · calibration accuracy {:.4} · out-of-scope threshold {:.4} ({:.2}% of calibration texts rejected, target {:.2}%)",
+        r.classes,
+        r.train_examples,
+        r.l2,
+        r.calibration_accuracy,
+        r.threshold,
+        r.calibration_frr * 100.0,
+        opts.target_frr * 100.0
+    );
+    Ok(())
+}
+
+/// `seam-edge model evaluate`: accuracy of an encoder package on a labelled file.
+pub fn evaluate(model: &Path, data: &Path, json: bool) -> anyhow::Result<()> {
+    let mut p = Perception::load(model, 0, PerceptionLimits::default())?;
+    let rows = read_examples(data)?;
+    let e = evaluate_package(&mut p, &rows)?;
+    if json {
+        println!("{}", serde_json::to_string(&e)?);
+        return Ok(());
+    }
+    println!(
+        "data          {} ({} in scope, {} out of scope)",
+        data.display(),
+        e.in_scope,
+        e.out_of_scope
+    );
+    println!(
+        "accuracy      {:.4} (best intent, in-scope texts)",
+        e.accuracy
+    );
+    println!(
+        "with oos      {:.4} correct and kept · {:.4} false rejection at threshold {:.4}",
+        e.accuracy_with_threshold, e.false_rejection, e.threshold
+    );
+    if let Some(r) = e.oos_recall {
+        println!("oos recall    {r:.4}");
+    }
+    if e.unknown_labels > 0 {
+        println!(
+            "unknown       {} texts with labels the head does not know",
+            e.unknown_labels
+        );
+    }
+    Ok(())
+}
+
+fn inspect_encoder(pkg: &seam_shared::package::EncoderPackage) -> anyhow::Result<()> {
+    let m = pkg.manifest();
+    let (e, h) = (&m.encoder, &m.head);
+    println!("package   {}", pkg.dir().display());
+    println!("digest    {}", pkg.digest());
+    println!("name      {} (sha256 {})", m.name, m.source.sha256);
+    println!(
+        "encoder   {} · {} layers · d={} · ff={} · heads {} · vocab {} · max {} tokens · {} weights · digest {}",
+        e.family,
+        e.layers,
+        e.hidden,
+        e.intermediate,
+        e.heads,
+        e.vocab_size,
+        e.max_tokens,
+        e.weights,
+        e.digest
+    );
+    println!(
+        "head      {} · {} intents · trained on {} ({} texts) · l2 {:e}",
+        h.model, h.classes, h.train.file, h.train.examples, h.l2
+    );
+    println!(
+        "oos       threshold {:.4} · {:.2}% false rejection on {} (target {:.2}%) · accuracy there {:.4}",
+        h.oos_threshold,
+        h.calibration_false_rejection * 100.0,
+        h.calibration.file,
+        h.target_false_rejection * 100.0,
+        h.calibration_accuracy
+    );
     Ok(())
 }

@@ -1,10 +1,20 @@
 //! `seam-edge serve`: the app API on a local port until SIGTERM or Ctrl-C, then drain.
 
 use super::{SplitArgs, load_engine};
+use crate::perception::{Perception, PerceptionLimits};
 use crate::runtime::kv_cache::KvDtype;
 use crate::server::{self, ServiceLimits, SplitTarget};
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+/// The sentence encoder of the agent, if any.
+#[derive(Debug, Clone)]
+pub struct PerceptionArgs {
+    /// Encoder package directory.
+    pub encoder: Option<PathBuf>,
+    /// Most texts in one Embed call.
+    pub max_embed_batch: usize,
+}
 
 /// Options of `seam-edge serve`.
 #[derive(Debug, Clone)]
@@ -14,6 +24,7 @@ pub struct ServeArgs {
     pub kv: KvDtype,
     pub kv_budget: usize,
     pub split: SplitArgs,
+    pub perception: PerceptionArgs,
 }
 
 pub async fn run(dir: &Path, args: ServeArgs) -> anyhow::Result<()> {
@@ -34,19 +45,34 @@ pub async fn run(dir: &Path, args: ServeArgs) -> anyhow::Result<()> {
         load_ms = engine.model().load_time().as_millis() as u64,
         "model loaded"
     );
+    let limits = ServiceLimits {
+        perception: PerceptionLimits {
+            max_batch: args.perception.max_embed_batch,
+        },
+        ..ServiceLimits::default()
+    };
+    let encoder = match args.perception.encoder {
+        Some(enc) => {
+            let p = tokio::task::spawn_blocking(move || {
+                Perception::load(&enc, threads, limits.perception)
+            })
+            .await??;
+            tracing::info!(
+                digest = p.package().digest(),
+                load_ms = p.load_time().as_millis() as u64,
+                intents = p.labels().len(),
+                "encoder loaded"
+            );
+            Some(p)
+        }
+        None => None,
+    };
     let listener = server::bind(args.listen).await?;
     let addr = listener.local_addr()?;
     // The first line on stdout is the bound address, for scripts and tests that ask for port 0.
     println!("listening on {addr}");
     tracing::info!(%addr, "serving seam.edge.v1.Assistant");
-    server::serve(
-        engine,
-        listener,
-        ServiceLimits::default(),
-        split,
-        shutdown_signal(),
-    )
-    .await?;
+    server::serve(engine, encoder, listener, limits, split, shutdown_signal()).await?;
     tracing::info!("drained, bye");
     Ok(())
 }

@@ -2,6 +2,8 @@
 //! segment with the 4-/8-bit weights kept as they are, the Q8_0 embedding table, a Hugging Face
 //! `tokenizer.json`, and a manifest with checksums).
 
+pub mod encoder;
+pub mod encoder_graph;
 pub mod graphs;
 pub mod linear;
 

@@ -69,6 +69,13 @@ impl GraphBuilder {
         name.to_string()
     }
 
+    /// Declares an int64 graph input (token ids, masks).
+    pub fn input_i64(&mut self, name: &str, dims: &[Dim]) -> String {
+        self.names.insert(name.to_string());
+        self.inputs.push(value_info(name, DataType::Int64, dims));
+        name.to_string()
+    }
+
     /// Declares `value` as an f32 graph output named `name` (an Identity if the names differ).
     pub fn output_f32(&mut self, value: &str, name: &str, dims: &[Dim]) {
         if value != name {

@@ -2,8 +2,10 @@
 //! one request at a time per model, behind a bounded queue.
 
 use super::convert;
+use super::perception::{self, SharedPerception};
 use crate::error::Error;
 use crate::link::worker::WorkerEndpoint;
+use crate::perception::PerceptionLimits;
 use crate::runtime::engine::{Engine, Route, validate};
 use seam_shared::proto::common::{Route as RouteMsg, RouteKind};
 use seam_shared::proto::edge as pb;
@@ -20,11 +22,16 @@ use tonic::{Request, Response, Status};
 pub struct ServiceLimits {
     /// Generate requests running or waiting; more are refused with RESOURCE_EXHAUSTED.
     pub max_queued: usize,
+    /// Embed batch size.
+    pub perception: PerceptionLimits,
 }
 
 impl Default for ServiceLimits {
     fn default() -> Self {
-        ServiceLimits { max_queued: 8 }
+        ServiceLimits {
+            max_queued: 8,
+            perception: PerceptionLimits::default(),
+        }
     }
 }
 
@@ -44,6 +51,9 @@ pub struct AssistantService {
     queue: Arc<Semaphore>,
     context: u32,
     split: Option<SplitTarget>,
+    /// Sentence encoder and intent head, when the agent was started with one.
+    perception: Option<SharedPerception>,
+    limits: ServiceLimits,
 }
 
 impl AssistantService {
@@ -63,7 +73,16 @@ impl AssistantService {
             queue: Arc::new(Semaphore::new(limits.max_queued)),
             context,
             split,
+            perception: None,
+            limits,
         }
+    }
+
+    /// Serves Embed and Classify with `perception` and reports the intent of every Generate
+    /// request in its final event.
+    pub fn with_perception(mut self, perception: SharedPerception) -> Self {
+        self.perception = Some(perception);
+        self
     }
 
     /// The route of a request: SPLIT when it asks for it and a worker is configured (at its
@@ -118,6 +137,7 @@ impl Assistant for AssistantService {
         })?;
         let (tx, rx) = mpsc::channel(64);
         let engine = self.engine.clone();
+        let encoder = self.perception.clone();
         let span = tracing::info_span!(
             "generate",
             prompt_bytes = req.prompt.len(),
@@ -133,6 +153,28 @@ impl Assistant for AssistantService {
         tokio::task::spawn_blocking(move || {
             let _enter = span.enter();
             let _permit = permit;
+            // The features the route is chosen on, computed once per request.
+            let intent = match encoder
+                .as_ref()
+                .map(|p| perception::prompt_intent(p, &req.prompt))
+            {
+                Some(Ok((c, took))) => Some((c, took)),
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "intent classification failed");
+                    let _ = tx.blocking_send(Err(e.to_status()));
+                    return;
+                }
+                None => None,
+            };
+            if let Some((c, took)) = &intent {
+                tracing::info!(
+                    intent = %c.intent,
+                    confidence = c.confidence,
+                    out_of_scope = c.out_of_scope,
+                    route_ms = took.as_secs_f64() * 1e3,
+                    "classified"
+                );
+            }
             let mut engine = engine.lock().unwrap_or_else(|e| e.into_inner());
             let routed = match &mut link {
                 Some((link, wire)) => Route::Split {
@@ -156,7 +198,15 @@ impl Assistant for AssistantService {
                         finish = ?stats.finish,
                         "generate done"
                     );
-                    Ok(convert::final_event(&stats, route))
+                    let (c, took) =
+                        intent.map_or((None, Default::default()), |(c, t)| (Some(c), t));
+                    Ok(convert::final_event(
+                        &stats,
+                        c.as_ref(),
+                        req.max_tokens,
+                        took,
+                        route,
+                    ))
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "generate failed");
@@ -170,20 +220,30 @@ impl Assistant for AssistantService {
 
     async fn embed(
         &self,
-        _request: Request<pb::EmbedRequest>,
+        request: Request<pb::EmbedRequest>,
     ) -> Result<Response<pb::EmbedResponse>, Status> {
-        Err(Status::unimplemented(
-            "this model package has no sentence encoder",
-        ))
+        let req = request.into_inner();
+        let texts = req.texts.len();
+        perception::embed(&self.perception, self.limits.perception, req)
+            .await
+            .map(Response::new)
+            .map_err(|e| {
+                tracing::info!(error = %e, texts, "embed refused");
+                e.to_status()
+            })
     }
 
     async fn classify(
         &self,
-        _request: Request<pb::ClassifyRequest>,
+        request: Request<pb::ClassifyRequest>,
     ) -> Result<Response<pb::ClassifyResponse>, Status> {
-        Err(Status::unimplemented(
-            "this model package has no intent classifier",
-        ))
+        perception::classify(&self.perception, request.into_inner())
+            .await
+            .map(Response::new)
+            .map_err(|e| {
+                tracing::info!(error = %e, "classify refused");
+                e.to_status()
+            })
     }
 }
 

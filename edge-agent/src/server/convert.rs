@@ -1,10 +1,12 @@
 //! Mapping between the wire messages of `seam.edge.v1` and the engine's types, with the
 //! validation of everything that comes from the app.
 
+use super::perception::route_features;
 use crate::error::{Error, Result};
+use crate::perception::Classification;
 use crate::runtime::engine::{FinishReason, GenerateRequest, GenerateStats};
 use crate::runtime::sampler::SamplingParams;
-use seam_shared::proto::common::{Route, RouteFeatures};
+use seam_shared::proto::common::Route;
 use seam_shared::proto::edge as pb;
 use std::time::{Duration, Instant};
 
@@ -70,7 +72,15 @@ pub fn generate_request(
     ))
 }
 
-pub fn final_event(stats: &GenerateStats, route: Route) -> pb::GenerateEvent {
+/// The final event of a finished request; `intent` and `route_time` are the classification of
+/// its prompt and the time it took (before generation started), `route` the route it took.
+pub fn final_event(
+    stats: &GenerateStats,
+    intent: Option<&Classification>,
+    max_tokens: u32,
+    route_time: Duration,
+    route: Route,
+) -> pb::GenerateEvent {
     let counters = stats.split.as_ref().map(|s| s.counters).unwrap_or_default();
     let finish = match stats.finish {
         FinishReason::Stop => pb::FinishReason::Stop,
@@ -89,17 +99,18 @@ pub fn final_event(stats: &GenerateStats, route: Route) -> pb::GenerateEvent {
             timings: Some(pb::Timings {
                 prefill_ms: ms(stats.prefill),
                 decode_ms: ms(stats.decode),
-                total_ms: ms(stats.total),
+                total_ms: ms(stats.total + route_time),
                 prefill_tokens_per_s: stats.prefill_tokens_per_s(),
                 decode_tokens_per_s: stats.decode_tokens_per_s(),
                 first_token_ms: ms(stats.first_token),
-                route_ms: 0.0,
+                route_ms: ms(route_time),
             }),
             route: Some(route),
-            features: Some(RouteFeatures {
-                prompt_tokens: stats.prompt_tokens as u32,
-                ..Default::default()
-            }),
+            features: Some(route_features(
+                intent,
+                stats.prompt_tokens as u32,
+                max_tokens,
+            )),
             kv_bytes: stats.kv_bytes as u64,
             bytes_sent: counters.bytes_sent,
             bytes_received: counters.bytes_received,

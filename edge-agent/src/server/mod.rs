@@ -3,6 +3,7 @@
 
 mod assistant;
 mod convert;
+pub mod perception;
 
 pub use assistant::{AssistantService, ServiceLimits, SplitTarget};
 
@@ -14,15 +15,21 @@ use std::sync::{Arc, Mutex};
 /// Largest request message accepted from apps (a prompt is text; 1 MiB is plenty).
 pub const MAX_REQUEST_BYTES: usize = 1 << 20;
 
-/// Serves the Assistant API on `listener` until `shutdown` resolves, then drains.
+/// Serves the Assistant API on `listener` until `shutdown` resolves, then drains. With a
+/// `perception` (sentence encoder and intent head) Embed and Classify work and Generate reports
+/// the intent of its prompt.
 pub async fn serve(
     engine: Engine,
+    perception: Option<crate::perception::Perception>,
     listener: tokio::net::TcpListener,
     limits: ServiceLimits,
     split: Option<SplitTarget>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let service = AssistantService::new(Arc::new(Mutex::new(engine)), limits, split);
+    let mut service = AssistantService::new(Arc::new(Mutex::new(engine)), limits, split);
+    if let Some(p) = perception {
+        service = service.with_perception(Arc::new(Mutex::new(p)));
+    }
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
         .set_serving::<AssistantServer<AssistantService>>()

@@ -195,19 +195,24 @@ impl Manifest {
                 return Err(format!("`{f}` is used but not listed in [files]"));
             }
         }
-        for (path, sha) in &self.files {
-            if path.contains("..") || path.starts_with('/') || path.contains('\\') {
-                return Err(format!("file path `{path}` must stay inside the package"));
-            }
-            if sha.len() != 64 || !sha.bytes().all(|b| b.is_ascii_hexdigit()) {
-                return Err(format!("files.`{path}` is not a SHA-256 hex digest"));
-            }
-        }
-        Ok(())
+        validate_files(&self.files)
     }
 
     /// The segment that starts at `layer`, if any.
     pub fn segment_starting_at(&self, layer: u32) -> Option<&Segment> {
         self.segments.iter().find(|s| s.start == layer)
     }
+}
+
+/// Every path stays inside the package and every checksum is a SHA-256 hex digest.
+pub(crate) fn validate_files(files: &BTreeMap<String, String>) -> Result<(), String> {
+    for (path, sha) in files {
+        if path.contains("..") || path.starts_with('/') || path.contains('\\') {
+            return Err(format!("file path `{path}` must stay inside the package"));
+        }
+        if sha.len() != 64 || !sha.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(format!("files.`{path}` is not a SHA-256 hex digest"));
+        }
+    }
+    Ok(())
 }

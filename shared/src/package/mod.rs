@@ -1,9 +1,51 @@
 //! Model packages: a directory with `manifest.toml` and the files it lists, each checked by
 //! SHA-256. The package digest is the SHA-256 of the manifest, so it covers every file.
+//!
+//! Two kinds share the format and the loader: decoder packages ([`Manifest`], no `kind` key)
+//! and sentence-encoder packages with their intent head ([`EncoderManifest`], `kind =
+//! "encoder"`).
 
+mod encoder_manifest;
 mod manifest;
 
+pub use encoder_manifest::{
+    DataRef, ENCODER_KIND, EncoderManifest, EncoderSpec, IntentHeadSpec, encoder_digest,
+};
 pub use manifest::{Architecture, FORMAT_VERSION, Manifest, Segment, Source, Weights};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::collections::BTreeMap;
+
+/// What the loader needs from a manifest type.
+pub trait PackageManifest: Serialize + DeserializeOwned + Clone {
+    /// The value of the manifest's `kind` key for this type (`decoder` when the key is absent).
+    const KIND: &'static str;
+    /// Checks the internal consistency of the manifest (not the files on disk).
+    fn validate(&self) -> Result<(), String>;
+    /// SHA-256 (hex) of every file of the package except the manifest, by relative path.
+    fn files(&self) -> &BTreeMap<String, String>;
+}
+
+impl PackageManifest for Manifest {
+    const KIND: &'static str = "decoder";
+    fn validate(&self) -> Result<(), String> {
+        Manifest::validate(self)
+    }
+    fn files(&self) -> &BTreeMap<String, String> {
+        &self.files
+    }
+}
+
+impl PackageManifest for EncoderManifest {
+    const KIND: &'static str = ENCODER_KIND;
+    fn validate(&self) -> Result<(), String> {
+        EncoderManifest::validate(self)
+    }
+    fn files(&self) -> &BTreeMap<String, String> {
+        &self.files
+    }
+}
 
 use crate::error::{Error, Result};
 use sha2::{Digest, Sha256};
@@ -18,16 +60,26 @@ const MAX_MANIFEST_BYTES: u64 = 1 << 20;
 
 /// A model package on disk whose manifest is valid and whose files match their checksums.
 #[derive(Debug, Clone)]
-pub struct Package {
+pub struct Package<M = Manifest> {
     dir: PathBuf,
-    manifest: Manifest,
+    manifest: M,
     digest: String,
 }
 
+/// A sentence-encoder package (encoder graph, tokenizer, intent head).
+pub type EncoderPackage = Package<EncoderManifest>;
+
 impl Package {
-    /// Opens the package in `dir`: parses and validates the manifest, then checks the SHA-256 of
-    /// every listed file.
+    /// Opens the decoder package in `dir`: parses and validates the manifest, then checks the
+    /// SHA-256 of every listed file.
     pub fn open(dir: impl AsRef<Path>) -> Result<Self> {
+        Self::open_kind(dir)
+    }
+}
+
+impl<M: PackageManifest> Package<M> {
+    /// Opens a package whose manifest is of kind `M` (see [`Package::open`]).
+    pub fn open_kind(dir: impl AsRef<Path>) -> Result<Self> {
         let dir = dir.as_ref().to_path_buf();
         if !dir.is_dir() {
             return Err(Error::Integrity {
@@ -51,14 +103,34 @@ impl Package {
             path: path.clone(),
             reason: e.to_string(),
         })?;
-        let manifest: Manifest = toml::from_str(text).map_err(|e| Error::Manifest {
+        let table: toml::Table = toml::from_str(text).map_err(|e| Error::Manifest {
             path: path.clone(),
             reason: e.to_string(),
         })?;
+        let kind = match table.get("kind") {
+            None => "decoder",
+            Some(toml::Value::String(k)) => k.as_str(),
+            Some(_) => "(not a string)",
+        };
+        if kind != M::KIND {
+            return Err(Error::Manifest {
+                path,
+                reason: format!(
+                    "this is a `{kind}` package where a `{}` one is needed",
+                    M::KIND
+                ),
+            });
+        }
+        let manifest: M = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| Error::Manifest {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?;
         manifest
             .validate()
             .map_err(|reason| Error::Manifest { path, reason })?;
-        for (rel, expected) in &manifest.files {
+        for (rel, expected) in manifest.files() {
             let actual = sha256_file(&dir.join(rel))?;
             if !actual.eq_ignore_ascii_case(expected) {
                 return Err(Error::Integrity {
@@ -80,7 +152,7 @@ impl Package {
     }
 
     /// The validated manifest.
-    pub fn manifest(&self) -> &Manifest {
+    pub fn manifest(&self) -> &M {
         &self.manifest
     }
 
@@ -97,7 +169,7 @@ impl Package {
 }
 
 /// Writes `manifest` into `dir` after validating it; returns the package digest.
-pub fn write_manifest(dir: &Path, manifest: &Manifest) -> Result<String> {
+pub fn write_manifest<M: PackageManifest>(dir: &Path, manifest: &M) -> Result<String> {
     let path = dir.join(MANIFEST_FILE);
     manifest.validate().map_err(|reason| Error::Manifest {
         path: path.clone(),

@@ -139,3 +139,46 @@ fn validation_names_the_problem() {
     m.architecture.family = "mamba".into();
     assert!(m.validate().unwrap_err().contains("mamba"));
 }
+
+/// An encoder package on disk whose files match their checksums.
+fn write_encoder_package(dir: &Path) -> EncoderManifest {
+    let mut m = encoder_manifest_tests_tiny();
+    for name in m.files.clone().keys() {
+        let content = format!("content of {name}");
+        std::fs::write(dir.join(name), &content).unwrap();
+        m.files
+            .insert(name.clone(), sha256_bytes(content.as_bytes()));
+    }
+    let digest = encoder_digest(
+        &m.files[&m.encoder.graph],
+        &m.files[&m.encoder.tokenizer],
+        m.encoder.max_tokens,
+    );
+    m.encoder.digest = digest.clone();
+    m.head.encoder_digest = digest;
+    write_manifest(dir, &m).unwrap();
+    m
+}
+
+fn encoder_manifest_tests_tiny() -> EncoderManifest {
+    super::encoder_manifest::tests::tiny()
+}
+
+#[test]
+fn encoder_packages_round_trip_and_kinds_are_not_confused() {
+    let dir = temp_dir("encoder");
+    let m = write_encoder_package(&dir);
+    let p = EncoderPackage::open_kind(&dir).unwrap();
+    assert_eq!(p.manifest(), &m);
+    let err = Package::open(&dir).unwrap_err().to_string();
+    assert!(err.contains("`encoder` package"), "{err}");
+
+    let dec = temp_dir("decoder-as-encoder");
+    write_package(&dec);
+    let err = EncoderPackage::open_kind(&dec).unwrap_err().to_string();
+    assert!(err.contains("`decoder` package"), "{err}");
+
+    std::fs::write(dir.join("g.onnx"), "tampered").unwrap();
+    let err = EncoderPackage::open_kind(&dir).unwrap_err().to_string();
+    assert!(err.contains("`g.onnx` has SHA-256"), "{err}");
+}
