@@ -8,6 +8,7 @@ ENCODER_ASSETS := .seam/assets/all-minilm-l6-v2
 CLINC := .seam/assets/clinc150
 ENC := .seam/packages/minilm-clinc150
 EDGE := target/release/seam-edge
+WORKER := target/release/seam-worker
 
 .PHONY: setup build demo test bench lint package
 
@@ -16,7 +17,7 @@ setup:
 	@./scripts/setup.sh
 
 build:
-	$(CARGO) build --release --locked -p seam-edge
+	$(CARGO) build --release --locked -p seam-edge -p seam-worker
 
 $(PKG)/manifest.toml: $(GGUF) | build
 	$(EDGE) model import --gguf $(GGUF) --out $(PKG) --split-points $(SPLITS)
@@ -29,7 +30,7 @@ package: setup build $(PKG)/manifest.toml $(ENC)/manifest.toml
 
 ## demo: fetch, build, import, serve on loopback and run a short workload
 demo: package
-	@./scripts/demo.sh $(EDGE) $(PKG) $(ENC)
+	@./scripts/demo.sh $(EDGE) $(WORKER) $(PKG) $(ENC)
 
 ## test: the whole test suite (unit, property, model-vs-reference, end-to-end)
 test: setup
@@ -39,10 +40,10 @@ test: setup
 	$(CARGO) fmt --all -- --check
 
 ## bench: prefill/decode tokens/s at 1 and 2 threads, KV bytes per token, load time;
-## sentence embeddings/s at batch 1 and 32 and classify latency at 1 and 2 threads
+## sentence embeddings/s at batch 1 and 32 and classify latency; split vs local tokens/s on
+## loopback, bytes per token per wire dtype, greedy agreement, worker steps/s at 1/8/32 sessions
 bench: package
-	$(EDGE) bench --model $(PKG)
-	$(EDGE) bench-encoder --model $(ENC) --data $(CLINC)/test.tsv
+	@./scripts/bench.sh $(EDGE) $(WORKER) $(PKG) $(ENC) $(CLINC)/test.tsv
 
 lint:
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings

@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# Starts the edge agent on loopback and runs a short mixed workload through its gRPC API,
-# printing per request: its intent (domain, confidence), route and reason, tokens, tokens/s,
-# bytes shipped.
+# Starts a cloud worker and the edge agent on loopback and runs a short mixed workload through
+# the agent's gRPC API, printing per request: its intent (domain, confidence), route and reason,
+# tokens, tokens/s, bytes shipped.
 set -euo pipefail
 edge=$1
-pkg=$2
-enc=${3:-}
-log=$(mktemp -t seam-demo.XXXXXX)
+worker=$2
+pkg=$3
+enc=${4:-}
+. "$(dirname "$0")/lib.sh"
+trap stop_servers EXIT
 "$edge" model inspect "$pkg" | sed 's/^/  /'
 echo
 encoder=()
@@ -15,22 +17,18 @@ if [ -n "$enc" ]; then
   echo
   encoder=(--encoder "$enc")
 fi
-"$edge" serve --model "$pkg" "${encoder[@]}" --listen 127.0.0.1:0 >"$log.out" 2>"$log" &
-pid=$!
-trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null; rm -f "$log" "$log.out"' EXIT
-for _ in $(seq 1 600); do
-  addr=$(sed -n 's/^listening on //p' "$log.out")
-  [ -n "$addr" ] && break
-  kill -0 $pid 2>/dev/null || { cat "$log"; exit 1; }
-  sleep 0.1
-done
-[ -n "$addr" ] || { echo "demo: the agent did not start"; cat "$log"; exit 1; }
+start_server worker_addr "$worker" serve --model "$pkg" --listen 127.0.0.1:0
+echo "cloud worker listening on $worker_addr (layers from the split point on, and the head)"
+start_server addr "$edge" serve --model "$pkg" "${encoder[@]}" --listen 127.0.0.1:0 \
+  --worker "http://$worker_addr" --split 8 --wire int8
 echo "edge agent listening on $addr"
 echo
 ask() { "$edge" ask --server "http://$addr" "$@"; echo; }
 ask --max-tokens 12 "The capital of France is"
+echo "the same request split: layers [0, 8) here, int8 hidden states to the worker, tokens back"
+ask --max-tokens 12 --route split "The capital of France is"
 ask --max-tokens 48 --chat --system "You are a concise assistant for car owners." "How often should I check my tyre pressure?"
-ask --max-tokens 48 --chat --system "You are a concise assistant for car owners." "What does the oil warning light mean?"
+ask --max-tokens 48 --chat --route split --system "You are a concise assistant for car owners." "What does the oil warning light mean?"
 ask --max-tokens 40 --temperature 0.8 --seed 7 "Once upon a time, in a small village by the sea,"
 ask --max-tokens 64 --stop "." "A good way to save energy at home is"
 if [ -n "$enc" ]; then

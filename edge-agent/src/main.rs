@@ -157,27 +157,14 @@ enum Command {
         one: bool,
     },
     /// Send one prompt to a running agent and print the streamed answer and its figures.
-    Ask {
-        /// The agent's address, e.g. http://127.0.0.1:50051.
-        #[arg(long, default_value = "http://127.0.0.1:50051")]
-        server: String,
-        #[arg(long, default_value_t = 64)]
-        max_tokens: u32,
-        #[arg(long, default_value_t = 0.0)]
-        temperature: f32,
-        #[arg(long, default_value_t = 1.0)]
-        top_p: f32,
-        #[arg(long, default_value_t = 0)]
-        seed: u64,
+    Ask(commands::ask::AskArgs),
+    /// Benchmarks of split execution against a running seam-worker: split vs local tokens/s,
+    /// bytes per token per wire dtype, greedy agreement, worker steps/s with concurrent sessions.
+    BenchSplit {
         #[arg(long)]
-        stop: Vec<String>,
-        #[arg(long)]
-        system: Option<String>,
-        #[arg(long)]
-        chat: bool,
-        #[arg(long, default_value_t = 0)]
-        deadline_ms: u64,
-        prompt: String,
+        model: PathBuf,
+        #[command(flatten)]
+        args: commands::bench_split::SplitBenchArgs,
     },
     /// Benchmarks: prefill/decode tokens/s at 1 and 2 threads, KV bytes, load time.
     Bench {
@@ -430,34 +417,17 @@ fn main() -> anyhow::Result<()> {
                 commands::bench_encoder::run_all(&model, &data, &threads)
             }
         }
-        Command::Ask {
-            server,
-            max_tokens,
-            temperature,
-            top_p,
-            seed,
-            stop,
-            system,
-            chat,
-            deadline_ms,
-            prompt,
-        } => {
+        Command::Ask(args) => {
             seam_shared::telemetry::init("warn", false);
-            let req = commands::ask::request(
-                prompt,
-                max_tokens,
-                temperature,
-                top_p,
-                seed,
-                stop,
-                system,
-                chat,
-                deadline_ms,
-            );
+            let req = commands::ask::request(&args);
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
-            rt.block_on(commands::ask::run(server, req))
+            rt.block_on(commands::ask::run(args.server, req))
+        }
+        Command::BenchSplit { model, args } => {
+            seam_shared::telemetry::init("warn", false);
+            commands::bench_split::run(&model, &args)
         }
         Command::Bench {
             model,

@@ -70,32 +70,59 @@ pub async fn run(server: String, req: pb::GenerateRequest) -> anyhow::Result<()>
     Ok(())
 }
 
+/// The flags of `seam-edge ask`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct AskArgs {
+    /// The agent's address, e.g. http://127.0.0.1:50051.
+    #[arg(long, default_value = "http://127.0.0.1:50051")]
+    pub server: String,
+    #[arg(long, default_value_t = 64)]
+    pub max_tokens: u32,
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f32,
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f32,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[arg(long)]
+    pub stop: Vec<String>,
+    #[arg(long)]
+    pub system: Option<String>,
+    #[arg(long)]
+    pub chat: bool,
+    #[arg(long, default_value_t = 0)]
+    pub deadline_ms: u64,
+    /// Routing preference: auto (the agent decides), local, or split.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "local", "split"])]
+    pub route: String,
+    /// With `--route split`: the split layer K (0: the agent's default).
+    #[arg(long, default_value_t = 0)]
+    pub split_layer: u32,
+    pub prompt: String,
+}
+
 /// The wire request for the CLI flags.
-#[allow(clippy::too_many_arguments)]
-pub fn request(
-    prompt: String,
-    max_tokens: u32,
-    temperature: f32,
-    top_p: f32,
-    seed: u64,
-    stop: Vec<String>,
-    system: Option<String>,
-    chat: bool,
-    deadline_ms: u64,
-) -> pb::GenerateRequest {
+pub fn request(a: &AskArgs) -> pb::GenerateRequest {
+    let route = match a.route.as_str() {
+        "local" => pb::RoutePreference::Local,
+        "split" => pb::RoutePreference::Split,
+        _ => pb::RoutePreference::Auto,
+    };
     pb::GenerateRequest {
-        prompt,
-        max_tokens,
+        prompt: a.prompt.clone(),
+        max_tokens: a.max_tokens,
         sampling: Some(SamplingParams {
-            temperature,
-            top_p,
-            seed,
+            temperature: a.temperature,
+            top_p: a.top_p,
+            seed: a.seed,
             top_k: None,
         }),
-        stop,
-        deadline_ms,
-        system_prompt: system,
-        chat,
+        stop: a.stop.clone(),
+        deadline_ms: a.deadline_ms,
+        system_prompt: a.system.clone(),
+        chat: a.chat,
+        route: route as i32,
+        split_layer: a.split_layer,
         ..Default::default()
     }
 }

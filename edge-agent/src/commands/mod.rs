@@ -3,6 +3,7 @@
 pub mod ask;
 pub mod bench;
 pub mod bench_encoder;
+pub mod bench_split;
 pub mod generate;
 pub mod model;
 pub mod perception;

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# `make bench`: the edge runtime, the sentence encoder, and split execution against a
+# seam-worker started here on loopback. Each section prints a Markdown table.
+set -euo pipefail
+edge=$1
+worker=$2
+pkg=$3
+enc=$4
+data=$5
+. "$(dirname "$0")/lib.sh"
+trap stop_servers EXIT
+
+echo "## Edge runtime"
+"$edge" bench --model "$pkg"
+echo
+echo "## Sentence encoder and intent classifier"
+"$edge" bench-encoder --model "$enc" --data "$data"
+echo
+echo "## Split execution (seam-worker on loopback)"
+start_server worker_addr "$worker" serve --model "$pkg" --listen 127.0.0.1:0
+"$edge" bench-split --model "$pkg" --worker "http://$worker_addr" --split 8
