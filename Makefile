@@ -6,6 +6,7 @@ PKG := .seam/packages/smollm2-135m
 SPLITS := 4,8,15
 ENCODER_ASSETS := .seam/assets/all-minilm-l6-v2
 CLINC := .seam/assets/clinc150
+PROSE := .seam/assets/prose/lee_background.txt
 ENC := .seam/packages/minilm-clinc150
 EDGE := target/release/seam-edge
 WORKER := target/release/seam-worker
@@ -20,7 +21,7 @@ build:
 	$(CARGO) build --release --locked -p seam-edge -p seam-worker
 
 $(PKG)/manifest.toml: $(GGUF) | build
-	$(EDGE) model import --gguf $(GGUF) --out $(PKG) --split-points $(SPLITS)
+	$(EDGE) model import --gguf $(GGUF) --out $(PKG) --split-points $(SPLITS) --calibration $(PROSE)
 
 # The sentence encoder (int8 all-MiniLM-L6-v2) with its CLINC150 intent head.
 $(ENC)/manifest.toml: $(ENCODER_ASSETS)/model.safetensors $(CLINC)/train.tsv $(CLINC)/dev.tsv | build

@@ -6,9 +6,11 @@
 use crate::error::{Error, Result};
 use crate::queue::{Job, Queue};
 use crate::sessions::{Checkout, SessionTable, StepClaim};
+use crate::step::StepPlan;
+use crate::verify::{Verdict, verify_greedy, verify_sampled};
 use seam_edge::runtime::kv_cache::KvCache;
 use seam_edge::runtime::model::{Model, Sequence};
-use seam_edge::runtime::sampler::{Sampler, SamplingParams};
+use seam_edge::runtime::sampler::{Sampler, SamplingParams, argmax};
 use seam_shared::proto::common::{DType, StepResponse, Tensor};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -70,12 +72,28 @@ impl Executor {
                         cache,
                         split_layer,
                         sampling,
-                    }) => running.push(Running {
-                        job,
-                        cache,
-                        split_layer,
-                        sampling,
-                    }),
+                    }) => {
+                        let plan = &job.plan;
+                        let sampled = sampling.temperature > 0.0;
+                        let dists = plan.draft_dists.len();
+                        if !plan.drafts.is_empty() && sampled != (dists == plan.drafts.len()) {
+                            let e = Error::InvalidArgument(if sampled {
+                                "a sampled session's drafts need their draft distributions".into()
+                            } else {
+                                "a greedy session's drafts take no draft distributions".into()
+                            });
+                            let start = cache.len();
+                            table.checkin(&plan.session, cache, None, started);
+                            answer_error(job, &e, start);
+                            continue;
+                        }
+                        running.push(Running {
+                            job,
+                            cache,
+                            split_layer,
+                            sampling,
+                        })
+                    }
                     Ok(Checkout::Replay(r)) => job.reply.send(r),
                     Err(e) => {
                         let kv_len = table.kv_len(&job.plan.session);
@@ -104,10 +122,21 @@ impl Executor {
         let mut table = lock(&self.table);
         match outcome {
             Ok(answers) => {
-                for (r, (next_token, logits)) in group.into_iter().zip(answers) {
+                for (r, answer) in group.into_iter().zip(answers) {
                     let mut cache = r.cache;
                     let start = r.job.plan.start;
-                    let kv_len = start + r.job.plan.rows;
+                    let (next_token, logits, accepted) = match answer {
+                        Ok(a) => a,
+                        Err(e) => {
+                            let _ = cache.truncate(start);
+                            table.checkin(&r.job.plan.session, cache, None, now);
+                            answer_error(r.job, &e, start);
+                            continue;
+                        }
+                    };
+                    // Rejected drafts' rows stay beyond the committed length, where the next
+                    // step overwrites them; attention never reads past it.
+                    let kv_len = start + r.job.plan.rows - r.job.plan.drafts.len() + accepted;
                     if let Err(e) = cache.commit(kv_len) {
                         let _ = cache.truncate(start);
                         table.checkin(&r.job.plan.session, cache, None, now);
@@ -117,7 +146,7 @@ impl Executor {
                     let response = StepResponse {
                         session_id: r.job.plan.session.clone(),
                         step_id: r.job.plan.step_id,
-                        accepted: 0,
+                        accepted: accepted as u32,
                         next_token,
                         logits,
                         kv_len: kv_len as u32,
@@ -143,9 +172,9 @@ impl Executor {
         }
     }
 
-    /// Runs layers `[layer, N)` and the head for the group; per step, the next token and the
-    /// logits it asked for.
-    fn compute(&mut self, layer: u32, group: &mut [Running]) -> Result<Vec<(u32, Option<Tensor>)>> {
+    /// Runs layers `[layer, N)` and the head for the group; per step, the next token, the
+    /// logits it asked for and the drafts it keeps (or why its drafts could not be verified).
+    fn compute(&mut self, layer: u32, group: &mut [Running]) -> Result<Vec<Result<Answer>>> {
         let d = self.model.n_embd();
         let n_layer = self.model.arch().n_layer;
         let total: usize = group.iter().map(|r| r.job.plan.rows).sum();
@@ -165,12 +194,12 @@ impl Executor {
             .model
             .run_layers_batch(layer..n_layer, hidden, &mut seqs)?;
         drop(seqs);
-        // Rows that need logits: every row when asked for, else the last one.
+        // Rows that need logits: every row when asked for, else the row before the first
+        // draft and every draft.
         let mut wanted = Vec::new();
         let mut offset = 0;
         for r in group.iter() {
-            let rows = r.job.plan.rows;
-            let first = if r.job.plan.want_logits { 0 } else { rows - 1 };
+            let (first, rows) = logit_rows(&r.job.plan);
             wanted.extend_from_slice(&h[(offset + first) * d..(offset + rows) * d]);
             offset += rows;
         }
@@ -180,23 +209,76 @@ impl Executor {
         let mut answers = Vec::with_capacity(group.len());
         for r in group.iter() {
             let plan = &r.job.plan;
-            let n = if plan.want_logits { plan.rows } else { 1 };
-            let rows = &logits[at * vocab..(at + n) * vocab];
+            let (first, rows) = logit_rows(plan);
+            let n = rows - first;
+            let block = &logits[at * vocab..(at + n) * vocab];
             at += n;
-            let last = &rows[(n - 1) * vocab..];
-            let mut sampler = Sampler::new(r.sampling)?;
-            let next = sampler.sample(last, (plan.start + plan.rows) as u64);
+            let k = plan.drafts.len();
+            // The rows that settle tokens: the last k + 1.
+            let settle = &block[(n - k - 1) * vocab..];
             let tensor = plan.want_logits.then(|| Tensor {
                 shape: vec![n as u64, vocab as u64],
                 dtype: DType::F32 as i32,
-                data: rows.iter().flat_map(|x| x.to_le_bytes()).collect(),
+                data: block.iter().flat_map(|x| x.to_le_bytes()).collect(),
                 scales: vec![],
                 group_size: 0,
             });
-            answers.push((next, tensor));
+            answers.push(
+                settle_tokens(plan, r.sampling, settle, vocab)
+                    .map(|Verdict { accepted, next }| (next, tensor, accepted)),
+            );
         }
         Ok(answers)
     }
+}
+
+/// What a step computed: the next token, the logits asked for, the drafts accepted.
+type Answer = (u32, Option<Tensor>, usize);
+
+/// The rows of a step whose logits are needed: `(first, rows)`.
+fn logit_rows(plan: &StepPlan) -> (usize, usize) {
+    let first = if plan.want_logits {
+        0
+    } else {
+        plan.rows - plan.drafts.len() - 1
+    };
+    (first, plan.rows)
+}
+
+/// Verifies the step's drafts (none: just picks the next token) from the logits of its last
+/// `drafts + 1` rows.
+fn settle_tokens(
+    plan: &StepPlan,
+    sampling: SamplingParams,
+    rows: &[f32],
+    vocab: usize,
+) -> Result<Verdict> {
+    let k = plan.drafts.len();
+    // Absolute position of the token each row predicts: draft 0 sits right after the
+    // committed rows.
+    let first_position = (plan.start + plan.rows - k) as u64;
+    let mut sampler = Sampler::new(sampling)?;
+    if k == 0 {
+        return Ok(Verdict {
+            accepted: 0,
+            next: sampler.sample(rows, first_position),
+        });
+    }
+    if sampling.temperature == 0.0 {
+        let argmax: Vec<u32> = rows.chunks_exact(vocab).map(argmax).collect();
+        return Ok(verify_greedy(&plan.drafts, &argmax));
+    }
+    let p: Vec<Vec<(u32, f64)>> = rows
+        .chunks_exact(vocab)
+        .map(|row| sampler.distribution(row))
+        .collect();
+    verify_sampled(
+        &plan.drafts,
+        &plan.draft_dists,
+        &p,
+        sampling.seed,
+        first_position,
+    )
 }
 
 /// Answers a step with an error; the stream goes on.

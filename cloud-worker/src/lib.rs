@@ -14,5 +14,6 @@ pub mod server;
 pub mod service;
 pub mod sessions;
 pub mod step;
+pub mod verify;
 
 pub use error::{Error, Result};

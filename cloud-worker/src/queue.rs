@@ -147,6 +147,7 @@ mod tests {
                 rows,
                 hidden: vec![],
                 drafts: vec![],
+                draft_dists: vec![],
                 rollback_to: None,
                 want_logits: false,
             },

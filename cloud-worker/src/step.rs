@@ -1,8 +1,10 @@
-//! Checking a step message before it is queued: frame size, ids, the hidden-state tensor, drafts.
+//! Checking a step message before it is queued: frame size, ids, the hidden-state tensor, drafts
+//! and their distributions.
 //! What depends on the session (its length, rollback, step order) is checked when the session
 //! is checked out ([`crate::sessions::SessionTable::checkout`]).
 
 use crate::error::{Error, Result};
+use crate::verify::DraftDist;
 use prost::Message;
 use seam_shared::proto::common::StepRequest;
 use seam_shared::tensor;
@@ -31,7 +33,10 @@ pub struct StepPlan {
     pub rows: usize,
     /// `rows × hidden_size` decoded values.
     pub hidden: Vec<f32>,
+    /// Speculative drafts: the tokens at the last `drafts.len()` rows.
     pub drafts: Vec<u32>,
+    /// Sampled sessions: the distribution each draft was drawn from.
+    pub draft_dists: Vec<DraftDist>,
     pub rollback_to: Option<usize>,
     pub want_logits: bool,
 }
@@ -60,14 +65,36 @@ pub fn plan(req: StepRequest, limits: &StepLimits) -> Result<StepPlan> {
         Some(limits.hidden_size),
         limits.max_rows * limits.hidden_size,
     )?;
-    if !req.draft_tokens.is_empty()
-        || !req.draft_probs.is_empty()
-        || req.draft_probs_dense.is_some()
-    {
+    let k = req.draft_tokens.len();
+    if k > 0 && k + 1 > rows.rows {
+        return Err(Error::InvalidArgument(format!(
+            "{k} drafts need at least {} rows of hidden states, the step has {}",
+            k + 1,
+            rows.rows
+        )));
+    }
+    if let Some(&t) = req.draft_tokens.iter().find(|&&t| t >= limits.vocab_size) {
+        return Err(Error::InvalidArgument(format!(
+            "draft token {t} is outside the vocabulary of {}",
+            limits.vocab_size
+        )));
+    }
+    if req.draft_probs_dense.is_some() {
         return Err(Error::InvalidArgument(
-            "speculative drafts are not accepted by this worker version".into(),
+            "dense draft distributions are not accepted by this worker; send draft_probs".into(),
         ));
     }
+    if !req.draft_probs.is_empty() && req.draft_probs.len() != k {
+        return Err(Error::InvalidArgument(format!(
+            "{} draft distributions for {k} drafts",
+            req.draft_probs.len()
+        )));
+    }
+    let draft_dists = req
+        .draft_probs
+        .iter()
+        .map(|d| DraftDist::from_wire(d, limits.vocab_size))
+        .collect::<Result<Vec<_>>>()?;
     if req.want_logits && rows.rows > limits.max_logit_rows {
         return Err(Error::InvalidArgument(format!(
             "logits asked for {} rows, at most {} per step",
@@ -81,6 +108,7 @@ pub fn plan(req: StepRequest, limits: &StepLimits) -> Result<StepPlan> {
         rows: rows.rows,
         hidden: rows.data,
         drafts: req.draft_tokens,
+        draft_dists,
         rollback_to: req.rollback_to.map(|n| n as usize),
         want_logits: req.want_logits,
     })

@@ -199,6 +199,10 @@ enum ModelCommand {
         /// Compute matmuls in f32 (exact but ~10x slower) instead of with int8 activations.
         #[arg(long)]
         f32_compute: bool,
+        /// English prose to fit the early-exit heads on (speculative drafting); without it
+        /// the package has none and split requests go one token per round trip.
+        #[arg(long)]
+        calibration: Option<PathBuf>,
     },
     /// Turn a BERT sentence encoder (safetensors) into an encoder package and train its intent
     /// head on labelled `text<TAB>label` data.
@@ -261,7 +265,14 @@ fn main() -> anyhow::Result<()> {
                     out,
                     split_points,
                     f32_compute,
-                } => commands::model::import(&gguf, &out, &split_points, f32_compute),
+                    calibration,
+                } => commands::model::import(
+                    &gguf,
+                    &out,
+                    &split_points,
+                    f32_compute,
+                    calibration.as_deref(),
+                ),
                 ModelCommand::ImportEncoder {
                     safetensors,
                     out,
@@ -322,6 +333,7 @@ fn main() -> anyhow::Result<()> {
                 },
                 stop,
                 deadline: deadline_ms.map(|ms| Instant::now() + Duration::from_millis(ms)),
+                draft_tokens: split.draft_default(),
             };
             let args = commands::generate::GenerateArgs {
                 threads,

@@ -10,6 +10,7 @@ fn options() -> ImportOptions {
         split_points: vec![4],
         progress: false,
         f32_compute: false,
+        calibration: None,
     }
 }
 

@@ -140,3 +140,24 @@ impl Drop for EdgeProcess {
         let _ = self.child.wait();
     }
 }
+
+/// Token ids and final event of a `Generate` call to the agent at `addr`.
+pub async fn token_ids(
+    addr: &str,
+    req: seam_shared::proto::edge::GenerateRequest,
+) -> (Vec<u32>, seam_shared::proto::edge::FinalEvent) {
+    use seam_shared::proto::edge::assistant_client::AssistantClient;
+    use seam_shared::proto::edge::generate_event::Event;
+    let mut client = AssistantClient::connect(addr.to_string()).await.unwrap();
+    let mut stream = client.generate(req).await.unwrap().into_inner();
+    let (mut ids, mut fin) = (Vec::new(), None);
+    while let Some(ev) = stream.message().await.unwrap() {
+        match ev.event {
+            // The last token may come twice: once, then with the text held back for stop strings.
+            Some(Event::Token(t)) if t.index as usize == ids.len() => ids.push(t.id),
+            Some(Event::Final(f)) => fin = Some(f),
+            _ => {}
+        }
+    }
+    (ids, fin.expect("final event"))
+}

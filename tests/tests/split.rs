@@ -3,12 +3,11 @@
 use seam_shared::proto::common::{
     DType, PackageRef, RouteKind, SamplingParams, StepRequest, StepResponse, Tensor,
 };
-use seam_shared::proto::edge::assistant_client::AssistantClient;
-use seam_shared::proto::edge::{GenerateRequest, RoutePreference, generate_event::Event};
+use seam_shared::proto::edge::{GenerateRequest, RoutePreference};
 use seam_shared::proto::worker::worker_client::WorkerClient;
 use seam_shared::proto::worker::{CloseSessionRequest, GetInfoRequest, OpenSessionRequest};
 use seam_shared::tensor::{self, WireDtype};
-use seam_tests::{EdgeProcess, WorkerProcess, package_dir};
+use seam_tests::{EdgeProcess, WorkerProcess, package_dir, token_ids};
 use std::sync::OnceLock;
 use tokio::sync::mpsc;
 use tonic::Code;
@@ -287,25 +286,6 @@ async fn a_full_budget_evicts_idle_sessions_or_refuses_with_a_retry_hint() {
     );
 }
 
-/// Token ids of a Generate call.
-async fn token_ids(
-    addr: &str,
-    req: GenerateRequest,
-) -> (Vec<u32>, seam_shared::proto::edge::FinalEvent) {
-    let mut client = AssistantClient::connect(addr.to_string()).await.unwrap();
-    let mut stream = client.generate(req).await.unwrap().into_inner();
-    let (mut ids, mut fin) = (Vec::new(), None);
-    while let Some(ev) = stream.message().await.unwrap() {
-        match ev.event {
-            // The last token may come twice: once, then with the text held back for stop strings.
-            Some(Event::Token(t)) if t.index as usize == ids.len() => ids.push(t.id),
-            Some(Event::Final(f)) => fin = Some(f),
-            _ => {}
-        }
-    }
-    (ids, fin.expect("final event"))
-}
-
 #[tokio::test]
 async fn greedy_split_output_equals_local_output_token_for_token() {
     let w = worker();
@@ -329,6 +309,8 @@ async fn greedy_split_output_equals_local_output_token_for_token() {
             let split = GenerateRequest {
                 route: RoutePreference::Split as i32,
                 split_layer: layer,
+                // One round trip per token (drafting has its own tests).
+                draft_tokens: Some(0),
                 ..local.clone()
             };
             let (got, fin) = token_ids(&edge.addr, split).await;

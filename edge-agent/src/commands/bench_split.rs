@@ -104,6 +104,8 @@ pub fn run(dir: &Path, args: &SplitBenchArgs) -> anyhow::Result<()> {
         split: args.split,
         wire: WireDtype::INT8_ROW,
         device_id: "bench".into(),
+        no_speculative: false,
+        draft_tokens: None,
     };
     let (endpoint, layer) = {
         let _context = runtime.enter();
@@ -167,15 +169,22 @@ impl SplitBench {
             sampling: SamplingParams::default(),
             stop: Vec::new(),
             deadline: None,
+            draft_tokens: Some(0),
         };
-        let routes: Vec<Option<WireDtype>> = std::iter::once(None)
-            .chain(WIRES.iter().map(|&w| Some(w)))
+        // Per-token split per wire dtype, then int8 with adaptive drafting.
+        let routes: Vec<(Option<WireDtype>, Option<u32>)> = std::iter::once((None, Some(0)))
+            .chain(WIRES.iter().map(|&w| (Some(w), Some(0))))
+            .chain([(Some(WireDtype::INT8_ROW), None)])
             .collect();
         let mut best = vec![0.0f64; routes.len()];
         let mut last: Vec<Option<GenerateStats>> = vec![None; routes.len()];
         for _ in 0..args.repeats.max(1) {
-            for (i, &route) in routes.iter().enumerate() {
-                let (stats, _) = self.generate(&req, route)?;
+            for (i, &(wire, drafts)) in routes.iter().enumerate() {
+                let req = GenerateRequest {
+                    draft_tokens: drafts,
+                    ..req.clone()
+                };
+                let (stats, _) = self.generate(&req, wire)?;
                 best[i] = best[i].max(stats.decode_tokens_per_s());
                 last[i] = Some(stats);
             }
@@ -184,13 +193,13 @@ impl SplitBench {
         let d = self.engine.model().n_embd();
         let f32_row = WireDtype::F32.payload_bytes(1, d);
         println!(
-            "| route | decode tok/s ({} tok) | vs local | hidden-state bytes per token | vs f32 | sent per decoded token (framed) | received per decoded token | round trips |",
+            "| route | decode tok/s ({} tok) | vs local | hidden-state bytes per token | vs f32 | sent per decoded token (framed) | received per decoded token | round trips | tokens per round trip | draft acceptance |",
             args.decode
         );
-        println!("|---|---|---|---|---|---|---|---|");
-        println!("| local | {local:.1} | 1.00 | – | – | – | – | – |");
-        for (i, route) in routes.iter().enumerate().skip(1) {
-            let wire = route.expect("split routes");
+        println!("|---|---|---|---|---|---|---|---|---|---|");
+        println!("| local | {local:.1} | 1.00 | – | – | – | – | – | – | – |");
+        for (i, &(wire, drafts)) in routes.iter().enumerate().skip(1) {
+            let wire = wire.expect("split routes");
             let stats = last[i].as_ref().expect("measured");
             let report = stats
                 .split
@@ -198,12 +207,24 @@ impl SplitBench {
                 .context("a split route reports its traffic")?;
             let (decode_sent, decode_received) = decode_traffic(stats, d, wire);
             let row = wire.payload_bytes(1, d);
+            let spec = report.speculation;
             println!(
-                "| split({layer}) {wire} | {:.1} | {:.2} | {row} | {:.3} | {decode_sent:.0} | {decode_received:.0} | {} |",
+                "| split({layer}) {wire}{} | {:.1} | {:.2} | {row} | {:.3} | {decode_sent:.0} | {decode_received:.0} | {} | {:.2} | {} |",
+                if drafts == Some(0) {
+                    ""
+                } else {
+                    ", speculative"
+                },
                 best[i],
                 best[i] / local,
                 row as f64 / f32_row as f64,
-                report.counters.round_trips
+                report.counters.round_trips,
+                stats.completion_tokens as f64 / spec.token_steps.max(1) as f64,
+                if spec.enabled {
+                    format!("{:.1}%", spec.acceptance_rate() * 100.0)
+                } else {
+                    "–".into()
+                }
             );
         }
         Ok(())
@@ -234,6 +255,7 @@ impl SplitBench {
                 sampling: SamplingParams::default(),
                 stop: Vec::new(),
                 deadline: None,
+                draft_tokens: Some(0),
             };
             let (_, local) = self.generate(&req, None)?;
             total += local.len();
@@ -390,6 +412,7 @@ fn session(
         max_positions: rows as u32,
         sampling: SamplingParams::default(),
         deadline: None,
+        max_draft_tokens: 0,
     };
     let ready = link
         .open(&open)

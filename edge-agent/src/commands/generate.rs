@@ -100,6 +100,11 @@ pub fn stats_line(
             "bytes_sent": s.split.as_ref().map_or(0, |r| r.counters.bytes_sent),
             "bytes_received": s.split.as_ref().map_or(0, |r| r.counters.bytes_received),
             "round_trips": s.split.as_ref().map_or(0, |r| r.counters.round_trips),
+            "speculative": s.split.as_ref().is_some_and(|r| r.speculation.enabled),
+            "drafted_tokens": s.split.as_ref().map_or(0, |r| r.speculation.drafted),
+            "accepted_draft_tokens": s.split.as_ref().map_or(0, |r| r.speculation.accepted),
+            "acceptance_rate": s.split.as_ref().map_or(0.0, |r| r.speculation.acceptance_rate()),
+            "tokens_per_round_trip": s.tokens_per_round_trip(),
         });
         if let Some((c, took)) = intent {
             v["intent"] = c.intent.clone().into();
@@ -121,14 +126,26 @@ pub fn stats_line(
             )
         });
         let route = match &s.split {
-            Some(r) => format!(
-                " · split({}) {} wire, {} B sent, {} B received, {} round trips",
-                r.layer,
-                r.wire,
-                r.counters.bytes_sent,
-                r.counters.bytes_received,
-                r.counters.round_trips
-            ),
+            Some(r) => {
+                let spec = if r.speculation.enabled {
+                    format!(
+                        " · {} drafted, {:.0}% accepted, {:.2} tokens per round trip",
+                        r.speculation.drafted,
+                        r.speculation.acceptance_rate() * 100.0,
+                        s.tokens_per_round_trip()
+                    )
+                } else {
+                    " · not speculative".to_string()
+                };
+                format!(
+                    " · split({}) {} wire, {} B sent, {} B received, {} round trips{spec}",
+                    r.layer,
+                    r.wire,
+                    r.counters.bytes_sent,
+                    r.counters.bytes_received,
+                    r.counters.round_trips
+                )
+            }
             None => String::new(),
         };
         format!(

@@ -52,9 +52,25 @@ pub struct SplitArgs {
     /// Identity reported to the worker.
     #[arg(long, default_value = "local-device")]
     pub device_id: String,
+    /// One token per round trip: no drafting with the exit head.
+    #[arg(long)]
+    pub no_speculative: bool,
+    /// Drafts per verification round trip (default: adaptive, from the acceptance rate and
+    /// the link's round trip time).
+    #[arg(long, conflicts_with = "no_speculative")]
+    pub draft_tokens: Option<u32>,
 }
 
 impl SplitArgs {
+    /// Drafts per round trip for requests that do not say (see `GenerateRequest::draft_tokens`).
+    pub fn draft_default(&self) -> Option<u32> {
+        if self.no_speculative {
+            Some(0)
+        } else {
+            self.draft_tokens
+        }
+    }
+
     /// The worker endpoint and split layer, when `--worker` is given; `--split` without it is
     /// an error.
     pub fn resolve(&self, engine: &Engine) -> anyhow::Result<Option<(WorkerEndpoint, u32)>> {

@@ -15,6 +15,7 @@ pub fn import(
     out: &Path,
     split_points: &[u32],
     f32_compute: bool,
+    calibration: Option<&Path>,
 ) -> anyhow::Result<()> {
     let started = Instant::now();
     let report = import_gguf(
@@ -24,6 +25,7 @@ pub fn import(
             split_points: split_points.to_vec(),
             progress: true,
             f32_compute,
+            calibration: calibration.map(Path::to_path_buf),
         },
     )
     .with_context(|| format!("importing {}", gguf.display()))?;
@@ -36,6 +38,15 @@ pub fn import(
         started.elapsed().as_secs_f64(),
         report.digest
     );
+    for e in &report.exit_heads {
+        eprintln!(
+            "import: exit head at layer {}: greedy agreement with the full model {:.1}% on {} held-out tokens (fitted on {})",
+            e.layer,
+            e.heldout_acceptance * 100.0,
+            e.heldout_tokens,
+            e.calibration_tokens
+        );
+    }
     Ok(())
 }
 

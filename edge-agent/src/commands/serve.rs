@@ -39,6 +39,7 @@ pub async fn run(dir: &Path, args: ServeArgs) -> anyhow::Result<()> {
             endpoint,
             default_layer: layer,
             wire: args.split.wire,
+            draft_default: args.split.draft_default(),
         });
     tracing::info!(
         digest = engine.model().package().digest(),

@@ -4,6 +4,7 @@
 
 pub mod encoder;
 pub mod encoder_graph;
+pub mod exit_fit;
 pub mod graphs;
 pub mod linear;
 
@@ -11,10 +12,11 @@ use crate::error::{Error, Result};
 use crate::gguf::hparams::LlamaHparams;
 use crate::gguf::quant::{q4_1_blocks, q8_0_blocks};
 use crate::gguf::{GgmlType, GgufFile};
+use crate::runtime::model::{LoadOptions, Model};
 use graphs::{Dims, LayerWeights};
 use linear::{Q4Linear, Q8Linear};
 use seam_shared::package::{
-    self, Architecture, FORMAT_VERSION, Manifest, Segment, Source, Weights,
+    self, Architecture, ExitHead, FORMAT_VERSION, Manifest, Segment, Source, Weights,
 };
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -29,7 +31,14 @@ pub struct ImportOptions {
     /// Compute the matmuls in f32 (exact, slow; for checking the graphs) instead of with
     /// int8-quantized activations.
     pub f32_compute: bool,
+    /// Prose to fit the early-exit heads on (speculative drafting); `None`: no heads.
+    pub calibration: Option<std::path::PathBuf>,
 }
+
+/// Tokens of the calibration text used for the exit heads (its last ones), and how many of
+/// those are held out to measure acceptance.
+pub const CALIBRATION_TOKENS: usize = 10_240;
+pub const HELDOUT_TOKENS: usize = 2_048;
 
 /// Summary of an import.
 #[derive(Debug, Clone)]
@@ -38,6 +47,8 @@ pub struct ImportReport {
     pub files: usize,
     pub bytes: u64,
     pub graphs: usize,
+    /// The fitted exit heads, as the manifest lists them.
+    pub exit_heads: Vec<ExitHead>,
 }
 
 /// Imports the GGUF at `gguf_path` into a new package directory `out`.
@@ -142,7 +153,7 @@ pub fn import_gguf(gguf_path: &Path, out: &Path, opts: &ImportOptions) -> Result
         .ok()
         .map(str::to_string)
         .unwrap_or_else(|| file_stem(gguf_path));
-    let manifest = Manifest {
+    let mut manifest = Manifest {
         format_version: FORMAT_VERSION,
         name,
         source: Source {
@@ -183,15 +194,69 @@ pub fn import_gguf(gguf_path: &Path, out: &Path, opts: &ImportOptions) -> Result
             .get_str("tokenizer.chat_template")
             .ok()
             .map(str::to_string),
+        exit_heads: Vec::new(),
         files,
     };
-    let file_count = manifest.files.len();
-    let digest = package::write_manifest(out, &manifest)?;
+    let mut digest = package::write_manifest(out, &manifest)?;
+    let mut exit_heads = Vec::new();
+    if let Some(text) = &opts.calibration {
+        let fits = fit_exit_heads_into(out, text, opts.progress)?;
+        for f in &fits {
+            let rel = format!("exit/k{}.f32", f.head.layer());
+            let data: Vec<u8> = f
+                .head
+                .weights()
+                .iter()
+                .flat_map(|v| v.to_le_bytes())
+                .collect();
+            std::fs::create_dir_all(out.join("exit")).map_err(|e| Error::io(out, e))?;
+            let path = out.join(&rel);
+            std::fs::write(&path, &data).map_err(|e| Error::io(&path, e))?;
+            manifest
+                .files
+                .insert(rel.clone(), package::sha256_bytes(&data));
+            bytes += data.len() as u64;
+            manifest.exit_heads.push(ExitHead {
+                layer: f.head.layer(),
+                file: rel,
+                calibration_tokens: f.calibration_tokens as u32,
+                heldout_tokens: f.heldout_tokens as u32,
+                heldout_acceptance: f.heldout_acceptance as f32,
+            });
+        }
+        digest = package::write_manifest(out, &manifest)?;
+        exit_heads = manifest.exit_heads.clone();
+    }
     Ok(ImportReport {
         digest,
-        files: file_count,
+        files: manifest.files.len(),
         bytes,
         graphs: graph_count + 1,
+        exit_heads,
+    })
+}
+
+/// Loads the package just written in `dir` and fits its exit heads on the last
+/// [`CALIBRATION_TOKENS`] tokens of the text at `text`.
+fn fit_exit_heads_into(dir: &Path, text: &Path, progress: bool) -> Result<Vec<exit_fit::ExitFit>> {
+    let prose = std::fs::read_to_string(text).map_err(|e| Error::io(text, e))?;
+    let mut model = Model::load(dir, &LoadOptions::default())?;
+    let ids = model
+        .tokenizer()
+        .encode(prose.as_str(), false)
+        .map_err(|e| Error::Tokenizer(e.to_string()))?
+        .get_ids()
+        .to_vec();
+    let tokens = &ids[ids.len().saturating_sub(CALIBRATION_TOKENS)..];
+    exit_fit::fit_exit_heads(&mut model, tokens, HELDOUT_TOKENS, |done, total| {
+        if progress {
+            eprint!("\rimport: fitting exit heads, window {done}/{total}   ");
+        }
+    })
+    .inspect(|_| {
+        if progress {
+            eprintln!();
+        }
     })
 }
 

@@ -128,7 +128,7 @@ impl SplitLink for WorkerLink {
             }),
             max_positions: p.max_positions,
             device_id: self.endpoint.device_id.clone(),
-            max_draft_tokens: 0,
+            max_draft_tokens: p.max_draft_tokens,
         };
         self.counters.bytes_sent += request.encoded_len() as u64;
         let mut client = self.endpoint.client.clone();

@@ -3,10 +3,11 @@
 //! end-of-turn tokens, stop strings, max tokens, the deadline or cancellation.
 
 use super::budget::{KvBudget, Reservation};
+use super::draft_len::MAX_DRAFT;
 use super::kv_cache::{KvCache, KvDtype, KvGeometry};
 use super::model::Model;
 use super::sampler::{Sampler, SamplingParams};
-use super::split::{OpenSplit, SplitLink, SplitReport, SplitRun};
+use super::split::{OpenSplit, Speculation, SplitLink, SplitReport, SplitRun};
 use super::text_stream::TextStream;
 use crate::error::{Error, Result};
 use seam_shared::tensor::WireDtype;
@@ -29,6 +30,10 @@ pub struct GenerateRequest {
     pub sampling: SamplingParams,
     pub stop: Vec<String>,
     pub deadline: Option<Instant>,
+    /// Split requests: drafts per verification round trip. `None`: adaptive (when the package
+    /// has an exit head at the split layer); `Some(0)`: no speculation, one token per round
+    /// trip; `Some(k)`: always `k`.
+    pub draft_tokens: Option<u32>,
 }
 
 /// Why generation ended.
@@ -67,6 +72,16 @@ impl GenerateStats {
     pub fn prefill_tokens_per_s(&self) -> f64 {
         per_s(self.prompt_tokens - self.cached_prompt_tokens, self.prefill)
     }
+    /// Split requests: completion tokens per round trip that settled tokens (0 when local).
+    pub fn tokens_per_round_trip(&self) -> f64 {
+        match &self.split {
+            Some(r) if r.speculation.token_steps > 0 => {
+                self.completion_tokens as f64 / r.speculation.token_steps as f64
+            }
+            _ => 0.0,
+        }
+    }
+
     /// Decode speed: tokens after the first over the time they took.
     pub fn decode_tokens_per_s(&self) -> f64 {
         per_s(self.completion_tokens.saturating_sub(1), self.decode)
@@ -282,6 +297,7 @@ impl Engine {
                         self.model.package().manifest().split_points
                     )));
                 }
+                let speculation = self.speculation(layer, req.draft_tokens)?;
                 let (cache, _reservation) = self.allocate_cache_for(layer as usize, capacity)?;
                 let bytes_per_token = cache.bytes_per_token();
                 let open = OpenSplit {
@@ -289,6 +305,7 @@ impl Engine {
                     max_positions: capacity as u32,
                     sampling: req.sampling,
                     deadline: req.deadline,
+                    max_draft_tokens: speculation.map_or(0, |s| s.max_drafts as u32),
                 };
                 let run = SplitRun::start(
                     &mut self.model,
@@ -296,6 +313,7 @@ impl Engine {
                     link,
                     &open,
                     wire,
+                    speculation,
                     &tokens,
                     deadline_hit,
                 )?;
@@ -323,6 +341,31 @@ impl Engine {
                 stats.split = Some(report);
                 Ok(stats)
             }
+        }
+    }
+
+    /// How a split request at `layer` drafts, given what it asked for (see
+    /// [`GenerateRequest::draft_tokens`]).
+    fn speculation(&self, layer: u32, asked: Option<u32>) -> Result<Option<Speculation>> {
+        let head = self.model.exit_head(layer);
+        match (asked, head) {
+            (Some(0), _) | (None, None) => Ok(None),
+            (Some(k), None) => Err(Error::InvalidArgument(format!(
+                "{k} draft tokens asked for, but the package has no exit head at layer {layer}"
+            ))),
+            (Some(k), Some(h)) if k as usize <= MAX_DRAFT => Ok(Some(Speculation {
+                prior: h.heldout_acceptance() as f64,
+                max_drafts: k as usize,
+                fixed: Some(k as usize),
+            })),
+            (Some(k), Some(_)) => Err(Error::InvalidArgument(format!(
+                "draft_tokens must be at most {MAX_DRAFT}, got {k}"
+            ))),
+            (None, Some(h)) => Ok(Some(Speculation {
+                prior: h.heldout_acceptance() as f64,
+                max_drafts: MAX_DRAFT,
+                fixed: None,
+            })),
         }
     }
 

@@ -2,7 +2,10 @@
 
 pub mod attention;
 pub mod budget;
+pub mod draft;
+pub mod draft_len;
 pub mod engine;
+pub mod exit_head;
 pub mod kv_cache;
 pub mod model;
 pub mod perplexity;

@@ -2,6 +2,7 @@
 //! tokenizer, and the forward pass that chains graphs with attention over the KV cache.
 
 use super::attention::attention;
+use super::exit_head::ExitHead;
 use super::kv_cache::KvCache;
 use super::rope::Rope;
 use crate::error::{Error, Result};
@@ -60,6 +61,8 @@ pub struct Model {
     embedding: Vec<u8>,
     segments: Vec<LoadedSegment>,
     head: Option<Session>,
+    /// Early-exit heads of the package (loaded with the LM head).
+    exit_heads: Vec<ExitHead>,
     rope: Rope,
     threads: usize,
     load_time: Duration,
@@ -127,6 +130,14 @@ impl Model {
         } else {
             None
         };
+        let exit_heads = if opts.head {
+            m.exit_heads
+                .iter()
+                .map(|e| ExitHead::load(&package, e, arch.n_embd as usize))
+                .collect::<Result<Vec<_>>>()?
+        } else {
+            Vec::new()
+        };
         let rope = Rope::new(
             arch.head_dim as usize,
             arch.rope_theta as f64,
@@ -139,6 +150,7 @@ impl Model {
             embedding,
             segments,
             head,
+            exit_heads,
             rope,
             threads: threads.max(1),
             load_time: started.elapsed(),
@@ -309,6 +321,25 @@ impl Model {
             ort::inputs![io::HIDDEN => TensorRef::from_array_view(([1usize, s, d], hidden))?],
         )?;
         Ok(out[io::LOGITS].try_extract_tensor::<f32>()?.1.to_vec())
+    }
+
+    /// The early-exit head at split layer `layer`, if the package has one.
+    pub fn exit_head(&self, layer: u32) -> Option<&ExitHead> {
+        self.exit_heads.iter().find(|e| e.layer() == layer)
+    }
+
+    /// Draft logits of rows of the hidden state leaving layer `layer - 1`: the exit head's
+    /// estimate of the final hidden state through the model's own norm and LM head.
+    pub fn draft_logits(&mut self, layer: u32, hidden: &[f32]) -> Result<Vec<f32>> {
+        let estimate = self
+            .exit_head(layer)
+            .ok_or_else(|| {
+                Error::Package(format!(
+                    "the package has no exit head at layer {layer} (re-import it with --calibration)"
+                ))
+            })?
+            .apply(hidden);
+        self.logits(&estimate)
     }
 
     /// Full forward pass of `tokens` at positions `pos..`: embeddings, every loaded layer, and

@@ -90,6 +90,16 @@ impl Sampler {
         if self.params.temperature == 0.0 {
             return argmax(logits);
         }
+        let dist = self.distribution(logits);
+        draw(&dist, uniform(self.params.seed, position, draws::TOKEN))
+    }
+
+    /// The distribution [`Sampler::sample`] draws from: the tokens of the nucleus, most likely
+    /// first, with probabilities summing to 1. Greedy: the argmax with probability 1.
+    pub fn distribution(&mut self, logits: &[f32]) -> Vec<(u32, f64)> {
+        if self.params.temperature == 0.0 {
+            return vec![(argmax(logits), 1.0)];
+        }
         let inv_t = 1.0 / self.params.temperature;
         let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
         let mut total = 0.0f64;
@@ -126,15 +136,38 @@ impl Sampler {
                 break;
             }
         }
-        let mut r = uniform(self.params.seed, position, 0) * kept;
-        for c in &self.scratch[..cut] {
-            r -= c.0 as f64;
-            if r <= 0.0 {
-                return c.1;
-            }
-        }
-        self.scratch[cut - 1].1
+        self.scratch[..cut]
+            .iter()
+            .map(|&(p, id)| (id, p as f64 / kept))
+            .collect()
     }
+}
+
+/// Indices of the independent draws made at one position (see [`uniform`]).
+pub mod draws {
+    /// The token itself (also the bonus token after fully accepted drafts).
+    pub const TOKEN: u64 = 0;
+    /// Accepting or rejecting a speculative draft.
+    pub const ACCEPT: u64 = 1;
+    /// The replacement for a rejected draft, from the residual distribution.
+    pub const RESIDUAL: u64 = 2;
+    /// The device drawing a draft from its draft distribution.
+    pub const DRAFT: u64 = 3;
+}
+
+/// The token `u ∈ [0, 1)` falls on in `dist` (probabilities in order; their sum is used, so
+/// they need not be exactly normalised).
+pub fn draw(dist: &[(u32, f64)], u: f64) -> u32 {
+    let total: f64 = dist.iter().map(|d| d.1).sum();
+    let mut r = u * total;
+    for &(id, p) in dist {
+        r -= p;
+        if r < 0.0 {
+            return id;
+        }
+    }
+    // Rounding left a sliver past the end: the last token with any mass.
+    dist.iter().rev().find(|d| d.1 > 0.0).map_or(0, |d| d.0)
 }
 
 /// Index of the largest logit (the first one on ties).
@@ -231,6 +264,33 @@ mod tests {
         assert_ne!(uniform(3, 1, 0), uniform(3, 1, 1));
         assert_ne!(uniform(3, 1, 0), uniform(4, 1, 0));
         assert_eq!(uniform(3, 1, 0), uniform(3, 1, 0));
+    }
+
+    #[test]
+    fn the_distribution_is_the_nucleus_normalised_most_likely_first() {
+        let logits = [(0.5f32).ln(), (0.3f32).ln(), (0.2f32).ln()];
+        let mut s = Sampler::new(params(1.0, 0.75, 3)).unwrap();
+        let d = s.distribution(&logits);
+        assert_eq!(d.iter().map(|x| x.0).collect::<Vec<_>>(), vec![0, 1]);
+        assert!(
+            (d[0].1 - 0.625).abs() < 1e-6 && (d[1].1 - 0.375).abs() < 1e-6,
+            "{d:?}"
+        );
+        let mut g = Sampler::new(params(0.0, 1.0, 3)).unwrap();
+        assert_eq!(g.distribution(&logits), vec![(0, 1.0)]);
+    }
+
+    #[test]
+    fn draw_walks_the_cumulative_mass() {
+        let dist = [(7u32, 0.25), (3, 0.5), (9, 0.25)];
+        assert_eq!(draw(&dist, 0.0), 7);
+        assert_eq!(draw(&dist, 0.2499), 7);
+        assert_eq!(draw(&dist, 0.25), 3);
+        assert_eq!(draw(&dist, 0.7499), 3);
+        assert_eq!(draw(&dist, 0.75), 9);
+        assert_eq!(draw(&dist, 0.999_999), 9);
+        // Unnormalised weights are scaled by their sum.
+        assert_eq!(draw(&[(1, 2.0), (2, 2.0)], 0.6), 2);
     }
 
     #[test]

@@ -4,13 +4,16 @@
 //! The link is a synchronous interface so that the engine (which runs on a blocking thread) does
 //! not care whether it talks to a worker directly or through the gateway.
 
+use super::draft::draft;
+use super::draft_len::DraftPolicy;
 use super::engine::PREFILL_CHUNK;
 use super::kv_cache::KvCache;
 use super::model::Model;
-use super::sampler::SamplingParams;
+use super::sampler::{Sampler, SamplingParams};
 use crate::error::{Error, Result};
 use seam_shared::proto::common::{StepRequest, StepResponse};
 use seam_shared::tensor::{self, WireDtype};
+use std::collections::VecDeque;
 use std::time::Instant;
 
 /// What a split session is opened with.
@@ -22,6 +25,8 @@ pub struct OpenSplit {
     pub max_positions: u32,
     pub sampling: SamplingParams,
     pub deadline: Option<Instant>,
+    /// Most drafts the session's steps will carry (0: no speculation).
+    pub max_draft_tokens: u32,
 }
 
 /// Bytes and round trips of one split session.
@@ -54,10 +59,44 @@ pub struct SplitReport {
     pub layer: u32,
     pub wire: WireDtype,
     pub counters: LinkCounters,
+    pub speculation: SpeculationStats,
 }
 
-/// A split session in progress: the device's cache for layers `[0, K)` and the token the worker
-/// chose last.
+/// Drafting figures of one split request.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct SpeculationStats {
+    /// Whether the request drafted at all.
+    pub enabled: bool,
+    pub drafted: u64,
+    pub accepted: u64,
+    /// Round trips that settled tokens: the last prompt chunk and every decode step.
+    pub token_steps: u32,
+}
+
+impl SpeculationStats {
+    /// Share of drafts the worker accepted (0 without drafts).
+    pub fn acceptance_rate(&self) -> f64 {
+        if self.drafted == 0 {
+            0.0
+        } else {
+            self.accepted as f64 / self.drafted as f64
+        }
+    }
+}
+
+/// How a split request drafts.
+#[derive(Debug, Clone, Copy)]
+pub struct Speculation {
+    /// Acceptance to start the draft-length policy from (the exit head's held-out figure).
+    pub prior: f64,
+    /// Most drafts per step.
+    pub max_drafts: usize,
+    /// A fixed draft length instead of the adaptive policy.
+    pub fixed: Option<usize>,
+}
+
+/// A split session in progress: the device's cache for layers `[0, K)` and the tokens the last
+/// step settled.
 pub struct SplitRun<'a> {
     model: &'a mut Model,
     cache: KvCache,
@@ -66,23 +105,37 @@ pub struct SplitRun<'a> {
     layer: u32,
     wire: WireDtype,
     step_id: u64,
-    next: u32,
+    /// Tokens settled and not yet handed out, in order. All but the last are accepted drafts,
+    /// already in both caches; the last is in neither.
+    settled: VecDeque<u32>,
+    /// Drafting: the policy, the sampler drafts are drawn with, and the end-of-turn tokens.
+    speculation: Option<(Speculation, DraftPolicy)>,
+    sampler: Sampler,
+    stop: Vec<u32>,
+    /// Positions the session holds at most.
+    limit: usize,
+    stats: SpeculationStats,
 }
 
 impl<'a> SplitRun<'a> {
     /// Opens the session and sends the prompt (in chunks); the worker's answer to the last
     /// chunk is the first token. `deadline_hit` is checked between chunks: `Ok(None)` means it
     /// passed.
+    #[allow(clippy::too_many_arguments)]
     pub fn start(
         model: &'a mut Model,
         cache: KvCache,
         link: &'a mut dyn SplitLink,
         open: &OpenSplit,
         wire: WireDtype,
+        speculation: Option<Speculation>,
         tokens: &[u32],
         deadline_hit: impl Fn() -> bool,
     ) -> Result<Option<SplitRun<'a>>> {
         let session = link.open(open)?;
+        let arch = model.arch();
+        let mut stop = arch.stop_tokens.clone();
+        stop.push(arch.eos_token);
         let mut run = SplitRun {
             model,
             cache,
@@ -91,18 +144,29 @@ impl<'a> SplitRun<'a> {
             layer: open.layer,
             wire,
             step_id: 0,
-            next: 0,
+            settled: VecDeque::new(),
+            speculation: speculation.map(|s| (s, DraftPolicy::new(s.prior, s.max_drafts))),
+            sampler: Sampler::new(open.sampling)?,
+            stop,
+            limit: open.max_positions as usize,
+            stats: SpeculationStats {
+                enabled: speculation.is_some(),
+                ..SpeculationStats::default()
+            },
         };
         let mut pos = 0;
+        let mut first = 0;
         while pos < tokens.len() {
             if deadline_hit() {
                 run.link.close();
                 return Ok(None);
             }
             let end = (pos + PREFILL_CHUNK).min(tokens.len());
-            run.next = run.forward(&tokens[pos..end], pos)?;
+            first = run.forward(&tokens[pos..end], pos)?;
             pos = end;
         }
+        run.settled.push_back(first);
+        run.stats.token_steps = 1;
         Ok(Some(run))
     }
 
@@ -110,14 +174,81 @@ impl<'a> SplitRun<'a> {
         self.model
     }
 
-    /// The token the worker chose last.
+    /// The next settled token.
     pub fn token(&self) -> u32 {
-        self.next
+        self.settled.front().copied().unwrap_or(0)
     }
 
-    /// Runs `token` (at `position`) through layers `[0, K)` and the worker.
+    /// Hands `token` (at `position`) out. When it was the last settled token, runs it through
+    /// layers `[0, K)` with the next drafts and verifies them on the worker.
     pub fn advance(&mut self, token: u32, position: usize) -> Result<()> {
-        self.next = self.forward(&[token], position)?;
+        self.settled.pop_front();
+        if !self.settled.is_empty() {
+            return Ok(());
+        }
+        // Drafts go at positions position + 1 ..= position + k, inside the session.
+        let room = self.limit.saturating_sub(position + 1);
+        let k = match &self.speculation {
+            Some((s, policy)) => s.fixed.unwrap_or_else(|| policy.choose(room)).min(room),
+            None => 0,
+        };
+        self.stats.token_steps += 1;
+        if k == 0 {
+            let next = self.forward(&[token], position)?;
+            self.settled.push_back(next);
+            return Ok(());
+        }
+        self.speculate(token, position, k)
+    }
+
+    /// One verification round trip: drafts `k` tokens after `token`, ships them with their
+    /// layer-K states, keeps what the worker accepts and rolls the rest back.
+    fn speculate(&mut self, token: u32, position: usize, k: usize) -> Result<()> {
+        let drafted = draft(
+            self.model,
+            &mut self.cache,
+            self.layer,
+            token,
+            position,
+            k,
+            &mut self.sampler,
+            &self.stop,
+        )?;
+        let k = drafted.drafts.len();
+        self.step_id += 1;
+        let request = StepRequest {
+            session_id: self.session.clone(),
+            step_id: self.step_id,
+            start_position: position as u32,
+            hidden: Some(tensor::encode(
+                &drafted.hidden,
+                self.model.n_embd(),
+                self.wire,
+            )?),
+            draft_tokens: drafted.drafts.clone(),
+            draft_probs: drafted.dists,
+            ..Default::default()
+        };
+        let sent = Instant::now();
+        let r = self.link.step(request)?;
+        let step_time = sent.elapsed();
+        let accepted = r.accepted as usize;
+        if accepted > k {
+            return Err(Error::Unavailable(format!(
+                "the worker accepted {accepted} of {k} drafts"
+            )));
+        }
+        check_answer(&r, self.step_id, position + 1 + accepted)?;
+        // O(1) rollback: the rejected drafts' rows are forgotten.
+        self.cache.truncate(position + 1 + accepted)?;
+        self.settled.extend(&drafted.drafts[..accepted]);
+        self.settled.push_back(r.next_token);
+        self.stats.drafted += k as u64;
+        self.stats.accepted += accepted as u64;
+        if let Some((_, policy)) = &mut self.speculation {
+            let per_draft = drafted.draft_time.as_secs_f64() / k.max(1) as f64;
+            policy.observe(k, accepted, step_time.as_secs_f64(), per_draft);
+        }
         Ok(())
     }
 
@@ -153,6 +284,7 @@ impl<'a> SplitRun<'a> {
             layer: self.layer,
             wire: self.wire,
             counters: self.link.counters(),
+            speculation: self.stats,
         }
     }
 }
@@ -204,6 +336,7 @@ pub fn split_perplexity(
         max_positions: ctx as u32,
         sampling: SamplingParams::default(),
         deadline: None,
+        max_draft_tokens: 0,
     })?;
     let mut cache = KvCache::try_new(geometry, super::kv_cache::KvDtype::Int8, ctx)?;
     let first = ctx / 2;

@@ -42,6 +42,8 @@ pub struct SplitTarget {
     /// Split layer when a request names none.
     pub default_layer: u32,
     pub wire: WireDtype,
+    /// Drafts per round trip for requests that do not say (`None`: adaptive).
+    pub draft_default: Option<u32>,
 }
 
 /// The Assistant service over one engine.
@@ -121,13 +123,14 @@ impl Assistant for AssistantService {
         request: Request<pb::GenerateRequest>,
     ) -> Result<Response<Self::GenerateStream>, Status> {
         let timeout = grpc_timeout(request.metadata());
-        let (req, route) = convert::generate_request(request.into_inner(), timeout, Instant::now())
-            .and_then(|(r, ask)| validate(&r, self.context).map(|_| (r, ask)))
-            .and_then(|(r, ask)| Ok((r, self.choose_route(&ask)?)))
-            .map_err(|e| {
-                tracing::info!(error = %e, "generate refused");
-                e.to_status()
-            })?;
+        let (mut req, route) =
+            convert::generate_request(request.into_inner(), timeout, Instant::now())
+                .and_then(|(r, ask)| validate(&r, self.context).map(|_| (r, ask)))
+                .and_then(|(r, ask)| Ok((r, self.choose_route(&ask)?)))
+                .map_err(|e| {
+                    tracing::info!(error = %e, "generate refused");
+                    e.to_status()
+                })?;
         let permit = self.queue.clone().try_acquire_owned().map_err(|_| {
             Error::ResourceExhausted {
                 reason: "too many generate requests queued on this device".into(),
@@ -150,6 +153,9 @@ impl Assistant for AssistantService {
             .then_some(self.split.as_ref())
             .flatten()
             .map(|t| (t.endpoint.link(tokio::runtime::Handle::current()), t.wire));
+        if req.draft_tokens.is_none() {
+            req.draft_tokens = self.split.as_ref().and_then(|t| t.draft_default);
+        }
         tokio::task::spawn_blocking(move || {
             let _enter = span.enter();
             let _permit = permit;

@@ -67,6 +67,7 @@ pub fn generate_request(
             sampling,
             stop: req.stop,
             deadline,
+            draft_tokens: req.draft_tokens,
         },
         ask,
     ))
@@ -82,6 +83,11 @@ pub fn final_event(
     route: Route,
 ) -> pb::GenerateEvent {
     let counters = stats.split.as_ref().map(|s| s.counters).unwrap_or_default();
+    let spec = stats
+        .split
+        .as_ref()
+        .map(|s| s.speculation)
+        .unwrap_or_default();
     let finish = match stats.finish {
         FinishReason::Stop => pb::FinishReason::Stop,
         FinishReason::Length => pb::FinishReason::Length,
@@ -115,6 +121,11 @@ pub fn final_event(
             bytes_sent: counters.bytes_sent,
             bytes_received: counters.bytes_received,
             round_trips: counters.round_trips,
+            drafted_tokens: spec.drafted as u32,
+            accepted_draft_tokens: spec.accepted as u32,
+            token_round_trips: spec.token_steps,
+            acceptance_rate: spec.acceptance_rate(),
+            tokens_per_round_trip: stats.tokens_per_round_trip(),
             ..Default::default()
         })),
     }

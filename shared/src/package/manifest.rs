@@ -36,6 +36,9 @@ pub struct Manifest {
     /// Optional chat template (Jinja source from the checkpoint), informational.
     #[serde(default)]
     pub chat_template: Option<String>,
+    /// Early-exit heads for speculative drafting, at most one per split point.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exit_heads: Vec<ExitHead>,
     /// SHA-256 (hex) of every file of the package except the manifest, by relative path.
     pub files: BTreeMap<String, String>,
 }
@@ -82,6 +85,25 @@ pub struct Weights {
     /// How the quantized matmuls compute: `int8` (activations quantized per block to int8,
     /// as llama.cpp does; fast) or `f32` (exact function of the weights; slow, for checks).
     pub compute: String,
+}
+
+/// An early-exit head at split point `layer`: an affine map from the hidden state leaving layer
+/// `layer - 1` to an estimate of the one leaving the last layer, fitted by ridge regression at
+/// import; the model's own final norm and LM head turn the estimate into draft logits.
+///
+/// `file` holds `(n_embd + 1) × n_embd` little-endian f32 values `W`: the estimate of a row
+/// `x` is `u + [u, 1] · W` with `u = x / rms(x)` (the final norm ignores the scale).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExitHead {
+    pub layer: u32,
+    pub file: String,
+    /// Positions the regression was fitted on.
+    pub calibration_tokens: u32,
+    /// Held-out positions the acceptance was measured on.
+    pub heldout_tokens: u32,
+    /// Share of held-out positions where the head's greedy token equals the full model's.
+    pub heldout_acceptance: f32,
 }
 
 /// A run of layers `[start, end)` and the graphs that compute it, in execution order.
@@ -185,11 +207,28 @@ impl Manifest {
         if next != a.n_layer {
             return Err(format!("segments end at layer {next}, not {}", a.n_layer));
         }
-        let referenced = self.segments.iter().flat_map(|s| s.graphs.iter()).chain([
-            &self.head,
-            &self.embedding,
-            &self.tokenizer,
-        ]);
+        let mut exit_layers = Vec::new();
+        for e in &self.exit_heads {
+            if !self.split_points.contains(&e.layer) || exit_layers.contains(&e.layer) {
+                return Err(format!(
+                    "exit head at layer {} must sit on a split point, one per point",
+                    e.layer
+                ));
+            }
+            if !(0.0..=1.0).contains(&e.heldout_acceptance) {
+                return Err(format!(
+                    "exit head at layer {}: heldout_acceptance must be in [0, 1]",
+                    e.layer
+                ));
+            }
+            exit_layers.push(e.layer);
+        }
+        let referenced = self
+            .segments
+            .iter()
+            .flat_map(|s| s.graphs.iter())
+            .chain([&self.head, &self.embedding, &self.tokenizer])
+            .chain(self.exit_heads.iter().map(|e| &e.file));
         for f in referenced {
             if !self.files.contains_key(f) {
                 return Err(format!("`{f}` is used but not listed in [files]"));

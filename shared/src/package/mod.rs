@@ -11,7 +11,7 @@ mod manifest;
 pub use encoder_manifest::{
     DataRef, ENCODER_KIND, EncoderManifest, EncoderSpec, IntentHeadSpec, encoder_digest,
 };
-pub use manifest::{Architecture, FORMAT_VERSION, Manifest, Segment, Source, Weights};
+pub use manifest::{Architecture, ExitHead, FORMAT_VERSION, Manifest, Segment, Source, Weights};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
