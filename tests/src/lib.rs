@@ -1,5 +1,8 @@
 //! Harness for end-to-end tests: real `seam-edge` and `seam-worker` processes on loopback, their
-//! logs captured, gRPC clients connected to them.
+//! logs captured, gRPC clients connected to them; and a [`link_emulator`] that puts WAN conditions
+//! (delay, jitter, bandwidth cap, loss) between them.
+
+pub mod link_emulator;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
