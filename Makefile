@@ -10,6 +10,7 @@ PROSE := .seam/assets/prose/lee_background.txt
 ENC := .seam/packages/minilm-clinc150
 EDGE := target/release/seam-edge
 WORKER := target/release/seam-worker
+LINKEMU := target/release/seam-linkemu
 
 .PHONY: setup build demo test bench lint package
 
@@ -19,6 +20,7 @@ setup:
 
 build:
 	$(CARGO) build --release --locked -p seam-edge -p seam-worker
+	$(CARGO) build --release --locked -p seam-tests --bin seam-linkemu
 
 $(PKG)/manifest.toml: $(GGUF) | build
 	$(EDGE) model import --gguf $(GGUF) --out $(PKG) --split-points $(SPLITS) --calibration $(PROSE)
@@ -42,9 +44,10 @@ test: setup
 
 ## bench: prefill/decode tokens/s at 1 and 2 threads, KV bytes per token, load time;
 ## sentence embeddings/s at batch 1 and 32 and classify latency; split vs local tokens/s on
-## loopback, bytes per token per wire dtype, greedy agreement, worker steps/s at 1/8/32 sessions
+## loopback, bytes per token per wire dtype, greedy agreement, worker steps/s at 1/8/32 sessions;
+## local, per-token split and speculative split through a 40 ms RTT, 20 Mbit/s link emulator
 bench: package
-	@./scripts/bench.sh $(EDGE) $(WORKER) $(PKG) $(ENC) $(CLINC)/test.tsv
+	@./scripts/bench.sh $(EDGE) $(WORKER) $(PKG) $(ENC) $(CLINC)/test.tsv $(LINKEMU)
 
 lint:
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings

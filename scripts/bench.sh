@@ -7,6 +7,7 @@ worker=$2
 pkg=$3
 enc=$4
 data=$5
+linkemu=$6
 . "$(dirname "$0")/lib.sh"
 trap stop_servers EXIT
 
@@ -19,3 +20,9 @@ echo
 echo "## Split execution (seam-worker on loopback)"
 start_server worker_addr "$worker" serve --model "$pkg" --listen 127.0.0.1:0
 "$edge" bench-split --model "$pkg" --worker "http://$worker_addr" --split 8
+echo
+echo "## Speculative split over an emulated WAN link (40 ms RTT, 20 Mbit/s)"
+start_server wan_addr "$linkemu" --listen 127.0.0.1:0 --upstream "$worker_addr" --proto tcp \
+  --delay-ms 20 --rate-mbit 20
+"$edge" bench-split --model "$pkg" --worker "http://$wan_addr" --split 8 --sections speed \
+  --repeats 1 --decode 64 --link "40 ms RTT, 20 Mbit/s"

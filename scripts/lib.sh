@@ -12,6 +12,7 @@ start_server() {
   local log
   log=$(mktemp -t seam-server.XXXXXX)
   SEAM_LOGS+=("$log" "$log.out")
+  : >"$log.out"
   "$@" >"$log.out" 2>"$log" &
   local pid=$!
   SEAM_PIDS+=("$pid")

@@ -63,6 +63,16 @@ pub async fn run(server: String, req: pb::GenerateRequest) -> anyhow::Result<()>
                         .trim_start_matches("FINISH_REASON_")
                         .to_lowercase()
                 );
+                if kind == RouteKind::Split && f.token_round_trips > 0 {
+                    println!(
+                        "  [speculation: {} drafted, {} accepted ({:.0}%) · {:.2} tokens per round trip over {} round trips]",
+                        f.drafted_tokens,
+                        f.accepted_draft_tokens,
+                        f.acceptance_rate * 100.0,
+                        f.tokens_per_round_trip,
+                        f.token_round_trips
+                    );
+                }
             }
             None => {}
         }

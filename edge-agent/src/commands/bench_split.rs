@@ -47,6 +47,16 @@ pub struct SplitBenchArgs {
     /// Tokens generated per agreement prompt.
     #[arg(long, default_value_t = 64)]
     pub agreement_tokens: u32,
+    /// Which measurements to run: speed (tokens/s and bytes per route), agreement, sessions.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "speed,agreement,sessions"
+    )]
+    pub sections: Vec<String>,
+    /// What the link is, for the table's title (e.g. "loopback", "40 ms RTT, 20 Mbit/s").
+    #[arg(long, default_value = "loopback")]
+    pub link: String,
 }
 
 /// The wire dtypes compared.
@@ -114,9 +124,10 @@ pub fn run(dir: &Path, args: &SplitBenchArgs) -> anyhow::Result<()> {
             .context("bench-split needs a worker")?
     };
     println!(
-        "split at layer {layer} of {}, worker {}, {} thread(s) on the device",
+        "split at layer {layer} of {}, worker {} ({}), {} thread(s) on the device",
         engine.model().arch().n_layer,
         args.worker,
+        args.link,
         args.threads
     );
     println!();
@@ -126,11 +137,19 @@ pub fn run(dir: &Path, args: &SplitBenchArgs) -> anyhow::Result<()> {
         runtime,
         layer,
     };
-    bench.speed_and_bytes(args)?;
-    println!();
-    bench.agreement(args)?;
-    println!();
-    bench.worker_throughput(args)
+    let wants = |s: &str| args.sections.iter().any(|x| x == s);
+    if wants("speed") {
+        bench.speed_and_bytes(args)?;
+        println!();
+    }
+    if wants("agreement") {
+        bench.agreement(args)?;
+        println!();
+    }
+    if wants("sessions") {
+        bench.worker_throughput(args)?;
+    }
+    Ok(())
 }
 
 impl SplitBench {

@@ -194,8 +194,13 @@ impl<'a> SplitRun<'a> {
         };
         self.stats.token_steps += 1;
         if k == 0 {
+            let sent = Instant::now();
             let next = self.forward(&[token], position)?;
             self.settled.push_back(next);
+            // Keep the round trip current, so that drafting resumes when the link slows down.
+            if let Some((_, policy)) = &mut self.speculation {
+                policy.observe(0, 0, sent.elapsed().as_secs_f64(), 0.0);
+            }
             return Ok(());
         }
         self.speculate(token, position, k)
