@@ -18,6 +18,10 @@ echo "## Sentence encoder and intent classifier"
 "$edge" bench-encoder --model "$enc" --data "$data"
 echo
 echo "## Split execution (seam-worker on loopback)"
+# Device and worker share this machine's cores here; ONNX Runtime's pool threads spinning
+# while they wait would take the cores from each other, so both sides (and the local runs
+# they are compared with, in the same process) run without spinning.
+export SEAM_ORT_SPIN=0
 start_server worker_addr "$worker" serve --model "$pkg" --listen 127.0.0.1:0
 "$edge" bench-split --model "$pkg" --worker "http://$worker_addr" --split 8
 echo
