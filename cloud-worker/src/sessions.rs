@@ -242,14 +242,15 @@ impl SessionTable {
             .map_err(|e| Error::InvalidArgument(e.to_string()))
     }
 
-    /// The idle session used longest ago, if any may be evicted.
+    /// The idle session used longest ago, if any may be evicted (ties: the smallest id, so
+    /// that the choice does not depend on the map's order).
     fn least_recently_used_idle(&self, now: Instant) -> Option<String> {
         self.sessions
             .iter()
             .filter(|(_, s)| {
                 s.cache.is_some() && now.duration_since(s.last_used) >= self.limits.evict_after
             })
-            .min_by_key(|(_, s)| s.last_used)
+            .min_by(|(a_id, a), (b_id, b)| a.last_used.cmp(&b.last_used).then(a_id.cmp(b_id)))
             .map(|(id, _)| id.clone())
     }
 
