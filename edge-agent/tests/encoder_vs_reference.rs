@@ -1,10 +1,10 @@
 //! The ONNX sentence encoder against a plain f32 BERT forward pass written for the tests
 //! (`seam_edge::reference_bert`), on 100 CLINC150 test sentences: the f32 graph computes the
 //! checkpoint's function (cosine ≥ 0.99999 on every sentence), the shipped int8 graph stays
-//! within cosine 0.999 of it. Also: tokenization, padding invariance, truncation.
+//! within cosine 0.999 of it on every sentence. Also: tokenization, padding invariance, truncation.
 
 use seam_edge::bert::{BertConfig, BertWeights};
-use seam_edge::import::encoder_graph::{EncoderWeightType, encoder_graph};
+use seam_edge::import::encoder_graph::{EncoderGraph, EncoderWeightType, encoder_graph};
 use seam_edge::perception::dataset::read_examples;
 use seam_edge::perception::encoder::{Encoder, Tokens};
 use seam_edge::reference_bert::{cosine, embed as reference_embed};
@@ -48,7 +48,11 @@ fn encoder(ty: EncoderWeightType) -> Encoder {
         ty.as_str(),
         std::process::id()
     ));
-    std::fs::write(&path, encoder_graph(weights(), MAX_TOKENS, ty)).unwrap();
+    std::fs::write(
+        &path,
+        encoder_graph(weights(), MAX_TOKENS, &EncoderGraph::plain(ty)),
+    )
+    .unwrap();
     let e = Encoder::load(&path, &tokenizer_path(), MAX_TOKENS, 384).unwrap();
     let _ = std::fs::remove_file(&path);
     e
@@ -107,8 +111,8 @@ fn f32_graph_matches_the_plain_reference_and_int8_stays_close() {
 
     let mut int8 = packaged_encoder();
     let onnx_int8 = embed_all(&mut int8, &texts);
-    // int8 activations inside MatMulNBits cost some fidelity on short texts: the mean over the
-    // 100 sentences must reach 0.999, no sentence may fall below 0.995 (see encoder_graph.rs).
+    // The shipped graph (int8 weights and activations, smoothed): every sentence within
+    // cosine 0.999 of the f32 graph.
     let cosines: Vec<f64> = onnx_int8
         .iter()
         .zip(&onnx_f32)
@@ -116,7 +120,7 @@ fn f32_graph_matches_the_plain_reference_and_int8_stays_close() {
         .collect();
     for (text, c) in texts.iter().zip(&cosines) {
         assert!(
-            *c >= 0.995,
+            *c >= 0.999,
             "{text:?}: cosine {c} between the int8 and the f32 graph"
         );
     }
@@ -124,10 +128,6 @@ fn f32_graph_matches_the_plain_reference_and_int8_stays_close() {
     let worst = cosines.iter().copied().fold(1.0, f64::min);
     eprintln!(
         "int8 graph vs f32 graph: mean cosine {mean:.6}, worst {worst:.6} over 100 sentences"
-    );
-    assert!(
-        mean >= 0.999,
-        "mean cosine {mean} between the int8 and the f32 graph"
     );
     // Different sentences stay apart: the encoder is not collapsing everything together.
     assert!(cosine(&onnx_int8[0], &onnx_int8[1]) < 0.9);

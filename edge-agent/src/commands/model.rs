@@ -175,6 +175,12 @@ fn inspect_encoder(pkg: &seam_shared::package::EncoderPackage) -> anyhow::Result
         e.weights,
         e.digest
     );
+    if let Some(sm) = &e.smoothing {
+        println!(
+            "smoothing activations of the linear layers smoothed into their int8 weights (alpha {}, ranges from {} texts)",
+            sm.alpha, sm.calibration_texts
+        );
+    }
     println!(
         "head      {} · {} intents · trained on {} ({} texts) · l2 {:e}",
         h.model, h.classes, h.train.file, h.train.examples, h.l2

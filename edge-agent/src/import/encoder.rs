@@ -4,7 +4,8 @@
 //! out-of-scope threshold calibrated on the calibration file (CLINC150 train and dev by
 //! default).
 
-use super::encoder_graph::{EncoderWeightType, encoder_graph};
+use super::encoder_graph::{EncoderGraph, EncoderWeightType, encoder_graph};
+use super::encoder_smooth::{ALPHA, CALIBRATION_TEXTS, measure_ranges};
 use crate::bert::{BertConfig, BertWeights};
 use crate::error::{Error, Result};
 use crate::perception::classifier::format_labels;
@@ -15,7 +16,7 @@ use crate::perception::lbfgs::LbfgsOptions;
 use crate::perception::train::{TrainOptions, accuracy, train_head};
 use seam_shared::package::{
     self, DataRef, ENCODER_KIND, EncoderManifest, EncoderSpec, FORMAT_VERSION, IntentHeadSpec,
-    Source, encoder_digest,
+    SmoothingSpec, Source, encoder_digest,
 };
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -118,25 +119,54 @@ pub fn import_encoder(opts: &EncoderImportOptions) -> Result<EncoderImportReport
 
     let mut files: BTreeMap<String, String> = BTreeMap::new();
     let out = &opts.out;
-    let graph = write_file(
-        out,
-        &mut files,
-        "encoder.onnx",
-        &encoder_graph(&weights, opts.max_tokens as usize, opts.weights),
-    )?;
-    drop(weights);
     let tokenizer = write_file(
         out,
         &mut files,
         "tokenizer.json",
         &plain_tokenizer(&ck.join("tokenizer.json"))?,
     )?;
+    seam_shared::ort_env::init(0)?;
+    let started = Instant::now();
+    let mut smoothing_texts = None;
+    let ranges = match opts.weights {
+        EncoderWeightType::Int8 => {
+            let texts = calibration_texts(&train, CALIBRATION_TEXTS);
+            let ranges = measure_ranges(
+                &weights,
+                &out.join(&tokenizer),
+                &texts,
+                opts.max_tokens as usize,
+            )?;
+            if opts.progress {
+                eprintln!(
+                    "import: activation ranges of {} linear layers measured on {} texts in {:.1}s",
+                    ranges.len(),
+                    texts.len(),
+                    started.elapsed().as_secs_f64()
+                );
+            }
+            smoothing_texts = Some(texts.len());
+            Some(ranges)
+        }
+        EncoderWeightType::F32 => None,
+    };
+    let graph_opts = EncoderGraph {
+        weights: opts.weights,
+        smoothing: ranges.as_ref(),
+        probes: false,
+    };
+    let graph = write_file(
+        out,
+        &mut files,
+        "encoder.onnx",
+        &encoder_graph(&weights, opts.max_tokens as usize, &graph_opts),
+    )?;
+    drop(weights);
     // Same rule as `EncoderManifest::validate`.
     let enc_digest = encoder_digest(&files[&graph], &files[&tokenizer], opts.max_tokens);
 
     // Embed the labelled data with the graph just written: the head learns what the device
     // will compute.
-    seam_shared::ort_env::init(0)?;
     let started = Instant::now();
     let mut encoder = Encoder::load(
         &opts.out.join(&graph),
@@ -235,6 +265,10 @@ pub fn import_encoder(opts: &EncoderImportOptions) -> Result<EncoderImportReport
             max_tokens: opts.max_tokens,
             layer_norm_eps: config.layer_norm_eps,
             weights: opts.weights.as_str().into(),
+            smoothing: smoothing_texts.map(|n| SmoothingSpec {
+                alpha: ALPHA,
+                calibration_texts: n as u32,
+            }),
             graph,
             tokenizer,
             digest: enc_digest.clone(),
@@ -268,6 +302,12 @@ pub fn import_encoder(opts: &EncoderImportOptions) -> Result<EncoderImportReport
         embed_seconds,
         train_seconds,
     })
+}
+
+/// `n` texts spread evenly over `rows` (all of them when there are fewer).
+fn calibration_texts(rows: &[Example], n: usize) -> Vec<&str> {
+    let step = rows.len().div_ceil(n.max(1)).max(1);
+    rows.iter().step_by(step).map(|e| e.text.as_str()).collect()
 }
 
 /// Writes `data` to `out/rel` and records its SHA-256.

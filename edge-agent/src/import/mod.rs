@@ -4,6 +4,7 @@
 
 pub mod encoder;
 pub mod encoder_graph;
+pub mod encoder_smooth;
 pub mod exit_fit;
 pub mod graphs;
 pub mod linear;

@@ -47,6 +47,9 @@ pub struct EncoderSpec {
     pub layer_norm_eps: f32,
     /// Weight storage of the graph's linear layers and word embeddings: `int8` or `f32`.
     pub weights: String,
+    /// Per-channel smoothing of the int8 linear layers' activations, when applied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub smoothing: Option<SmoothingSpec>,
     /// The ONNX graph.
     pub graph: String,
     /// Hugging Face `tokenizer.json`, with its own padding and truncation switched off.
@@ -54,6 +57,16 @@ pub struct EncoderSpec {
     /// [`encoder_digest`] of the graph, the tokenizer and `max_tokens`: what the embeddings
     /// depend on.
     pub digest: String,
+}
+
+/// How the int8 graph's linear layers were smoothed (SmoothQuant): each input channel `j` is
+/// divided by `max|x_j|^alpha / max|w_j|^(1 − alpha)` and the weight column multiplied by it,
+/// with `max|x_j|` measured over `calibration_texts` texts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmoothingSpec {
+    pub alpha: f32,
+    pub calibration_texts: u32,
 }
 
 /// The intent classifier over the embeddings.
@@ -150,6 +163,20 @@ impl EncoderManifest {
                 e.weights
             ));
         }
+        if let Some(sm) = &e.smoothing {
+            if e.weights != "int8" {
+                return Err("encoder.smoothing applies to int8 weights only".into());
+            }
+            if !(sm.alpha > 0.0 && sm.alpha < 1.0) {
+                return Err(format!(
+                    "encoder.smoothing.alpha {} must be in (0, 1)",
+                    sm.alpha
+                ));
+            }
+            if sm.calibration_texts == 0 {
+                return Err("encoder.smoothing.calibration_texts must be positive".into());
+            }
+        }
         let h = &self.head;
         if h.model != "logistic_regression" {
             return Err(format!("head.model `{}` is not supported", h.model));
@@ -224,6 +251,10 @@ pub(crate) mod tests {
                 max_positions: 16,
                 max_tokens: 8,
                 layer_norm_eps: 1e-12,
+                smoothing: Some(SmoothingSpec {
+                    alpha: 0.5,
+                    calibration_texts: 4,
+                }),
                 weights: "int8".into(),
                 graph: "g.onnx".into(),
                 tokenizer: "t.json".into(),
@@ -280,8 +311,20 @@ pub(crate) mod tests {
         m.files.remove("l.tsv");
         assert!(m.validate().unwrap_err().contains("`l.tsv`"));
 
-        let mut m = ok;
+        let mut m = ok.clone();
         m.encoder.weights = "int4".into();
         assert!(m.validate().unwrap_err().contains("int4"));
+
+        let mut m = ok.clone();
+        m.encoder.weights = "f32".into();
+        assert!(m.validate().unwrap_err().contains("int8 weights only"));
+
+        let mut m = ok.clone();
+        m.encoder.smoothing.as_mut().unwrap().alpha = f32::NAN;
+        assert!(m.validate().unwrap_err().contains("alpha"));
+
+        let mut m = ok;
+        m.encoder.smoothing.as_mut().unwrap().calibration_texts = 0;
+        assert!(m.validate().unwrap_err().contains("calibration_texts"));
     }
 }

@@ -9,7 +9,8 @@ mod encoder_manifest;
 mod manifest;
 
 pub use encoder_manifest::{
-    DataRef, ENCODER_KIND, EncoderManifest, EncoderSpec, IntentHeadSpec, encoder_digest,
+    DataRef, ENCODER_KIND, EncoderManifest, EncoderSpec, IntentHeadSpec, SmoothingSpec,
+    encoder_digest,
 };
 pub use manifest::{Architecture, ExitHead, FORMAT_VERSION, Manifest, Segment, Source, Weights};
 
