@@ -1,0 +1,32 @@
+//! The one error type of `seam-router`.
+
+/// Everything the router refuses or fails at.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A policy file that cannot be used; the message names the rule or field and the problem.
+    #[error("policy: {0}")]
+    Policy(String),
+    /// A decision trace that cannot be read (line number in the message).
+    #[error("trace: {0}")]
+    Trace(String),
+    /// Reading a file failed.
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    /// An I/O error on `path`.
+    pub fn io(path: &std::path::Path, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.display().to_string(),
+            source,
+        }
+    }
+}
+
+/// `Result` with the router's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
