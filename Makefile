@@ -10,6 +10,8 @@ PROSE := .seam/assets/prose/lee_background.txt
 ENC := .seam/packages/minilm-clinc150
 EDGE := target/release/seam-edge
 WORKER := target/release/seam-worker
+ROUTER := target/release/seam-router
+POLICY := deploy/config/policy.toml
 LINKEMU := target/release/seam-linkemu
 
 .PHONY: setup build demo test bench lint package
@@ -19,7 +21,7 @@ setup:
 	@./scripts/setup.sh
 
 build:
-	$(CARGO) build --release --locked -p seam-edge -p seam-worker
+	$(CARGO) build --release --locked -p seam-edge -p seam-worker -p seam-router
 	$(CARGO) build --release --locked -p seam-tests --bin seam-linkemu
 
 $(PKG)/manifest.toml: $(GGUF) | build
@@ -33,7 +35,7 @@ package: setup build $(PKG)/manifest.toml $(ENC)/manifest.toml
 
 ## demo: fetch, build, import, serve on loopback and run a short workload
 demo: package
-	@./scripts/demo.sh $(EDGE) $(WORKER) $(PKG) $(ENC)
+	@./scripts/demo.sh $(EDGE) $(WORKER) $(PKG) $(ENC) $(ROUTER) $(POLICY)
 
 ## test: the whole test suite (unit, property, model-vs-reference, end-to-end)
 test: setup

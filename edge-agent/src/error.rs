@@ -66,6 +66,9 @@ pub enum Error {
     /// The request needs a component this agent was started without (e.g. no encoder).
     #[error("not configured: {0}")]
     NotConfigured(String),
+    /// The routing policy refused the request (rule and reason in the message).
+    #[error("rejected by the routing policy: {0}")]
+    Rejected(String),
 }
 
 impl Error {
@@ -91,7 +94,7 @@ impl Error {
                 Code::FailedPrecondition
             }
             Error::Dataset(_) => Code::InvalidArgument,
-            Error::NotConfigured(_) => Code::FailedPrecondition,
+            Error::NotConfigured(_) | Error::Rejected(_) => Code::FailedPrecondition,
             Error::Ort(_) | Error::Tokenizer(_) | Error::Io { .. } => Code::Internal,
             Error::Unavailable(_) => Code::Unavailable,
             Error::Remote { code, .. } => *code,

@@ -117,6 +117,19 @@ enum Command {
         /// Most texts in one Embed call (1..=64); more is RESOURCE_EXHAUSTED.
         #[arg(long, default_value_t = seam_edge::perception::classifier::MAX_BATCH_LIMIT)]
         max_embed_batch: usize,
+        /// Routing policy (TOML, see deploy/config/policy.toml): requests that leave the route
+        /// to the device are routed by its rules, evaluated here.
+        #[arg(long)]
+        policy: Option<PathBuf>,
+        /// Append every routing decision as a JSON line (for `seam-router policy replay`).
+        #[arg(long, requires = "policy")]
+        decisions: Option<PathBuf>,
+        /// Round-trip time to the cloud assumed until split requests measure it.
+        #[arg(long, default_value_t = 50.0)]
+        link_rtt_ms: f64,
+        /// Uplink bandwidth assumed for the routing policy's cost model.
+        #[arg(long, default_value_t = 20.0)]
+        link_mbps: f64,
     },
     /// Classify intents: one JSON object per text (the argument, or each line of stdin).
     Classify {
@@ -375,6 +388,10 @@ fn main() -> anyhow::Result<()> {
             split,
             encoder,
             max_embed_batch,
+            policy,
+            decisions,
+            link_rtt_ms,
+            link_mbps,
         } => {
             seam_shared::telemetry::init("info", log_json);
             let rt = tokio::runtime::Builder::new_multi_thread()
@@ -392,6 +409,14 @@ fn main() -> anyhow::Result<()> {
                 kv_budget,
                 split,
                 perception,
+                routing: commands::serve::RoutingArgs {
+                    policy,
+                    decisions,
+                    prior: seam_edge::server::routing::LinkPrior {
+                        rtt_ms: link_rtt_ms,
+                        bandwidth_mbps: link_mbps,
+                    },
+                },
             };
             rt.block_on(commands::serve::run(&model, args))
         }

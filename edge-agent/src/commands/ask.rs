@@ -48,7 +48,7 @@ pub async fn run(server: String, req: pb::GenerateRequest) -> anyhow::Result<()>
                 println!(
                     "  [route {} ({}) · prompt {} tok ({} cached) · {} tok · prefill {:.0} tok/s · decode {:.1} tok/s · first token {:.0} ms · shipped {} B up / {} B down · kv {} B · {}]",
                     kind.as_str_name().trim_start_matches("ROUTE_KIND_"),
-                    route.reason,
+                    route_why(&route),
                     f.prompt_tokens,
                     f.cached_prompt_tokens,
                     f.completion_tokens,
@@ -109,6 +109,19 @@ pub struct AskArgs {
     #[arg(long, default_value_t = 0)]
     pub split_layer: u32,
     pub prompt: String,
+}
+
+/// How a route came about: the deciding rule (with the policy version) and its reason.
+fn route_why(route: &seam_shared::proto::common::Route) -> String {
+    let rule = match (route.rule.as_str(), route.policy_version) {
+        ("override" | "default" | "", _) | (_, 0) => String::new(),
+        (rule, v) => format!("rule {rule} of policy v{v}"),
+    };
+    match (rule.is_empty(), route.reason.is_empty()) {
+        (true, _) => route.reason.clone(),
+        (false, true) => rule,
+        (false, false) => format!("{rule}: {}", route.reason),
+    }
 }
 
 /// The wire request for the CLI flags.

@@ -3,7 +3,9 @@
 use super::{SplitArgs, load_engine};
 use crate::perception::{Perception, PerceptionLimits};
 use crate::runtime::kv_cache::KvDtype;
+use crate::server::routing::{DevicePolicy, LinkPrior};
 use crate::server::{self, ServiceLimits, SplitTarget};
+use seam_router::policy::ModelInfo;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -16,6 +18,15 @@ pub struct PerceptionArgs {
     pub max_embed_batch: usize,
 }
 
+/// The routing policy of the agent, if any.
+#[derive(Debug, Clone)]
+pub struct RoutingArgs {
+    pub policy: Option<PathBuf>,
+    /// JSON Lines trace of decisions.
+    pub decisions: Option<PathBuf>,
+    pub prior: LinkPrior,
+}
+
 /// Options of `seam-edge serve`.
 #[derive(Debug, Clone)]
 pub struct ServeArgs {
@@ -25,6 +36,7 @@ pub struct ServeArgs {
     pub kv_budget: usize,
     pub split: SplitArgs,
     pub perception: PerceptionArgs,
+    pub routing: RoutingArgs,
 }
 
 pub async fn run(dir: &Path, args: ServeArgs) -> anyhow::Result<()> {
@@ -68,12 +80,40 @@ pub async fn run(dir: &Path, args: ServeArgs) -> anyhow::Result<()> {
         }
         None => None,
     };
+    let policy = match &args.routing.policy {
+        Some(path) => {
+            let m = engine.model().package().manifest();
+            let model = ModelInfo {
+                layers: m.architecture.n_layer,
+                split_points: m.split_points.clone(),
+            };
+            let p = DevicePolicy::load(
+                path,
+                model,
+                split.is_some(),
+                args.routing.prior,
+                args.routing.decisions.as_deref(),
+            )?;
+            tracing::info!(policy = %path.display(), version = p.version(), "routing policy loaded");
+            Some(p)
+        }
+        None => None,
+    };
     let listener = server::bind(args.listen).await?;
     let addr = listener.local_addr()?;
     // The first line on stdout is the bound address, for scripts and tests that ask for port 0.
     println!("listening on {addr}");
     tracing::info!(%addr, "serving seam.edge.v1.Assistant");
-    server::serve(engine, encoder, listener, limits, split, shutdown_signal()).await?;
+    server::serve(
+        engine,
+        encoder,
+        listener,
+        limits,
+        split,
+        policy,
+        shutdown_signal(),
+    )
+    .await?;
     tracing::info!("drained, bye");
     Ok(())
 }

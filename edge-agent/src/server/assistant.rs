@@ -3,10 +3,12 @@
 
 use super::convert;
 use super::perception::{self, SharedPerception};
+use super::routing::DevicePolicy;
 use crate::error::Error;
 use crate::link::worker::WorkerEndpoint;
 use crate::perception::PerceptionLimits;
 use crate::runtime::engine::{Engine, Route, validate};
+use seam_router::policy::{Decision, Route as PolicyRoute};
 use seam_shared::proto::common::{Route as RouteMsg, RouteKind};
 use seam_shared::proto::edge as pb;
 use seam_shared::proto::edge::assistant_server::Assistant;
@@ -55,7 +57,18 @@ pub struct AssistantService {
     split: Option<SplitTarget>,
     /// Sentence encoder and intent head, when the agent was started with one.
     perception: Option<SharedPerception>,
+    /// The operator's routing policy, when the agent was started with one.
+    policy: Option<Arc<DevicePolicy>>,
     limits: ServiceLimits,
+}
+
+/// How a request's route is settled.
+#[derive(Debug, Clone)]
+enum RouteChoice {
+    /// Already known before the request runs (the app's preference, or no policy).
+    Fixed(RouteMsg),
+    /// By the policy, once the prompt's features are known.
+    Policy(Arc<DevicePolicy>),
 }
 
 impl AssistantService {
@@ -76,8 +89,15 @@ impl AssistantService {
             context,
             split,
             perception: None,
+            policy: None,
             limits,
         }
+    }
+
+    /// Routes requests that leave the route to the device by `policy`.
+    pub fn with_policy(mut self, policy: Arc<DevicePolicy>) -> Self {
+        self.policy = Some(policy);
+        self
     }
 
     /// Serves Embed and Classify with `perception` and reports the intent of every Generate
@@ -88,15 +108,23 @@ impl AssistantService {
     }
 
     /// The route of a request: SPLIT when it asks for it and a worker is configured (at its
-    /// layer or the default), else LOCAL.
-    fn choose_route(&self, ask: &convert::RouteAsk) -> Result<RouteMsg, Error> {
+    /// layer or the default), LOCAL when it asks for that, else the policy's (LOCAL without
+    /// one).
+    fn choose_route(&self, ask: &convert::RouteAsk) -> Result<RouteChoice, Error> {
         if !ask.split {
-            return Ok(RouteMsg {
+            if let (false, Some(p)) = (ask.local, &self.policy) {
+                return Ok(RouteChoice::Policy(p.clone()));
+            }
+            return Ok(RouteChoice::Fixed(RouteMsg {
                 kind: RouteKind::Local as i32,
-                reason: "no routing policy yet: the device runs every layer".into(),
-                rule: "default".into(),
+                reason: if ask.local {
+                    "the app asked for local".into()
+                } else {
+                    "no routing policy configured: the device runs every layer".into()
+                },
+                rule: if ask.local { "override" } else { "default" }.into(),
                 ..Default::default()
-            });
+            }));
         }
         let target = self.split.as_ref().ok_or_else(|| {
             Error::InvalidArgument(
@@ -104,14 +132,37 @@ impl AssistantService {
             )
         })?;
         let layer = ask.layer.unwrap_or(target.default_layer);
-        Ok(RouteMsg {
+        Ok(RouteChoice::Fixed(RouteMsg {
             kind: RouteKind::Split as i32,
             split_layer: layer,
             reason: format!("the app asked for split({layer})"),
             rule: "override".into(),
             policy_version: 0,
-        })
+        }))
     }
+}
+
+/// The route message of a policy decision; a split with no worker configured runs locally.
+fn decided_route(d: &Decision, worker: bool) -> Result<RouteMsg, Error> {
+    let (kind, layer, reason) = match &d.route {
+        PolicyRoute::Local => (RouteKind::Local, 0, d.why.clone()),
+        PolicyRoute::Split { layer } if worker => (RouteKind::Split, *layer, d.why.clone()),
+        PolicyRoute::Split { layer } => (
+            RouteKind::Local,
+            0,
+            format!("split({layer}) chosen, but no cloud worker is configured: local"),
+        ),
+        PolicyRoute::Reject { reason } => {
+            return Err(Error::Rejected(format!("rule {}: {reason}", d.rule)));
+        }
+    };
+    Ok(RouteMsg {
+        kind: kind as i32,
+        split_layer: layer,
+        reason,
+        rule: d.rule.clone(),
+        policy_version: d.policy_version,
+    })
 }
 
 #[tonic::async_trait]
@@ -123,7 +174,7 @@ impl Assistant for AssistantService {
         request: Request<pb::GenerateRequest>,
     ) -> Result<Response<Self::GenerateStream>, Status> {
         let timeout = grpc_timeout(request.metadata());
-        let (mut req, route) =
+        let (mut req, choice) =
             convert::generate_request(request.into_inner(), timeout, Instant::now())
                 .and_then(|(r, ask)| validate(&r, self.context).map(|_| (r, ask)))
                 .and_then(|(r, ask)| Ok((r, self.choose_route(&ask)?)))
@@ -141,35 +192,31 @@ impl Assistant for AssistantService {
         let (tx, rx) = mpsc::channel(64);
         let engine = self.engine.clone();
         let encoder = self.perception.clone();
+        let split = self.split.clone();
+        let observer = self.policy.clone();
+        let handle = tokio::runtime::Handle::current();
         let span = tracing::info_span!(
             "generate",
             prompt_bytes = req.prompt.len(),
             max_tokens = req.max_tokens,
-            route = route.kind,
-            split_layer = route.split_layer
         );
-        tracing::info!(parent: &span, rule = %route.rule, reason = %route.reason, "route chosen");
-        let mut link = (route.kind == RouteKind::Split as i32)
-            .then_some(self.split.as_ref())
-            .flatten()
-            .map(|t| (t.endpoint.link(tokio::runtime::Handle::current()), t.wire));
         if req.draft_tokens.is_none() {
             req.draft_tokens = self.split.as_ref().and_then(|t| t.draft_default);
         }
         tokio::task::spawn_blocking(move || {
             let _enter = span.enter();
             let _permit = permit;
+            let fail = |e: Error| {
+                tracing::info!(error = %e, "generate refused");
+                let _ = tx.blocking_send(Err(e.to_status()));
+            };
             // The features the route is chosen on, computed once per request.
             let intent = match encoder
                 .as_ref()
                 .map(|p| perception::prompt_intent(p, &req.prompt))
             {
                 Some(Ok((c, took))) => Some((c, took)),
-                Some(Err(e)) => {
-                    tracing::warn!(error = %e, "intent classification failed");
-                    let _ = tx.blocking_send(Err(e.to_status()));
-                    return;
-                }
+                Some(Err(e)) => return fail(e),
                 None => None,
             };
             if let Some((c, took)) = &intent {
@@ -182,6 +229,36 @@ impl Assistant for AssistantService {
                 );
             }
             let mut engine = engine.lock().unwrap_or_else(|e| e.into_inner());
+            let (route, features) = match &choice {
+                RouteChoice::Fixed(r) => (r.clone(), None),
+                RouteChoice::Policy(p) => {
+                    let prompt_tokens = match engine.prompt_tokens(&req) {
+                        Ok(ids) => ids.len() as u32,
+                        Err(e) => return fail(e),
+                    };
+                    let f = p.features(
+                        intent.as_ref().map(|(c, _)| c),
+                        prompt_tokens,
+                        req.max_tokens,
+                        std::time::SystemTime::now(),
+                    );
+                    match decided_route(&p.decide(&f), split.is_some()) {
+                        Ok(r) => (r, Some(f)),
+                        Err(e) => return fail(e),
+                    }
+                }
+            };
+            tracing::info!(
+                route = route.kind,
+                split_layer = route.split_layer,
+                rule = %route.rule,
+                reason = %route.reason,
+                "route chosen"
+            );
+            let mut link = (route.kind == RouteKind::Split as i32)
+                .then_some(split.as_ref())
+                .flatten()
+                .map(|t| (t.endpoint.link(handle.clone()), t.wire));
             let routed = match &mut link {
                 Some((link, wire)) => Route::Split {
                     layer: route.split_layer,
@@ -204,11 +281,16 @@ impl Assistant for AssistantService {
                         finish = ?stats.finish,
                         "generate done"
                     );
+                    // Every request measures the device and the link, whoever chose its route.
+                    if let Some(p) = &observer {
+                        p.observe(&stats);
+                    }
                     let (c, took) =
                         intent.map_or((None, Default::default()), |(c, t)| (Some(c), t));
                     Ok(convert::final_event(
                         &stats,
                         c.as_ref(),
+                        features.as_ref(),
                         req.max_tokens,
                         took,
                         route,

@@ -18,6 +18,8 @@ pub const MAX_PROMPT_BYTES: usize = 256 << 10;
 pub struct RouteAsk {
     /// Route preference SPLIT.
     pub split: bool,
+    /// Route preference LOCAL.
+    pub local: bool,
     /// The split layer it named, if any.
     pub layer: Option<u32>,
 }
@@ -39,6 +41,7 @@ pub fn generate_request(
         .map_err(|_| Error::InvalidArgument(format!("unknown route preference {}", req.route)))?;
     let ask = RouteAsk {
         split: preference == pb::RoutePreference::Split,
+        local: preference == pb::RoutePreference::Local,
         layer: (req.split_layer > 0).then_some(req.split_layer),
     };
     let s = req.sampling.unwrap_or_default();
@@ -78,6 +81,7 @@ pub fn generate_request(
 pub fn final_event(
     stats: &GenerateStats,
     intent: Option<&Classification>,
+    features: Option<&seam_router::policy::Features>,
     max_tokens: u32,
     route_time: Duration,
     route: Route,
@@ -114,6 +118,7 @@ pub fn final_event(
             route: Some(route),
             features: Some(route_features(
                 intent,
+                features,
                 stats.prompt_tokens as u32,
                 max_tokens,
             )),
@@ -178,6 +183,7 @@ mod tests {
             ask,
             RouteAsk {
                 split: true,
+                local: false,
                 layer: Some(8)
             }
         );

@@ -4,6 +4,7 @@
 mod assistant;
 mod convert;
 pub mod perception;
+pub mod routing;
 
 pub use assistant::{AssistantService, ServiceLimits, SplitTarget};
 
@@ -17,16 +18,21 @@ pub const MAX_REQUEST_BYTES: usize = 1 << 20;
 
 /// Serves the Assistant API on `listener` until `shutdown` resolves, then drains. With a
 /// `perception` (sentence encoder and intent head) Embed and Classify work and Generate reports
-/// the intent of its prompt.
+/// the intent of its prompt; with a `policy` requests that leave the route to the device are
+/// routed by it.
 pub async fn serve(
     engine: Engine,
     perception: Option<crate::perception::Perception>,
     listener: tokio::net::TcpListener,
     limits: ServiceLimits,
     split: Option<SplitTarget>,
+    policy: Option<routing::DevicePolicy>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let mut service = AssistantService::new(Arc::new(Mutex::new(engine)), limits, split);
+    if let Some(p) = policy {
+        service = service.with_policy(Arc::new(p));
+    }
     if let Some(p) = perception {
         service = service.with_perception(Arc::new(Mutex::new(p)));
     }

@@ -107,6 +107,7 @@ pub fn prompt_intent(p: &SharedPerception, prompt: &str) -> Result<(Classificati
 /// Routing features of a request from its intent (if an encoder is loaded) and its lengths.
 pub fn route_features(
     intent: Option<&Classification>,
+    policy: Option<&seam_router::policy::Features>,
     prompt_tokens: u32,
     max_tokens: u32,
 ) -> RouteFeatures {
@@ -115,6 +116,20 @@ pub fn route_features(
         max_tokens,
         ..Default::default()
     };
+    if let Some(p) = policy {
+        use seam_router::policy::Thermal;
+        use seam_shared::proto::common::ThermalState;
+        f.battery = Some(p.battery as f32);
+        f.thermal = match p.thermal {
+            Thermal::Nominal => ThermalState::Nominal,
+            Thermal::Fair => ThermalState::Fair,
+            Thermal::Serious => ThermalState::Serious,
+            Thermal::Critical => ThermalState::Critical,
+        } as i32;
+        f.rtt_ms = p.rtt_ms as f32;
+        f.bandwidth_bps = (p.bandwidth_mbps * 1e6) as u64;
+        f.local_tokens_per_s = p.local_tokens_per_s as f32;
+    }
     if let Some(c) = intent {
         f.intent = c.intent.clone();
         f.domain = c.domain.clone();

@@ -93,8 +93,8 @@ impl CostModel {
     }
 
     /// Estimated time to answer `f` locally and split at each of `split_points` of a model of
-    /// `layers` layers, and the choice. Without a link, a decode speed or enough quota, split
-    /// is not an option.
+    /// `layers` layers, and the choice. Without a link or enough quota split is not an option;
+    /// without a measured local speed the choice is local.
     pub fn estimate(&self, f: &Features, layers: u32, split_points: &[u32]) -> Estimate {
         let decode = f.local_tokens_per_s;
         let prompt = f64::from(f.prompt_tokens);
@@ -130,8 +130,10 @@ impl CostModel {
             .iter()
             .filter(|(_, ms)| ms.is_finite())
             .min_by(|a, b| a.1.total_cmp(&b.1));
+        // An unmeasured device speed keeps the request local: the cheaper guess for the cloud
+        // budget, and the one that measures the speed.
         let choice = match best {
-            Some(&(k, ms)) if ms < local_ms * (1.0 - self.cloud_margin) => Some(k),
+            Some(&(k, ms)) if decode > 0.0 && ms < local_ms * (1.0 - self.cloud_margin) => Some(k),
             _ => None,
         };
         Estimate {
@@ -190,6 +192,9 @@ mod tests {
         let mut broke = f.clone();
         broke.cloud_quota_left = 127;
         assert_eq!(m.estimate(&broke, 30, &[8]).choice, None);
+        let mut unmeasured = f.clone();
+        unmeasured.local_tokens_per_s = 0.0;
+        assert_eq!(m.estimate(&unmeasured, 30, &[8]).choice, None);
     }
 
     #[test]
