@@ -72,6 +72,9 @@ pub fn package_dir_for(f32_compute: bool) -> PathBuf {
             // The exact graphs check arithmetic, not drafting: no exit heads (fitting on them
             // would take minutes).
             calibration: (!f32_compute).then(prose_path),
+            // Enough for heads that draft (the tests check losslessness, not acceptance), a
+            // quarter of the shipped calibration to keep the debug-build import short.
+            calibration_tokens: crate::import::CALIBRATION_TOKENS / 4,
         },
     )
     .expect("importing the test package");

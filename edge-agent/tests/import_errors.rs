@@ -11,6 +11,7 @@ fn options() -> ImportOptions {
         progress: false,
         f32_compute: false,
         calibration: None,
+        calibration_tokens: seam_edge::import::CALIBRATION_TOKENS,
     }
 }
 

@@ -26,6 +26,7 @@ pub fn import(
             progress: true,
             f32_compute,
             calibration: calibration.map(Path::to_path_buf),
+            calibration_tokens: crate::import::CALIBRATION_TOKENS,
         },
     )
     .with_context(|| format!("importing {}", gguf.display()))?;

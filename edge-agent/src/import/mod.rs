@@ -34,12 +34,14 @@ pub struct ImportOptions {
     pub f32_compute: bool,
     /// Prose to fit the early-exit heads on (speculative drafting); `None`: no heads.
     pub calibration: Option<std::path::PathBuf>,
+    /// Tokens of the calibration prose used (its last ones; a fifth of them held out to
+    /// measure acceptance), normally [`CALIBRATION_TOKENS`].
+    pub calibration_tokens: usize,
 }
 
-/// Tokens of the calibration text used for the exit heads (its last ones), and how many of
-/// those are held out to measure acceptance.
+/// Tokens of the calibration text used for the exit heads (its last ones); a fifth of them
+/// (2048) are held out to measure acceptance.
 pub const CALIBRATION_TOKENS: usize = 10_240;
-pub const HELDOUT_TOKENS: usize = 2_048;
 
 /// Summary of an import.
 #[derive(Debug, Clone)]
@@ -201,7 +203,7 @@ pub fn import_gguf(gguf_path: &Path, out: &Path, opts: &ImportOptions) -> Result
     let mut digest = package::write_manifest(out, &manifest)?;
     let mut exit_heads = Vec::new();
     if let Some(text) = &opts.calibration {
-        let fits = fit_exit_heads_into(out, text, opts.progress)?;
+        let fits = fit_exit_heads_into(out, text, opts.calibration_tokens, opts.progress)?;
         for f in &fits {
             let rel = format!("exit/k{}.f32", f.head.layer());
             let data: Vec<u8> = f
@@ -237,9 +239,14 @@ pub fn import_gguf(gguf_path: &Path, out: &Path, opts: &ImportOptions) -> Result
     })
 }
 
-/// Loads the package just written in `dir` and fits its exit heads on the last
-/// [`CALIBRATION_TOKENS`] tokens of the text at `text`.
-fn fit_exit_heads_into(dir: &Path, text: &Path, progress: bool) -> Result<Vec<exit_fit::ExitFit>> {
+/// Loads the package just written in `dir` and fits its exit heads on the last `count` tokens
+/// of the text at `text`, holding out a fifth of them.
+fn fit_exit_heads_into(
+    dir: &Path,
+    text: &Path,
+    count: usize,
+    progress: bool,
+) -> Result<Vec<exit_fit::ExitFit>> {
     let prose = std::fs::read_to_string(text).map_err(|e| Error::io(text, e))?;
     let mut model = Model::load(dir, &LoadOptions::default())?;
     let ids = model
@@ -248,8 +255,8 @@ fn fit_exit_heads_into(dir: &Path, text: &Path, progress: bool) -> Result<Vec<ex
         .map_err(|e| Error::Tokenizer(e.to_string()))?
         .get_ids()
         .to_vec();
-    let tokens = &ids[ids.len().saturating_sub(CALIBRATION_TOKENS)..];
-    exit_fit::fit_exit_heads(&mut model, tokens, HELDOUT_TOKENS, |done, total| {
+    let tokens = &ids[ids.len().saturating_sub(count)..];
+    exit_fit::fit_exit_heads(&mut model, tokens, tokens.len() / 5, |done, total| {
         if progress {
             eprint!("\rimport: fitting exit heads, window {done}/{total}   ");
         }
