@@ -66,8 +66,7 @@ impl DevicePolicy {
         prior: LinkPrior,
         trace: Option<&Path>,
     ) -> Result<Self> {
-        let policy = Policy::from_file(path)
-            .map_err(|e| Error::InvalidArgument(format!("{}: {e}", path.display())))?;
+        let policy = Policy::from_file(path).map_err(|e| Error::InvalidArgument(e.to_string()))?;
         let trace = trace
             .map(|p| {
                 std::fs::OpenOptions::new()
@@ -110,7 +109,6 @@ impl DevicePolicy {
         max_tokens: u32,
         now: std::time::SystemTime,
     ) -> Features {
-        let m = self.measured.lock().unwrap_or_else(|e| e.into_inner());
         let (intent, domain, confidence, oos) = match intent {
             Some(c) => (
                 c.intent.clone(),
@@ -124,6 +122,8 @@ impl DevicePolicy {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
+        let (battery, thermal) = (battery(&self.sysfs).unwrap_or(1.0), thermal(&self.sysfs));
+        let m = self.measured.lock().unwrap_or_else(|e| e.into_inner());
         Features {
             intent,
             domain,
@@ -131,8 +131,8 @@ impl DevicePolicy {
             out_of_scope: oos,
             prompt_tokens,
             max_tokens,
-            battery: battery(&self.sysfs).unwrap_or(1.0),
-            thermal: thermal(&self.sysfs),
+            battery,
+            thermal,
             link_up: self.link,
             rtt_ms: if self.link { m.rtt_ms } else { 0.0 },
             bandwidth_mbps: if self.link { m.bandwidth_mbps } else { 0.0 },

@@ -113,12 +113,8 @@ impl CostModel {
                     return (k, f64::INFINITY);
                 }
                 let share = f64::from(k) / f64::from(layers);
-                let device_ms = if decode > 0.0 {
-                    1000.0 * share * (prompt / (decode * self.prefill_speedup) + tokens / decode)
-                } else {
-                    // No measured speed: assume the device side costs nothing extra.
-                    0.0
-                };
+                // The device runs its share of the layers for the prompt and every token.
+                let device_ms = share * local_ms;
                 // Mbit/s = 125 bytes per ms per Mbit/s.
                 let upload_ms = prompt * self.hidden_bytes_per_token / (f.bandwidth_mbps * 125.0);
                 let round_trips = (tokens / self.tokens_per_round_trip).ceil().max(1.0);
@@ -130,10 +126,10 @@ impl CostModel {
             .iter()
             .filter(|(_, ms)| ms.is_finite())
             .min_by(|a, b| a.1.total_cmp(&b.1));
-        // An unmeasured device speed keeps the request local: the cheaper guess for the cloud
-        // budget, and the one that measures the speed.
+        // An unmeasured device speed makes every estimate infinite and keeps the request
+        // local: the cheaper guess for the cloud budget, and the one that measures the speed.
         let choice = match best {
-            Some(&(k, ms)) if decode > 0.0 && ms < local_ms * (1.0 - self.cloud_margin) => Some(k),
+            Some(&(k, ms)) if ms < local_ms * (1.0 - self.cloud_margin) => Some(k),
             _ => None,
         };
         Estimate {

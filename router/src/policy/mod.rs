@@ -86,7 +86,10 @@ impl Policy {
             )));
         }
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        Policy::parse(&text)
+        Policy::parse(&text).map_err(|e| match e {
+            Error::Policy(m) => Error::Policy(format!("{}: {m}", path.display())),
+            other => other,
+        })
     }
 
     /// Parses and compiles policy text; every problem is an error naming the rule or field.
