@@ -9,21 +9,18 @@ pub enum Error {
     /// A decision trace that cannot be read (line number in the message).
     #[error("trace: {0}")]
     Trace(String),
-    /// Reading a file failed.
-    #[error("{path}: {source}")]
-    Io {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
+    /// Reading a file failed (the I/O error is part of the message, not a separate source,
+    /// so that error chains do not print it twice).
+    #[error("{path}: {error}")]
+    Io { path: String, error: std::io::Error },
 }
 
 impl Error {
     /// An I/O error on `path`.
-    pub fn io(path: &std::path::Path, source: std::io::Error) -> Self {
+    pub fn io(path: &std::path::Path, error: std::io::Error) -> Self {
         Error::Io {
             path: path.display().to_string(),
-            source,
+            error,
         }
     }
 }
