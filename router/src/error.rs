@@ -13,6 +13,15 @@ pub enum Error {
     /// so that error chains do not print it twice).
     #[error("{path}: {error}")]
     Io { path: String, error: std::io::Error },
+    /// A configuration file that cannot be used (the key and the problem in the message).
+    #[error("config: {0}")]
+    Config(String),
+    /// Certificates or keys that cannot be made, read or used.
+    #[error("tls: {0}")]
+    Tls(String),
+    /// A listener or connection that cannot be set up.
+    #[error("{0}")]
+    Net(String),
 }
 
 impl Error {

@@ -1,9 +1,26 @@
-//! `seam-router`, the regional gateway. This crate holds the operators' routing policy: an
-//! I/O-free evaluator of ordered rules (CEL conditions over the request features, actions
-//! `local`, `split`, `split(K)`, `reject`, `auto`) with the cost model behind `auto`, shared by
-//! the gateway and the edge agent, and the replay of recorded decisions against a new policy.
+//! `seam-router`, the regional gateway. Devices reach it over QUIC or gRPC with mTLS
+//! ([`quic`], [`grpc`], both over the transport-free handlers of [`core`]); it distributes the
+//! operators' routing [`policy`] ([`policy_store`]: hot reload, versions, push), admits split
+//! sessions and relays their steps ([`relay`]) to a [`pool`] of cloud workers, and serves the
+//! operators' [`admin`] API and Prometheus [`metrics`]. The policy evaluator is I/O-free and
+//! shared with the edge agent, which also uses the device-side [`client`].
 
+pub mod admin;
+pub mod certs;
+pub mod client;
+pub mod config;
+pub mod core;
 pub mod error;
+pub mod grpc;
+pub mod identity;
+pub mod metrics;
 pub mod policy;
+pub mod policy_store;
+pub mod pool;
+pub mod quic;
+pub mod relay;
+pub mod serve;
+pub mod sessions;
+pub mod tls;
 
 pub use error::{Error, Result};

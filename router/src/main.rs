@@ -1,5 +1,5 @@
-//! `seam-router`: the regional gateway's command line. Today: checking a routing policy and
-//! replaying recorded decisions against it.
+//! `seam-router`: the regional gateway's command line: `serve` the gateway, make dev
+//! certificates, check a routing policy and replay recorded decisions against it.
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -17,6 +17,28 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Runs the gateway (device endpoint on gRPC and QUIC, admin API, /metrics).
+    Serve {
+        /// Configuration file (see deploy/config/router.toml).
+        #[arg(long)]
+        config: PathBuf,
+        /// Log as JSON lines.
+        #[arg(long)]
+        log_json: bool,
+    },
+    /// Writes a development CA, the gateway's certificate and device certificates (PEM).
+    Certs {
+        /// Directory to write ca.pem/.key, gateway.pem/.key and <device>.pem/.key into.
+        #[arg(long)]
+        out: PathBuf,
+        /// A device id to make a client certificate for (repeatable).
+        #[arg(long = "device")]
+        devices: Vec<String>,
+        /// An extra DNS name or IP address of the gateway (repeatable; localhost and
+        /// 127.0.0.1 are always included).
+        #[arg(long = "name")]
+        names: Vec<String>,
+    },
     /// Routing policies.
     #[command(subcommand)]
     Policy(PolicyCommand),
@@ -51,6 +73,28 @@ fn main() -> std::process::ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Serve { config, log_json } => {
+            seam_shared::telemetry::init("info", log_json);
+            let cfg = seam_router::config::RouterConfig::load(&config)?;
+            let mut rt = tokio::runtime::Builder::new_multi_thread();
+            if cfg.threads > 0 {
+                rt.worker_threads(cfg.threads);
+            }
+            let rt = rt.enable_all().build().context("starting the runtime")?;
+            rt.block_on(seam_router::serve::serve(cfg, shutdown_signal()))?;
+            Ok(())
+        }
+        Command::Certs {
+            out,
+            devices,
+            names,
+        } => {
+            let files = seam_router::certs::write_dev_certs(&out, &names, &devices)?;
+            for f in files {
+                println!("wrote {f}");
+            }
+            Ok(())
+        }
         Command::Policy(PolicyCommand::Check { file }) => check(&file),
         Command::Policy(PolicyCommand::Replay { file, trace, show }) => {
             let policy = Policy::from_file(&file)?;
@@ -128,4 +172,20 @@ fn check(file: &std::path::Path) -> anyhow::Result<()> {
         VARIABLES.map(|(n, t)| format!("{n} ({t})")).join(", ")
     );
     Ok(())
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
 }
