@@ -69,6 +69,9 @@ pub enum Error {
     /// The routing policy refused the request (rule and reason in the message).
     #[error("rejected by the routing policy: {0}")]
     Rejected(String),
+    /// The gateway did not admit a split session; the request runs on the device.
+    #[error("the gateway says go local: {reason}")]
+    GoLocal { reason: String, retry_after_ms: u64 },
 }
 
 impl Error {
@@ -96,7 +99,7 @@ impl Error {
             Error::Dataset(_) => Code::InvalidArgument,
             Error::NotConfigured(_) | Error::Rejected(_) => Code::FailedPrecondition,
             Error::Ort(_) | Error::Tokenizer(_) | Error::Io { .. } => Code::Internal,
-            Error::Unavailable(_) => Code::Unavailable,
+            Error::Unavailable(_) | Error::GoLocal { .. } => Code::Unavailable,
             Error::Remote { code, .. } => *code,
         };
         let mut status = tonic::Status::new(code, self.to_string());
@@ -105,7 +108,9 @@ impl Error {
                 retry_after: Some(d),
                 ..
             } => d.as_millis() as u64,
-            Error::Remote { retry_after_ms, .. } => *retry_after_ms,
+            Error::Remote { retry_after_ms, .. } | Error::GoLocal { retry_after_ms, .. } => {
+                *retry_after_ms
+            }
             _ => 0,
         };
         if retry_ms > 0

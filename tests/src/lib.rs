@@ -164,3 +164,138 @@ pub async fn token_ids(
     }
     (ids, fin.expect("final event"))
 }
+
+/// The `seam-router` binary of the build that runs the tests.
+pub fn router_bin() -> PathBuf {
+    bin("seam-router")
+}
+
+/// A running `seam-router serve` with dev certificates for devices `dev-a` and `dev-b`, killed on
+/// drop. Its directory holds `router.toml`, `policy.toml`, `ca.pem`, `dev-a.pem`, `dev-a.key`, ….
+pub struct RouterProcess {
+    child: Child,
+    pub dir: PathBuf,
+    /// `127.0.0.1:port` (TCP for gRPC, UDP for QUIC).
+    pub gateway: String,
+    pub admin: String,
+    pub metrics: String,
+    logs: Arc<Mutex<Vec<String>>>,
+}
+
+impl RouterProcess {
+    /// Starts the gateway in `dir` with `policy` as its policy file, in front of `workers`.
+    pub fn start(dir: &Path, policy: &str, workers: &[&str]) -> RouterProcess {
+        let _ = std::fs::remove_dir_all(dir);
+        std::fs::create_dir_all(dir).unwrap();
+        seam_router::certs::write_dev_certs(dir, &[], &["dev-a".into(), "dev-b".into()]).unwrap();
+        std::fs::write(dir.join("policy.toml"), policy).unwrap();
+        std::fs::write(dir.join("admin-token"), "test-admin-token-0123456789").unwrap();
+        let list: Vec<String> = workers
+            .iter()
+            .map(|w| format!("{:?}", w.trim_start_matches("http://")))
+            .collect();
+        let cfg = format!(
+            "listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\n\
+             policy = \"policy.toml\"\npolicy_poll_ms = 200\n\
+             [tls]\ncert = \"gateway.pem\"\nkey = \"gateway.key\"\nclient_ca = \"ca.pem\"\n\
+             [admin]\ntoken_file = \"admin-token\"\n\
+             [workers]\nstatic = [{}]\nhealth_every_ms = 250\n",
+            list.join(", ")
+        );
+        std::fs::write(dir.join("router.toml"), cfg).unwrap();
+        let mut child = Command::new(router_bin())
+            .args(["serve", "--config"])
+            .arg(dir.join("router.toml"))
+            .env("SEAM_LOG", "info")
+            .env_remove("SEAM_ADMIN_TOKEN")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawning seam-router serve");
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let stderr = child.stderr.take().expect("stderr");
+        {
+            let logs = logs.clone();
+            std::thread::spawn(move || {
+                for l in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    logs.lock().unwrap().push(l);
+                }
+            });
+        }
+        let (tx, rx) = mpsc::channel();
+        let stdout = child.stdout.take().expect("stdout");
+        std::thread::spawn(move || {
+            for l in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(l);
+            }
+        });
+        let mut found = std::collections::HashMap::new();
+        while found.len() < 3 {
+            match rx.recv_timeout(START_TIMEOUT) {
+                Ok(l) => {
+                    let mut w = l.split_whitespace();
+                    if let (Some("listening"), Some(what), Some(addr)) =
+                        (w.next(), w.next(), w.next())
+                    {
+                        found.insert(what.to_string(), addr.to_string());
+                    }
+                }
+                Err(_) => {
+                    let _ = child.kill();
+                    panic!(
+                        "seam-router did not start:\n{}",
+                        logs.lock().unwrap().join("\n")
+                    );
+                }
+            }
+        }
+        RouterProcess {
+            child,
+            dir: dir.to_path_buf(),
+            gateway: found["gateway"].clone(),
+            admin: found["admin"].clone(),
+            metrics: found["metrics"].clone(),
+            logs,
+        }
+    }
+
+    /// The `seam-edge` flags that connect a device (`dev-a`) to this gateway.
+    pub fn device_flags(&self, device: &str) -> Vec<String> {
+        let f = |n: &str| self.dir.join(n).display().to_string();
+        vec![
+            "--gateway".into(),
+            self.gateway.clone(),
+            "--gateway-ca".into(),
+            f("ca.pem"),
+            "--device-cert".into(),
+            f(&format!("{device}.pem")),
+            "--device-key".into(),
+            f(&format!("{device}.key")),
+        ]
+    }
+
+    pub fn logs(&self) -> String {
+        self.logs.lock().unwrap().join("\n")
+    }
+
+    /// Waits (bounded) for a log line containing `needle`.
+    pub fn wait_for_log(&self, needle: &str, timeout: Duration) -> bool {
+        let end = std::time::Instant::now() + timeout;
+        loop {
+            if self.logs().contains(needle) {
+                return true;
+            }
+            if std::time::Instant::now() > end {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for RouterProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

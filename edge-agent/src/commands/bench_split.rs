@@ -116,12 +116,18 @@ pub fn run(dir: &Path, args: &SplitBenchArgs) -> anyhow::Result<()> {
         device_id: "bench".into(),
         no_speculative: false,
         draft_tokens: None,
+        gateway: None,
+        gateway_ca: None,
+        device_cert: None,
+        device_key: None,
+        transport: crate::link::gateway::TransportChoice::Auto,
     };
     let (endpoint, layer) = {
         let _context = runtime.enter();
-        split
-            .resolve(&engine)?
-            .context("bench-split needs a worker")?
+        match split.resolve(&engine)? {
+            Some((crate::link::CloudEndpoint::Worker(w), layer)) => (*w, layer),
+            _ => anyhow::bail!("bench-split needs a worker"),
+        }
     };
     println!(
         "split at layer {layer} of {}, worker {} ({}), {} thread(s) on the device",

@@ -37,7 +37,7 @@ pub fn run(dir: &Path, req: GenerateRequest, args: &GenerateArgs) -> anyhow::Res
         (Some(link), Some((_, layer))) => Route::Split {
             layer: *layer,
             wire: args.split.wire,
-            link,
+            link: &mut **link,
         },
         _ => Route::Local,
     };

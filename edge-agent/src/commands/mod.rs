@@ -10,6 +10,8 @@ pub mod perception;
 pub mod perplexity;
 pub mod serve;
 
+use crate::link::CloudEndpoint;
+use crate::link::gateway::{GatewayEndpoint, GatewayOptions};
 use crate::link::worker::WorkerEndpoint;
 use crate::runtime::budget::KvBudget;
 use crate::runtime::engine::Engine;
@@ -41,8 +43,24 @@ pub fn load_engine(
 #[derive(Debug, Clone, clap::Args)]
 pub struct SplitArgs {
     /// A seam-worker to split with, e.g. http://127.0.0.1:50061.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "gateway")]
     pub worker: Option<String>,
+    /// The regional gateway (host:port; QUIC on UDP, gRPC on TCP), with --gateway-ca,
+    /// --device-cert and --device-key.
+    #[arg(long, requires_all = ["gateway_ca", "device_cert", "device_key"])]
+    pub gateway: Option<String>,
+    /// CA certificate (PEM) the gateway's certificate must chain to.
+    #[arg(long)]
+    pub gateway_ca: Option<std::path::PathBuf>,
+    /// This device's client certificate (PEM; its DNS name `<id>.device.seam` is the device id).
+    #[arg(long)]
+    pub device_cert: Option<std::path::PathBuf>,
+    /// This device's private key (PEM).
+    #[arg(long)]
+    pub device_key: Option<std::path::PathBuf>,
+    /// Transport to the gateway: QUIC with gRPC fallback, or only one of them.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub transport: crate::link::gateway::TransportChoice,
     /// Split layer K (one of the package's split points; default: the smallest).
     #[arg(long)]
     pub split: Option<u32>,
@@ -71,13 +89,13 @@ impl SplitArgs {
         }
     }
 
-    /// The worker endpoint and split layer, when `--worker` is given; `--split` without it is
-    /// an error.
-    pub fn resolve(&self, engine: &Engine) -> anyhow::Result<Option<(WorkerEndpoint, u32)>> {
-        let Some(addr) = &self.worker else {
-            anyhow::ensure!(self.split.is_none(), "--split needs --worker");
+    /// The cloud endpoint and split layer, when `--worker` or `--gateway` is given; `--split`
+    /// without either is an error.
+    pub fn resolve(&self, engine: &Engine) -> anyhow::Result<Option<(CloudEndpoint, u32)>> {
+        if self.worker.is_none() && self.gateway.is_none() {
+            anyhow::ensure!(self.split.is_none(), "--split needs --worker or --gateway");
             return Ok(None);
-        };
+        }
         let package = engine.model().package();
         let points = &package.manifest().split_points;
         let layer = match self.split {
@@ -91,7 +109,30 @@ impl SplitArgs {
             points.contains(&layer),
             "--split {layer} is not a split point of this package ({points:?})"
         );
-        let endpoint = WorkerEndpoint::new(addr, package.digest(), &self.device_id)?;
+        let endpoint = match (&self.worker, &self.gateway) {
+            (Some(addr), _) => CloudEndpoint::Worker(Box::new(WorkerEndpoint::new(
+                addr,
+                package.digest(),
+                &self.device_id,
+            )?)),
+            (None, Some(addr)) => {
+                let need = |p: &Option<std::path::PathBuf>, flag: &str| {
+                    p.clone()
+                        .ok_or_else(|| anyhow::anyhow!("--gateway needs {flag}"))
+                };
+                CloudEndpoint::Gateway(GatewayEndpoint::new(
+                    GatewayOptions {
+                        addr: addr.clone(),
+                        ca: need(&self.gateway_ca, "--gateway-ca")?,
+                        cert: need(&self.device_cert, "--device-cert")?,
+                        key: need(&self.device_key, "--device-key")?,
+                        transport: self.transport,
+                    },
+                    package.digest(),
+                )?)
+            }
+            (None, None) => return Ok(None),
+        };
         Ok(Some((endpoint, layer)))
     }
 }

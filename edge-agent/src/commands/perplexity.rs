@@ -63,7 +63,7 @@ pub fn run(dir: &Path, file: &Path, args: &PerplexityArgs) -> anyhow::Result<()>
             let mut link = endpoint.link(runtime.handle().clone());
             let (p, c) = split_perplexity(
                 &mut model,
-                &mut link,
+                &mut *link,
                 layer,
                 args.split.wire,
                 &tokens,

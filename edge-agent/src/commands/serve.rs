@@ -1,13 +1,16 @@
 //! `seam-edge serve`: the app API on a local port until SIGTERM or Ctrl-C, then drain.
 
 use super::{SplitArgs, load_engine};
+use crate::link::CloudEndpoint;
 use crate::perception::{Perception, PerceptionLimits};
 use crate::runtime::kv_cache::KvDtype;
 use crate::server::routing::{DevicePolicy, LinkPrior};
 use crate::server::{self, ServiceLimits, SplitTarget};
-use seam_router::policy::ModelInfo;
+use seam_router::policy::{ModelInfo, Policy};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
 
 /// The sentence encoder of the agent, if any.
 #[derive(Debug, Clone)]
@@ -80,13 +83,17 @@ pub async fn run(dir: &Path, args: ServeArgs) -> anyhow::Result<()> {
         }
         None => None,
     };
-    let policy = match &args.routing.policy {
-        Some(path) => {
-            let m = engine.model().package().manifest();
-            let model = ModelInfo {
-                layers: m.architecture.n_layer,
-                split_points: m.split_points.clone(),
-            };
+    let m = engine.model().package().manifest();
+    let model = ModelInfo {
+        layers: m.architecture.n_layer,
+        split_points: m.split_points.clone(),
+    };
+    let gateway = match split.as_ref().map(|t| &t.endpoint) {
+        Some(CloudEndpoint::Gateway(g)) => Some(g.clone()),
+        _ => None,
+    };
+    let policy = match (&args.routing.policy, &gateway) {
+        (Some(path), _) => {
             let p = DevicePolicy::load(
                 path,
                 model,
@@ -95,10 +102,44 @@ pub async fn run(dir: &Path, args: ServeArgs) -> anyhow::Result<()> {
                 args.routing.decisions.as_deref(),
             )?;
             tracing::info!(policy = %path.display(), version = p.version(), "routing policy loaded");
-            Some(p)
+            Some(Arc::new(p))
         }
-        None => None,
+        (None, Some(g)) => {
+            // No local file: the gateway's policy, or "local" until it can be fetched.
+            let fetched = tokio::time::timeout(Duration::from_secs(5), async {
+                let c = g.client().await?;
+                c.get_policy(0)
+                    .await
+                    .map_err(|e| crate::error::Error::Unavailable(e.message().to_string()))
+            })
+            .await;
+            let policy = match fetched {
+                Ok(Ok(p)) if p.version > 0 => {
+                    tracing::info!(version = p.version, "routing policy from the gateway");
+                    Policy::parse(&p.policy_toml)?
+                }
+                other => {
+                    tracing::warn!(outcome = ?other.map(|r| r.map(|p| p.version)), "no policy from the gateway yet; routing locally until it pushes one");
+                    let k = model.split_points.iter().min().copied().unwrap_or(1);
+                    Policy::parse(&format!(
+                        "version = 0\ndefault_split = {k}\ndefault = \"local\"\n"
+                    ))?
+                }
+            };
+            let p = DevicePolicy::new(
+                policy,
+                model,
+                true,
+                args.routing.prior,
+                args.routing.decisions.as_deref(),
+            )?;
+            Some(Arc::new(p))
+        }
+        (None, None) => None,
     };
+    if let Some(g) = &gateway {
+        g.spawn_background(policy.clone());
+    }
     let listener = server::bind(args.listen).await?;
     let addr = listener.local_addr()?;
     // The first line on stdout is the bound address, for scripts and tests that ask for port 0.

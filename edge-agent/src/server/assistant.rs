@@ -5,7 +5,7 @@ use super::convert;
 use super::perception::{self, SharedPerception};
 use super::routing::DevicePolicy;
 use crate::error::Error;
-use crate::link::worker::WorkerEndpoint;
+use crate::link::CloudEndpoint;
 use crate::perception::PerceptionLimits;
 use crate::runtime::engine::{Engine, Route, validate};
 use seam_router::policy::{Decision, Route as PolicyRoute};
@@ -40,7 +40,7 @@ impl Default for ServiceLimits {
 /// The cloud worker that requests routed SPLIT continue on.
 #[derive(Debug, Clone)]
 pub struct SplitTarget {
-    pub endpoint: WorkerEndpoint,
+    pub endpoint: CloudEndpoint,
     /// Split layer when a request names none.
     pub default_layer: u32,
     pub wire: WireDtype,
@@ -229,7 +229,7 @@ impl Assistant for AssistantService {
                 );
             }
             let mut engine = engine.lock().unwrap_or_else(|e| e.into_inner());
-            let (route, features) = match &choice {
+            let (mut route, features) = match &choice {
                 RouteChoice::Fixed(r) => (r.clone(), None),
                 RouteChoice::Policy(p) => {
                     let prompt_tokens = match engine.prompt_tokens(&req) {
@@ -263,14 +263,26 @@ impl Assistant for AssistantService {
                 Some((link, wire)) => Route::Split {
                     layer: route.split_layer,
                     wire: *wire,
-                    link,
+                    link: &mut **link,
                 },
                 None => Route::Local,
             };
-            let result = engine.generate_routed(&req, routed, |t| {
+            let mut result = engine.generate_routed(&req, routed, |t| {
                 tx.blocking_send(Ok(convert::token_event(t.id, t.index, t.text)))
                     .is_ok()
             });
+            // The gateway did not admit the session (before any token): run it here.
+            if let Err(Error::GoLocal { reason, .. }) = &result {
+                tracing::info!(reason = %reason, "gateway says go local; running the request on the device");
+                route.kind = RouteKind::Local as i32;
+                route.split_layer = 0;
+                route.reason = format!("gateway: {reason} (policy chose split: {})", route.reason);
+                drop(link.take());
+                result = engine.generate_routed(&req, Route::Local, |t| {
+                    tx.blocking_send(Ok(convert::token_event(t.id, t.index, t.text)))
+                        .is_ok()
+                });
+            }
             let event = match result {
                 Ok(stats) => {
                     tracing::info!(

@@ -26,12 +26,12 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     limits: ServiceLimits,
     split: Option<SplitTarget>,
-    policy: Option<routing::DevicePolicy>,
+    policy: Option<Arc<routing::DevicePolicy>>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let mut service = AssistantService::new(Arc::new(Mutex::new(engine)), limits, split);
     if let Some(p) = policy {
-        service = service.with_policy(Arc::new(p));
+        service = service.with_policy(p);
     }
     if let Some(p) = perception {
         service = service.with_perception(Arc::new(Mutex::new(p)));

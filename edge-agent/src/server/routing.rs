@@ -16,7 +16,7 @@ use seam_router::policy::replay::TraceRecord;
 use seam_router::policy::{Decision, Features, ModelInfo, Policy, Thermal};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 /// Weight of a new measurement in the running averages.
 const EWMA: f64 = 0.3;
@@ -47,7 +47,8 @@ struct Measured {
 /// A loaded policy with what the device knows about itself.
 #[derive(Debug)]
 pub struct DevicePolicy {
-    policy: Policy,
+    /// Replaced when the gateway pushes a newer version.
+    policy: std::sync::RwLock<Arc<Policy>>,
     model: ModelInfo,
     /// Whether a cloud worker is configured (the link feature).
     link: bool,
@@ -67,6 +68,17 @@ impl DevicePolicy {
         trace: Option<&Path>,
     ) -> Result<Self> {
         let policy = Policy::from_file(path).map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        Self::new(policy, model, link, prior, trace)
+    }
+
+    /// A device policy from an already compiled policy (e.g. the gateway's).
+    pub fn new(
+        policy: Policy,
+        model: ModelInfo,
+        link: bool,
+        prior: LinkPrior,
+        trace: Option<&Path>,
+    ) -> Result<Self> {
         let trace = trace
             .map(|p| {
                 std::fs::OpenOptions::new()
@@ -78,7 +90,7 @@ impl DevicePolicy {
             })
             .transpose()?;
         Ok(DevicePolicy {
-            policy,
+            policy: std::sync::RwLock::new(Arc::new(policy)),
             model,
             link,
             sysfs: PathBuf::from("/sys/class"),
@@ -98,7 +110,39 @@ impl DevicePolicy {
     }
 
     pub fn version(&self) -> u64 {
-        self.policy.version
+        self.current().version
+    }
+
+    fn current(&self) -> Arc<Policy> {
+        self.policy
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Installs a policy pushed by the gateway if it is newer than the one in force; returns
+    /// whether it was installed.
+    pub fn replace(&self, policy: Policy) -> bool {
+        let mut cur = self.policy.write().unwrap_or_else(|e| e.into_inner());
+        if policy.version <= cur.version {
+            return false;
+        }
+        *cur = Arc::new(policy);
+        true
+    }
+
+    /// A round-trip time measured on the link to the gateway.
+    pub fn observe_rtt(&self, rtt_ms: f64) {
+        if rtt_ms.is_finite() && rtt_ms >= 0.0 {
+            let mut m = self.measured.lock().unwrap_or_else(|e| e.into_inner());
+            m.rtt_ms += EWMA * (rtt_ms - m.rtt_ms);
+        }
+    }
+
+    /// Measured local decode speed (0 until measured).
+    pub fn local_tokens_per_s(&self) -> f64 {
+        let m = self.measured.lock().unwrap_or_else(|e| e.into_inner());
+        m.local_tokens_per_s.unwrap_or(0.0)
     }
 
     /// The features of a request as the device sees them now.
@@ -145,7 +189,7 @@ impl DevicePolicy {
 
     /// Decides, logs the decision with its rule, and appends it to the trace.
     pub fn decide(&self, features: &Features) -> Decision {
-        let d = self.policy.evaluate(features, &self.model);
+        let d = self.current().evaluate(features, &self.model);
         tracing::info!(
             policy_version = d.policy_version,
             rule = %d.rule,

@@ -6,6 +6,7 @@ mod quic;
 
 pub use grpc::GrpcClient;
 pub use quic::QuicClient;
+pub use quic::client_endpoint as quic_client_endpoint;
 
 use futures::Stream;
 use seam_shared::proto::common::{StepRequest, StepResponse};

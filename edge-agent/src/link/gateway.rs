@@ -1,0 +1,462 @@
+//! The device's link to the regional gateway (`seam.gateway.v1`): QUIC first, gRPC when UDP is
+//! blocked (or when asked), mTLS with the device's certificate. One connection is shared by every
+//! request; it is re-established with exponential backoff after a failure. A background task
+//! keeps the routing policy current (WatchPolicy pushes) and reports the link (RTT, transport,
+//! local speed) so the gateway and the policy's cost model see what the device sees.
+
+use crate::error::{Error, Result};
+use crate::runtime::split::{LinkCounters, OpenSplit, SplitLink};
+use crate::server::routing::DevicePolicy;
+use prost::Message;
+use seam_router::client::{GatewayClient, GrpcClient, QuicClient, StepChannel, Transport};
+use seam_router::policy::Policy;
+use seam_router::tls::TlsFiles;
+use seam_shared::proto::common::{PackageRef, SamplingParams, StepRequest, StepResponse};
+use seam_shared::proto::gateway::open_session_response::Decision;
+use seam_shared::proto::gateway::{CloseSessionRequest, OpenSessionRequest, ReportLinkRequest};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::runtime::Handle;
+use tokio_stream::StreamExt;
+
+/// Longest wait for one answer when the request has no earlier deadline.
+const STEP_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest wait for a QUIC handshake before trying gRPC.
+const QUIC_TIMEOUT: Duration = Duration::from_secs(3);
+const BACKOFF_MIN: Duration = Duration::from_millis(200);
+const BACKOFF_MAX: Duration = Duration::from_secs(10);
+
+/// Which transports to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TransportChoice {
+    /// QUIC, falling back to gRPC when QUIC cannot connect.
+    Auto,
+    Quic,
+    Grpc,
+}
+
+/// How to reach the gateway.
+#[derive(Debug, Clone)]
+pub struct GatewayOptions {
+    /// `host:port` (TCP for gRPC, UDP for QUIC).
+    pub addr: String,
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub transport: TransportChoice,
+}
+
+struct Inner {
+    opts: GatewayOptions,
+    tls: TlsFiles,
+    /// Host part of `addr`, checked against the gateway's certificate.
+    server_name: String,
+    digest: String,
+    client: tokio::sync::Mutex<Option<GatewayClient>>,
+    /// The QUIC client endpoint, kept so later connections resume (0-RTT).
+    quic_endpoint: std::sync::Mutex<Option<quinn::Endpoint>>,
+}
+
+/// The shared connection to the gateway.
+#[derive(Clone)]
+pub struct GatewayEndpoint {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for GatewayEndpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GatewayEndpoint")
+            .field("addr", &self.inner.opts.addr)
+            .finish()
+    }
+}
+
+fn jitter(d: Duration) -> Duration {
+    let f = 0.8 + 0.4 * rand::random::<f64>();
+    d.mul_f64(f)
+}
+
+impl GatewayEndpoint {
+    /// Reads the certificates; connects lazily.
+    pub fn new(opts: GatewayOptions, package_digest: &str) -> Result<GatewayEndpoint> {
+        let tls = TlsFiles::read(&opts.cert, &opts.key, &opts.ca)
+            .map_err(|e| Error::InvalidArgument(format!("gateway TLS: {e}")))?;
+        let server_name = opts
+            .addr
+            .rsplit_once(':')
+            .map(|(h, _)| h.trim_start_matches('[').trim_end_matches(']').to_string())
+            .filter(|h| !h.is_empty())
+            .ok_or_else(|| {
+                Error::InvalidArgument(format!("--gateway {:?}: expected host:port", opts.addr))
+            })?;
+        Ok(GatewayEndpoint {
+            inner: Arc::new(Inner {
+                opts,
+                tls,
+                server_name,
+                digest: format!("sha256:{package_digest}"),
+                client: tokio::sync::Mutex::new(None),
+                quic_endpoint: std::sync::Mutex::new(None),
+            }),
+        })
+    }
+
+    async fn resolve(&self) -> Result<SocketAddr> {
+        let addr = &self.inner.opts.addr;
+        tokio::net::lookup_host(addr.as_str())
+            .await
+            .map_err(|e| Error::Unavailable(format!("resolving the gateway {addr}: {e}")))?
+            .next()
+            .ok_or_else(|| Error::Unavailable(format!("the gateway {addr} has no address")))
+    }
+
+    async fn connect_quic(&self, addr: SocketAddr) -> Result<GatewayClient> {
+        let ep = {
+            let mut slot = self
+                .inner
+                .quic_endpoint
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            match slot.as_ref() {
+                Some(ep) => ep.clone(),
+                None => {
+                    let local: SocketAddr = if addr.is_ipv6() {
+                        "[::]:0"
+                    } else {
+                        "0.0.0.0:0"
+                    }
+                    .parse()
+                    .expect("literal address");
+                    let ep = seam_router::client::quic_client_endpoint(&self.inner.tls, local)
+                        .map_err(|e| Error::Unavailable(e.to_string()))?;
+                    *slot = Some(ep.clone());
+                    ep
+                }
+            }
+        };
+        let c = tokio::time::timeout(
+            QUIC_TIMEOUT,
+            QuicClient::connect_with(ep, addr, &self.inner.server_name),
+        )
+        .await
+        .map_err(|_| {
+            Error::Unavailable(format!("QUIC to {addr}: no handshake in {QUIC_TIMEOUT:?}"))
+        })?
+        .map_err(|e| Error::Unavailable(e.to_string()))?;
+        tracing::info!(gateway = %addr, zero_rtt = c.zero_rtt, "connected to the gateway over QUIC");
+        Ok(GatewayClient::Quic(c))
+    }
+
+    async fn connect_grpc(&self) -> Result<GatewayClient> {
+        let c = GrpcClient::connect(
+            &self.inner.opts.addr,
+            &self.inner.server_name,
+            &self.inner.tls,
+        )
+        .await
+        .map_err(|e| Error::Unavailable(e.to_string()))?;
+        tracing::info!(gateway = %self.inner.opts.addr, "connected to the gateway over gRPC");
+        Ok(GatewayClient::Grpc(c))
+    }
+
+    /// The connected client, connecting if needed (QUIC, then gRPC with `auto`).
+    pub async fn client(&self) -> Result<GatewayClient> {
+        let mut slot = self.inner.client.lock().await;
+        if let Some(c) = slot.as_ref() {
+            let closed = match c {
+                GatewayClient::Quic(q) => q.connection().close_reason().is_some(),
+                GatewayClient::Grpc(_) => false,
+            };
+            if !closed {
+                return Ok(c.clone());
+            }
+        }
+        let c = match self.inner.opts.transport {
+            TransportChoice::Grpc => self.connect_grpc().await?,
+            TransportChoice::Quic => self.connect_quic(self.resolve().await?).await?,
+            TransportChoice::Auto => match self.connect_quic(self.resolve().await?).await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "QUIC failed; falling back to gRPC");
+                    self.connect_grpc().await?
+                }
+            },
+        };
+        *slot = Some(c.clone());
+        Ok(c)
+    }
+
+    /// Forgets the connection after a transport failure (the next call reconnects).
+    pub async fn invalidate(&self) {
+        *self.inner.client.lock().await = None;
+    }
+
+    /// A link for one request.
+    pub fn link(&self, handle: Handle) -> GatewayLink {
+        GatewayLink {
+            handle,
+            endpoint: self.clone(),
+            session: None,
+            stream: None,
+            deadline: None,
+            counters: LinkCounters::default(),
+        }
+    }
+
+    /// Keeps `policy` current with the gateway's pushes and reports the link, reconnecting
+    /// with backoff, until the runtime stops.
+    pub fn spawn_background(&self, policy: Option<Arc<DevicePolicy>>) {
+        let me = self.clone();
+        tokio::spawn(async move { me.background(policy).await });
+    }
+
+    async fn background(&self, policy: Option<Arc<DevicePolicy>>) {
+        let mut backoff = BACKOFF_MIN;
+        loop {
+            let started = Instant::now();
+            match self.session_loop(policy.as_deref()).await {
+                Ok(()) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "gateway link lost")
+                }
+            }
+            self.invalidate().await;
+            if started.elapsed() > BACKOFF_MAX {
+                backoff = BACKOFF_MIN;
+            }
+            tokio::time::sleep(jitter(backoff)).await;
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+    }
+
+    /// One connection's life: watch the policy and report the link every 10 s.
+    async fn session_loop(&self, policy: Option<&DevicePolicy>) -> Result<()> {
+        let client = self.client().await?;
+        let known = policy.map_or(0, |p| p.version());
+        let mut updates = client
+            .watch_policy(known)
+            .await
+            .map_err(|e| Error::Unavailable(format!("WatchPolicy: {}", e.message())))?;
+        let mut report = tokio::time::interval(Duration::from_secs(10));
+        loop {
+            tokio::select! {
+                u = updates.next() => {
+                    let p = match u {
+                        Some(Ok(p)) => p,
+                        Some(Err(e)) => return Err(Error::Unavailable(format!("WatchPolicy: {}", e.message()))),
+                        None => return Err(Error::Unavailable("the gateway ended WatchPolicy".into())),
+                    };
+                    let Some(device) = policy else { continue };
+                    match Policy::parse(&p.policy_toml) {
+                        Ok(new) => {
+                            if device.replace(new) {
+                                tracing::info!(version = p.version, digest = %p.digest, "policy v{} from the gateway", p.version);
+                            }
+                        }
+                        Err(e) => tracing::error!(version = p.version, error = %e, "the gateway's policy does not compile here; keeping mine"),
+                    }
+                }
+                _ = report.tick() => {
+                    let t0 = Instant::now();
+                    let rtt_ms = match client.rtt() {
+                        Some(rtt) => rtt.as_secs_f64() * 1e3,
+                        None => {
+                            // gRPC: time a GetPolicy that returns only the version.
+                            client.get_policy(known.max(policy.map_or(0, |p| p.version()))).await
+                                .map_err(|e| Error::Unavailable(format!("GetPolicy: {}", e.message())))?;
+                            t0.elapsed().as_secs_f64() * 1e3
+                        }
+                    };
+                    if let Some(p) = policy {
+                        p.observe_rtt(rtt_ms);
+                    }
+                    let transport = match client.transport() {
+                        Transport::Quic => seam_shared::proto::gateway::Transport::Quic,
+                        Transport::Grpc => seam_shared::proto::gateway::Transport::Grpc,
+                    };
+                    client
+                        .report_link(ReportLinkRequest {
+                            rtt_ms: rtt_ms as f32,
+                            transport: transport as i32,
+                            local_tokens_per_s: policy.map_or(0.0, |p| p.local_tokens_per_s()) as f32,
+                            policy_version: policy.map_or(0, |p| p.version()),
+                            ..Default::default()
+                        })
+                        .await
+                        .map_err(|e| Error::Unavailable(format!("ReportLink: {}", e.message())))?;
+                }
+            }
+        }
+    }
+}
+
+/// One split session through the gateway.
+pub struct GatewayLink {
+    handle: Handle,
+    endpoint: GatewayEndpoint,
+    session: Option<(String, GatewayClient)>,
+    stream: Option<StepChannel>,
+    deadline: Option<Instant>,
+    counters: LinkCounters,
+}
+
+fn remote(e: tonic::Status) -> Error {
+    let retry_after_ms = e
+        .metadata()
+        .get("retry-after-ms")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    match e.code() {
+        tonic::Code::Unavailable | tonic::Code::Unknown => {
+            Error::Unavailable(format!("gateway: {}", e.message()))
+        }
+        code => Error::Remote {
+            code,
+            message: e.message().to_string(),
+            retry_after_ms,
+        },
+    }
+}
+
+impl GatewayLink {
+    fn budget(&self) -> Duration {
+        self.deadline
+            .map(|d| d.saturating_duration_since(Instant::now()))
+            .map_or(STEP_TIMEOUT, |d| d.min(STEP_TIMEOUT))
+    }
+
+    fn call<T>(&self, what: &str, fut: impl Future<Output = Result<T>>) -> Result<T> {
+        let budget = self.budget();
+        self.handle.block_on(async {
+            tokio::time::timeout(budget, fut)
+                .await
+                .map_err(|_| Error::Unavailable(format!("{what}: no answer in {budget:?}")))?
+        })
+    }
+}
+
+impl SplitLink for GatewayLink {
+    fn open(&mut self, p: &OpenSplit) -> Result<String> {
+        self.deadline = p.deadline;
+        let request = OpenSessionRequest {
+            package: Some(PackageRef {
+                digest: self.endpoint.inner.digest.clone(),
+                name: String::new(),
+            }),
+            split_layer: p.layer,
+            sampling: Some(SamplingParams {
+                temperature: p.sampling.temperature,
+                top_p: p.sampling.top_p,
+                seed: p.sampling.seed,
+                top_k: None,
+            }),
+            deadline_ms: p.deadline.map_or(0, |d| {
+                d.saturating_duration_since(Instant::now()).as_millis() as u64
+            }),
+            max_positions: p.max_positions,
+            max_draft_tokens: p.max_draft_tokens,
+            ..Default::default()
+        };
+        self.counters.bytes_sent += request.encoded_len() as u64;
+        let endpoint = self.endpoint.clone();
+        let (client, answer) = self.call("open session", async move {
+            let client = endpoint.client().await?;
+            let r = client.open_session(request).await;
+            if r.as_ref()
+                .is_err_and(|e| e.code() == tonic::Code::Unavailable)
+            {
+                endpoint.invalidate().await;
+            }
+            Ok((client, r.map_err(remote)?))
+        })?;
+        self.counters.bytes_received += answer.encoded_len() as u64;
+        self.counters.round_trips += 1;
+        match answer.decision {
+            Some(Decision::Admitted(_)) => {
+                self.session = Some((answer.session_id.clone(), client));
+                Ok(answer.session_id)
+            }
+            Some(Decision::GoLocal(g)) => Err(Error::GoLocal {
+                reason: g.reason,
+                retry_after_ms: answer.retry_after_ms,
+            }),
+            None => Err(Error::Unavailable(
+                "gateway: OpenSession without a decision".into(),
+            )),
+        }
+    }
+
+    fn step(&mut self, request: StepRequest) -> Result<StepResponse> {
+        let Some((_, client)) = self.session.clone() else {
+            return Err(Error::Unavailable("step before open".into()));
+        };
+        if self.stream.is_none() {
+            let ch = self.call("step stream", async move {
+                client.steps().await.map_err(remote)
+            })?;
+            self.stream = Some(ch);
+        }
+        self.counters.bytes_sent += request.encoded_len() as u64;
+        let budget = self.budget();
+        let Some((tx, answers)) = self.stream.as_mut() else {
+            return Err(Error::Unavailable("no step stream".into()));
+        };
+        let answer = self.handle.block_on(async {
+            tokio::time::timeout(budget, async {
+                tx.send(request)
+                    .await
+                    .map_err(|_| Error::Unavailable("the step stream closed".into()))?;
+                match answers.next().await {
+                    Some(Ok(r)) => Ok(r),
+                    Some(Err(e)) => Err(remote(e)),
+                    None => Err(Error::Unavailable(
+                        "the gateway ended the step stream".into(),
+                    )),
+                }
+            })
+            .await
+            .map_err(|_| Error::Unavailable(format!("step: no answer in {budget:?}")))?
+        });
+        if answer.is_err() {
+            self.stream = None;
+        }
+        let answer = answer?;
+        self.counters.bytes_received += answer.encoded_len() as u64;
+        self.counters.round_trips += 1;
+        Ok(answer)
+    }
+
+    fn close(&mut self) {
+        self.stream = None;
+        let Some((id, client)) = self.session.take() else {
+            return;
+        };
+        let request = CloseSessionRequest {
+            session_id: id,
+            reason: "done".into(),
+        };
+        self.counters.bytes_sent += request.encoded_len() as u64;
+        let closed = self.handle.block_on(async move {
+            tokio::time::timeout(Duration::from_secs(2), client.close_session(request)).await
+        });
+        if let Ok(Ok(r)) = closed {
+            self.counters.bytes_received += r.encoded_len() as u64;
+            self.counters.round_trips += 1;
+        }
+    }
+
+    fn counters(&self) -> LinkCounters {
+        self.counters
+    }
+}
+
+impl Drop for GatewayLink {
+    fn drop(&mut self) {
+        if self.session.is_some() {
+            self.close();
+        }
+    }
+}

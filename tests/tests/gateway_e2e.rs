@@ -1,0 +1,138 @@
+//! The fleet path end to end with real processes on loopback: `seam-edge serve --gateway`
+//! (QUIC, or gRPC), `seam-router serve` and `seam-worker serve`. Split requests through the
+//! gateway produce the local model's greedy output on both transports; the gateway's policy is
+//! pushed to the device, a change on disk changes the next request's route, and a broken file is
+//! refused while the old policy keeps routing.
+
+use seam_shared::proto::common::RouteKind;
+use seam_shared::proto::edge::{GenerateRequest, RoutePreference};
+use seam_tests::{EdgeProcess, RouterProcess, package_dir, token_ids};
+use std::path::PathBuf;
+use std::time::Duration;
+
+fn policy(version: u64, rule: &str, action: &str) -> String {
+    format!(
+        "version = {version}\ndefault_split = 8\ndefault = \"local\"\n\n[[rule]]\nname = \"{rule}\"\nwhen = \"true\"\naction = \"{action}\"\n"
+    )
+}
+
+fn request(prompt: &str) -> GenerateRequest {
+    GenerateRequest {
+        prompt: prompt.into(),
+        max_tokens: 12,
+        route: RoutePreference::Auto as i32,
+        ..Default::default()
+    }
+}
+
+const PROMPTS: [&str; 2] = [
+    "The capital of France is",
+    "Water boils at a temperature of",
+];
+
+#[tokio::test]
+async fn split_through_the_gateway_equals_local_and_follows_the_pushed_policy() {
+    let dir =
+        PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("gw-e2e-{}", std::process::id()));
+    let worker = EdgeProcess::start_worker(&package_dir(), &[]);
+    let router = RouterProcess::start(
+        &dir,
+        &policy(1, "everything-split", "split(8)"),
+        &[&worker.addr],
+    );
+    let local = EdgeProcess::start(&package_dir(), &[]);
+
+    let mut expected = Vec::new();
+    for p in PROMPTS {
+        let (ids, fin) = token_ids(&local.addr, request(p)).await;
+        assert_eq!(fin.route.unwrap().kind, RouteKind::Local as i32);
+        expected.push(ids);
+    }
+
+    for transport in ["quic", "grpc"] {
+        let mut flags = router.device_flags("dev-a");
+        // The f32 wire makes split greedy output exactly local (int8 is close, not exact).
+        flags.extend([
+            "--transport".into(),
+            transport.into(),
+            "--wire".into(),
+            "f32".into(),
+        ]);
+        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+        let edge = EdgeProcess::start(&package_dir(), &flags);
+        for (p, want) in PROMPTS.iter().zip(&expected) {
+            let (ids, fin) = token_ids(&edge.addr, request(p)).await;
+            let route = fin.route.unwrap();
+            assert_eq!(
+                (route.kind, route.split_layer, route.rule.as_str()),
+                (RouteKind::Split as i32, 8, "everything-split"),
+                "{transport}: {route:?}\n{}",
+                edge.logs()
+            );
+            assert_eq!(
+                &ids, want,
+                "{transport}: split through the gateway differs from local for {p:?}"
+            );
+        }
+        assert!(
+            edge.wait_for_log(
+                &[if transport == "quic" {
+                    "over QUIC"
+                } else {
+                    "over gRPC"
+                }],
+                Duration::from_secs(5)
+            )
+            .is_some(),
+            "{}",
+            edge.logs()
+        );
+    }
+    assert!(
+        router.logs().contains("session admitted"),
+        "{}",
+        router.logs()
+    );
+
+    // A policy change on disk reaches the device, and the next request follows it.
+    let mut flags = router.device_flags("dev-b");
+    flags.extend(["--transport".into(), "auto".into()]);
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let edge = EdgeProcess::start(&package_dir(), &flags);
+    let (_, fin) = token_ids(&edge.addr, request(PROMPTS[0])).await;
+    assert_eq!(fin.route.unwrap().rule, "everything-split");
+    std::fs::write(
+        router.dir.join("policy.toml"),
+        policy(2, "stay-home", "local"),
+    )
+    .unwrap();
+    assert!(
+        edge.wait_for_log(&["policy v2 from the gateway"], Duration::from_secs(10))
+            .is_some(),
+        "the device never got v2:\n{}\n{}",
+        edge.logs(),
+        router.logs()
+    );
+    let (ids, fin) = token_ids(&edge.addr, request(PROMPTS[0])).await;
+    let route = fin.route.unwrap();
+    assert_eq!(
+        (route.kind, route.rule.as_str()),
+        (RouteKind::Local as i32, "stay-home")
+    );
+    assert_eq!(ids, expected[0]);
+
+    // A broken file is refused; v2 keeps routing.
+    std::fs::write(
+        router.dir.join("policy.toml"),
+        "version = 3\ndefault_split = 8\n[[rule]]\nname = \"broken\"\nwhen = \"hour >\"\naction = \"split\"\n",
+    )
+    .unwrap();
+    assert!(
+        router.wait_for_log("policy rejected", Duration::from_secs(10)),
+        "{}",
+        router.logs()
+    );
+    let (_, fin) = token_ids(&edge.addr, request(PROMPTS[1])).await;
+    assert_eq!(fin.route.unwrap().rule, "stay-home");
+    assert!(!edge.logs().contains("policy v3"));
+}
