@@ -8,6 +8,8 @@ pkg=$3
 enc=$4
 data=$5
 linkemu=$6
+router=$7
+gwbench=$8
 . "$(dirname "$0")/lib.sh"
 trap stop_servers EXIT
 
@@ -30,3 +32,8 @@ start_server wan_addr "$linkemu" --listen 127.0.0.1:0 --upstream "$worker_addr" 
   --delay-ms 20 --rate-mbit 20
 "$edge" bench-split --model "$pkg" --worker "http://$wan_addr" --split 8 --sections speed \
   --repeats 1 --decode 64 --link "40 ms RTT, 20 Mbit/s"
+echo
+echo "## Gateway (seam-router relaying to an in-process fake worker, so the figures are its own)"
+# 1,000 device connections need file descriptors on the bench side.
+ulimit -n 4096 2>/dev/null || true
+"$gwbench" --router "$router"

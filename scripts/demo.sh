@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
-# Starts a cloud worker and the edge agent on loopback and runs a short mixed workload through
-# the agent's gRPC API, printing per request: its intent (domain, confidence), route and reason,
-# tokens, tokens/s, bytes shipped.
+# Starts a cloud worker, the regional gateway (seam-router) and the edge agent on loopback and
+# runs a short mixed workload through the agent's gRPC API, printing per request: its intent
+# (domain, confidence), route and the policy rule that chose it, tokens, tokens/s, bytes shipped.
+# The agent reaches the worker through the gateway over QUIC with mTLS and gets the operator's
+# routing policy from it; midway the policy file changes and the gateway pushes the new version.
 set -euo pipefail
 edge=$1
 worker=$2
 pkg=$3
 enc=${4:-}
-router=${5:-}
-policy=${6:-}
+router=$5
+policy=$6
 . "$(dirname "$0")/lib.sh"
 trap stop_servers EXIT
 "$edge" model inspect "$pkg" | sed 's/^/  /'
@@ -21,32 +23,82 @@ if [ -n "$enc" ]; then
 fi
 start_server worker_addr "$worker" serve --model "$pkg" --listen 127.0.0.1:0
 echo "cloud worker listening on $worker_addr (layers from the split point on, and the head)"
-routing=()
-if [ -n "$policy" ]; then
-  echo "routing policy (the operator's; the edge evaluates it for requests that leave the route to it):"
-  "$router" policy check "$policy" | sed 's/^/  /'
-  echo
-  decisions=$(mktemp -t seam-decisions.XXXXXX)
-  SEAM_LOGS+=("$decisions")
-  routing=(--policy "$policy" --decisions "$decisions")
-fi
-start_server addr "$edge" serve --model "$pkg" "${encoder[@]}" "${routing[@]}" \
-  --listen 127.0.0.1:0 --worker "http://$worker_addr" --split 8 --wire int8
-echo "edge agent listening on $addr"
+
+# The gateway: dev certificates (a CA, the gateway, device "demo-car") and the operator's policy.
+gw=$(mktemp -d -t seam-gateway.XXXXXX)
+SEAM_LOGS+=("$gw")
+"$router" certs --out "$gw" --device demo-car >/dev/null
+cp "$policy" "$gw/policy.toml"
+head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$gw/admin-token"
+cat >"$gw/router.toml" <<EOF
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+metrics_listen = "127.0.0.1:0"
+policy = "policy.toml"
+policy_poll_ms = 250
+[tls]
+cert = "gateway.pem"
+key = "gateway.key"
+client_ca = "ca.pem"
+[admin]
+token_file = "admin-token"
+[workers]
+static = ["$worker_addr"]
+health_every_ms = 500
+EOF
+echo "routing policy (the operator's, served by the gateway; the device evaluates it locally):"
+"$router" policy check "$gw/policy.toml" | sed 's/^/  /'
+echo
+SEAM_LISTEN_PREFIX="listening gateway " start_server gateway_addr "$router" serve --config "$gw/router.toml"
+gateway_addr=${gateway_addr%% *}
+router_out=${SEAM_LOGS[-1]}
+metrics_addr=
+for _ in $(seq 1 50); do
+  metrics_addr=$(sed -n 's/^listening metrics //p' "$router_out")
+  [ -n "$metrics_addr" ] && break
+  sleep 0.1
+done
+echo "gateway listening on $gateway_addr (gRPC on TCP, QUIC on UDP, mTLS), /metrics on $metrics_addr"
+decisions=$(mktemp -t seam-decisions.XXXXXX)
+SEAM_LOGS+=("$decisions")
+start_server addr "$edge" serve --model "$pkg" "${encoder[@]}" --decisions "$decisions" \
+  --listen 127.0.0.1:0 --gateway "$gateway_addr" --gateway-ca "$gw/ca.pem" \
+  --device-cert "$gw/demo-car.pem" --device-key "$gw/demo-car.key" --split 8 --wire int8
+edge_log=${SEAM_LOGS[-2]}
+echo "edge agent (device demo-car) listening on $addr"
 echo
 ask() { "$edge" ask --server "http://$addr" "$@"; echo; }
 ask --max-tokens 12 --route local "The capital of France is"
-echo "the same request split: layers [0, 8) here, int8 hidden states to the worker, tokens back"
+echo "the same request split: layers [0, 8) here, int8 hidden states through the gateway to the worker"
 ask --max-tokens 12 --route split "The capital of France is"
 ask --max-tokens 48 --chat --system "You are a concise assistant for car owners." "How often should I check my tyre pressure?"
 ask --max-tokens 48 --chat --system "You are a concise assistant for car owners." "What does the oil warning light mean?"
 ask --max-tokens 40 --temperature 0.8 --seed 7 "Once upon a time, in a small village by the sea,"
 ask --max-tokens 64 --stop "." "A good way to save energy at home is"
-if [ -n "$policy" ]; then
-  echo "the decisions the policy made, replayed against it (seam-router policy replay):"
-  "$router" policy replay "$policy" --trace "$decisions" | sed 's/^/  /'
-  echo
-fi
+grep -o 'connected to the gateway over [A-Za-z]*' "$edge_log" | head -1 | sed 's/^/edge: /'
+echo
+
+echo "the operator publishes version 2 of the policy, with a first rule sending everything to the"
+echo "cloud at layer 15; the gateway pushes it and the device routes the next request by it:"
+awk '/^\[\[rule\]\]/ && !done {
+       print "[[rule]]\nname = \"all-to-cloud\"\nwhen = \"true\"\naction = \"split(15)\"\nreason = \"version 2 sends everything to the cloud\"\n"
+       done = 1 }
+     /^version = / { print "version = 2"; next }
+     { print }' "$policy" >"$gw/policy.v2"
+mv "$gw/policy.v2" "$gw/policy.toml"
+for _ in $(seq 1 100); do grep -q "policy v2 from the gateway" "$edge_log" && break; sleep 0.1; done
+grep -o "policy v2 from the gateway" "$edge_log" | head -1 | sed 's/^/edge: /'
+echo
+ask --max-tokens 24 --chat --system "You are a concise assistant for car owners." "How often should I check my tyre pressure?"
+echo "the decisions the device made, replayed against version 1 (seam-router policy replay):"
+"$router" policy replay "$policy" --trace "$decisions" | sed 's/^/  /'
+echo
+echo "gateway metrics (from /metrics):"
+exec 3<>"/dev/tcp/${metrics_addr%:*}/${metrics_addr##*:}"
+printf 'GET /metrics HTTP/1.0\r\n\r\n' >&3
+grep -E '^seam_gateway_(decisions_total|sessions |policy_version|workers\{|connections|relay_seconds_count)' <&3 | sed 's/^/  /' || true
+exec 3<&-
+echo
 if [ -n "$enc" ]; then
   echo "intents of a few more requests (seam-edge classify, one JSON object per line):"
   printf '%s\n' "transfer 200 dollars to my savings account" "is it going to rain tomorrow in boston" \

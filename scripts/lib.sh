@@ -4,8 +4,10 @@
 SEAM_PIDS=()
 SEAM_LOGS=()
 
-# start_server VAR COMMAND...: runs COMMAND (which must print "listening on ADDR" on stdout)
-# in the background and stores ADDR in the variable VAR. On failure prints the log and exits.
+# start_server VAR COMMAND...: runs COMMAND (which must print "listening on ADDR" on stdout, or
+# "${SEAM_LISTEN_PREFIX}ADDR" when that is set) in the background and stores ADDR in the
+# variable VAR. Its logs are the last two entries of SEAM_LOGS (stderr, then stdout). On failure
+# prints the log and exits.
 start_server() {
   local var=$1
   shift
@@ -18,7 +20,7 @@ start_server() {
   SEAM_PIDS+=("$pid")
   local found=
   for _ in $(seq 1 600); do
-    found=$(sed -n 's/^listening on //p' "$log.out")
+    found=$(sed -n "s/^${SEAM_LISTEN_PREFIX:-listening on }//p" "$log.out" | head -1)
     [ -n "$found" ] && break
     if ! kill -0 "$pid" 2>/dev/null; then
       echo "$1 exited before listening:" >&2
@@ -39,5 +41,5 @@ stop_servers() {
   local pid
   for pid in "${SEAM_PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
   for pid in "${SEAM_PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-  rm -f "${SEAM_LOGS[@]}"
+  rm -rf "${SEAM_LOGS[@]}"
 }

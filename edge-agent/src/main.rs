@@ -121,8 +121,9 @@ enum Command {
         /// to the device are routed by its rules, evaluated here.
         #[arg(long)]
         policy: Option<PathBuf>,
-        /// Append every routing decision as a JSON line (for `seam-router policy replay`).
-        #[arg(long, requires = "policy")]
+        /// Append every routing decision as a JSON line (for `seam-router policy replay`);
+        /// needs a policy (--policy, or the gateway's with --gateway).
+        #[arg(long)]
         decisions: Option<PathBuf>,
         /// Round-trip time to the cloud assumed until split requests measure it.
         #[arg(long, default_value_t = 50.0)]

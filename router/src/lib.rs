@@ -21,6 +21,8 @@ pub mod quic;
 pub mod relay;
 pub mod serve;
 pub mod sessions;
+#[cfg(feature = "test-util")]
+pub mod testing;
 pub mod tls;
 
 pub use error::{Error, Result};

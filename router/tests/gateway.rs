@@ -178,11 +178,7 @@ async fn policy_changes_on_disk_reach_devices_and_broken_files_are_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sessions_belong_to_the_device_that_opened_them() {
-    let dir = scratch("gw-owner");
-    let certs = certs(&dir);
-    let worker = FakeWorker::default();
-    let w = worker.start().await;
-    let router = Router::start(&certs, &[w], "max_frame_bytes = 65536");
+    let (router, worker, certs) = with_fake_worker("gw-owner", "max_frame_bytes = 65536").await;
     for (a, b) in [
         (
             GatewayClient::Grpc(router.grpc(&certs.a).await),
@@ -339,11 +335,7 @@ async fn a_dead_worker_leaves_the_rotation_and_its_sessions_move() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_api_needs_its_token_and_publishes_policies() {
-    let dir = scratch("gw-admin");
-    let certs = certs(&dir);
-    let worker = FakeWorker::default();
-    let w = worker.start().await;
-    let router = Router::start(&certs, &[w], "");
+    let (router, _worker, certs) = with_fake_worker("gw-admin", "").await;
     let mut admin = AdminClient::connect(router.admin.clone()).await.unwrap();
     let with = |token: Option<&str>, r: PutPolicyRequest| {
         let mut r = tonic::Request::new(r);
@@ -462,11 +454,7 @@ async fn http_get(addr: &str, path: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quic_resumes_with_zero_rtt_and_survives_migration() {
-    let dir = scratch("gw-quic");
-    let certs = certs(&dir);
-    let worker = FakeWorker::default();
-    let w = worker.start().await;
-    let router = Router::start(&certs, &[w], "");
+    let (router, _worker, certs) = with_fake_worker("gw-quic", "").await;
     let first = router.quic(&certs.a).await;
     assert!(!first.zero_rtt);
     first.get_policy(0).await.unwrap();
@@ -496,4 +484,33 @@ async fn quic_resumes_with_zero_rtt_and_survives_migration() {
         (0, 2, true),
         "{r:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_steps_are_all_relayed_in_order() {
+    let (router, _worker, certs) = with_fake_worker("gw-pipeline", "").await;
+    for dev in [
+        GatewayClient::Quic(router.quic(&certs.a).await),
+        GatewayClient::Grpc(router.grpc(&certs.b).await),
+    ] {
+        let s = until_admitting(&dev).await;
+        let (tx, mut rx) = dev.steps().await.unwrap();
+        // 50 steps sent before any answer is read: one row each at positions 0..50.
+        for i in 0..50u32 {
+            tx.send(step(&s, u64::from(i), i, 1, vec![], 0))
+                .await
+                .unwrap();
+        }
+        for i in 0..50u32 {
+            let r = tokio::time::timeout(WAIT, rx.next())
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
+            assert_eq!(
+                (r.step_id, r.kv_len, r.next_token, r.error),
+                (u64::from(i), i + 1, f(i + 1), None)
+            );
+        }
+    }
 }

@@ -43,6 +43,12 @@ pub struct ServeArgs {
 }
 
 pub async fn run(dir: &Path, args: ServeArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.routing.decisions.is_none()
+            || args.routing.policy.is_some()
+            || args.split.gateway.is_some(),
+        "--decisions needs a policy: --policy FILE, or --gateway to use the gateway's"
+    );
     let dir = dir.to_path_buf();
     let (threads, kv, kv_budget) = (args.threads, args.kv, args.kv_budget);
     let engine =

@@ -97,6 +97,16 @@ impl QuicClient {
         })
     }
 
+    /// A client over an established connection.
+    pub fn from_connection(endpoint: quinn::Endpoint, conn: quinn::Connection) -> QuicClient {
+        QuicClient {
+            endpoint,
+            conn,
+            next_call: Arc::new(AtomicU64::new(1)),
+            zero_rtt: false,
+        }
+    }
+
     pub fn endpoint(&self) -> &quinn::Endpoint {
         &self.endpoint
     }

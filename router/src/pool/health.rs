@@ -69,7 +69,8 @@ pub async fn health_loop(pool: Arc<WorkerPool>, mut stop: watch::Receiver<bool>)
         let workers = pool.workers();
         let checks = workers.iter().map(|w| {
             let w = w.clone();
-            let timeout = every.max(Duration::from_millis(200));
+            // A busy worker may answer late; only the call deadline makes a check fail.
+            let timeout = pool.config().call_timeout.max(Duration::from_millis(200));
             async move {
                 let r = tokio::time::timeout(timeout, check(&w)).await;
                 let r = r.unwrap_or_else(|_| Err(format!("no answer in {timeout:?}")));

@@ -146,20 +146,18 @@ async fn call(
     core: Arc<Core>,
     device: DeviceId,
     send: quinn::SendStream,
-    mut recv: quinn::RecvStream,
+    recv: quinn::RecvStream,
     mut stop: watch::Receiver<bool>,
 ) {
     let limit = core.cfg.max_frame_bytes + crate::serve::FRAME_SLACK;
     let mut sink = FramedWrite::new(send, FrameCodec::<(), GatewayFrame>::new(usize::MAX >> 1));
-    let first = {
-        let mut frames = FramedRead::new(&mut recv, FrameCodec::<DeviceFrame, ()>::new(limit));
-        frames.next().await
-    };
-    let first = match first {
+    // One reader for the whole call: it may already hold the frames after the first.
+    let mut frames = FramedRead::new(recv, FrameCodec::<DeviceFrame, ()>::new(limit));
+    let first = match frames.next().await {
         None => return,
         Some(Ok(f)) => f,
         Some(Err(e)) => {
-            refuse(&core, &mut recv, &mut sink, 0, &e).await;
+            refuse(&core, frames.get_mut(), &mut sink, 0, &e).await;
             return;
         }
     };
@@ -225,7 +223,6 @@ async fn call(
             None
         }
         Some(Request::Step(step)) => {
-            let frames = FramedRead::new(recv, FrameCodec::<DeviceFrame, ()>::new(limit));
             let rest = frames.map(|f| match f {
                 Ok(DeviceFrame {
                     request: Some(Request::Step(s)),
