@@ -514,3 +514,121 @@ async fn pipelined_steps_are_all_relayed_in_order() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daily_cloud_quota_sends_devices_local() {
+    let (router, _worker, certs) =
+        with_fake_worker("gw-quota", "[quota]\ndaily_cloud_tokens = 5").await;
+    let dev = GatewayClient::Quic(router.quic(&certs.a).await);
+    let report = seam_shared::proto::gateway::ReportLinkRequest::default();
+    assert_eq!(
+        dev.report_link(report.clone())
+            .await
+            .unwrap()
+            .cloud_quota_left,
+        Some(5)
+    );
+    let s = until_admitting(&dev).await;
+    // Five steps settle one token each.
+    let (tx, mut rx) = dev.steps().await.unwrap();
+    for i in 0..5u32 {
+        tx.send(step(&s, u64::from(i), i, 1, vec![], 0))
+            .await
+            .unwrap();
+        assert!(rx.next().await.unwrap().unwrap().error.is_none());
+    }
+    assert_eq!(
+        dev.report_link(report).await.unwrap().cloud_quota_left,
+        Some(0)
+    );
+    let o = dev.open_session(open_request()).await.unwrap();
+    match o.decision {
+        Some(Decision::GoLocal(g)) => assert_eq!(g.reason, "cloud quota exhausted"),
+        other => panic!("admitted over quota: {other:?}"),
+    }
+    // Another device has its own quota.
+    let other = GatewayClient::Grpc(router.grpc(&certs.b).await);
+    admitted(&other, open_request()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_agree_on_placement_without_sharing_state() {
+    let dir = scratch("gw-replicas");
+    let certs = certs(&dir);
+    let (w1, w2) = (FakeWorker::default(), FakeWorker::default());
+    let (a1, a2) = (w1.start().await, w2.start().await);
+    let r1 = Router::start(&certs, &[a1.clone(), a2.clone()], "");
+    // Replica 2: its own directory and process, the same workers listed the other way round.
+    let dir2 = dir.join("replica-2");
+    std::fs::create_dir_all(&dir2).unwrap();
+    for f in ["ca.pem", "gateway.pem", "gateway.key", "policy.toml"] {
+        std::fs::copy(dir.join(f), dir2.join(f)).unwrap();
+    }
+    let certs2 = Certs {
+        dir: dir2,
+        ..certs.clone()
+    };
+    let r2 = Router::start(&certs2, &[a2.clone(), a1.clone()], "");
+    let d1 = GatewayClient::Grpc(r1.grpc(&certs.a).await);
+    let d2 = GatewayClient::Quic(r2.quic(&certs.a).await);
+    until_admitting(&d2).await;
+    let mut placed = [0, 0];
+    for _ in 0..12 {
+        let s = until_admitting(&d1).await;
+        let expected = seam_router::pool::rendezvous::pick(&s, &[&a1, &a2]).unwrap();
+        let (holder, other) = if expected == a1 {
+            (&w1, &w2)
+        } else {
+            (&w2, &w1)
+        };
+        placed[usize::from(expected == a2)] += 1;
+        assert!(holder.sessions.lock().unwrap().contains_key(&s));
+        // Replica 2 never saw the session; resumed there, it goes to the same worker.
+        holder.sessions.lock().unwrap().remove(&s);
+        let resumed = d2
+            .open_session(OpenSessionRequest {
+                resume_session_id: s.clone(),
+                ..open_request()
+            })
+            .await
+            .unwrap();
+        assert_eq!(resumed.session_id, s, "{resumed:?}\n{}", r2.logs());
+        assert!(
+            holder.sessions.lock().unwrap().contains_key(&s),
+            "replica 2 chose another worker"
+        );
+        assert!(!other.sessions.lock().unwrap().contains_key(&s));
+        for d in [&d1, &d2] {
+            let close = CloseSessionRequest {
+                session_id: s.clone(),
+                reason: "done".into(),
+            };
+            d.close_session(close).await.unwrap();
+        }
+    }
+    assert!(
+        placed[0] > 0 && placed[1] > 0,
+        "12 sessions all on one worker: {placed:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_are_found_by_dns_name() {
+    let certs = certs(&scratch("gw-dns"));
+    let worker = FakeWorker::default();
+    let addr = worker.start().await;
+    let port = addr.rsplit_once(':').unwrap().1;
+    // `localhost` resolves to 127.0.0.1 (and maybe ::1, where nothing listens: that one stays
+    // out of rotation).
+    let router = Router::start_with(&certs, &format!("dns = \"localhost:{port}\""), "");
+    let dev = GatewayClient::Quic(router.quic(&certs.a).await);
+    let s = until_admitting(&dev).await;
+    assert!(worker.sessions.lock().unwrap().contains_key(&s));
+    assert!(
+        router
+            .logs()
+            .contains(&format!("worker joined the pool worker=127.0.0.1:{port}")),
+        "{}",
+        router.logs()
+    );
+}

@@ -53,13 +53,20 @@ pub fn run(dir: &Path, req: GenerateRequest, args: &GenerateArgs) -> anyhow::Res
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     let mut write_error = None;
-    let stats = engine.generate_routed(&req, route, |t| {
+    let mut on_token = |t: crate::runtime::engine::TokenOut| {
         if let Err(e) = out.write_all(t.text.as_bytes()).and_then(|_| out.flush()) {
             write_error = Some(e);
             return false;
         }
         true
-    })?;
+    };
+    let mut result = engine.generate_routed(&req, route, &mut on_token);
+    // Not admitted by the gateway (before any token): the device answers alone.
+    if let Err(crate::error::Error::GoLocal { reason, .. }) = &result {
+        eprintln!("seam-edge: the gateway says go local ({reason}); generating on the device");
+        result = engine.generate_routed(&req, Route::Local, &mut on_token);
+    }
+    let stats = result?;
     if let Some(e) = write_error
         && e.kind() != std::io::ErrorKind::BrokenPipe
     {

@@ -260,28 +260,41 @@ impl GatewayEndpoint {
                 }
                 _ = report.tick() => {
                     let t0 = Instant::now();
-                    let rtt_ms = match client.rtt() {
-                        Some(rtt) => rtt.as_secs_f64() * 1e3,
-                        None => {
+                    let sample = match &client {
+                        GatewayClient::Quic(q) => {
+                            // QUIC measures the path: smoothed RTT, congestion window, losses.
+                            let p = q.connection().stats().path;
+                            let rtt_s = p.rtt.as_secs_f64().max(1e-6);
+                            LinkSample {
+                                rtt_ms: rtt_s * 1e3,
+                                bandwidth_bps: Some((p.cwnd as f64 * 8.0 / rtt_s) as u64),
+                                loss: if p.sent_packets > 0 { p.lost_packets as f64 / p.sent_packets as f64 } else { 0.0 },
+                            }
+                        }
+                        GatewayClient::Grpc(_) => {
                             // gRPC: time a GetPolicy that returns only the version.
-                            client.get_policy(known.max(policy.map_or(0, |p| p.version()))).await
+                            client.get_policy(policy.map_or(known, |p| p.version())).await
                                 .map_err(|e| Error::Unavailable(format!("GetPolicy: {}", e.message())))?;
-                            t0.elapsed().as_secs_f64() * 1e3
+                            LinkSample { rtt_ms: t0.elapsed().as_secs_f64() * 1e3, bandwidth_bps: None, loss: 0.0 }
                         }
                     };
                     if let Some(p) = policy {
-                        p.observe_rtt(rtt_ms);
+                        p.observe_link(sample.rtt_ms, sample.bandwidth_bps.map(|b| b as f64 / 1e6));
                     }
                     let transport = match client.transport() {
                         Transport::Quic => seam_shared::proto::gateway::Transport::Quic,
                         Transport::Grpc => seam_shared::proto::gateway::Transport::Grpc,
                     };
+                    let decisions = policy.map(|p| p.take_counts()).unwrap_or_default();
                     client
                         .report_link(ReportLinkRequest {
-                            rtt_ms: rtt_ms as f32,
+                            rtt_ms: sample.rtt_ms as f32,
+                            uplink_bps: sample.bandwidth_bps.unwrap_or(0),
+                            loss: sample.loss as f32,
                             transport: transport as i32,
                             local_tokens_per_s: policy.map_or(0.0, |p| p.local_tokens_per_s()) as f32,
                             policy_version: policy.map_or(0, |p| p.version()),
+                            decisions,
                             ..Default::default()
                         })
                         .await
@@ -290,6 +303,15 @@ impl GatewayEndpoint {
             }
         }
     }
+}
+
+/// One measurement of the link.
+struct LinkSample {
+    rtt_ms: f64,
+    /// Congestion window over RTT (QUIC only): what the path carries now.
+    bandwidth_bps: Option<u64>,
+    /// Lost over sent packets (QUIC only).
+    loss: f64,
 }
 
 /// One split session through the gateway.

@@ -13,7 +13,8 @@ use crate::perception::Classification;
 use crate::perception::dataset::OOS_LABEL;
 use crate::runtime::engine::GenerateStats;
 use seam_router::policy::replay::TraceRecord;
-use seam_router::policy::{Decision, Features, ModelInfo, Policy, Thermal};
+use seam_router::policy::{Decision, Features, ModelInfo, Policy, Route, Thermal};
+use seam_shared::proto::common::{RouteCount, RouteKind};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -55,6 +56,8 @@ pub struct DevicePolicy {
     sysfs: PathBuf,
     measured: Mutex<Measured>,
     trace: Option<Mutex<std::fs::File>>,
+    /// Decisions not yet reported to the gateway.
+    counts: Mutex<std::collections::BTreeMap<(i32, u32, String), u64>>,
 }
 
 impl DevicePolicy {
@@ -100,6 +103,7 @@ impl DevicePolicy {
                 bandwidth_mbps: prior.bandwidth_mbps,
             }),
             trace,
+            counts: Mutex::default(),
         })
     }
 
@@ -131,12 +135,31 @@ impl DevicePolicy {
         true
     }
 
-    /// A round-trip time measured on the link to the gateway.
-    pub fn observe_rtt(&self, rtt_ms: f64) {
+    /// A round-trip time (and, when the transport estimates it, the bandwidth) measured on
+    /// the link to the gateway.
+    pub fn observe_link(&self, rtt_ms: f64, bandwidth_mbps: Option<f64>) {
+        let mut m = self.measured.lock().unwrap_or_else(|e| e.into_inner());
         if rtt_ms.is_finite() && rtt_ms >= 0.0 {
-            let mut m = self.measured.lock().unwrap_or_else(|e| e.into_inner());
             m.rtt_ms += EWMA * (rtt_ms - m.rtt_ms);
         }
+        if let Some(b) = bandwidth_mbps.filter(|b| b.is_finite() && *b > 0.0) {
+            m.bandwidth_mbps += EWMA * (b - m.bandwidth_mbps);
+        }
+    }
+
+    /// Decisions made since the last call, by (route, split layer, rule), for the gateway's
+    /// route statistics.
+    pub fn take_counts(&self) -> Vec<RouteCount> {
+        let mut c = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        std::mem::take(&mut *c)
+            .into_iter()
+            .map(|((kind, split_layer, rule), count)| RouteCount {
+                kind,
+                split_layer,
+                rule,
+                count,
+            })
+            .collect()
     }
 
     /// Measured local decode speed (0 until measured).
@@ -190,6 +213,15 @@ impl DevicePolicy {
     /// Decides, logs the decision with its rule, and appends it to the trace.
     pub fn decide(&self, features: &Features) -> Decision {
         let d = self.current().evaluate(features, &self.model);
+        {
+            let (kind, layer) = match &d.route {
+                Route::Local => (RouteKind::Local, 0),
+                Route::Split { layer } => (RouteKind::Split, *layer),
+                Route::Reject { .. } => (RouteKind::Reject, 0),
+            };
+            let mut c = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+            *c.entry((kind as i32, layer, d.rule.clone())).or_insert(0) += 1;
+        }
         tracing::info!(
             policy_version = d.policy_version,
             rule = %d.rule,

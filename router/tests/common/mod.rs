@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 pub const TOKEN: &str = "admin-token-for-tests-0123456789";
 
+#[derive(Clone)]
 /// Certificates of one test: a CA, the gateway, devices `dev-a` and `dev-b`; and a foreign CA's
 /// device `dev-x`.
 pub struct Certs {
@@ -78,19 +79,24 @@ impl Router {
     /// Starts the gateway with `workers` and the policy file `dir/policy.toml`; `extra` is
     /// appended to the config.
     pub fn start(certs: &Certs, workers: &[String], extra: &str) -> Router {
+        let list: Vec<String> = workers.iter().map(|w| format!("{w:?}")).collect();
+        Self::start_with(certs, &format!("static = [{}]", list.join(", ")), extra)
+    }
+
+    /// Starts the gateway with `workers` as the `[workers]` source line (`static = …` or
+    /// `dns = …`).
+    pub fn start_with(certs: &Certs, workers: &str, extra: &str) -> Router {
         let dir = &certs.dir;
         if !dir.join("policy.toml").exists() {
             std::fs::write(dir.join("policy.toml"), policy(1, "local")).unwrap();
         }
         std::fs::write(dir.join("admin-token"), TOKEN).unwrap();
-        let list: Vec<String> = workers.iter().map(|w| format!("{w:?}")).collect();
         let cfg = format!(
             "listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\n\
              policy = \"policy.toml\"\n{extra}\n\
              [tls]\ncert = \"gateway.pem\"\nkey = \"gateway.key\"\nclient_ca = \"ca.pem\"\n\
              [admin]\ntoken_file = \"admin-token\"\n\
-             [workers]\nstatic = [{}]\nhealth_every_ms = 200\n",
-            list.join(", ")
+             [workers]\n{workers}\nhealth_every_ms = 200\nresolve_every_ms = 200\n"
         );
         std::fs::write(dir.join("router.toml"), cfg).unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_seam-router"))
