@@ -135,6 +135,12 @@ impl EdgeProcess {
     pub fn logs(&self) -> String {
         self.logs.lock().unwrap().join("\n")
     }
+
+    /// Kills the process now (SIGKILL), as a crash would.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 impl Drop for EdgeProcess {
@@ -276,6 +282,12 @@ impl RouterProcess {
 
     pub fn logs(&self) -> String {
         self.logs.lock().unwrap().join("\n")
+    }
+
+    /// Kills the gateway now (SIGKILL), as a crash would.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// Waits (bounded) for a log line containing `needle`.

@@ -136,3 +136,95 @@ async fn split_through_the_gateway_equals_local_and_follows_the_pushed_policy() 
     assert_eq!(fin.route.unwrap().rule, "stay-home");
     assert!(!edge.logs().contains("policy v3"));
 }
+
+/// Streams a request and calls `midway` once after `after` tokens; returns ids and final event.
+async fn generate_with(
+    addr: &str,
+    req: GenerateRequest,
+    after: usize,
+    mut midway: impl FnMut(),
+) -> (Vec<u32>, seam_shared::proto::edge::FinalEvent) {
+    use seam_shared::proto::edge::assistant_client::AssistantClient;
+    use seam_shared::proto::edge::generate_event::Event;
+    let mut client = AssistantClient::connect(addr.to_string()).await.unwrap();
+    let mut stream = client.generate(req).await.unwrap().into_inner();
+    let (mut ids, mut fin, mut fired) = (Vec::new(), None, false);
+    while let Some(ev) = stream.message().await.unwrap() {
+        match ev.event {
+            Some(Event::Token(t)) if t.index as usize == ids.len() => {
+                ids.push(t.id);
+                if ids.len() == after && !fired {
+                    fired = true;
+                    midway();
+                }
+            }
+            Some(Event::Final(f)) => fin = Some(f),
+            _ => {}
+        }
+    }
+    (ids, fin.expect("final event"))
+}
+
+#[tokio::test]
+async fn answers_survive_a_worker_crash_and_a_gateway_crash() {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("gw-faults-{}", std::process::id()));
+    let mut workers = [
+        EdgeProcess::start_worker(&package_dir(), &[]),
+        EdgeProcess::start_worker(&package_dir(), &[]),
+    ];
+    let addrs: Vec<String> = workers.iter().map(|w| w.addr.clone()).collect();
+    let mut router = RouterProcess::start(
+        &dir,
+        &policy(1, "everything-split", "split(8)"),
+        &[&addrs[0], &addrs[1]],
+    );
+    let local = EdgeProcess::start(&package_dir(), &[]);
+    let mut req = request("The capital of France is");
+    req.max_tokens = 40;
+    let (want, _) = token_ids(&local.addr, req.clone()).await;
+    assert_eq!(want.len(), 40);
+
+    let mut flags = router.device_flags("dev-a");
+    flags.extend(["--wire".into(), "f32".into(), "--no-speculative".into()]);
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let edge = EdgeProcess::start(&package_dir(), &flags);
+
+    // 1. The worker holding the session dies after 5 tokens.
+    let (ids, fin) = generate_with(&edge.addr, req.clone(), 5, || {
+        let line = router
+            .logs()
+            .lines()
+            .rev()
+            .find(|l| l.contains("session admitted"))
+            .map(str::to_string)
+            .expect("a session was admitted");
+        let i = addrs
+            .iter()
+            .position(|a| line.contains(a.trim_start_matches("http://")))
+            .expect("the session's worker");
+        workers[i].kill();
+    })
+    .await;
+    assert_eq!(
+        ids, want,
+        "output after the worker crash differs from local"
+    );
+    let route = fin.route.unwrap();
+    assert_eq!(route.kind, RouteKind::Split as i32);
+    assert!(route.reason.contains("finished on the device"), "{route:?}");
+
+    // 2. The gateway dies after 5 tokens of the next answer.
+    let (ids, fin) = generate_with(&edge.addr, req.clone(), 5, || router.kill()).await;
+    assert_eq!(
+        ids, want,
+        "output after the gateway crash differs from local"
+    );
+    assert!(fin.route.unwrap().reason.contains("finished on the device"));
+
+    // 3. With the gateway gone, requests that the policy splits run locally from the start.
+    let (ids, fin) = token_ids(&edge.addr, req).await;
+    assert_eq!(ids, want);
+    let route = fin.route.unwrap();
+    assert_eq!(route.kind, RouteKind::Local as i32, "{route:?}");
+}

@@ -60,13 +60,10 @@ pub fn run(dir: &Path, req: GenerateRequest, args: &GenerateArgs) -> anyhow::Res
         }
         true
     };
-    let mut result = engine.generate_routed(&req, route, &mut on_token);
-    // Not admitted by the gateway (before any token): the device answers alone.
-    if let Err(crate::error::Error::GoLocal { reason, .. }) = &result {
-        eprintln!("seam-edge: the gateway says go local ({reason}); generating on the device");
-        result = engine.generate_routed(&req, Route::Local, &mut on_token);
+    let stats = engine.generate_routed(&req, route, &mut on_token)?;
+    if let Some(why) = &stats.fallback {
+        eprintln!("seam-edge: the split did not complete ({why}); the device answered");
     }
-    let stats = result?;
     if let Some(e) = write_error
         && e.kind() != std::io::ErrorKind::BrokenPipe
     {

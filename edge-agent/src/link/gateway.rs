@@ -23,6 +23,13 @@ use tokio_stream::StreamExt;
 
 /// Longest wait for one answer when the request has no earlier deadline.
 const STEP_TIMEOUT: Duration = Duration::from_secs(30);
+/// Shortest wait for a step's answer: below it a slow step is not taken for a dead link.
+const STEP_TIMEOUT_MIN: Duration = Duration::from_millis(1500);
+/// A step is given this many times the recent step time before the link counts as dead (the
+/// request then finishes on the device, which is always correct, only slower).
+const STEP_TIMEOUT_FACTOR: u32 = 10;
+/// Longest wait for opening a session or a step stream.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest wait for a QUIC handshake before trying gRPC.
 const QUIC_TIMEOUT: Duration = Duration::from_secs(3);
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
@@ -55,8 +62,20 @@ struct Inner {
     server_name: String,
     digest: String,
     client: tokio::sync::Mutex<Option<GatewayClient>>,
+    /// After a failed connect, requests do not try again (they go local at once) until then;
+    /// the background task keeps reconnecting with backoff.
+    down: std::sync::Mutex<Down>,
+    /// Smoothed step round trip, for the step timeout.
+    step_ewma: std::sync::Mutex<Option<Duration>>,
     /// The QUIC client endpoint, kept so later connections resume (0-RTT).
     quic_endpoint: std::sync::Mutex<Option<quinn::Endpoint>>,
+}
+
+/// Reconnect backoff state.
+#[derive(Default)]
+struct Down {
+    until: Option<Instant>,
+    backoff: Duration,
 }
 
 /// The shared connection to the gateway.
@@ -98,6 +117,8 @@ impl GatewayEndpoint {
                 server_name,
                 digest: format!("sha256:{package_digest}"),
                 client: tokio::sync::Mutex::new(None),
+                down: std::sync::Mutex::new(Down::default()),
+                step_ewma: std::sync::Mutex::new(None),
                 quic_endpoint: std::sync::Mutex::new(None),
             }),
         })
@@ -161,8 +182,34 @@ impl GatewayEndpoint {
         Ok(GatewayClient::Grpc(c))
     }
 
-    /// The connected client, connecting if needed (QUIC, then gRPC with `auto`).
+    /// The connected client, connecting if needed (QUIC, then gRPC with `auto`). After a failed
+    /// attempt, calls fail at once until the backoff (200 ms doubling to 10 s, ±20%) has passed.
     pub async fn client(&self) -> Result<GatewayClient> {
+        {
+            let down = self.inner.down.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(until) = down.until
+                && Instant::now() < until
+            {
+                return Err(Error::Unavailable(format!(
+                    "the gateway {} is unreachable; retrying in {} ms",
+                    self.inner.opts.addr,
+                    until.saturating_duration_since(Instant::now()).as_millis()
+                )));
+            }
+        }
+        let r = self.connect().await;
+        let mut down = self.inner.down.lock().unwrap_or_else(|e| e.into_inner());
+        match &r {
+            Ok(_) => *down = Down::default(),
+            Err(_) => {
+                down.backoff = (down.backoff * 2).clamp(BACKOFF_MIN, BACKOFF_MAX);
+                down.until = Some(Instant::now() + jitter(down.backoff));
+            }
+        }
+        r
+    }
+
+    async fn connect(&self) -> Result<GatewayClient> {
         let mut slot = self.inner.client.lock().await;
         if let Some(c) = slot.as_ref() {
             let closed = match c {
@@ -350,8 +397,32 @@ impl GatewayLink {
             .map_or(STEP_TIMEOUT, |d| d.min(STEP_TIMEOUT))
     }
 
+    /// Time given to one step: the recent step time times a margin, bounded.
+    fn step_budget(&self) -> Duration {
+        let recent = *self
+            .endpoint
+            .inner
+            .step_ewma
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let adaptive = recent.map_or(STEP_TIMEOUT, |d| {
+            (d * STEP_TIMEOUT_FACTOR).clamp(STEP_TIMEOUT_MIN, STEP_TIMEOUT)
+        });
+        adaptive.min(self.budget())
+    }
+
+    fn observe_step(&self, took: Duration) {
+        let mut e = self
+            .endpoint
+            .inner
+            .step_ewma
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        *e = Some(e.map_or(took, |old| old.mul_f64(0.8) + took.mul_f64(0.2)));
+    }
+
     fn call<T>(&self, what: &str, fut: impl Future<Output = Result<T>>) -> Result<T> {
-        let budget = self.budget();
+        let budget = self.budget().min(OPEN_TIMEOUT);
         self.handle.block_on(async {
             tokio::time::timeout(budget, fut)
                 .await
@@ -384,16 +455,16 @@ impl SplitLink for GatewayLink {
         };
         self.counters.bytes_sent += request.encoded_len() as u64;
         let endpoint = self.endpoint.clone();
-        let (client, answer) = self.call("open session", async move {
+        let opened = self.call("open session", async move {
             let client = endpoint.client().await?;
-            let r = client.open_session(request).await;
-            if r.as_ref()
-                .is_err_and(|e| e.code() == tonic::Code::Unavailable)
-            {
-                endpoint.invalidate().await;
-            }
-            Ok((client, r.map_err(remote)?))
-        })?;
+            let r = client.open_session(request).await.map_err(remote)?;
+            Ok((client, r))
+        });
+        if let Err(Error::Unavailable(_)) = &opened {
+            let endpoint = self.endpoint.clone();
+            self.handle.block_on(endpoint.invalidate());
+        }
+        let (client, answer) = opened?;
         self.counters.bytes_received += answer.encoded_len() as u64;
         self.counters.round_trips += 1;
         match answer.decision {
@@ -422,7 +493,8 @@ impl SplitLink for GatewayLink {
             self.stream = Some(ch);
         }
         self.counters.bytes_sent += request.encoded_len() as u64;
-        let budget = self.budget();
+        let budget = self.step_budget();
+        let sent = Instant::now();
         let Some((tx, answers)) = self.stream.as_mut() else {
             return Err(Error::Unavailable("no step stream".into()));
         };
@@ -442,8 +514,15 @@ impl SplitLink for GatewayLink {
             .await
             .map_err(|_| Error::Unavailable(format!("step: no answer in {budget:?}")))?
         });
-        if answer.is_err() {
+        if let Err(e) = &answer {
             self.stream = None;
+            if matches!(e, Error::Unavailable(_)) {
+                // The connection may be dead (a crashed gateway sends no close): start afresh.
+                let endpoint = self.endpoint.clone();
+                self.handle.block_on(endpoint.invalidate());
+            }
+        } else {
+            self.observe_step(sent.elapsed());
         }
         let answer = answer?;
         self.counters.bytes_received += answer.encoded_len() as u64;

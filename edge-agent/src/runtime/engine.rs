@@ -66,6 +66,8 @@ pub struct GenerateStats {
     pub finish: FinishReason,
     /// Split requests: the split layer, wire dtype and traffic.
     pub split: Option<SplitReport>,
+    /// Why a split request finished (or ran entirely) on the device, if it did.
+    pub fallback: Option<String>,
 }
 
 impl GenerateStats {
@@ -187,25 +189,13 @@ impl Engine {
         positions: usize,
     ) -> Result<(KvCache, Reservation)> {
         let a = self.model.arch();
-        let geometry = KvGeometry {
-            n_layers,
-            n_kv_heads: a.n_head_kv as usize,
-            head_dim: a.head_dim as usize,
-        };
-        // An empty cache of the same geometry tells the bytes per position.
-        let bytes = KvCache::new(geometry, self.kv_dtype, 0).bytes_per_token() * positions;
-        let reservation = match self.budget.try_reserve(bytes) {
-            Ok(r) => r,
+        match allocate(&self.budget, a, self.kv_dtype, n_layers, positions) {
             Err(_) if self.prefix.is_some() => {
                 self.prefix = None;
-                self.budget.try_reserve(bytes)?
+                allocate(&self.budget, a, self.kv_dtype, n_layers, positions)
             }
-            Err(e) => return Err(e),
-        };
-        Ok((
-            KvCache::try_new(geometry, self.kv_dtype, positions)?,
-            reservation,
-        ))
+            r => r,
+        }
     }
 
     /// Runs one request to the end on the device, handing each token to `on_token` (which
@@ -316,12 +306,35 @@ impl Engine {
                     speculation,
                     &tokens,
                     deadline_hit,
-                )?;
+                );
+                let run = match run {
+                    Ok(r) => r,
+                    // Not admitted, or the cloud half is unreachable before the first token:
+                    // the whole request runs on the device.
+                    Err(e) if recoverable(&e) => {
+                        tracing::warn!(error = %e, "split unavailable; running the request on the device");
+                        let mut stats = self.generate_routed(&req, Route::Local, on_token)?;
+                        stats.fallback = Some(e.to_string());
+                        return Ok(stats);
+                    }
+                    Err(e) => return Err(e),
+                };
                 let prefill = started.elapsed();
-                let Some(mut run) = run else {
+                let Some(run) = run else {
                     let mut stats = empty_stats(&tokens, started, FinishReason::Deadline);
                     stats.prefill = prefill;
                     return Ok(stats);
+                };
+                let mut run = Resilient {
+                    stage: Stage::Split(Box::new(run)),
+                    history: tokens.clone(),
+                    budget: &self.budget,
+                    dtype: self.kv_dtype,
+                    capacity,
+                    sampling: req.sampling,
+                    report: None,
+                    fallback: None,
+                    reservation: None,
                 };
                 let result = decode(
                     &mut run,
@@ -333,12 +346,20 @@ impl Engine {
                     started,
                     prefill,
                 );
-                let kv_bytes = run.kv_bytes();
-                let report = run.finish();
+                let (kv_bytes, bytes_per_token, report) = match run.stage {
+                    Stage::Split(r) => (r.kv_bytes(), bytes_per_token, Some((*r).finish())),
+                    Stage::Local(l) => (
+                        l.cache.len() * l.cache.bytes_per_token(),
+                        l.cache.bytes_per_token(),
+                        run.report,
+                    ),
+                    Stage::Switching => (0, bytes_per_token, run.report),
+                };
                 let mut stats = result?;
                 stats.kv_bytes = kv_bytes;
                 stats.kv_bytes_per_token = bytes_per_token;
-                stats.split = Some(report);
+                stats.split = report;
+                stats.fallback = run.fallback;
                 Ok(stats)
             }
         }
@@ -497,7 +518,139 @@ impl Continuation for SplitRun<'_> {
     }
 }
 
-/// Stats of a request that produced nothing.
+/// A KV cache for `positions` positions of `n_layers` layers, reserved against `budget`.
+fn allocate(
+    budget: &KvBudget,
+    a: &seam_shared::package::Architecture,
+    dtype: KvDtype,
+    n_layers: usize,
+    positions: usize,
+) -> Result<(KvCache, Reservation)> {
+    let geometry = KvGeometry {
+        n_layers,
+        n_kv_heads: a.n_head_kv as usize,
+        head_dim: a.head_dim as usize,
+    };
+    // An empty cache of the same geometry tells the bytes per position.
+    let bytes = KvCache::new(geometry, dtype, 0).bytes_per_token() * positions;
+    let reservation = budget.try_reserve(bytes)?;
+    Ok((KvCache::try_new(geometry, dtype, positions)?, reservation))
+}
+
+/// Whether a split request that failed this way can finish on the device: the link, the
+/// gateway or the worker went away (or lost the session), not a bug or a bad request.
+fn recoverable(e: &Error) -> bool {
+    match e {
+        Error::Unavailable(_) | Error::GoLocal { .. } => true,
+        Error::Remote { code, .. } => matches!(
+            code,
+            tonic::Code::Unavailable
+                | tonic::Code::NotFound
+                | tonic::Code::Aborted
+                | tonic::Code::DeadlineExceeded
+                | tonic::Code::ResourceExhausted
+        ),
+        _ => false,
+    }
+}
+
+enum Stage<'a> {
+    Split(Box<SplitRun<'a>>),
+    Local(LocalRun<'a>),
+    /// Between the two, only while switching.
+    Switching,
+}
+
+/// A split run that finishes on the device when the cloud half goes away mid-answer: it keeps
+/// the tokens so far and, on a recoverable failure, prefills them through every local layer and
+/// continues locally. Greedy output is unchanged (the same model decides every token).
+struct Resilient<'a> {
+    stage: Stage<'a>,
+    /// Prompt and every token handed out so far.
+    history: Vec<u32>,
+    budget: &'a KvBudget,
+    dtype: KvDtype,
+    capacity: usize,
+    sampling: SamplingParams,
+    report: Option<SplitReport>,
+    fallback: Option<String>,
+    reservation: Option<Reservation>,
+}
+
+impl Resilient<'_> {
+    fn fall_back(&mut self, why: &Error) -> Result<()> {
+        // Everything that can fail before the split run is given up.
+        let Stage::Split(run) = &self.stage else {
+            return Err(Error::Unavailable("fallback outside a split run".into()));
+        };
+        let model = run.model();
+        let n_layers = (model.layers().end - model.layers().start) as usize;
+        let (cache, reservation) = allocate(
+            self.budget,
+            model.arch(),
+            self.dtype,
+            n_layers,
+            self.capacity,
+        )?;
+        let sampler = Sampler::new(self.sampling)?;
+        let Stage::Split(run) = std::mem::replace(&mut self.stage, Stage::Switching) else {
+            unreachable!("checked to be a split run above");
+        };
+        let (model, report) = (*run).abandon();
+        tracing::warn!(error = %why, positions = self.history.len(), "the cloud half went away; finishing on the device");
+        self.stage = Stage::Local(LocalRun {
+            model,
+            cache,
+            logits: Vec::new(),
+            sampler,
+        });
+        self.report = Some(report);
+        self.fallback = Some(format!("finished on the device: {why}"));
+        self.reservation = Some(reservation);
+        let Stage::Local(local) = &mut self.stage else {
+            unreachable!("just set");
+        };
+        local.prefill(&self.history, 0, &|| false)?;
+        Ok(())
+    }
+}
+
+impl Continuation for Resilient<'_> {
+    fn model(&self) -> &Model {
+        match &self.stage {
+            Stage::Split(r) => r.model(),
+            Stage::Local(r) => r.model,
+            Stage::Switching => unreachable!("only inside fall_back"),
+        }
+    }
+
+    fn token(&mut self, position: usize) -> u32 {
+        match &mut self.stage {
+            Stage::Split(r) => SplitRun::token(r),
+            Stage::Local(r) => r.token(position),
+            Stage::Switching => 0,
+        }
+    }
+
+    fn advance(&mut self, token: u32, position: usize) -> Result<()> {
+        self.history.push(token);
+        let failed = match &mut self.stage {
+            Stage::Split(r) => match r.advance(token, position) {
+                Ok(()) => return Ok(()),
+                Err(e) if recoverable(&e) => e,
+                Err(e) => return Err(e),
+            },
+            Stage::Local(r) => return r.advance(token, position),
+            Stage::Switching => {
+                return Err(Error::Unavailable(
+                    "the run failed while switching to local".into(),
+                ));
+            }
+        };
+        self.fall_back(&failed)
+    }
+}
+
 fn empty_stats(tokens: &[u32], started: Instant, finish: FinishReason) -> GenerateStats {
     GenerateStats {
         prompt_tokens: tokens.len(),
@@ -511,6 +664,7 @@ fn empty_stats(tokens: &[u32], started: Instant, finish: FinishReason) -> Genera
         kv_bytes_per_token: 0,
         finish,
         split: None,
+        fallback: None,
     }
 }
 

@@ -282,6 +282,19 @@ impl<'a> SplitRun<'a> {
         self.cache.len() * self.cache.bytes_per_token()
     }
 
+    /// Gives up the session (closing it, best effort) and hands the model back, with the
+    /// traffic so far: the request goes on without the cloud.
+    pub fn abandon(self) -> (&'a mut Model, SplitReport) {
+        self.link.close();
+        let report = SplitReport {
+            layer: self.layer,
+            wire: self.wire,
+            counters: self.link.counters(),
+            speculation: self.stats,
+        };
+        (self.model, report)
+    }
+
     /// Closes the session and reports its traffic.
     pub fn finish(self) -> SplitReport {
         self.link.close();

@@ -267,24 +267,20 @@ impl Assistant for AssistantService {
                 },
                 None => Route::Local,
             };
-            let mut result = engine.generate_routed(&req, routed, |t| {
+            let result = engine.generate_routed(&req, routed, |t| {
                 tx.blocking_send(Ok(convert::token_event(t.id, t.index, t.text)))
                     .is_ok()
             });
-            // The gateway did not admit the session (before any token): run it here.
-            if let Err(Error::GoLocal { reason, .. }) = &result {
-                tracing::info!(reason = %reason, "gateway says go local; running the request on the device");
-                route.kind = RouteKind::Local as i32;
-                route.split_layer = 0;
-                route.reason = format!("gateway: {reason} (policy chose split: {})", route.reason);
-                drop(link.take());
-                result = engine.generate_routed(&req, Route::Local, |t| {
-                    tx.blocking_send(Ok(convert::token_event(t.id, t.index, t.text)))
-                        .is_ok()
-                });
-            }
             let event = match result {
                 Ok(stats) => {
+                    // The cloud half was refused or went away: say where the answer came from.
+                    if let Some(why) = &stats.fallback {
+                        if stats.split.is_none() {
+                            route.kind = RouteKind::Local as i32;
+                            route.split_layer = 0;
+                        }
+                        route.reason = format!("{} ({why})", route.reason);
+                    }
                     tracing::info!(
                         prompt_tokens = stats.prompt_tokens,
                         cached = stats.cached_prompt_tokens,
