@@ -25,7 +25,9 @@ echo "## Split execution (seam-worker on loopback)"
 # they are compared with, in the same process) run without spinning.
 export SEAM_ORT_SPIN=0
 start_server worker_addr "$worker" serve --model "$pkg" --listen 127.0.0.1:0
-"$edge" bench-split --model "$pkg" --worker "http://$worker_addr" --split 8
+# The same worker also behind a gateway: the speed table adds the int8 routes through it.
+start_gateway gateway_addr "$router" "$worker_addr" "$(dirname "$0")/../deploy/config/policy.toml" bench-device
+"$edge" bench-split --model "$pkg" --worker "http://$worker_addr" --split 8 "${GATEWAY_FLAGS[@]}"
 echo
 echo "## Speculative split over an emulated WAN link (40 ms RTT, 20 Mbit/s)"
 start_server wan_addr "$linkemu" --listen 127.0.0.1:0 --upstream "$worker_addr" --proto tcp \

@@ -25,45 +25,17 @@ start_server worker_addr "$worker" serve --model "$pkg" --listen 127.0.0.1:0
 echo "cloud worker listening on $worker_addr (layers from the split point on, and the head)"
 
 # The gateway: dev certificates (a CA, the gateway, device "demo-car") and the operator's policy.
-gw=$(mktemp -d -t seam-gateway.XXXXXX)
-SEAM_LOGS+=("$gw")
-"$router" certs --out "$gw" --device demo-car >/dev/null
-cp "$policy" "$gw/policy.toml"
-head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$gw/admin-token"
-cat >"$gw/router.toml" <<EOF
-listen = "127.0.0.1:0"
-admin_listen = "127.0.0.1:0"
-metrics_listen = "127.0.0.1:0"
-policy = "policy.toml"
-policy_poll_ms = 250
-[tls]
-cert = "gateway.pem"
-key = "gateway.key"
-client_ca = "ca.pem"
-[admin]
-token_file = "admin-token"
-[workers]
-static = ["$worker_addr"]
-health_every_ms = 500
-EOF
 echo "routing policy (the operator's, served by the gateway; the device evaluates it locally):"
-"$router" policy check "$gw/policy.toml" | sed 's/^/  /'
+"$router" policy check "$policy" | sed 's/^/  /'
 echo
-SEAM_LISTEN_PREFIX="listening gateway " start_server gateway_addr "$router" serve --config "$gw/router.toml"
-gateway_addr=${gateway_addr%% *}
-router_out=${SEAM_LOGS[-1]}
-metrics_addr=
-for _ in $(seq 1 50); do
-  metrics_addr=$(sed -n 's/^listening metrics //p' "$router_out")
-  [ -n "$metrics_addr" ] && break
-  sleep 0.1
-done
+start_gateway gateway_addr "$router" "$worker_addr" "$policy" demo-car
+gw=$GATEWAY_DIR
+metrics_addr=$GATEWAY_METRICS
 echo "gateway listening on $gateway_addr (gRPC on TCP, QUIC on UDP, mTLS), /metrics on $metrics_addr"
 decisions=$(mktemp -t seam-decisions.XXXXXX)
 SEAM_LOGS+=("$decisions")
 start_server addr "$edge" serve --model "$pkg" "${encoder[@]}" --decisions "$decisions" \
-  --listen 127.0.0.1:0 --gateway "$gateway_addr" --gateway-ca "$gw/ca.pem" \
-  --device-cert "$gw/demo-car.pem" --device-key "$gw/demo-car.key" --split 8 --wire int8
+  --listen 127.0.0.1:0 "${GATEWAY_FLAGS[@]}" --split 8 --wire int8
 edge_log=${SEAM_LOGS[-2]}
 echo "edge agent (device demo-car) listening on $addr"
 echo

@@ -43,3 +43,35 @@ stop_servers() {
   for pid in "${SEAM_PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
   rm -rf "${SEAM_LOGS[@]}"
 }
+
+# start_gateway VAR ROUTER WORKER_ADDR POLICY DEVICE: makes dev certificates (a CA, the gateway,
+# DEVICE) in a fresh directory, copies POLICY there and starts `ROUTER serve` in front of the
+# worker; stores the gateway's address in VAR, and sets GATEWAY_DIR (certificates, policy.toml),
+# GATEWAY_METRICS (the /metrics address) and GATEWAY_FLAGS (the seam-edge flags for DEVICE).
+start_gateway() {
+  local var=$1 router=$2 worker_addr=$3 policy=$4 device=$5
+  GATEWAY_DIR=$(mktemp -d -t seam-gateway.XXXXXX)
+  SEAM_LOGS+=("$GATEWAY_DIR")
+  "$router" certs --out "$GATEWAY_DIR" --device "$device" >/dev/null
+  cp "$policy" "$GATEWAY_DIR/policy.toml"
+  head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$GATEWAY_DIR/admin-token"
+  printf '%s\n' \
+    'listen = "127.0.0.1:0"' 'admin_listen = "127.0.0.1:0"' 'metrics_listen = "127.0.0.1:0"' \
+    'policy = "policy.toml"' 'policy_poll_ms = 250' \
+    '[tls]' 'cert = "gateway.pem"' 'key = "gateway.key"' 'client_ca = "ca.pem"' \
+    '[admin]' 'token_file = "admin-token"' \
+    '[workers]' "static = [\"$worker_addr\"]" 'health_every_ms = 500' >"$GATEWAY_DIR/router.toml"
+  local addr
+  SEAM_LISTEN_PREFIX="listening gateway " start_server addr "$router" serve --config "$GATEWAY_DIR/router.toml"
+  addr=${addr%% *}
+  local out=${SEAM_LOGS[-1]}
+  GATEWAY_METRICS=
+  for _ in $(seq 1 50); do
+    GATEWAY_METRICS=$(sed -n 's/^listening metrics //p' "$out")
+    [ -n "$GATEWAY_METRICS" ] && break
+    sleep 0.1
+  done
+  GATEWAY_FLAGS=(--gateway "$addr" --gateway-ca "$GATEWAY_DIR/ca.pem"
+    --device-cert "$GATEWAY_DIR/$device.pem" --device-key "$GATEWAY_DIR/$device.key")
+  printf -v "$var" '%s' "$addr"
+}

@@ -6,6 +6,7 @@
 //! `scripts/bench.sh` starts the worker and passes its address.
 
 use super::load_engine;
+use crate::link::gateway::{GatewayEndpoint, GatewayOptions, TransportChoice};
 use crate::link::worker::WorkerEndpoint;
 use crate::runtime::engine::{Engine, GenerateRequest, GenerateStats, Route};
 use crate::runtime::kv_cache::{KvCache, KvDtype, KvGeometry};
@@ -57,6 +58,16 @@ pub struct SplitBenchArgs {
     /// What the link is, for the table's title (e.g. "loopback", "40 ms RTT, 20 Mbit/s").
     #[arg(long, default_value = "loopback")]
     pub link: String,
+    /// A seam-router in front of the same worker: the speed section adds the int8 routes
+    /// through it, to compare with the direct connection in the same run.
+    #[arg(long, requires_all = ["gateway_ca", "device_cert", "device_key"])]
+    pub gateway: Option<String>,
+    #[arg(long)]
+    pub gateway_ca: Option<std::path::PathBuf>,
+    #[arg(long)]
+    pub device_cert: Option<std::path::PathBuf>,
+    #[arg(long)]
+    pub device_key: Option<std::path::PathBuf>,
 }
 
 /// The wire dtypes compared.
@@ -99,6 +110,7 @@ pub const AGREEMENT_PROMPTS: [&str; 20] = [
 struct SplitBench {
     engine: Engine,
     endpoint: WorkerEndpoint,
+    gateway: Option<GatewayEndpoint>,
     runtime: tokio::runtime::Runtime,
     layer: u32,
 }
@@ -137,9 +149,28 @@ pub fn run(dir: &Path, args: &SplitBenchArgs) -> anyhow::Result<()> {
         args.threads
     );
     println!();
+    let gateway = match (
+        &args.gateway,
+        &args.gateway_ca,
+        &args.device_cert,
+        &args.device_key,
+    ) {
+        (Some(addr), Some(ca), Some(cert), Some(key)) => Some(GatewayEndpoint::new(
+            GatewayOptions {
+                addr: addr.clone(),
+                ca: ca.clone(),
+                cert: cert.clone(),
+                key: key.clone(),
+                transport: TransportChoice::Quic,
+            },
+            engine.model().package().digest(),
+        )?),
+        _ => None,
+    };
     let mut bench = SplitBench {
         engine,
         endpoint,
+        gateway,
         runtime,
         layer,
     };
@@ -165,13 +196,28 @@ impl SplitBench {
         req: &GenerateRequest,
         wire: Option<WireDtype>,
     ) -> anyhow::Result<(GenerateStats, Vec<u32>)> {
+        self.generate_via(req, wire, false)
+    }
+
+    /// As [`Self::generate`], through the gateway when `via_gateway`.
+    fn generate_via(
+        &mut self,
+        req: &GenerateRequest,
+        wire: Option<WireDtype>,
+        via_gateway: bool,
+    ) -> anyhow::Result<(GenerateStats, Vec<u32>)> {
         let mut ids = Vec::new();
-        let mut link = self.endpoint.link(self.runtime.handle().clone());
+        let handle = self.runtime.handle().clone();
+        let mut link: Box<dyn SplitLink + Send> = match (&self.gateway, via_gateway) {
+            (Some(g), true) => Box::new(g.link(handle)),
+            (None, true) => anyhow::bail!("no gateway configured"),
+            (_, false) => Box::new(self.endpoint.link(handle)),
+        };
         let route = match wire {
             Some(wire) => Route::Split {
                 layer: self.layer,
                 wire,
-                link: &mut link,
+                link: &mut *link,
             },
             None => Route::Local,
         };
@@ -197,19 +243,30 @@ impl SplitBench {
             draft_tokens: Some(0),
         };
         // Per-token split per wire dtype, then int8 with adaptive drafting.
-        let routes: Vec<(Option<WireDtype>, Option<u32>)> = std::iter::once((None, Some(0)))
-            .chain(WIRES.iter().map(|&w| (Some(w), Some(0))))
-            .chain([(Some(WireDtype::INT8_ROW), None)])
-            .collect();
+        // (wire, drafts, through the gateway)
+        let mut routes: Vec<(Option<WireDtype>, Option<u32>, bool)> =
+            std::iter::once((None, Some(0), false))
+                .chain(WIRES.iter().map(|&w| (Some(w), Some(0), false)))
+                .chain([(Some(WireDtype::INT8_ROW), None, false)])
+                .collect();
+        if self.gateway.is_some() {
+            routes.push((Some(WireDtype::INT8_ROW), Some(0), true));
+            routes.push((Some(WireDtype::INT8_ROW), None, true));
+        }
         let mut best = vec![0.0f64; routes.len()];
         let mut last: Vec<Option<GenerateStats>> = vec![None; routes.len()];
         for _ in 0..args.repeats.max(1) {
-            for (i, &(wire, drafts)) in routes.iter().enumerate() {
+            for (i, &(wire, drafts, via)) in routes.iter().enumerate() {
                 let req = GenerateRequest {
                     draft_tokens: drafts,
                     ..req.clone()
                 };
-                let (stats, _) = self.generate(&req, wire)?;
+                let (stats, _) = self.generate_via(&req, wire, via)?;
+                anyhow::ensure!(
+                    stats.fallback.is_none(),
+                    "the split did not complete: {:?}",
+                    stats.fallback
+                );
                 best[i] = best[i].max(stats.decode_tokens_per_s());
                 last[i] = Some(stats);
             }
@@ -223,7 +280,7 @@ impl SplitBench {
         );
         println!("|---|---|---|---|---|---|---|---|---|---|");
         println!("| local | {local:.1} | 1.00 | – | – | – | – | – | – | – |");
-        for (i, &(wire, drafts)) in routes.iter().enumerate().skip(1) {
+        for (i, &(wire, drafts, via)) in routes.iter().enumerate().skip(1) {
             let wire = wire.expect("split routes");
             let stats = last[i].as_ref().expect("measured");
             let report = stats
@@ -234,12 +291,13 @@ impl SplitBench {
             let row = wire.payload_bytes(1, d);
             let spec = report.speculation;
             println!(
-                "| split({layer}) {wire}{} | {:.1} | {:.2} | {row} | {:.3} | {decode_sent:.0} | {decode_received:.0} | {} | {:.2} | {} |",
+                "| split({layer}) {wire}{}{} | {:.1} | {:.2} | {row} | {:.3} | {decode_sent:.0} | {decode_received:.0} | {} | {:.2} | {} |",
                 if drafts == Some(0) {
                     ""
                 } else {
                     ", speculative"
                 },
+                if via { ", via gateway (QUIC)" } else { "" },
                 best[i],
                 best[i] / local,
                 row as f64 / f32_row as f64,
