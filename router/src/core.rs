@@ -28,6 +28,18 @@ const RETRY_NO_WORKER_MS: u64 = 2000;
 /// Workers tried for one admission before the device is told to go local.
 const MAX_OPEN_ATTEMPTS: usize = 3;
 
+/// Split layers above this are counted together (a device cannot make many keys).
+const MAX_LAYER_LABEL: u32 = 1024;
+
+/// `rule` if the policy in force has a rule by that name (or it is the evaluator's own
+/// `default` or `override`), else `other`.
+fn known_rule<'a>(policy: &crate::policy::Policy, rule: &'a str) -> &'a str {
+    let known = rule == crate::policy::DEFAULT_RULE
+        || rule == "override"
+        || policy.rules.iter().any(|r| r.name == rule);
+    if known { rule } else { "other" }
+}
+
 /// Limits the handlers enforce.
 #[derive(Debug, Clone)]
 pub struct CoreConfig {
@@ -158,12 +170,11 @@ impl Core {
     }
 
     fn count(&self, kind: RouteKind, layer: u32, rule: &str, n: u64) {
-        *self
-            .route_counts
-            .lock()
-            .expect("route counts lock")
-            .entry((kind as i32, layer, rule.to_string()))
-            .or_insert(0) += n;
+        let mut counts = self.route_counts.lock().expect("route counts lock");
+        let c = counts
+            .entry((kind as i32, layer.min(MAX_LAYER_LABEL), rule.to_string()))
+            .or_insert(0);
+        *c = c.saturating_add(n);
     }
 
     fn go_local(
@@ -386,6 +397,7 @@ impl Core {
                 "at most 1000 decision counts per report",
             ));
         }
+        let policy = self.store.current().policy.clone();
         for d in &req.decisions {
             let kind = RouteKind::try_from(d.kind).unwrap_or(RouteKind::Unspecified);
             let route = match kind {
@@ -394,9 +406,12 @@ impl Core {
                 RouteKind::Reject => "reject",
                 RouteKind::Unspecified => "unknown",
             };
-            let rule: String = d.rule.chars().take(64).collect();
-            self.metrics.decision(&rule, route, "device", d.count);
-            self.count(kind, d.split_layer, &rule, d.count);
+            // Rule names become metric labels and map keys: only the policy's own names (and
+            // the evaluator's `default`/`override`) are kept, anything else counts as `other`,
+            // so a device cannot grow either without bound.
+            let rule = known_rule(&policy, &d.rule);
+            self.metrics.decision(rule, route, "device", d.count);
+            self.count(kind, d.split_layer, rule, d.count);
         }
         self.links.lock().expect("links lock").insert(
             device.clone(),

@@ -407,6 +407,41 @@ async fn admin_api_needs_its_token_and_publishes_policies() {
         .unwrap();
     assert_eq!(p.version, 5);
 
+    // Devices' decision counts: rule names outside the policy are bucketed, not kept.
+    let report = seam_shared::proto::gateway::ReportLinkRequest {
+        decisions: vec![
+            seam_shared::proto::common::RouteCount {
+                kind: seam_shared::proto::common::RouteKind::Local as i32,
+                split_layer: 0,
+                rule: "default".into(),
+                count: 3,
+            },
+            seam_shared::proto::common::RouteCount {
+                kind: seam_shared::proto::common::RouteKind::Local as i32,
+                split_layer: 0,
+                rule: "made-up-rule-1234".into(),
+                count: 2,
+            },
+        ],
+        ..Default::default()
+    };
+    dev.report_link(report).await.unwrap();
+    let stats = admin
+        .route_stats(auth(seam_shared::proto::admin::RouteStatsRequest {}))
+        .await
+        .unwrap()
+        .into_inner();
+    let count = |rule: &str| {
+        stats
+            .counts
+            .iter()
+            .filter(|c| c.rule == rule)
+            .map(|c| c.count)
+            .sum::<u64>()
+    };
+    assert_eq!((count("default"), count("other")), (3, 2), "{stats:?}");
+    assert_eq!(count("made-up-rule-1234"), 0);
+
     // A session through the gateway shows up in ListSessions, RouteStats and /metrics.
     let s = until_admitting(&dev).await;
     assert_eq!(one_step(&dev, step(&s, 1, 0, 3, vec![], 0)).await.kv_len, 3);
