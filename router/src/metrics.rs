@@ -173,6 +173,16 @@ impl Metrics {
 /// Counts a connection while alive.
 pub struct ConnectionGuard(Gauge);
 
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn unknown_methods_share_one_label() {
+        assert_eq!(super::method_label("/seam.gateway.v1.Gateway/Step"), "Step");
+        assert_eq!(super::method_label("/x/aaaaaaaaaaaaaaaaaaaaaaaaa"), "other");
+        assert_eq!(super::method_label(""), "other");
+    }
+}
+
 impl Drop for ConnectionGuard {
     fn drop(&mut self) {
         self.0.dec();
@@ -237,13 +247,7 @@ where
     }
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        let method = req
-            .uri()
-            .path()
-            .rsplit('/')
-            .next()
-            .unwrap_or_default()
-            .to_string();
+        let method = method_label(req.uri().path()).to_string();
         let family = if self.device {
             &self.metrics.device_call_seconds
         } else {
@@ -258,6 +262,33 @@ where
             r
         })
     }
+}
+
+/// The gRPC methods timed by name; any other path (a device can send any) is `other`, so
+/// that label values stay few.
+const METHODS: [&str; 13] = [
+    "GetPolicy",
+    "WatchPolicy",
+    "OpenSession",
+    "Step",
+    "CloseSession",
+    "ReportLink",
+    "GetInfo",
+    "Check",
+    "Watch",
+    "ServerReflectionInfo",
+    "PutPolicy",
+    "ListWorkers",
+    "ListSessions",
+];
+
+fn method_label(path: &str) -> &'static str {
+    let last = path.rsplit('/').next().unwrap_or_default();
+    METHODS
+        .iter()
+        .find(|m| **m == last)
+        .copied()
+        .unwrap_or("other")
 }
 
 /// Serves `GET /metrics` on `listener` (HTTP/1.1) until `stop` turns true.

@@ -21,8 +21,27 @@ use std::time::Instant;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tonic::{Code, Status};
 
-/// Steps sent to a worker and not answered yet, by (session, step id).
-type Pending = Arc<Mutex<HashMap<(String, u64), (Instant, OwnedSemaphorePermit)>>>;
+/// Steps sent to a worker and not answered yet, by (session, step id); `closed` once the
+/// leg's reader has answered the leftovers, after which nothing may be added.
+#[derive(Default)]
+struct PendingSteps {
+    steps: HashMap<(String, u64), (Instant, OwnedSemaphorePermit)>,
+    closed: bool,
+}
+
+type Pending = Arc<Mutex<PendingSteps>>;
+
+type Legs = Arc<Mutex<HashMap<String, Arc<Leg>>>>;
+
+/// Empties the legs of a device stream however its relay loop ends: their senders close the
+/// worker streams, which ends the readers.
+struct LegsGuard(Legs);
+
+impl Drop for LegsGuard {
+    fn drop(&mut self) {
+        self.0.lock().expect("legs lock").clear();
+    }
+}
 
 struct Leg {
     tx: mpsc::Sender<StepRequest>,
@@ -76,7 +95,8 @@ impl Core {
         out: mpsc::Sender<Result<StepResponse, Status>>,
     ) {
         let permits = Arc::new(Semaphore::new(self.cfg.sessions.max_in_flight_steps));
-        let legs: Arc<Mutex<HashMap<String, Arc<Leg>>>> = Arc::default();
+        let legs: Legs = Arc::default();
+        let _guard = LegsGuard(legs.clone());
         while let Some(item) = inbound.next().await {
             let req = match item {
                 Ok(r) => r,
@@ -149,7 +169,8 @@ impl Core {
             session.touch();
             // The session's worker, or a new one if it left the rotation.
             let mut addr = session.worker();
-            let healthy = self.pool.get(&addr).is_some_and(|w| w.available());
+            // A draining worker keeps the sessions it has (only new ones go elsewhere).
+            let healthy = self.pool.get(&addr).is_some_and(|w| w.state().healthy);
             if !healthy {
                 match self.move_session(&session, &addr).await {
                     Ok(new) => addr = new,
@@ -180,7 +201,9 @@ impl Core {
             let leg = match self.leg(&legs, &addr, &out, transport).await {
                 Ok(l) => l,
                 Err(status) => {
-                    self.pool.mark_suspect(&addr, status.message());
+                    if matches!(status.code(), Code::Unavailable | Code::Unknown) {
+                        self.pool.mark_suspect(&addr, status.message());
+                    }
                     let e = step_error(
                         &req,
                         Code::Unavailable,
@@ -194,15 +217,29 @@ impl Core {
                 }
             };
             let key = (req.session_id.clone(), req.step_id);
-            leg.pending
-                .lock()
-                .expect("pending lock")
-                .insert(key.clone(), (t0, permit));
-            if leg.tx.send(req).await.is_err() {
-                // The leg died between lookup and send; its reader answers what was pending,
-                // this step included if it got in first, else answer here.
-                let unanswered = leg.pending.lock().expect("pending lock").remove(&key);
-                if unanswered.is_some() {
+            let accepted = {
+                let mut p = leg.pending.lock().expect("pending lock");
+                if p.closed {
+                    false
+                } else {
+                    p.steps.insert(key.clone(), (t0, permit));
+                    true
+                }
+            };
+            let sent = accepted && leg.tx.send(req).await.is_ok();
+            if !sent {
+                // The leg died between lookup and send. Its reader answers what was pending;
+                // a step it did not take is answered here.
+                let unanswered = !accepted
+                    || leg
+                        .pending
+                        .lock()
+                        .expect("pending lock")
+                        .steps
+                        .remove(&key)
+                        .is_some();
+                legs.lock().expect("legs lock").remove(&addr);
+                if unanswered {
                     let e = StepResponse {
                         session_id: key.0,
                         step_id: key.1,
@@ -213,13 +250,14 @@ impl Core {
                         }),
                         ..Default::default()
                     };
-                    let _ = out.send(Ok(e)).await;
+                    if out.send(Ok(e)).await.is_err() {
+                        return;
+                    }
                 }
-                legs.lock().expect("legs lock").remove(&addr);
             }
         }
-        // The device closed its side: let the legs finish what is in flight, then end.
-        legs.lock().expect("legs lock").clear();
+        // The device closed its side: the guard drops the legs; the workers finish what is in
+        // flight and end their streams.
     }
 
     /// Re-opens `session` on the next worker in its rendezvous order.
@@ -231,6 +269,16 @@ impl Core {
         for w in self.pool.ranked(&session.id, &[old]) {
             match w.client.clone().open_session(session.open.clone()).await {
                 Ok(_) => {
+                    // Free the KV it may still hold on the old worker, without waiting.
+                    if let Some(old_worker) = self.pool.get(old) {
+                        let close = seam_shared::proto::worker::CloseSessionRequest {
+                            session_id: session.id.clone(),
+                        };
+                        let mut client = old_worker.client.clone();
+                        tokio::spawn(async move {
+                            let _ = client.close_session(close).await;
+                        });
+                    }
                     *session.worker.lock().expect("session worker lock") = w.addr.clone();
                     session.kv_len.store(0, Ordering::Relaxed);
                     session.moves.fetch_add(1, Ordering::Relaxed);
@@ -252,7 +300,7 @@ impl Core {
     /// The stream to worker `addr` for this device stream, opened on first use.
     async fn leg(
         self: &Arc<Self>,
-        legs: &Arc<Mutex<HashMap<String, Arc<Leg>>>>,
+        legs: &Legs,
         addr: &str,
         out: &mpsc::Sender<Result<StepResponse, Status>>,
         transport: &'static str,
@@ -287,11 +335,17 @@ impl Core {
         );
         tokio::spawn(async move {
             let why = loop {
-                match answers.message().await {
+                let next = tokio::select! {
+                    m = answers.message() => m,
+                    // The device went away: stop reading (drops the worker stream).
+                    _ = out.closed() => break None,
+                };
+                match next {
                     Ok(Some(resp)) => {
                         let entry = pending
                             .lock()
                             .expect("pending lock")
+                            .steps
                             .remove(&(resp.session_id.clone(), resp.step_id));
                         if let Some((t0, _permit)) = entry {
                             core.metrics.relay(transport, t0.elapsed().as_secs_f64());
@@ -316,7 +370,11 @@ impl Core {
                 }
             };
             legs.lock().expect("legs lock").remove(&addr);
-            let orphans: Vec<_> = pending.lock().expect("pending lock").drain().collect();
+            let orphans: Vec<_> = {
+                let mut p = pending.lock().expect("pending lock");
+                p.closed = true;
+                p.steps.drain().collect()
+            };
             if let Some(why) = why {
                 if !orphans.is_empty() {
                     core.pool.mark_suspect(&addr, &why);

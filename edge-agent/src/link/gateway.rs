@@ -540,13 +540,12 @@ impl SplitLink for GatewayLink {
             reason: "done".into(),
         };
         self.counters.bytes_sent += request.encoded_len() as u64;
-        let closed = self.handle.block_on(async move {
-            tokio::time::timeout(Duration::from_secs(2), client.close_session(request)).await
+        // Fire and forget: the answer does not matter to the request, and a dead link must not
+        // hold it up (the gateway's idle sweep frees the session if this never arrives).
+        self.handle.spawn(async move {
+            let _ =
+                tokio::time::timeout(Duration::from_secs(2), client.close_session(request)).await;
         });
-        if let Ok(Ok(r)) = closed {
-            self.counters.bytes_received += r.encoded_len() as u64;
-            self.counters.round_trips += 1;
-        }
     }
 
     fn counters(&self) -> LinkCounters {

@@ -288,7 +288,8 @@ impl Engine {
                     )));
                 }
                 let speculation = self.speculation(layer, req.draft_tokens)?;
-                let (cache, _reservation) = self.allocate_cache_for(layer as usize, capacity)?;
+                let (cache, split_reservation) =
+                    self.allocate_cache_for(layer as usize, capacity)?;
                 let bytes_per_token = cache.bytes_per_token();
                 let open = OpenSplit {
                     layer,
@@ -334,6 +335,7 @@ impl Engine {
                     sampling: req.sampling,
                     report: None,
                     fallback: None,
+                    split_reservation: Some(split_reservation),
                     reservation: None,
                 };
                 let result = decode(
@@ -353,7 +355,7 @@ impl Engine {
                         l.cache.bytes_per_token(),
                         run.report,
                     ),
-                    Stage::Switching => (0, bytes_per_token, run.report),
+                    Stage::Switching | Stage::Failed(_) => (0, bytes_per_token, run.report),
                 };
                 let mut stats = result?;
                 stats.kv_bytes = kv_bytes;
@@ -557,8 +559,10 @@ fn recoverable(e: &Error) -> bool {
 enum Stage<'a> {
     Split(Box<SplitRun<'a>>),
     Local(LocalRun<'a>),
-    /// Between the two, only while switching.
+    /// Between the two, only inside `fall_back`.
     Switching,
+    /// The local continuation could not be set up (the error went to the caller).
+    Failed(&'a mut Model),
 }
 
 /// A split run that finishes on the device when the cloud half goes away mid-answer: it keeps
@@ -574,44 +578,50 @@ struct Resilient<'a> {
     sampling: SamplingParams,
     report: Option<SplitReport>,
     fallback: Option<String>,
+    /// The split cache's reservation, released when the run falls back.
+    split_reservation: Option<Reservation>,
     reservation: Option<Reservation>,
 }
 
 impl Resilient<'_> {
     fn fall_back(&mut self, why: &Error) -> Result<()> {
-        // Everything that can fail before the split run is given up.
-        let Stage::Split(run) = &self.stage else {
+        let stage = std::mem::replace(&mut self.stage, Stage::Switching);
+        let Stage::Split(run) = stage else {
+            self.stage = stage;
             return Err(Error::Unavailable("fallback outside a split run".into()));
         };
-        let model = run.model();
+        let (model, report) = (*run).abandon();
+        self.report = Some(report);
+        // The split cache is gone with the run: its reservation can go before the local one.
+        drop(self.split_reservation.take());
+        tracing::warn!(error = %why, positions = self.history.len(), "the cloud half went away; finishing on the device");
         let n_layers = (model.layers().end - model.layers().start) as usize;
-        let (cache, reservation) = allocate(
+        let allocated = allocate(
             self.budget,
             model.arch(),
             self.dtype,
             n_layers,
             self.capacity,
-        )?;
-        let sampler = Sampler::new(self.sampling)?;
-        let Stage::Split(run) = std::mem::replace(&mut self.stage, Stage::Switching) else {
-            unreachable!("checked to be a split run above");
+        )
+        .and_then(|(cache, r)| Ok((cache, r, Sampler::new(self.sampling)?)));
+        let (cache, reservation, sampler) = match allocated {
+            Ok(a) => a,
+            Err(e) => {
+                self.stage = Stage::Failed(model);
+                return Err(e);
+            }
         };
-        let (model, report) = (*run).abandon();
-        tracing::warn!(error = %why, positions = self.history.len(), "the cloud half went away; finishing on the device");
-        self.stage = Stage::Local(LocalRun {
+        self.fallback = Some(format!("finished on the device: {why}"));
+        self.reservation = Some(reservation);
+        let mut local = LocalRun {
             model,
             cache,
             logits: Vec::new(),
             sampler,
-        });
-        self.report = Some(report);
-        self.fallback = Some(format!("finished on the device: {why}"));
-        self.reservation = Some(reservation);
-        let Stage::Local(local) = &mut self.stage else {
-            unreachable!("just set");
         };
-        local.prefill(&self.history, 0, &|| false)?;
-        Ok(())
+        let prefilled = local.prefill(&self.history, 0, &|| false);
+        self.stage = Stage::Local(local);
+        prefilled.map(|_| ())
     }
 }
 
@@ -620,6 +630,7 @@ impl Continuation for Resilient<'_> {
         match &self.stage {
             Stage::Split(r) => r.model(),
             Stage::Local(r) => r.model,
+            Stage::Failed(m) => m,
             Stage::Switching => unreachable!("only inside fall_back"),
         }
     }
@@ -628,7 +639,7 @@ impl Continuation for Resilient<'_> {
         match &mut self.stage {
             Stage::Split(r) => SplitRun::token(r),
             Stage::Local(r) => r.token(position),
-            Stage::Switching => 0,
+            Stage::Switching | Stage::Failed(_) => 0,
         }
     }
 
@@ -641,7 +652,7 @@ impl Continuation for Resilient<'_> {
                 Err(e) => return Err(e),
             },
             Stage::Local(r) => return r.advance(token, position),
-            Stage::Switching => {
+            Stage::Switching | Stage::Failed(_) => {
                 return Err(Error::Unavailable(
                     "the run failed while switching to local".into(),
                 ));

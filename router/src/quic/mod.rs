@@ -210,6 +210,8 @@ async fn call(
                 let next = tokio::select! {
                     n = updates.next() => n,
                     _ = stop.changed() => None,
+                    // The device closed or reset its side, or the connection died.
+                    _ = frames.next() => None,
                 };
                 let Some(Ok(p)) = next else { break };
                 let f = GatewayFrame {
