@@ -372,22 +372,7 @@ pub struct GatewayLink {
 }
 
 fn remote(e: tonic::Status) -> Error {
-    let retry_after_ms = e
-        .metadata()
-        .get("retry-after-ms")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    match e.code() {
-        tonic::Code::Unavailable | tonic::Code::Unknown => {
-            Error::Unavailable(format!("gateway: {}", e.message()))
-        }
-        code => Error::Remote {
-            code,
-            message: e.message().to_string(),
-            retry_after_ms,
-        },
-    }
+    super::remote_error("gateway", &e)
 }
 
 impl GatewayLink {

@@ -8,6 +8,7 @@ pub mod worker;
 pub use gateway::{GatewayEndpoint, GatewayLink};
 pub use worker::{WorkerEndpoint, WorkerLink};
 
+use crate::error::Error;
 use crate::runtime::split::SplitLink;
 use tokio::runtime::Handle;
 
@@ -25,5 +26,27 @@ impl CloudEndpoint {
             CloudEndpoint::Worker(w) => Box::new(w.link(handle)),
             CloudEndpoint::Gateway(g) => Box::new(g.link(handle)),
         }
+    }
+}
+
+/// A failed call to the cloud side as the engine's error: unreachable peers become
+/// [`Error::Unavailable`] (the request may finish on the device), refusals keep their code and
+/// `retry-after-ms` hint.
+pub(crate) fn remote_error(peer: &str, e: &tonic::Status) -> Error {
+    let retry_after_ms = e
+        .metadata()
+        .get("retry-after-ms")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    match e.code() {
+        tonic::Code::Unavailable | tonic::Code::Unknown => {
+            Error::Unavailable(format!("{peer}: {}", e.message()))
+        }
+        code => Error::Remote {
+            code,
+            message: e.message().to_string(),
+            retry_after_ms,
+        },
     }
 }
