@@ -25,7 +25,8 @@ build:
 	$(CARGO) build --release --locked -p seam-edge -p seam-worker -p seam-router
 	$(CARGO) build --release --locked -p seam-tests --bin seam-linkemu --bin seam-gwbench
 
-$(PKG)/manifest.toml: $(GGUF) | build
+# The graphs' code is a prerequisite: a package of an older layout is imported again.
+$(PKG)/manifest.toml: $(GGUF) edge-agent/src/import/graphs.rs | build
 	$(EDGE) model import --gguf $(GGUF) --out $(PKG) --split-points $(SPLITS) --calibration $(PROSE)
 
 # The sentence encoder (int8 all-MiniLM-L6-v2) with its CLINC150 intent head.

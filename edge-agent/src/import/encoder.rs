@@ -15,8 +15,8 @@ use crate::perception::head::calibrate_threshold;
 use crate::perception::lbfgs::LbfgsOptions;
 use crate::perception::train::{TrainOptions, accuracy, train_head};
 use seam_shared::package::{
-    self, DataRef, ENCODER_KIND, EncoderManifest, EncoderSpec, FORMAT_VERSION, IntentHeadSpec,
-    SmoothingSpec, Source, encoder_digest,
+    self, DataRef, ENCODER_FORMAT_VERSION, ENCODER_KIND, EncoderManifest, EncoderSpec,
+    IntentHeadSpec, SmoothingSpec, Source, encoder_digest,
 };
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -248,7 +248,7 @@ pub fn import_encoder(opts: &EncoderImportOptions) -> Result<EncoderImportReport
     };
     let manifest = EncoderManifest {
         kind: ENCODER_KIND.into(),
-        format_version: FORMAT_VERSION,
+        format_version: ENCODER_FORMAT_VERSION,
         name: checkpoint_name(ck),
         source: Source {
             file: "model.safetensors".into(),

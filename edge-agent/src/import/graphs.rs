@@ -9,20 +9,20 @@ use crate::onnx::{Attr, Dim, GraphBuilder, MS_DOMAIN};
 
 /// Names of graph inputs and outputs, shared with the runtime.
 pub mod io {
-    /// Hidden state entering a segment, `[1, S, n_embd]` (input of a segment's first graph and
+    /// Hidden state entering a segment, `[S, n_embd]` (input of a segment's first graph and
     /// of the head).
     pub const HIDDEN: &str = "hidden";
-    /// Residual stream before the previous layer's attention, `[1, S, n_embd]`.
+    /// Residual stream before the previous layer's attention, `[S, n_embd]`.
     pub const RESIDUAL: &str = "residual";
-    /// Attention output of the previous layer before its output projection, `[1, S, n_embd]`.
+    /// Attention output of the previous layer before its output projection, `[S, n_embd]`.
     pub const ATTN: &str = "attn";
-    /// Packed q|k|v projections of a layer, `[1, S, (n_head + 2·n_head_kv)·head_dim]`.
+    /// Packed q|k|v projections of a layer, `[S, (n_head + 2·n_head_kv)·head_dim]`.
     pub const QKV: &str = "qkv";
-    /// Residual stream entering the next layer, `[1, S, n_embd]`.
+    /// Residual stream entering the next layer, `[S, n_embd]`.
     pub const RESIDUAL_OUT: &str = "residual_out";
-    /// Hidden state leaving a segment, `[1, S, n_embd]`.
+    /// Hidden state leaving a segment, `[S, n_embd]`.
     pub const HIDDEN_OUT: &str = "hidden_out";
-    /// Logits, `[1, S, vocab]`.
+    /// Logits, `[S, vocab]`.
     pub const LOGITS: &str = "logits";
 }
 
@@ -53,12 +53,13 @@ pub struct Dims {
 
 const SEQ: Dim = Dim::Named("seq");
 
-fn act(d: usize) -> [Dim; 3] {
-    [Dim::Fixed(1), SEQ, Dim::Fixed(d as i64)]
+/// Activations are 2-D `[S, d]` so that `Gemm` can fold each Q4_1 correction into one node.
+fn act(d: usize) -> [Dim; 2] {
+    [SEQ, Dim::Fixed(d as i64)]
 }
 
-/// `y = W·x` for a Q4_1 layer: MatMulNBits plus the block-sum correction. `sums` are the block
-/// sums of `x` (shared by every layer reading the same `x`).
+/// `y = W·x` for a Q4_1 layer: MatMulNBits plus the block-sum correction, folded by one
+/// `Gemm(sums, C, W_q·x)`. `sums` are the block sums of `x` ([`block_sums`]).
 fn q4_matmul(
     g: &mut GraphBuilder,
     x: &str,
@@ -75,37 +76,50 @@ fn q4_matmul(
     );
     let s = g.init_f32(&format!("{stem}_d"), &[w.n as i64 * nb], &w.scales);
     let c = g.init_f32(&format!("{stem}_c"), &[nb, w.n as i64], &w.correction_t());
-    let mm = g.op(
+    let mm = nbits(g, x, &b, &s, w.k, w.n, level);
+    g.op("Gemm", "", &[sums, &c, &mm], vec![])
+}
+
+/// 4-bit `MatMulNBits` without zero points (the kernel's default zero point 8).
+fn nbits(
+    g: &mut GraphBuilder,
+    x: &str,
+    b: &str,
+    s: &str,
+    k: usize,
+    n: usize,
+    level: i64,
+) -> String {
+    g.op(
         "MatMulNBits",
         MS_DOMAIN,
-        &[x, &b, &s],
+        &[x, b, s],
         vec![
-            Attr::Int("K", w.k as i64),
-            Attr::Int("N", w.n as i64),
+            Attr::Int("K", k as i64),
+            Attr::Int("N", n as i64),
             Attr::Int("bits", 4),
             Attr::Int("block_size", BLOCK as i64),
             Attr::Int("accuracy_level", level),
         ],
-    );
-    let corr = g.op("MatMul", "", &[sums, &c], vec![]);
-    g.op("Add", "", &[&mm, &corr], vec![])
+    )
 }
 
-/// Sums of `x` over each block of 32 features: `[1, S, k] → [1, S, k/32]`.
-fn block_sums(g: &mut GraphBuilder, x: &str, k: usize) -> String {
-    let shape = g.init_i64(
-        "blocks_shape",
-        &[4],
-        &[0, 0, (k / BLOCK) as i64, BLOCK as i64],
-    );
-    let axes = g.init_i64("blocks_axes", &[1], &[-1]);
-    let r = g.op("Reshape", "", &[x, &shape], vec![]);
-    g.op(
-        "ReduceSum",
-        "",
-        &[&r, &axes],
-        vec![Attr::Int("keepdims", 0)],
-    )
+/// Sums of `x` over each block of 32 features, `[S, k] → [S, k/32]`, as one 4-bit
+/// `MatMulNBits` whose row `b` is 1 on block `b` and 0 elsewhere (codes 9 and 8 with scale 1,
+/// both exact). It sees `x` exactly as the weight's own `MatMulNBits` does (quantized to int8
+/// per block at `accuracy_level` 4), so `W_q·x + C·sums` is the Q4_1 product of that same `x`
+/// — what llama.cpp computes with its Q8_1 activations — in one node instead of a reshape and a
+/// reduction.
+fn block_sums(g: &mut GraphBuilder, x: &str, k: usize, level: i64) -> String {
+    let nb = k / BLOCK;
+    let half = BLOCK / 2;
+    let mut packed = vec![0x88u8; nb * nb * half];
+    for r in 0..nb {
+        packed[(r * nb + r) * half..][..half].fill(0x99);
+    }
+    let b = g.init_u8("blocks_q", &[nb as i64, nb as i64, half as i64], packed);
+    let s = g.init_f32("blocks_d", &[(nb * nb) as i64], &vec![1.0; nb * nb]);
+    nbits(g, x, &b, &s, k, nb, level)
 }
 
 fn rms_norm(g: &mut GraphBuilder, x: &str, w: &[f32], eps: f32) -> String {
@@ -145,7 +159,7 @@ fn skip_rms_norm(
 
 /// The qkv projection of `layer` on the (normed) `x`.
 fn qkv(g: &mut GraphBuilder, x: &str, layer: &LayerWeights, d: Dims) -> String {
-    let sums = block_sums(g, x, d.n_embd);
+    let sums = block_sums(g, x, d.n_embd, d.accuracy_level);
     q4_matmul(g, x, &sums, &layer.qkv, "qkv", d.accuracy_level)
 }
 
@@ -158,10 +172,10 @@ fn layer_tail(
     layer: &LayerWeights,
     d: Dims,
 ) -> (String, String) {
-    let attn_sums = block_sums(g, attn, d.n_embd);
+    let attn_sums = block_sums(g, attn, d.n_embd, d.accuracy_level);
     let o = q4_matmul(g, attn, &attn_sums, &layer.o, "o", d.accuracy_level);
     let (x, mid) = skip_rms_norm(g, &o, residual, &layer.ffn_norm, d.eps);
-    let x_sums = block_sums(g, &x, d.n_embd);
+    let x_sums = block_sums(g, &x, d.n_embd, d.accuracy_level);
     let gu = q4_matmul(g, &x, &x_sums, &layer.gate_up, "gate_up", d.accuracy_level);
     let split = g.init_i64("split", &[2], &[d.n_ff as i64, d.n_ff as i64]);
     let (gate, up) = (g.fresh("gate"), g.fresh("up"));
@@ -175,7 +189,7 @@ fn layer_tail(
     let sig = g.op("Sigmoid", "", &[&gate], vec![]);
     let silu = g.op("Mul", "", &[&gate, &sig], vec![]);
     let h = g.op("Mul", "", &[&silu, &up], vec![]);
-    let h_sums = block_sums(g, &h, d.n_ff);
+    let h_sums = block_sums(g, &h, d.n_ff, d.accuracy_level);
     let down = q4_matmul(g, &h, &h_sums, &layer.down, "down", d.accuracy_level);
     (down, mid)
 }
@@ -246,4 +260,59 @@ pub fn head_graph(output_norm: &[f32], head: &Q8Linear, d: Dims) -> Vec<u8> {
     );
     g.output_f32(&logits, io::LOGITS, &act(d.vocab));
     g.finish("final norm and LM head")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::perception::encoder::session_from_memory;
+    use ort::value::TensorRef;
+
+    /// Runs [`block_sums`] alone on `x` (`[rows, k]`).
+    fn run_block_sums(x: &[f32], rows: usize, k: usize, level: i64) -> Vec<f32> {
+        seam_shared::ort_env::init(1).unwrap();
+        let mut g = GraphBuilder::new("sums");
+        let input = g.input_f32("x", &act(k));
+        let sums = block_sums(&mut g, &input, k, level);
+        g.output_f32(&sums, "sums", &act(k / BLOCK));
+        let mut session = session_from_memory(&g.finish("block sums")).unwrap();
+        let out = session
+            .run(ort::inputs!["x" => TensorRef::from_array_view(([rows, k], x)).unwrap()])
+            .unwrap();
+        out["sums"].try_extract_tensor::<f32>().unwrap().1.to_vec()
+    }
+
+    /// Sums of every block of 32 of `x`, rows after rows (`[rows, k/32]`).
+    fn plain_sums(x: &[f32]) -> Vec<f32> {
+        x.chunks_exact(BLOCK).map(|b| b.iter().sum()).collect()
+    }
+
+    #[test]
+    fn block_sum_selector_sums_each_block_and_nothing_else() {
+        let (rows, k) = (3, 6 * BLOCK);
+        // Distinct magnitudes per block, so a weight leaking into another block shows.
+        let x: Vec<f32> = (0..rows * k)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.01 * (1 + (i % k) / BLOCK) as f32)
+            .collect();
+        let expected = plain_sums(&x);
+        let exact = run_block_sums(&x, rows, k, 0);
+        assert_eq!(exact.len(), expected.len());
+        for (got, want) in exact.iter().zip(&expected) {
+            assert!(
+                (got - want).abs() <= 1e-4 * (1.0 + want.abs()),
+                "{got} vs {want}"
+            );
+        }
+        // With int8 activations the sums are those of the quantized x: within one int8 step
+        // (max|x_block| / 127) times 32 of the exact ones.
+        let fast = run_block_sums(&x, rows, k, 4);
+        for (b, (got, want)) in fast.iter().zip(&expected).enumerate() {
+            let block = &x[b * BLOCK..][..BLOCK];
+            let step = block.iter().fold(0.0f32, |m, v| m.max(v.abs())) / 127.0;
+            assert!(
+                (got - want).abs() <= step * BLOCK as f32 / 2.0 + 1e-5,
+                "{got} vs {want}"
+            );
+        }
+    }
 }

@@ -5,7 +5,7 @@
 //! 16–31 in the high nibbles. `MatMulNBits` (4 bits, no zero points) computes `Σ d·(q−8)·x`
 //! with consecutive pairs per byte, so the nibbles are repacked and the rest of the function,
 //! `Σ_b (m_b + 8·d_b)·S_b(x)` with `S_b(x)` the sum of the activations of block `b`, is added
-//! by a small f32 matmul over the block sums. The result is exactly the GGUF function.
+//! by a `Gemm` over the block sums (see `graphs`). The result is exactly the GGUF function.
 
 /// Elements per quantization block (Q4_1, Q8_0).
 pub const BLOCK: usize = 32;

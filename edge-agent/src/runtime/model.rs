@@ -260,7 +260,8 @@ impl Model {
         let mut h = hidden;
         let mut attn = vec![0.0f32; s * qw];
         let (mut q, mut k, mut v) = (vec![0.0; s * qw], vec![0.0; s * kw], vec![0.0; s * kw]);
-        let shape = [1usize, s, d];
+        let mut qkv = vec![0.0f32; s * (qw + 2 * kw)];
+        let shape = [s, d];
         let first_layer = range.start;
         for seg in self.segments.iter_mut() {
             if seg.end <= range.start || seg.start >= range.end {
@@ -271,12 +272,12 @@ impl Model {
                     "layers {range:?} do not fall on segment boundaries"
                 )));
             }
-            let mut qkv = {
+            {
                 let out = seg.graphs[0].run(
                     ort::inputs![io::HIDDEN => TensorRef::from_array_view((shape, &h[..]))?],
                 )?;
-                out[io::QKV].try_extract_tensor::<f32>()?.1.to_vec()
-            };
+                copy_output(&out, io::QKV, &mut qkv)?;
+            }
             for layer in seg.start..seg.end {
                 split_qkv(&qkv, s, qw, kw, &mut q, &mut k, &mut v);
                 let cl = (layer - first_layer) as usize;
@@ -297,13 +298,10 @@ impl Model {
                     io::ATTN => TensorRef::from_array_view((shape, &attn[..]))?,
                 ])?;
                 if layer + 1 < seg.end {
-                    h = out[io::RESIDUAL_OUT]
-                        .try_extract_tensor::<f32>()?
-                        .1
-                        .to_vec();
-                    qkv = out[io::QKV].try_extract_tensor::<f32>()?.1.to_vec();
+                    copy_output(&out, io::RESIDUAL_OUT, &mut h)?;
+                    copy_output(&out, io::QKV, &mut qkv)?;
                 } else {
-                    h = out[io::HIDDEN_OUT].try_extract_tensor::<f32>()?.1.to_vec();
+                    copy_output(&out, io::HIDDEN_OUT, &mut h)?;
                 }
             }
         }
@@ -317,9 +315,8 @@ impl Model {
         let head = self.head.as_mut().ok_or_else(|| {
             Error::Package("this model instance was loaded without its head".into())
         })?;
-        let out = head.run(
-            ort::inputs![io::HIDDEN => TensorRef::from_array_view(([1usize, s, d], hidden))?],
-        )?;
+        let out =
+            head.run(ort::inputs![io::HIDDEN => TensorRef::from_array_view(([s, d], hidden))?])?;
         Ok(out[io::LOGITS].try_extract_tensor::<f32>()?.1.to_vec())
     }
 
@@ -371,6 +368,21 @@ fn session(path: &Path) -> Result<Session> {
         .with_optimization_level(ort::session::builder::GraphOptimizationLevel::Level3)
         .map_err(|e| fail(&e))?;
     builder.commit_from_file(path).map_err(|e| fail(&e))
+}
+
+/// Copies graph output `name` into `dst` (reused across layers, so no allocation per run),
+/// checking that it has the expected number of values.
+fn copy_output(out: &ort::session::SessionOutputs<'_>, name: &str, dst: &mut [f32]) -> Result<()> {
+    let values = out[name].try_extract_tensor::<f32>()?.1;
+    if values.len() != dst.len() {
+        return Err(Error::Ort(format!(
+            "graph output {name} has {} values, expected {}",
+            values.len(),
+            dst.len()
+        )));
+    }
+    dst.copy_from_slice(values);
+    Ok(())
 }
 
 fn split_qkv(

@@ -2,7 +2,7 @@
 //! the intent head trained over its embeddings (weights, labels with their domains, the
 //! out-of-scope threshold, and the digest of the encoder it was trained on).
 
-use super::manifest::{FORMAT_VERSION, Source, validate_files};
+use super::manifest::{ENCODER_FORMAT_VERSION, Source, validate_files};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
@@ -16,7 +16,7 @@ pub const ENCODER_KIND: &str = "encoder";
 pub struct EncoderManifest {
     /// Always [`ENCODER_KIND`].
     pub kind: String,
-    /// Layout version; see [`FORMAT_VERSION`].
+    /// Layout version; see [`ENCODER_FORMAT_VERSION`].
     pub format_version: u32,
     /// Human-readable encoder name, e.g. `all-MiniLM-L6-v2`.
     pub name: String,
@@ -123,9 +123,9 @@ impl EncoderManifest {
         if self.kind != ENCODER_KIND {
             return Err(format!("kind `{}` must be `{ENCODER_KIND}`", self.kind));
         }
-        if self.format_version != FORMAT_VERSION {
+        if self.format_version != ENCODER_FORMAT_VERSION {
             return Err(format!(
-                "format_version {} is not supported (expected {FORMAT_VERSION})",
+                "format_version {} is not supported (expected {ENCODER_FORMAT_VERSION})",
                 self.format_version
             ));
         }
@@ -235,7 +235,7 @@ pub(crate) mod tests {
         let digest = encoder_digest(&"ab".repeat(32), &"ab".repeat(32), 8);
         EncoderManifest {
             kind: ENCODER_KIND.into(),
-            format_version: FORMAT_VERSION,
+            format_version: ENCODER_FORMAT_VERSION,
             name: "tiny".into(),
             source: Source {
                 file: "model.safetensors".into(),

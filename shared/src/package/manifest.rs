@@ -3,8 +3,12 @@
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-/// Version of the package layout this code reads and writes.
-pub const FORMAT_VERSION: u32 = 1;
+/// Version of the decoder package layout this code reads and writes. 2: graphs take 2-D
+/// `[S, d]` activations (1 took `[1, S, d]`).
+pub const FORMAT_VERSION: u32 = 2;
+
+/// Version of the encoder package layout ([`super::EncoderManifest`]).
+pub const ENCODER_FORMAT_VERSION: u32 = 1;
 
 /// The manifest of a model package, stored as `manifest.toml` at the package root.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

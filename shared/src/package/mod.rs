@@ -12,7 +12,10 @@ pub use encoder_manifest::{
     DataRef, ENCODER_KIND, EncoderManifest, EncoderSpec, IntentHeadSpec, SmoothingSpec,
     encoder_digest,
 };
-pub use manifest::{Architecture, ExitHead, FORMAT_VERSION, Manifest, Segment, Source, Weights};
+pub use manifest::{
+    Architecture, ENCODER_FORMAT_VERSION, ExitHead, FORMAT_VERSION, Manifest, Segment, Source,
+    Weights,
+};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
