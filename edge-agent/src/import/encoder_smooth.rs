@@ -15,7 +15,8 @@
 use super::encoder_graph::{EncoderGraph, EncoderWeightType, encoder_graph};
 use crate::bert::BertWeights;
 use crate::error::{Error, Result};
-use crate::perception::encoder::{load_tokenizer, session_from_memory};
+use crate::onnx::session_from_memory;
+use crate::perception::encoder::load_tokenizer;
 use ort::value::TensorRef;
 use std::collections::BTreeMap;
 use std::path::Path;

@@ -265,7 +265,7 @@ pub fn head_graph(output_norm: &[f32], head: &Q8Linear, d: Dims) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::perception::encoder::session_from_memory;
+    use crate::onnx::session_from_memory;
     use ort::value::TensorRef;
 
     /// Runs [`block_sums`] alone on `x` (`[rows, k]`).

@@ -1,9 +1,11 @@
-//! Writing ONNX models: the generated protobuf types of the ONNX format and a small graph
-//! builder over them.
+//! ONNX models: the generated protobuf types of the ONNX format, a small graph builder over
+//! them, and the sessions that run them.
 
 mod builder;
+mod session;
 
 pub use builder::{Attr, Dim, GraphBuilder, MS_DOMAIN};
+pub use session::{session_from_file, session_from_memory};
 
 /// The ONNX protobuf messages (generated from `onnx/onnx.proto`).
 #[allow(clippy::all, clippy::pedantic, missing_docs)]

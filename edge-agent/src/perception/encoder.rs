@@ -4,6 +4,7 @@
 
 use crate::error::{Error, Result};
 use crate::import::encoder_graph::io;
+use crate::onnx::session_from_file;
 use ort::session::Session;
 use ort::value::TensorRef;
 use std::path::Path;
@@ -175,25 +176,4 @@ pub fn load_tokenizer(path: &Path, max_tokens: usize) -> Result<Tokenizer> {
     }))
     .map_err(|e| Error::Tokenizer(e.to_string()))?;
     Ok(t)
-}
-
-/// A session on the process-wide ONNX Runtime environment (shared thread pool).
-pub fn session_from_file(path: &Path) -> Result<Session> {
-    let fail = |e: &dyn std::fmt::Display| Error::Ort(format!("{}: {e}", path.display()));
-    let env = seam_shared::ort_env::environment().map_err(|e| fail(&e))?;
-    let builder = Session::builder(env).map_err(|e| fail(&e))?;
-    let mut builder = builder
-        .with_optimization_level(ort::session::builder::GraphOptimizationLevel::Level3)
-        .map_err(|e| fail(&e))?;
-    builder.commit_from_file(path).map_err(|e| fail(&e))
-}
-
-/// A session for a graph held in memory.
-pub fn session_from_memory(bytes: &[u8]) -> Result<Session> {
-    let env = seam_shared::ort_env::environment()?;
-    let builder = Session::builder(env)?;
-    let mut builder = builder
-        .with_optimization_level(ort::session::builder::GraphOptimizationLevel::Level3)
-        .map_err(|e| Error::Ort(e.to_string()))?;
-    Ok(builder.commit_from_memory(bytes)?)
 }

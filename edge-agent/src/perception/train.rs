@@ -5,10 +5,10 @@
 //! Runtime (two matrix products of `n × dim × classes`), so training takes seconds on any build
 //! profile; the optimiser itself is [`super::lbfgs`].
 
-use super::encoder::session_from_memory;
 use super::head::IntentHead;
 use super::lbfgs::{LbfgsOptions, Minimum, Stop, minimize};
 use crate::error::{Error, Result};
+use crate::onnx::session_from_memory;
 use crate::onnx::{Attr, Dim, GraphBuilder};
 use ort::value::TensorRef;
 

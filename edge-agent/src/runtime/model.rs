@@ -8,6 +8,7 @@ use super::rope::Rope;
 use crate::error::{Error, Result};
 use crate::import::graphs::io;
 use crate::import::linear::BLOCK;
+use crate::onnx::session_from_file;
 use ort::session::Session;
 use ort::value::TensorRef;
 use seam_shared::package::{Architecture, Package};
@@ -117,7 +118,7 @@ impl Model {
             let graphs = seg
                 .graphs
                 .iter()
-                .map(|g| session(&package.path(g)))
+                .map(|g| session_from_file(&package.path(g)))
                 .collect::<Result<Vec<_>>>()?;
             segments.push(LoadedSegment {
                 start: seg.start,
@@ -126,7 +127,7 @@ impl Model {
             });
         }
         let head = if opts.head {
-            Some(session(&package.path(&m.head))?)
+            Some(session_from_file(&package.path(&m.head))?)
         } else {
             None
         };
@@ -358,16 +359,6 @@ impl Model {
             self.logits(&h[h.len() - d..])
         }
     }
-}
-
-fn session(path: &Path) -> Result<Session> {
-    let fail = |e: &dyn std::fmt::Display| Error::Ort(format!("{}: {e}", path.display()));
-    let env = seam_shared::ort_env::environment().map_err(|e| fail(&e))?;
-    let builder = Session::builder(env).map_err(|e| fail(&e))?;
-    let mut builder = builder
-        .with_optimization_level(ort::session::builder::GraphOptimizationLevel::Level3)
-        .map_err(|e| fail(&e))?;
-    builder.commit_from_file(path).map_err(|e| fail(&e))
 }
 
 /// Copies graph output `name` into `dst` (reused across layers, so no allocation per run),
