@@ -14,8 +14,11 @@ ROUTER := target/release/seam-router
 POLICY := deploy/config/policy.toml
 LINKEMU := target/release/seam-linkemu
 GWBENCH := target/release/seam-gwbench
+# llama.cpp's benchmark, built from source (PyPI sdist) by scripts/llamacpp.sh; only the
+# benchmarks need it.
+LLAMA_BENCH := .seam/tools/llama.cpp/bin/llama-bench
 
-.PHONY: setup build demo test bench lint package
+.PHONY: setup build demo test bench bench-decode lint package
 
 ## setup: install ONNX Runtime and the default model assets into .seam/ (idempotent)
 setup:
@@ -51,8 +54,17 @@ test: setup
 ## loopback, bytes per token per wire dtype, greedy agreement, worker steps/s at 1/8/32 sessions;
 ## local, per-token split and speculative split through a 40 ms RTT, 20 Mbit/s link emulator;
 ## the gateway: relayed steps/s on one core, added latency vs direct, 1,000 QUIC devices
-bench: package
-	@./scripts/bench.sh $(EDGE) $(WORKER) $(PKG) $(ENC) $(CLINC)/test.tsv $(LINKEMU) $(ROUTER) $(GWBENCH)
+## and, in the same run, llama.cpp's llama-bench on the same GGUF (pp512, tg128, 1 and 2 threads)
+bench: package $(LLAMA_BENCH)
+	@./scripts/bench.sh $(EDGE) $(WORKER) $(PKG) $(ENC) $(CLINC)/test.tsv $(LINKEMU) $(ROUTER) $(GWBENCH) $(LLAMA_BENCH) $(GGUF)
+
+## bench-decode: our decode and prefill tokens/s vs llama.cpp's on the same GGUF, 1 and 2
+## threads, runs interleaved over 3 rounds, medians and ratios (ROUNDS=n to change)
+bench-decode: package $(LLAMA_BENCH)
+	@./scripts/decode-vs-llamacpp.sh $(EDGE) $(PKG) $(GGUF) $(LLAMA_BENCH) $(or $(ROUNDS),3)
+
+$(LLAMA_BENCH):
+	./scripts/llamacpp.sh .seam/tools/llama.cpp
 
 lint:
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# `make bench`: the edge runtime, the sentence encoder, and split execution against a
-# seam-worker started here on loopback. Each section prints a Markdown table.
+# `make bench`: the edge runtime (and llama.cpp on the same GGUF in the same run, for the
+# ratio), the sentence encoder, and split execution against a seam-worker started here on
+# loopback. Each section prints a Markdown table.
 set -euo pipefail
 edge=$1
 worker=$2
@@ -10,11 +11,22 @@ data=$5
 linkemu=$6
 router=$7
 gwbench=$8
+llama_bench=$9   # llama.cpp's llama-bench (scripts/llamacpp.sh builds it); may be absent
+gguf=${10}       # the GGUF the package was imported from
 . "$(dirname "$0")/lib.sh"
 trap stop_servers EXIT
 
 echo "## Edge runtime"
 "$edge" bench --model "$pkg"
+echo
+echo "## llama.cpp on the same GGUF (same run, for the ratio)"
+# Absolute tokens/s on a shared, throttled machine mean little; llama.cpp measured in the same
+# run, on the same weights and thread counts, gives the ratio that does.
+if [ -x "$llama_bench" ]; then
+  "$llama_bench" -m "$gguf" -p 512 -n 128 -t 1,2 -r 3 -o md
+else
+  echo "(llama-bench not built: run \`./scripts/llamacpp.sh $(dirname "$(dirname "$llama_bench")")\` or \`make $llama_bench\`, several minutes)"
+fi
 echo
 echo "## Sentence encoder and intent classifier"
 "$edge" bench-encoder --model "$enc" --data "$data"
