@@ -2,6 +2,7 @@
 //! format, ONNX Runtime loading and telemetry set-up. No policy and no business rules live here.
 
 pub mod error;
+pub mod huge_pages;
 pub mod ort_env;
 pub mod package;
 pub mod proto;

@@ -11,6 +11,7 @@ use crate::import::linear::BLOCK;
 use crate::onnx::session_from_file;
 use ort::session::Session;
 use ort::value::TensorRef;
+use seam_shared::huge_pages::HugePageReport;
 use seam_shared::package::{Architecture, Package};
 use std::ops::Range;
 use std::path::Path;
@@ -67,6 +68,7 @@ pub struct Model {
     rope: Rope,
     threads: usize,
     load_time: Duration,
+    huge_pages: HugePageReport,
 }
 
 impl std::fmt::Debug for Model {
@@ -139,6 +141,17 @@ impl Model {
         } else {
             Vec::new()
         };
+        // The weights now sit in ONNX Runtime's buffers: back them with huge pages (decoding
+        // streams all of them per token; fewer TLB misses).
+        // `SEAM_HUGE_PAGES=0` leaves the pages as they are (for comparison).
+        let huge_pages = if std::env::var_os("SEAM_HUGE_PAGES").is_some_and(|v| v == "0") {
+            HugePageReport::default()
+        } else {
+            seam_shared::huge_pages::back_weights_with_huge_pages(
+                4 * seam_shared::huge_pages::HUGE_PAGE,
+            )
+        };
+        tracing::debug!(?huge_pages, "weights backed by huge pages");
         let rope = Rope::new(
             arch.head_dim as usize,
             arch.rope_theta as f64,
@@ -155,6 +168,7 @@ impl Model {
             rope,
             threads: threads.max(1),
             load_time: started.elapsed(),
+            huge_pages,
         })
     }
 
@@ -168,6 +182,11 @@ impl Model {
 
     pub fn tokenizer(&self) -> &tokenizers::Tokenizer {
         &self.tokenizer
+    }
+
+    /// What [`Model::load`] backed with huge pages.
+    pub fn huge_pages(&self) -> HugePageReport {
+        self.huge_pages
     }
 
     /// Time taken by [`Model::load`] (verification, sessions).
