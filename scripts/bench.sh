@@ -19,11 +19,11 @@ trap stop_servers EXIT
 echo "## Edge runtime"
 "$edge" bench --model "$pkg"
 echo
-echo "## llama.cpp on the same GGUF (same run, for the ratio)"
-# Absolute tokens/s on a shared, throttled machine mean little; llama.cpp measured in the same
-# run, on the same weights and thread counts, gives the ratio that does.
+echo "## Seam vs llama.cpp on the same GGUF (runs interleaved, for the ratio)"
+# Absolute tokens/s on a shared, throttled machine mean little; llama.cpp measured alternately
+# with our runtime, on the same weights and thread counts, gives the ratio that does.
 if [ -x "$llama_bench" ]; then
-  "$llama_bench" -m "$gguf" -p 512 -n 128 -t 1,2 -r 3 -o md
+  "$(dirname "$0")/decode-vs-llamacpp.sh" "$edge" "$pkg" "$gguf" "$llama_bench" 3
 else
   echo "(llama-bench not built: run \`./scripts/llamacpp.sh $(dirname "$(dirname "$llama_bench")")\` or \`make $llama_bench\`, several minutes)"
 fi
