@@ -183,7 +183,13 @@ async fn answers_survive_a_worker_crash_and_a_gateway_crash() {
     let mut req = request("The capital of France is");
     req.max_tokens = 40;
     let (want, _) = token_ids(&local.addr, req.clone()).await;
-    assert_eq!(want.len(), 40);
+    // The model may end its answer before 40 tokens; the crashes below come after 5, so what
+    // matters is that most of the answer is produced after them.
+    assert!(
+        want.len() >= 15,
+        "the reference answer has {} tokens",
+        want.len()
+    );
 
     let mut flags = router.device_flags("dev-a");
     flags.extend(["--wire".into(), "f32".into(), "--no-speculative".into()]);
