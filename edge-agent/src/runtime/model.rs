@@ -68,7 +68,6 @@ pub struct Model {
     rope: Rope,
     threads: usize,
     load_time: Duration,
-    huge_pages: HugePageReport,
 }
 
 impl std::fmt::Debug for Model {
@@ -168,7 +167,6 @@ impl Model {
             rope,
             threads: threads.max(1),
             load_time: started.elapsed(),
-            huge_pages,
         })
     }
 
@@ -182,11 +180,6 @@ impl Model {
 
     pub fn tokenizer(&self) -> &tokenizers::Tokenizer {
         &self.tokenizer
-    }
-
-    /// What [`Model::load`] backed with huge pages.
-    pub fn huge_pages(&self) -> HugePageReport {
-        self.huge_pages
     }
 
     /// Time taken by [`Model::load`] (verification, sessions).
