@@ -64,14 +64,10 @@ impl Error {
 
     /// The status of a failed unary call, with `retry-after-ms` metadata when known.
     pub fn to_status(&self) -> tonic::Status {
-        let mut status = tonic::Status::new(self.code(), self.to_string());
-        let ms = self.retry_after_ms();
-        if ms > 0
-            && let Ok(v) = ms.to_string().parse()
-        {
-            status.metadata_mut().insert("retry-after-ms", v);
-        }
-        status
+        seam_shared::retry_after::with_retry_after(
+            tonic::Status::new(self.code(), self.to_string()),
+            self.retry_after_ms(),
+        )
     }
 
     /// The in-stream form of a failed step.

@@ -102,7 +102,6 @@ impl Error {
             Error::Unavailable(_) | Error::GoLocal { .. } => Code::Unavailable,
             Error::Remote { code, .. } => *code,
         };
-        let mut status = tonic::Status::new(code, self.to_string());
         let retry_ms = match self {
             Error::ResourceExhausted {
                 retry_after: Some(d),
@@ -113,12 +112,10 @@ impl Error {
             }
             _ => 0,
         };
-        if retry_ms > 0
-            && let Ok(v) = retry_ms.to_string().parse()
-        {
-            status.metadata_mut().insert("retry-after-ms", v);
-        }
-        status
+        seam_shared::retry_after::with_retry_after(
+            tonic::Status::new(code, self.to_string()),
+            retry_ms,
+        )
     }
 }
 

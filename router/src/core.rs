@@ -79,16 +79,6 @@ fn day() -> u64 {
     unix_ms() / 86_400_000
 }
 
-/// A status with the `retry-after-ms` metadata devices read.
-pub fn with_retry(mut s: Status, ms: u64) -> Status {
-    if ms > 0
-        && let Ok(v) = ms.to_string().parse()
-    {
-        s.metadata_mut().insert("retry-after-ms", v);
-    }
-    s
-}
-
 impl Core {
     pub fn new(
         store: Arc<PolicyStore>,

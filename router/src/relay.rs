@@ -291,7 +291,7 @@ impl Core {
                 }
             }
         }
-        Err(crate::core::with_retry(
+        Err(seam_shared::retry_after::with_retry_after(
             Status::unavailable("no healthy worker can take the session"),
             1000,
         ))

@@ -33,12 +33,7 @@ impl CloudEndpoint {
 /// [`Error::Unavailable`] (the request may finish on the device), refusals keep their code and
 /// `retry-after-ms` hint.
 pub(crate) fn remote_error(peer: &str, e: &tonic::Status) -> Error {
-    let retry_after_ms = e
-        .metadata()
-        .get("retry-after-ms")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
+    let retry_after_ms = seam_shared::retry_after::retry_after_ms(e);
     match e.code() {
         tonic::Code::Unavailable | tonic::Code::Unknown => {
             Error::Unavailable(format!("{peer}: {}", e.message()))

@@ -237,15 +237,10 @@ fn unexpected() -> Status {
 
 fn answer(f: GatewayFrame) -> Result<Response, Status> {
     match f.response {
-        Some(Response::Error(e)) => {
-            let mut s = Status::new(Code::from(e.code), e.message);
-            if e.retry_after_ms > 0
-                && let Ok(v) = e.retry_after_ms.to_string().parse()
-            {
-                s.metadata_mut().insert("retry-after-ms", v);
-            }
-            Err(s)
-        }
+        Some(Response::Error(e)) => Err(seam_shared::retry_after::with_retry_after(
+            Status::new(Code::from(e.code), e.message),
+            e.retry_after_ms,
+        )),
         Some(r) => Ok(r),
         None => Err(Status::internal("QUIC: empty answer frame")),
     }

@@ -132,12 +132,7 @@ fn error_frame(
 }
 
 fn status_frame(call_id: u64, s: &tonic::Status) -> GatewayFrame {
-    let retry = s
-        .metadata()
-        .get("retry-after-ms")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
+    let retry = seam_shared::retry_after::retry_after_ms(s);
     error_frame(call_id, s.code(), s.message(), retry)
 }
 
