@@ -18,7 +18,7 @@ GWBENCH := target/release/seam-gwbench
 # benchmarks need it.
 LLAMA_BENCH := .seam/tools/llama.cpp/bin/llama-bench
 
-.PHONY: setup build demo test bench bench-decode lint package
+.PHONY: setup build demo test bench bench-decode bench-speculation lint package
 
 ## setup: install ONNX Runtime and the default model assets into .seam/ (idempotent)
 setup:
@@ -28,9 +28,12 @@ build:
 	$(CARGO) build --release --locked -p seam-edge -p seam-worker -p seam-router
 	$(CARGO) build --release --locked -p seam-tests --bin seam-linkemu --bin seam-gwbench
 
-# The graphs' code is a prerequisite: a package of an older layout is imported again.
-$(PKG)/manifest.toml: $(GGUF) edge-agent/src/import/graphs.rs | build
-	$(EDGE) model import --gguf $(GGUF) --out $(PKG) --split-points $(SPLITS) --calibration $(PROSE)
+# The graphs' and the draft head's code are prerequisites: a package of an older layout, or
+# with a head trained differently, is imported again (the head's training takes minutes).
+DRAFTER_SRC := $(wildcard edge-agent/src/import/drafter/*.rs)
+$(PKG)/manifest.toml: $(GGUF) $(PROSE) $(CLINC)/train.tsv $(CLINC)/test.tsv edge-agent/src/import/graphs.rs $(DRAFTER_SRC) | build
+	$(EDGE) model import --gguf $(GGUF) --out $(PKG) --split-points $(SPLITS) \
+		--drafter-prose $(PROSE) --drafter-prompts $(CLINC)/train.tsv --drafter-heldout $(CLINC)/test.tsv
 
 # The sentence encoder (int8 all-MiniLM-L6-v2) with its CLINC150 intent head.
 $(ENC)/manifest.toml: $(ENCODER_ASSETS)/model.safetensors $(CLINC)/train.tsv $(CLINC)/dev.tsv | build
@@ -62,6 +65,12 @@ bench: package $(LLAMA_BENCH)
 ## threads, runs interleaved over 3 rounds, medians and ratios (ROUNDS=n to change)
 bench-decode: package $(LLAMA_BENCH)
 	@./scripts/decode-vs-llamacpp.sh $(EDGE) $(PKG) $(GGUF) $(LLAMA_BENCH) $(or $(ROUNDS),3)
+
+## bench-speculation: on held-out prompts through the link emulator (40 ms RTT, 20 Mbit/s):
+## local, per-token split and speculative split, tokens per round trip, acceptance by draft
+## position, device CPU per token
+bench-speculation: package
+	@./scripts/bench-speculation.sh $(EDGE) $(WORKER) $(PKG) $(LINKEMU)
 
 $(LLAMA_BENCH):
 	./scripts/llamacpp.sh .seam/tools/llama.cpp

@@ -44,7 +44,7 @@ echo
 echo "## Speculative split over an emulated WAN link (40 ms RTT, 20 Mbit/s)"
 start_server wan_addr "$linkemu" --listen 127.0.0.1:0 --upstream "$worker_addr" --proto tcp \
   --delay-ms 20 --rate-mbit 20
-"$edge" bench-split --model "$pkg" --worker "http://$wan_addr" --split 8 --sections speed \
+"$edge" bench-split --model "$pkg" --worker "http://$wan_addr" --split 8 --sections speed,speculation \
   --repeats 1 --decode 64 --link "40 ms RTT, 20 Mbit/s"
 echo
 echo "## Gateway (seam-router relaying to an in-process fake worker, so the figures are its own)"

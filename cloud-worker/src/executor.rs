@@ -7,11 +7,12 @@ use crate::error::{Error, Result};
 use crate::queue::{Job, Queue};
 use crate::sessions::{Checkout, SessionTable, StepClaim};
 use crate::step::StepPlan;
-use crate::verify::{Verdict, verify_greedy, verify_sampled};
+use crate::verify::{Verdict, verify_greedy, verify_sampled, verify_tree_greedy};
 use seam_edge::runtime::kv_cache::KvCache;
-use seam_edge::runtime::model::{Model, Sequence};
+use seam_edge::runtime::model::{Model, Sequence, TreeKv, TreeRows};
 use seam_edge::runtime::sampler::{Sampler, SamplingParams, argmax};
 use seam_shared::proto::common::{DType, StepResponse, Tensor};
+use seam_shared::tensor::{self, WireDtype};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -21,6 +22,10 @@ struct Running {
     cache: KvCache,
     split_layer: u32,
     sampling: SamplingParams,
+    /// Answer with the final-layer state of the row that chose the next token.
+    feature: bool,
+    /// K/V of the step's draft-tree nodes (tree steps only).
+    tree_kv: TreeKv,
 }
 
 /// Owns the model; see the module documentation.
@@ -72,6 +77,7 @@ impl Executor {
                         cache,
                         split_layer,
                         sampling,
+                        drafts,
                     }) => {
                         let plan = &job.plan;
                         let sampled = sampling.temperature > 0.0;
@@ -92,6 +98,8 @@ impl Executor {
                             cache,
                             split_layer,
                             sampling,
+                            feature: drafts,
+                            tree_kv: TreeKv::default(),
                         })
                     }
                     Ok(Checkout::Replay(r)) => job.reply.send(r),
@@ -125,7 +133,12 @@ impl Executor {
                 for (r, answer) in group.into_iter().zip(answers) {
                     let mut cache = r.cache;
                     let start = r.job.plan.start;
-                    let (next_token, logits, accepted) = match answer {
+                    let Answer {
+                        next: next_token,
+                        logits,
+                        path,
+                        feature,
+                    } = match answer {
                         Ok(a) => a,
                         Err(e) => {
                             let _ = cache.truncate(start);
@@ -135,14 +148,29 @@ impl Executor {
                         }
                     };
                     // Rejected drafts' rows stay beyond the committed length, where the next
-                    // step overwrites them; attention never reads past it.
-                    let kv_len = start + r.job.plan.rows - r.job.plan.drafts.len() + accepted;
-                    if let Err(e) = cache.commit(kv_len) {
+                    // step overwrites them; attention never reads past it. A tree's accepted
+                    // path is written right after the committed rows first.
+                    let accepted = path.len();
+                    let base = start + r.job.plan.rows - r.job.plan.drafts.len();
+                    let kv_len = base + accepted;
+                    let placed = match &r.job.plan.tree {
+                        Some(_) => r.tree_kv.place_path(&mut cache, base, &path),
+                        None => Ok(()),
+                    };
+                    if let Err(e) = placed
+                        .map_err(Error::from)
+                        .and_then(|()| cache.commit(kv_len).map_err(Error::from))
+                    {
                         let _ = cache.truncate(start);
                         table.checkin(&r.job.plan.session, cache, None, now);
-                        answer_error(r.job, &Error::from(e), start);
+                        answer_error(r.job, &e, start);
                         continue;
                     }
+                    let accepted_path = if r.job.plan.tree.is_some() {
+                        path.iter().map(|&n| n as u32).collect()
+                    } else {
+                        Vec::new()
+                    };
                     let response = StepResponse {
                         session_id: r.job.plan.session.clone(),
                         step_id: r.job.plan.step_id,
@@ -153,6 +181,8 @@ impl Executor {
                         error: None,
                         queue_us: started.duration_since(r.job.enqueued).as_micros() as u64,
                         compute_us,
+                        feature,
+                        accepted_path,
                     };
                     table.checkin(&r.job.plan.session, cache, Some(&response), now);
                     r.job.reply.send(response);
@@ -188,6 +218,10 @@ impl Executor {
                 pos: r.job.plan.start,
                 rows: r.job.plan.rows,
                 cache: &mut r.cache,
+                tree: r.job.plan.tree.as_ref().map(|tree| TreeRows {
+                    tree,
+                    kv: &mut r.tree_kv,
+                }),
             })
             .collect();
         let h = self
@@ -207,6 +241,7 @@ impl Executor {
         let vocab = self.model.arch().vocab_size as usize;
         let mut at = 0;
         let mut answers = Vec::with_capacity(group.len());
+        let mut row0 = 0;
         for r in group.iter() {
             let plan = &r.job.plan;
             let (first, rows) = logit_rows(plan);
@@ -223,17 +258,46 @@ impl Executor {
                 scales: vec![],
                 group_size: 0,
             });
-            answers.push(
-                settle_tokens(plan, r.sampling, settle, vocab)
-                    .map(|Verdict { accepted, next }| (next, tensor, accepted)),
-            );
+            let base = row0 + plan.rows - k - 1;
+            row0 += plan.rows;
+            answers.push(settle_tokens(plan, r.sampling, settle, vocab).and_then(
+                |(path, next)| {
+                    // The row whose distribution chose `next`: the last accepted draft's, or
+                    // the last committed row's.
+                    let feature = if r.feature {
+                        let row = base + path.last().map_or(0, |&n| n + 1);
+                        Some(tensor::encode(
+                            &h[row * d..(row + 1) * d],
+                            d,
+                            WireDtype::F16,
+                        )?)
+                    } else {
+                        None
+                    };
+                    Ok(Answer {
+                        next,
+                        logits: tensor,
+                        path,
+                        feature,
+                    })
+                },
+            ));
         }
         Ok(answers)
     }
 }
 
-/// What a step computed: the next token, the logits asked for, the drafts accepted.
-type Answer = (u32, Option<Tensor>, usize);
+/// What a step computed.
+struct Answer {
+    /// The token after the accepted drafts.
+    next: u32,
+    /// The logits asked for.
+    logits: Option<Tensor>,
+    /// Drafts accepted, in order (for a chain `0..accepted`).
+    path: Vec<usize>,
+    /// The final-layer state of the row that chose `next` (drafting sessions).
+    feature: Option<Tensor>,
+}
 
 /// The rows of a step whose logits are needed: `(first, rows)`.
 fn logit_rows(plan: &StepPlan) -> (usize, usize) {
@@ -246,39 +310,47 @@ fn logit_rows(plan: &StepPlan) -> (usize, usize) {
 }
 
 /// Verifies the step's drafts (none: just picks the next token) from the logits of its last
-/// `drafts + 1` rows.
+/// `drafts + 1` rows; returns the accepted drafts and the token after them.
 fn settle_tokens(
     plan: &StepPlan,
     sampling: SamplingParams,
     rows: &[f32],
     vocab: usize,
-) -> Result<Verdict> {
+) -> Result<(Vec<usize>, u32)> {
     let k = plan.drafts.len();
     // Absolute position of the token each row predicts: draft 0 sits right after the
     // committed rows.
     let first_position = (plan.start + plan.rows - k) as u64;
     let mut sampler = Sampler::new(sampling)?;
     if k == 0 {
-        return Ok(Verdict {
-            accepted: 0,
-            next: sampler.sample(rows, first_position),
-        });
+        return Ok((Vec::new(), sampler.sample(rows, first_position)));
     }
     if sampling.temperature == 0.0 {
         let argmax: Vec<u32> = rows.chunks_exact(vocab).map(argmax).collect();
-        return Ok(verify_greedy(&plan.drafts, &argmax));
+        if let Some(tree) = &plan.tree {
+            return Ok(verify_tree_greedy(tree, argmax[0], &argmax[1..]));
+        }
+        let Verdict { accepted, next } = verify_greedy(&plan.drafts, &argmax);
+        return Ok(((0..accepted).collect(), next));
+    }
+    if plan.tree.is_some() {
+        return Err(Error::InvalidArgument(
+            "draft trees are verified for greedy sessions only; sampled sessions send chains"
+                .into(),
+        ));
     }
     let p: Vec<Vec<(u32, f64)>> = rows
         .chunks_exact(vocab)
         .map(|row| sampler.distribution(row))
         .collect();
-    verify_sampled(
+    let Verdict { accepted, next } = verify_sampled(
         &plan.drafts,
         &plan.draft_dists,
         &p,
         sampling.seed,
         first_position,
-    )
+    )?;
+    Ok(((0..accepted).collect(), next))
 }
 
 /// Answers a step with an error; the stream goes on.

@@ -53,6 +53,7 @@ pub async fn serve(
                 threads: model_cfg.threads,
                 layers: Some(first..m.architecture.n_layer),
                 head: true,
+                drafter: false,
             },
         )
     })

@@ -80,6 +80,8 @@ pub enum Checkout {
         cache: KvCache,
         split_layer: u32,
         sampling: SamplingParams,
+        /// The session drafts: answers carry the final-layer state of their last row.
+        drafts: bool,
     },
     /// The step was already answered (a retransmission): send this again.
     Replay(StepResponse),
@@ -342,6 +344,7 @@ impl SessionTable {
             cache,
             split_layer: s.params.split_layer,
             sampling: s.params.sampling,
+            drafts: s.params.max_draft_tokens > 0,
         })
     }
 

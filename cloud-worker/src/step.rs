@@ -6,6 +6,7 @@
 use crate::error::{Error, Result};
 use crate::verify::DraftDist;
 use prost::Message;
+use seam_edge::runtime::draft::tree::DraftTree;
 use seam_shared::proto::common::StepRequest;
 use seam_shared::tensor;
 
@@ -39,6 +40,8 @@ pub struct StepPlan {
     pub draft_dists: Vec<DraftDist>,
     pub rollback_to: Option<usize>,
     pub want_logits: bool,
+    /// The drafts form a tree (not a chain): how they hang together.
+    pub tree: Option<DraftTree>,
 }
 
 /// Checks `req` against `limits` and decodes its hidden states.
@@ -90,6 +93,15 @@ pub fn plan(req: StepRequest, limits: &StepLimits) -> Result<StepPlan> {
             req.draft_probs.len()
         )));
     }
+    let tree = DraftTree::from_wire(&req.draft_tokens, &req.draft_parents)
+        .map_err(|e| Error::InvalidArgument(e.0))?;
+    let tree = (!tree.is_chain()).then_some(tree);
+    if tree.is_some() && !req.draft_probs.is_empty() {
+        return Err(Error::InvalidArgument(
+            "draft trees are verified for greedy sessions only; sampled sessions send chains"
+                .into(),
+        ));
+    }
     let draft_dists = req
         .draft_probs
         .iter()
@@ -111,5 +123,6 @@ pub fn plan(req: StepRequest, limits: &StepLimits) -> Result<StepPlan> {
         draft_dists,
         rollback_to: req.rollback_to.map(|n| n as usize),
         want_logits: req.want_logits,
+        tree,
     })
 }

@@ -9,6 +9,7 @@
 //! draw is keyed by `(seed, position, purpose)` ([`seam_edge::runtime::sampler::draws`]).
 
 use crate::error::{Error, Result};
+use seam_edge::runtime::draft::tree::DraftTree;
 use seam_edge::runtime::sampler::{draw, draws, uniform};
 use seam_shared::proto::common::SparseDistribution;
 
@@ -80,6 +81,26 @@ pub fn verify_greedy(drafts: &[u32], argmax: &[u32]) -> Verdict {
         accepted,
         next: argmax[accepted],
     }
+}
+
+/// Greedy verification of a draft tree: from the committed row down, the child whose token is
+/// the argmax of its parent's distribution is accepted. `root_argmax` is the full model's choice
+/// after the committed row, `node_argmax[i]` its choice after draft `i`. Returns the accepted
+/// nodes (root's child first) and the token after the last of them.
+pub fn verify_tree_greedy(
+    tree: &DraftTree,
+    root_argmax: u32,
+    node_argmax: &[u32],
+) -> (Vec<usize>, u32) {
+    let mut path = Vec::new();
+    let mut want = root_argmax;
+    let mut at = None;
+    while let Some(child) = tree.children(at).find(|&c| tree.tokens[c] == want) {
+        path.push(child);
+        want = node_argmax[child];
+        at = Some(child);
+    }
+    (path, want)
 }
 
 /// Rejection-sampling verification. `p[i]` is the full model's distribution at draft `i`'s

@@ -57,6 +57,9 @@ pub enum Error {
     /// A model package is inconsistent with what the code needs.
     #[error("model package: {0}")]
     Package(String),
+    /// Training the draft head failed.
+    #[error("training the draft head: {0}")]
+    Training(String),
     /// A safetensors checkpoint or its `config.json` is malformed or not supported.
     #[error("checkpoint: {0}")]
     Checkpoint(String),
@@ -93,9 +96,11 @@ impl Error {
             Error::Kv(_) => Code::InvalidArgument,
             Error::Shared(seam_shared::Error::TensorInvalid(_)) => Code::InvalidArgument,
             Error::Shared(seam_shared::Error::TensorTooLarge { .. }) => Code::ResourceExhausted,
-            Error::Gguf(_) | Error::Package(_) | Error::Shared(_) | Error::Checkpoint(_) => {
-                Code::FailedPrecondition
-            }
+            Error::Gguf(_)
+            | Error::Package(_)
+            | Error::Training(_)
+            | Error::Shared(_)
+            | Error::Checkpoint(_) => Code::FailedPrecondition,
             Error::Dataset(_) => Code::InvalidArgument,
             Error::NotConfigured(_) | Error::Rejected(_) => Code::FailedPrecondition,
             Error::Ort(_) | Error::Tokenizer(_) | Error::Io { .. } => Code::Internal,

@@ -2,6 +2,7 @@
 
 use clap::{Parser, Subcommand};
 use seam_edge::commands;
+use seam_edge::import::drafter::DrafterOptions;
 use seam_edge::import::encoder::EncoderImportOptions;
 use seam_edge::import::encoder_graph::EncoderWeightType;
 use seam_edge::runtime::engine::GenerateRequest;
@@ -213,10 +214,26 @@ enum ModelCommand {
         /// Compute matmuls in f32 (exact but ~10x slower) instead of with int8 activations.
         #[arg(long)]
         f32_compute: bool,
-        /// English prose to fit the early-exit heads on (speculative drafting); without it
-        /// the package has none and split requests go one token per round trip.
+        /// Train a draft head for speculative split decoding on this English prose (teacher
+        /// forcing) and the model's answers to the texts of --drafter-prompts; without it the
+        /// package has none and split requests draft by prompt lookup alone.
+        #[arg(long, requires_all = ["drafter_prompts", "drafter_heldout"])]
+        drafter_prose: Option<PathBuf>,
+        /// `text<TAB>label` file whose texts become chat prompts to learn from (CLINC150 train).
         #[arg(long)]
-        calibration: Option<PathBuf>,
+        drafter_prompts: Option<PathBuf>,
+        /// Another such file whose prompts are held out to measure the drafter (CLINC150 test).
+        #[arg(long)]
+        drafter_heldout: Option<PathBuf>,
+        /// Training steps of the draft head (batches of 256 positions).
+        #[arg(long)]
+        drafter_steps: Option<usize>,
+        /// Prompts answered for the training data.
+        #[arg(long)]
+        drafter_answers: Option<usize>,
+        /// Seed of the draft head's training (same seed, same head).
+        #[arg(long)]
+        drafter_seed: Option<u64>,
     },
     /// Turn a BERT sentence encoder (safetensors) into an encoder package and train its intent
     /// head on labelled `text<TAB>label` data.
@@ -279,14 +296,25 @@ fn main() -> anyhow::Result<()> {
                     out,
                     split_points,
                     f32_compute,
-                    calibration,
-                } => commands::model::import(
-                    &gguf,
-                    &out,
-                    &split_points,
-                    f32_compute,
-                    calibration.as_deref(),
-                ),
+                    drafter_prose,
+                    drafter_prompts,
+                    drafter_heldout,
+                    drafter_steps,
+                    drafter_answers,
+                    drafter_seed,
+                } => {
+                    let drafter = match (drafter_prose, drafter_prompts, drafter_heldout) {
+                        (Some(prose), Some(prompts), Some(heldout)) => {
+                            let mut o = DrafterOptions::new(prose, prompts, heldout);
+                            o.steps = drafter_steps.unwrap_or(o.steps);
+                            o.chat_prompts = drafter_answers.unwrap_or(o.chat_prompts);
+                            o.seed = drafter_seed.unwrap_or(o.seed);
+                            Some(o)
+                        }
+                        _ => None,
+                    };
+                    commands::model::import(&gguf, &out, &split_points, f32_compute, drafter)
+                }
                 ModelCommand::ImportEncoder {
                     safetensors,
                     out,

@@ -1,6 +1,7 @@
 //! Helpers for tests (feature `test-util`): the default assets installed by `make setup` and a
 //! model package imported once and shared by every test binary.
 
+use crate::import::drafter::DrafterOptions;
 use crate::import::{ImportOptions, import_gguf};
 use seam_shared::package::Package;
 use std::path::{Path, PathBuf};
@@ -52,8 +53,8 @@ pub fn package_dir_for(f32_compute: bool) -> PathBuf {
         "seam-test-package"
     };
     let dir = workspace_root().join("target").join(name);
-    // A package from before exit heads existed is imported again.
-    let complete = |p: &Package| f32_compute || !p.manifest().exit_heads.is_empty();
+    // A package without a draft head (or of an older format) is imported again.
+    let complete = |p: &Package| f32_compute || p.manifest().drafter.is_some();
     if Package::open(&dir).is_ok_and(|p| complete(&p)) {
         return dir;
     }
@@ -69,12 +70,8 @@ pub fn package_dir_for(f32_compute: bool) -> PathBuf {
             split_points: TEST_SPLIT_POINTS.to_vec(),
             progress: false,
             f32_compute,
-            // The exact graphs check arithmetic, not drafting: no exit heads (fitting on them
-            // would take minutes).
-            calibration: (!f32_compute).then(prose_path),
-            // Enough for heads that draft (the tests check losslessness, not acceptance), a
-            // quarter of the shipped calibration to keep the debug-build import short.
-            calibration_tokens: crate::import::CALIBRATION_TOKENS / 4,
+            // The exact graphs check arithmetic, not drafting: no draft head.
+            drafter: (!f32_compute).then(test_drafter_options),
         },
     )
     .expect("importing the test package");
@@ -89,6 +86,24 @@ pub fn package_dir_for(f32_compute: bool) -> PathBuf {
     }
     Package::open(&dir).expect("the test package verifies");
     dir
+}
+
+/// A draft head trained briefly (the tests check losslessness, not acceptance): a small part
+/// of the shipped data and steps keeps the debug-build import short.
+fn test_drafter_options() -> DrafterOptions {
+    let clinc = workspace_root().join(".seam/assets/clinc150");
+    let mut o = DrafterOptions::new(
+        prose_path(),
+        clinc.join("train.tsv"),
+        clinc.join("test.tsv"),
+    );
+    o.prose_tokens = 2048;
+    o.chat_prompts = 64;
+    o.heldout = 8;
+    o.answer_tokens = 32;
+    o.steps = 60;
+    o.batch = 64;
+    o
 }
 
 /// The English prose installed by `make setup` (perplexity and exit-head calibration).

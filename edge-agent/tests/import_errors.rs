@@ -10,8 +10,7 @@ fn options() -> ImportOptions {
         split_points: vec![4],
         progress: false,
         f32_compute: false,
-        calibration: None,
-        calibration_tokens: seam_edge::import::CALIBRATION_TOKENS,
+        drafter: None,
     }
 }
 

@@ -1,8 +1,9 @@
 //! Speculative decoding across the split, end to end with real processes: the device drafts
-//! with its exit head, the worker verifies. Greedy output must be the local output token for
+//! with its draft head and prompt lookup, the worker verifies. Greedy output must be the local output token for
 //! token whatever the drafts were; rejected drafts must leave nothing behind in either cache.
 
 use seam_edge::commands::bench_split::AGREEMENT_PROMPTS;
+use seam_edge::runtime::model::{LoadOptions, Model};
 use seam_shared::proto::common::{PackageRef, RouteKind, SamplingParams, StepRequest};
 use seam_shared::proto::edge::{GenerateRequest, RoutePreference};
 use seam_shared::proto::worker::worker_client::WorkerClient;
@@ -27,63 +28,65 @@ fn chat(prompt: &str, max_tokens: u32) -> GenerateRequest {
 async fn greedy_speculative_split_output_equals_local_output_token_for_token() {
     let worker = WorkerProcess::start_worker(&package_dir(), &[]);
     let edge = EdgeProcess::start(&package_dir(), &["--worker", &worker.addr, "--wire", "f32"]);
-    let (mut drafted, mut accepted) = (0u32, 0u32);
+    let (mut drafted, mut accepted, mut tree_drafts) = (0u32, 0u32, 0u32);
     // All 20 prompts at K = 8; a third of them at K = 4 and K = 15 as well.
     for (n, prompt) in AGREEMENT_PROMPTS.iter().enumerate() {
         let local = chat(prompt, 24);
         let (want, _) = token_ids(&edge.addr, local.clone()).await;
         let layers: &[u32] = if n % 3 == 0 { &[4, 8, 15] } else { &[8] };
-        for &layer in layers {
-            // A fixed draft length: every step drafts, so rejections happen all the time.
+        // Chains of a fixed length (every step drafts, so rejections happen all the time) and
+        // the adaptive trees.
+        for (layer, draft_tokens) in layers.iter().flat_map(|&l| [(l, Some(4)), (l, None)]) {
             let split = GenerateRequest {
                 route: RoutePreference::Split as i32,
                 split_layer: layer,
-                draft_tokens: Some(4),
+                draft_tokens,
                 ..local.clone()
             };
             let (got, fin) = token_ids(&edge.addr, split).await;
-            assert_eq!(got, want, "{prompt:?} split at {layer}");
+            assert_eq!(
+                got, want,
+                "{prompt:?} split at {layer}, {draft_tokens:?} drafts"
+            );
             assert_eq!(fin.route.unwrap().kind, RouteKind::Split as i32);
-            assert!(fin.drafted_tokens > 0, "{prompt:?}: nothing drafted");
+            if draft_tokens.is_some() {
+                assert!(fin.drafted_tokens > 0, "{prompt:?}: nothing drafted");
+            } else {
+                tree_drafts += fin.drafted_tokens;
+            }
             assert!(fin.accepted_draft_tokens <= fin.drafted_tokens);
-            // Completion tokens per round trip. Every round trip settles at least one token,
-            // more when drafts stand; the last may settle only the end-of-sequence token,
-            // which is not part of the completion.
-            let per_trip = want.len() as f64 / fin.token_round_trips as f64;
+            // Tokens per round trip are the tokens each decode round trip settled (its
+            // accepted drafts and the worker's token) over those round trips.
+            let trips = fin.decode_round_trips as f64;
+            assert!(trips > 0.0, "{prompt:?}: no decode round trip");
+            let per_trip = (fin.accepted_draft_tokens as f64 + trips) / trips;
             assert!(
                 (per_trip - fin.tokens_per_round_trip).abs() < 1e-9,
                 "{per_trip} vs {}",
                 fin.tokens_per_round_trip
             );
+            // Every completion token after the first (the prefill's) was settled by one.
             assert!(
-                fin.token_round_trips as usize <= want.len() + 1,
-                "{prompt:?}: {} round trips for {} tokens",
-                fin.token_round_trips,
+                fin.accepted_draft_tokens as u64 + fin.decode_round_trips as u64 + 1
+                    >= want.len() as u64,
+                "{prompt:?}: {} round trips and {} accepted for {} tokens",
+                fin.decode_round_trips,
+                fin.accepted_draft_tokens,
                 want.len()
             );
-            assert!(
-                fin.token_round_trips as u64 + fin.accepted_draft_tokens as u64
-                    >= want.len() as u64
+            assert_eq!(
+                fin.drafted_tokens > 0,
+                !fin.acceptance_by_position.is_empty()
             );
             drafted += fin.drafted_tokens;
             accepted += fin.accepted_draft_tokens;
         }
     }
     eprintln!(
-        "greedy drafts: {accepted} of {drafted} accepted ({:.1}%)",
+        "greedy drafts: {accepted} of {drafted} accepted ({:.1}%), {tree_drafts} in adaptive trees",
         100.0 * accepted as f64 / drafted.max(1) as f64
     );
-    // The adaptive policy (no draft length asked for) is lossless too.
-    let local = chat(AGREEMENT_PROMPTS[1], 24);
-    let (want, _) = token_ids(&edge.addr, local.clone()).await;
-    let adaptive = GenerateRequest {
-        route: RoutePreference::Split as i32,
-        split_layer: 8,
-        ..local
-    };
-    let (got, fin) = token_ids(&edge.addr, adaptive).await;
-    assert_eq!(got, want);
-    assert!(fin.token_round_trips > 0);
+    assert!(tree_drafts > 0, "the adaptive policy never drafted");
 }
 
 /// A step stream on a worker.
@@ -192,6 +195,32 @@ async fn rejected_drafts_leave_no_stale_kv_on_the_worker() {
     assert_eq!(r.accepted as usize, accepted);
     assert_eq!(r.next_token, argmax[accepted]);
     assert_eq!(r.kv_len as usize, 6 + 1 + accepted);
+    // A drafting session's answer carries the final-layer state of the row that chose the
+    // next token: through the model's own final norm and head it gives that row's logits.
+    let feature =
+        tensor::decode(r.feature.as_ref().expect("a feature"), Some(HIDDEN), HIDDEN).unwrap();
+    let mut head = Model::load(
+        &package_dir(),
+        &LoadOptions {
+            threads: 1,
+            layers: Some(30..30),
+            head: true,
+            drafter: false,
+        },
+    )
+    .unwrap();
+    let from_feature = head.logits(&feature.data).unwrap();
+    let row = &logits.data[accepted * 49_152..(accepted + 1) * 49_152];
+    assert_eq!(
+        seam_edge::runtime::sampler::argmax(&from_feature),
+        r.next_token
+    );
+    let scale = row.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let worst = row
+        .iter()
+        .zip(&from_feature)
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    assert!(worst < 0.02 * scale, "{worst} against logits up to {scale}");
     // The plain session gets the same committed rows without drafts.
     with_drafts.rows = 1 + accepted;
     with_drafts.data.truncate((1 + accepted) * HIDDEN);
@@ -220,4 +249,110 @@ async fn rejected_drafts_leave_no_stale_kv_on_the_worker() {
         ))
         .await;
     assert!(r.error.unwrap().message.contains("outside the vocabulary"));
+}
+
+#[tokio::test]
+async fn a_draft_tree_keeps_only_the_accepted_path_and_hides_siblings() {
+    let worker = WorkerProcess::start_worker(&package_dir(), &[]);
+    let mut c = WorkerClient::connect(worker.addr.clone())
+        .await
+        .unwrap()
+        .max_decoding_message_size(64 << 20);
+    let digest = c
+        .get_info(GetInfoRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .package
+        .unwrap()
+        .digest;
+    for id in ["tree", "chain"] {
+        c.open_session(OpenSessionRequest {
+            session_id: id.into(),
+            package: Some(PackageRef {
+                digest: digest.clone(),
+                name: String::new(),
+            }),
+            split_layer: 8,
+            sampling: Some(SamplingParams::default()),
+            max_positions: 32,
+            device_id: "test".into(),
+            max_draft_tokens: 8,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    }
+    let (tx, rx) = mpsc::channel(4);
+    let rx = c
+        .step(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut s = Steps { tx, rx };
+    let prompt = hidden_rows(6, 1);
+    for id in ["tree", "chain"] {
+        assert!(
+            s.send(step(id, 1, 0, &prompt, vec![]))
+                .await
+                .error
+                .is_none()
+        );
+    }
+    // Probe the model's choice after the committed row, then roll the probe back.
+    let committed = hidden_rows(1, 2);
+    let probe = s.send(step("tree", 2, 6, &committed, vec![])).await;
+    let want = probe.next_token;
+    let wrong = (want + 1) % 49_152;
+    // Tree rows: the committed row, then node 0 (`wrong`, its own row), node 1 (`want`, the
+    // row the chain will send), node 2 (a child of node 0).
+    let node_rows = hidden_rows(3, 5);
+    let d = HIDDEN;
+    let mut rows = committed.clone();
+    rows.rows = 4;
+    rows.data.extend_from_slice(&node_rows.data);
+    let mut tree_step = step("tree", 3, 6, &rows, vec![wrong, want, 7]);
+    tree_step.draft_parents = vec![0, 0, 1];
+    tree_step.rollback_to = Some(6);
+    let t = s.send(tree_step).await;
+    assert!(t.error.is_none(), "{:?}", t.error);
+    assert_eq!(t.accepted, 1);
+    assert_eq!(t.accepted_path, vec![1]);
+    assert_eq!(t.kv_len, 8);
+    // The chain: the committed row and node 1's row as its one draft.
+    let mut chain_rows = committed.clone();
+    chain_rows.rows = 2;
+    chain_rows.data.extend_from_slice(&node_rows.data[d..2 * d]);
+    let ch = s.send(step("chain", 2, 6, &chain_rows, vec![want])).await;
+    assert!(ch.error.is_none(), "{:?}", ch.error);
+    assert_eq!((ch.accepted, ch.kv_len), (1, 8));
+    // Node 1 saw the committed positions and itself only, as the chain's draft did.
+    assert_eq!(t.next_token, ch.next_token);
+    let tl = tensor::decode(t.logits.as_ref().unwrap(), Some(49_152), 4 * 49_152).unwrap();
+    let cl = tensor::decode(ch.logits.as_ref().unwrap(), Some(49_152), 2 * 49_152).unwrap();
+    let close = |a: &[f32], b: &[f32]| {
+        let scale = b.iter().fold(0f32, |m, v| m.max(v.abs()));
+        a.iter().zip(b).all(|(x, y)| (x - y).abs() <= 1e-3 * scale)
+    };
+    assert!(close(&tl.data[2 * 49_152..3 * 49_152], &cl.data[49_152..]));
+    // Both caches now hold the same path: the same next row gives the same logits. Had node
+    // 0's or node 2's K/V been kept, attention would see them.
+    let next = hidden_rows(1, 9);
+    let a = s.send(step("tree", 4, 8, &next, vec![])).await;
+    let b = s.send(step("chain", 3, 8, &next, vec![])).await;
+    let (a, b) = (
+        tensor::decode(a.logits.as_ref().unwrap(), Some(49_152), 49_152).unwrap(),
+        tensor::decode(b.logits.as_ref().unwrap(), Some(49_152), 49_152).unwrap(),
+    );
+    assert!(close(&a.data, &b.data));
+    // A tree whose parents come after their children is refused.
+    let mut bad = step("tree", 5, 9, &hidden_rows(3, 4), vec![1, 2]);
+    bad.draft_parents = vec![2, 0];
+    let r = s.send(bad).await;
+    assert!(
+        r.error
+            .unwrap()
+            .message
+            .contains("parents must come before")
+    );
 }

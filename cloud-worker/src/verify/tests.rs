@@ -49,7 +49,13 @@ const Q: [f64; 6] = [0.05, 0.10, 0.15, 0.30, 0.40, 0.0];
 
 #[test]
 fn rejection_sampling_settles_tokens_distributed_as_the_full_model() {
-    for q in [Q, P, [0.9, 0.02, 0.02, 0.02, 0.02, 0.02]] {
+    // The last is a prompt-lookup draft: all of its mass on the proposed token.
+    for q in [
+        Q,
+        P,
+        [0.9, 0.02, 0.02, 0.02, 0.02, 0.02],
+        [0.0, 0.0, 0.0, 1.0, 0.0, 0.0],
+    ] {
         let counts = first_token_counts(&P, &q, 40_000, the_verifier);
         let chi2 = chi_square(&counts, &P);
         assert!(
@@ -127,6 +133,24 @@ fn greedy_accepts_the_matching_prefix_and_corrects_the_first_miss() {
             next: 3
         }
     );
+}
+
+#[test]
+fn a_tree_accepts_the_branch_the_model_follows() {
+    // Root children: 5 (node 0) and 8 (node 3); 5 → 6 (node 1) → 7 (node 2); 5 → 9 (node 4).
+    let tree = DraftTree::from_wire(&[5, 6, 7, 8, 9], &[0, 1, 2, 0, 1]).unwrap();
+    // The model follows 5, then 9 (the second branch under 5), then says 4.
+    let argmax_after = [9, 0, 0, 0, 4];
+    assert_eq!(verify_tree_greedy(&tree, 5, &argmax_after), (vec![0, 4], 4));
+    // It wants 8 first, and 8 has no children: one accepted, then 8's argmax.
+    assert_eq!(verify_tree_greedy(&tree, 8, &[0, 0, 0, 2, 0]), (vec![3], 2));
+    // Nothing matches: no draft stands, the correction is the root's argmax.
+    assert_eq!(verify_tree_greedy(&tree, 1, &argmax_after), (vec![], 1));
+    // A chain in tree form settles as the chain verifier does.
+    let chain = DraftTree::chain(&[5, 6, 7]);
+    let (path, next) = verify_tree_greedy(&chain, 5, &[6, 9, 1]);
+    let v = verify_greedy(&[5, 6, 7], &[5, 6, 9, 1]);
+    assert_eq!((path.len(), next), (v.accepted, v.next));
 }
 
 #[test]

@@ -63,14 +63,17 @@ pub async fn run(server: String, req: pb::GenerateRequest) -> anyhow::Result<()>
                         .trim_start_matches("FINISH_REASON_")
                         .to_lowercase()
                 );
-                if kind == RouteKind::Split && f.token_round_trips > 0 {
+                if kind == RouteKind::Split && f.decode_round_trips > 0 {
                     println!(
-                        "  [speculation: {} drafted, {} accepted ({:.0}%) · {:.2} tokens per round trip over {} round trips]",
+                        "  [speculation: {} drafted ({} by prompt lookup), {} accepted ({:.0}%) · {:.2} tokens per round trip over {} decode round trips · acceptance by position {} · {:.1} ms device CPU per token]",
                         f.drafted_tokens,
+                        f.lookup_drafted_tokens,
                         f.accepted_draft_tokens,
                         f.acceptance_rate * 100.0,
                         f.tokens_per_round_trip,
-                        f.token_round_trips
+                        f.decode_round_trips,
+                        super::generate::percent_list(&f.acceptance_by_position),
+                        f.cpu_ms_per_token,
                     );
                 }
             }

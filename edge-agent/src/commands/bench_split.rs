@@ -5,6 +5,8 @@
 //!
 //! `scripts/bench.sh` starts the worker and passes its address.
 
+mod speculation;
+
 use super::load_engine;
 use crate::link::gateway::{GatewayEndpoint, GatewayOptions, TransportChoice};
 use crate::link::worker::WorkerEndpoint;
@@ -48,7 +50,8 @@ pub struct SplitBenchArgs {
     /// Tokens generated per agreement prompt.
     #[arg(long, default_value_t = 64)]
     pub agreement_tokens: u32,
-    /// Which measurements to run: speed (tokens/s and bytes per route), agreement, sessions.
+    /// Which measurements to run: speed (tokens/s and bytes per route), agreement, sessions,
+    /// speculation (held-out prompts: local, per-token and speculative split).
     #[arg(
         long,
         value_delimiter = ',',
@@ -186,6 +189,9 @@ pub fn run(dir: &Path, args: &SplitBenchArgs) -> anyhow::Result<()> {
     if wants("sessions") {
         bench.worker_throughput(args)?;
     }
+    if wants("speculation") {
+        bench.speculation(args)?;
+    }
     Ok(())
 }
 
@@ -302,7 +308,7 @@ impl SplitBench {
                 best[i] / local,
                 row as f64 / f32_row as f64,
                 report.counters.round_trips,
-                stats.completion_tokens as f64 / spec.token_steps.max(1) as f64,
+                spec.tokens_per_round_trip(),
                 if spec.enabled {
                     format!("{:.1}%", spec.acceptance_rate() * 100.0)
                 } else {

@@ -109,6 +109,11 @@ pub fn stats_line(
             "accepted_draft_tokens": s.split.as_ref().map_or(0, |r| r.speculation.accepted),
             "acceptance_rate": s.split.as_ref().map_or(0.0, |r| r.speculation.acceptance_rate()),
             "tokens_per_round_trip": s.tokens_per_round_trip(),
+            "decode_round_trips": s.split.as_ref().map_or(0, |r| r.speculation.decode_round_trips),
+            "acceptance_by_position": s.split.as_ref().map_or_else(Vec::new, |r| r.speculation.acceptance_by_position()),
+            "lookup_drafted_tokens": s.split.as_ref().map_or(0, |r| r.speculation.lookup_drafted),
+            "lookup_accepted_tokens": s.split.as_ref().map_or(0, |r| r.speculation.lookup_accepted),
+            "cpu_ms_per_token": s.cpu_ms_per_token(),
         });
         if let Some((c, took)) = intent {
             v["intent"] = c.intent.clone().into();
@@ -133,10 +138,12 @@ pub fn stats_line(
             Some(r) => {
                 let spec = if r.speculation.enabled {
                     format!(
-                        " · {} drafted, {:.0}% accepted, {:.2} tokens per round trip",
+                        " · {} drafted ({} by lookup), {:.0}% accepted, {:.2} tokens per round trip, acceptance by position {}",
                         r.speculation.drafted,
+                        r.speculation.lookup_drafted,
                         r.speculation.acceptance_rate() * 100.0,
-                        s.tokens_per_round_trip()
+                        s.tokens_per_round_trip(),
+                        percent_list(&r.speculation.acceptance_by_position()),
                     )
                 } else {
                     " · not speculative".to_string()
@@ -165,4 +172,10 @@ pub fn stats_line(
             s.finish
         )
     }
+}
+
+/// `[90 71 55]`: shares as whole percents.
+pub fn percent_list(shares: &[f64]) -> String {
+    let items: Vec<String> = shares.iter().map(|a| format!("{:.0}", a * 100.0)).collect();
+    format!("[{}]%", items.join(" "))
 }

@@ -1,5 +1,6 @@
 //! `seam-edge model import|import-encoder|inspect|evaluate`.
 
+use crate::import::drafter::{DrafterOptions, expected_tokens};
 use crate::import::encoder::{EncoderImportOptions, import_encoder as import_encoder_package};
 use crate::import::{ImportOptions, import_gguf};
 use crate::perception::dataset::read_examples;
@@ -15,7 +16,7 @@ pub fn import(
     out: &Path,
     split_points: &[u32],
     f32_compute: bool,
-    calibration: Option<&Path>,
+    drafter: Option<DrafterOptions>,
 ) -> anyhow::Result<()> {
     let started = Instant::now();
     let report = import_gguf(
@@ -25,8 +26,7 @@ pub fn import(
             split_points: split_points.to_vec(),
             progress: true,
             f32_compute,
-            calibration: calibration.map(Path::to_path_buf),
-            calibration_tokens: crate::import::CALIBRATION_TOKENS,
+            drafter,
         },
     )
     .with_context(|| format!("importing {}", gguf.display()))?;
@@ -39,13 +39,27 @@ pub fn import(
         started.elapsed().as_secs_f64(),
         report.digest
     );
-    for e in &report.exit_heads {
+    if let Some((spec, t)) = &report.drafter {
         eprintln!(
-            "import: exit head at layer {}: greedy agreement with the full model {:.1}% on {} held-out tokens (fitted on {})",
-            e.layer,
-            e.heldout_acceptance * 100.0,
-            e.heldout_tokens,
-            e.calibration_tokens
+            "import: draft head trained on {} positions (data {:.0}s, training {:.0}s, seed {:#x}); shortlist of {} tokens covers {:.1}% of held-out greedy tokens",
+            t.train_positions,
+            t.seconds_data,
+            t.seconds_train,
+            spec.seed,
+            spec.shortlist_size,
+            t.coverage * 100.0
+        );
+        eprintln!(
+            "import: held-out acceptance by draft position (greedy answers to {} unseen positions): {}",
+            t.heldout_positions,
+            super::generate::percent_list(&t.acceptance)
+        );
+        eprintln!(
+            "import: expected tokens per round trip with chains of 2/4/6/8 drafts: {:.2} / {:.2} / {:.2} / {:.2}",
+            expected_tokens(&t.acceptance, 2),
+            expected_tokens(&t.acceptance, 4),
+            expected_tokens(&t.acceptance, 6),
+            expected_tokens(&t.acceptance, 8)
         );
     }
     Ok(())
@@ -86,6 +100,22 @@ pub fn inspect(dir: &Path) -> anyhow::Result<()> {
             s.end,
             s.graphs.len()
         );
+    }
+    match &m.drafter {
+        Some(d) => println!(
+            "drafter   {} (shortlist of {} tokens, trained on {} positions, seed {:#x}); held-out acceptance by position {}",
+            d.graph,
+            d.shortlist_size,
+            d.train_positions,
+            d.seed,
+            super::generate::percent_list(
+                &d.heldout_acceptance
+                    .iter()
+                    .map(|&a| a as f64)
+                    .collect::<Vec<_>>()
+            )
+        ),
+        None => println!("drafter   none (split requests draft by prompt lookup alone)"),
     }
     let total: u64 = m
         .files

@@ -51,10 +51,10 @@ pub struct Dims {
     pub accuracy_level: i64,
 }
 
-const SEQ: Dim = Dim::Named("seq");
+pub(crate) const SEQ: Dim = Dim::Named("seq");
 
 /// Activations are 2-D `[S, d]` so that `Gemm` can fold each Q4_1 correction into one node.
-fn act(d: usize) -> [Dim; 2] {
+pub(crate) fn act(d: usize) -> [Dim; 2] {
     [SEQ, Dim::Fixed(d as i64)]
 }
 
@@ -122,7 +122,7 @@ fn block_sums(g: &mut GraphBuilder, x: &str, k: usize, level: i64) -> String {
     nbits(g, x, &b, &s, k, nb, level)
 }
 
-fn rms_norm(g: &mut GraphBuilder, x: &str, w: &[f32], eps: f32) -> String {
+pub(crate) fn rms_norm(g: &mut GraphBuilder, x: &str, w: &[f32], eps: f32) -> String {
     let gamma = g.init_f32("norm_w", &[w.len() as i64], w);
     g.op(
         "SimplifiedLayerNormalization",
@@ -239,27 +239,38 @@ pub fn head_graph(output_norm: &[f32], head: &Q8Linear, d: Dims) -> Vec<u8> {
     let mut g = GraphBuilder::new("head");
     let h = g.input_f32(io::HIDDEN, &act(d.n_embd));
     let x = rms_norm(&mut g, &h, output_norm, d.eps);
-    let nb = (head.k / BLOCK) as i64;
-    let b = g.init_u8(
-        "head_q",
-        &[head.n as i64, nb, BLOCK as i64],
-        head.packed.clone(),
-    );
-    let s = g.init_f32("head_d", &[head.n as i64 * nb], &head.scales);
-    let logits = g.op(
-        "MatMulNBits",
-        MS_DOMAIN,
-        &[&x, &b, &s],
-        vec![
-            Attr::Int("K", head.k as i64),
-            Attr::Int("N", head.n as i64),
-            Attr::Int("bits", 8),
-            Attr::Int("block_size", BLOCK as i64),
-            Attr::Int("accuracy_level", d.accuracy_level),
-        ],
-    );
+    let logits = q8_matmul(&mut g, &x, head, "head", d.accuracy_level);
     g.output_f32(&logits, io::LOGITS, &act(d.vocab));
     g.finish("final norm and LM head")
+}
+
+/// `y = W·x` for a Q8_0 weight: 8-bit `MatMulNBits` with its default zero point 128.
+pub(crate) fn q8_matmul(
+    g: &mut GraphBuilder,
+    x: &str,
+    w: &Q8Linear,
+    stem: &str,
+    level: i64,
+) -> String {
+    let nb = (w.k / BLOCK) as i64;
+    let b = g.init_u8(
+        &format!("{stem}_q"),
+        &[w.n as i64, nb, BLOCK as i64],
+        w.packed.clone(),
+    );
+    let s = g.init_f32(&format!("{stem}_d"), &[w.n as i64 * nb], &w.scales);
+    g.op(
+        "MatMulNBits",
+        MS_DOMAIN,
+        &[x, &b, &s],
+        vec![
+            Attr::Int("K", w.k as i64),
+            Attr::Int("N", w.n as i64),
+            Attr::Int("bits", 8),
+            Attr::Int("block_size", BLOCK as i64),
+            Attr::Int("accuracy_level", level),
+        ],
+    )
 }
 
 #[cfg(test)]

@@ -119,6 +119,33 @@ impl Q8Linear {
             scales: blocks.iter().map(|b| b.d).collect(),
         }
     }
+
+    /// The weight restricted to output rows `rows`, in that order (the same bytes).
+    pub fn select_rows(&self, rows: &[u32]) -> Q8Linear {
+        let nb = self.k / BLOCK;
+        let mut packed = Vec::with_capacity(rows.len() * self.k);
+        let mut scales = Vec::with_capacity(rows.len() * nb);
+        for &r in rows {
+            let r = r as usize;
+            packed.extend_from_slice(&self.packed[r * self.k..(r + 1) * self.k]);
+            scales.extend_from_slice(&self.scales[r * nb..(r + 1) * nb]);
+        }
+        Q8Linear {
+            n: rows.len(),
+            k: self.k,
+            packed,
+            scales,
+        }
+    }
+
+    /// The weights as f32, `[n, k]` row-major (exact: `d·q`).
+    pub fn dequantize(&self) -> Vec<f32> {
+        self.packed
+            .chunks_exact(BLOCK)
+            .zip(&self.scales)
+            .flat_map(|(q, &d)| q.iter().map(move |&b| d * (b as i16 - 128) as f32))
+            .collect()
+    }
 }
 
 #[cfg(test)]

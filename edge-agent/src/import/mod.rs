@@ -2,10 +2,10 @@
 //! segment with the 4-/8-bit weights kept as they are, the Q8_0 embedding table, a Hugging Face
 //! `tokenizer.json`, and a manifest with checksums).
 
+pub mod drafter;
 pub mod encoder;
 pub mod encoder_graph;
 pub mod encoder_smooth;
-pub mod exit_fit;
 pub mod graphs;
 pub mod linear;
 
@@ -13,11 +13,10 @@ use crate::error::{Error, Result};
 use crate::gguf::hparams::LlamaHparams;
 use crate::gguf::quant::{q4_1_blocks, q8_0_blocks};
 use crate::gguf::{GgmlType, GgufFile};
-use crate::runtime::model::{LoadOptions, Model};
 use graphs::{Dims, LayerWeights};
 use linear::{Q4Linear, Q8Linear};
 use seam_shared::package::{
-    self, Architecture, ExitHead, FORMAT_VERSION, Manifest, Segment, Source, Weights,
+    self, Architecture, Drafter, FORMAT_VERSION, Manifest, Segment, Source, Weights,
 };
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -32,16 +31,10 @@ pub struct ImportOptions {
     /// Compute the matmuls in f32 (exact, slow; for checking the graphs) instead of with
     /// int8-quantized activations.
     pub f32_compute: bool,
-    /// Prose to fit the early-exit heads on (speculative drafting); `None`: no heads.
-    pub calibration: Option<std::path::PathBuf>,
-    /// Tokens of the calibration prose used (its last ones; a fifth of them held out to
-    /// measure acceptance), normally [`CALIBRATION_TOKENS`].
-    pub calibration_tokens: usize,
+    /// Train a draft head for speculative split decoding; `None`: the package has none and
+    /// split requests settle one token per round trip.
+    pub drafter: Option<drafter::DrafterOptions>,
 }
-
-/// Tokens of the calibration text used for the exit heads (its last ones); a fifth of them
-/// (2048) are held out to measure acceptance.
-pub const CALIBRATION_TOKENS: usize = 10_240;
 
 /// Summary of an import.
 #[derive(Debug, Clone)]
@@ -50,8 +43,8 @@ pub struct ImportReport {
     pub files: usize,
     pub bytes: u64,
     pub graphs: usize,
-    /// The fitted exit heads, as the manifest lists them.
-    pub exit_heads: Vec<ExitHead>,
+    /// The trained drafter: its manifest entry and training figures.
+    pub drafter: Option<(Drafter, drafter::TrainedDrafter)>,
 }
 
 /// Imports the GGUF at `gguf_path` into a new package directory `out`.
@@ -197,74 +190,51 @@ pub fn import_gguf(gguf_path: &Path, out: &Path, opts: &ImportOptions) -> Result
             .get_str("tokenizer.chat_template")
             .ok()
             .map(str::to_string),
-        exit_heads: Vec::new(),
+        drafter: None,
         files,
     };
     let mut digest = package::write_manifest(out, &manifest)?;
-    let mut exit_heads = Vec::new();
-    if let Some(text) = &opts.calibration {
-        let fits = fit_exit_heads_into(out, text, opts.calibration_tokens, opts.progress)?;
-        for f in &fits {
-            let rel = format!("exit/k{}.f32", f.head.layer());
-            let data: Vec<u8> = f
-                .head
-                .weights()
-                .iter()
-                .flat_map(|v| v.to_le_bytes())
-                .collect();
-            std::fs::create_dir_all(out.join("exit")).map_err(|e| Error::io(out, e))?;
-            let path = out.join(&rel);
-            std::fs::write(&path, &data).map_err(|e| Error::io(&path, e))?;
+    let mut trained = None;
+    if let Some(opts_d) = &opts.drafter {
+        let mut progress = |line: &str| {
+            if opts.progress {
+                eprint!("\rimport: {line}    ");
+            }
+        };
+        let t = drafter::train_drafter(out, &output_norm, &head, dims, opts_d, &mut progress)?;
+        if opts.progress {
+            eprintln!();
+        }
+        let graph = "graphs/drafter.onnx".to_string();
+        let shortlist = "drafter_shortlist.u32".to_string();
+        let ids: Vec<u8> = t.shortlist.iter().flat_map(|v| v.to_le_bytes()).collect();
+        for (rel, data) in [(&graph, &t.graph), (&shortlist, &ids)] {
+            let path = out.join(rel);
+            std::fs::write(&path, data).map_err(|e| Error::io(&path, e))?;
             manifest
                 .files
-                .insert(rel.clone(), package::sha256_bytes(&data));
+                .insert(rel.clone(), package::sha256_bytes(data));
             bytes += data.len() as u64;
-            manifest.exit_heads.push(ExitHead {
-                layer: f.head.layer(),
-                file: rel,
-                calibration_tokens: f.calibration_tokens as u32,
-                heldout_tokens: f.heldout_tokens as u32,
-                heldout_acceptance: f.heldout_acceptance as f32,
-            });
         }
+        let spec = Drafter {
+            graph,
+            shortlist,
+            shortlist_size: t.shortlist.len() as u32,
+            train_positions: t.train_positions as u32,
+            heldout_positions: t.heldout_positions as u32,
+            heldout_acceptance: t.acceptance.iter().map(|&a| a as f32).collect(),
+            seed: opts_d.seed,
+        };
+        manifest.drafter = Some(spec.clone());
         digest = package::write_manifest(out, &manifest)?;
-        exit_heads = manifest.exit_heads.clone();
+        trained = Some((spec, t));
     }
     Ok(ImportReport {
         digest,
         files: manifest.files.len(),
         bytes,
         graphs: graph_count + 1,
-        exit_heads,
-    })
-}
-
-/// Loads the package just written in `dir` and fits its exit heads on the last `count` tokens
-/// of the text at `text`, holding out a fifth of them.
-fn fit_exit_heads_into(
-    dir: &Path,
-    text: &Path,
-    count: usize,
-    progress: bool,
-) -> Result<Vec<exit_fit::ExitFit>> {
-    let prose = std::fs::read_to_string(text).map_err(|e| Error::io(text, e))?;
-    let mut model = Model::load(dir, &LoadOptions::default())?;
-    let ids = model
-        .tokenizer()
-        .encode(prose.as_str(), false)
-        .map_err(|e| Error::Tokenizer(e.to_string()))?
-        .get_ids()
-        .to_vec();
-    let tokens = &ids[ids.len().saturating_sub(count)..];
-    exit_fit::fit_exit_heads(&mut model, tokens, tokens.len() / 5, |done, total| {
-        if progress {
-            eprint!("\rimport: fitting exit heads, window {done}/{total}   ");
-        }
-    })
-    .inspect(|_| {
-        if progress {
-            eprintln!();
-        }
+        drafter: trained,
     })
 }
 

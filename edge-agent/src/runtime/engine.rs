@@ -3,8 +3,9 @@
 //! end-of-turn tokens, stop strings, max tokens, the deadline or cancellation.
 
 use super::budget::{KvBudget, Reservation};
-use super::draft_len::MAX_DRAFT;
-use super::kv_cache::{KvCache, KvDtype, KvGeometry};
+use super::continuation::{Continuation, LocalRun, Resilient, Stage, allocate, recoverable};
+use super::draft::policy::MAX_DRAFT;
+use super::kv_cache::{KvCache, KvDtype};
 use super::model::Model;
 use super::sampler::{Sampler, SamplingParams};
 use super::split::{OpenSplit, Speculation, SplitLink, SplitReport, SplitRun};
@@ -30,9 +31,10 @@ pub struct GenerateRequest {
     pub sampling: SamplingParams,
     pub stop: Vec<String>,
     pub deadline: Option<Instant>,
-    /// Split requests: drafts per verification round trip. `None`: adaptive (when the package
-    /// has an exit head at the split layer); `Some(0)`: no speculation, one token per round
-    /// trip; `Some(k)`: always `k`.
+    /// Split requests: drafts per verification round trip. `None`: adaptive (trees of the
+    /// draft head's branches and the prompt-lookup run for greedy requests, chains for sampled
+    /// ones); `Some(0)`: no speculation, one token per round trip; `Some(k)`: always a chain
+    /// of `k` (from the draft head, or from lookup when the package has none).
     pub draft_tokens: Option<u32>,
 }
 
@@ -68,19 +70,28 @@ pub struct GenerateStats {
     pub split: Option<SplitReport>,
     /// Why a split request finished (or ran entirely) on the device, if it did.
     pub fallback: Option<String>,
+    /// Process CPU time (all threads) spent in the decode phase.
+    pub decode_cpu: Duration,
 }
 
 impl GenerateStats {
     pub fn prefill_tokens_per_s(&self) -> f64 {
         per_s(self.prompt_tokens - self.cached_prompt_tokens, self.prefill)
     }
-    /// Split requests: completion tokens per round trip that settled tokens (0 when local).
+    /// Split requests: tokens settled per verification round trip of the decode phase (the
+    /// accepted drafts plus the worker's token, end-of-turn included; 0 when local).
     pub fn tokens_per_round_trip(&self) -> f64 {
-        match &self.split {
-            Some(r) if r.speculation.token_steps > 0 => {
-                self.completion_tokens as f64 / r.speculation.token_steps as f64
-            }
-            _ => 0.0,
+        self.split
+            .as_ref()
+            .map_or(0.0, |r| r.speculation.tokens_per_round_trip())
+    }
+
+    /// Device CPU time per completion token in the decode phase, milliseconds.
+    pub fn cpu_ms_per_token(&self) -> f64 {
+        if self.completion_tokens == 0 {
+            0.0
+        } else {
+            self.decode_cpu.as_secs_f64() * 1e3 / self.completion_tokens as f64
         }
     }
 
@@ -287,7 +298,7 @@ impl Engine {
                         self.model.package().manifest().split_points
                     )));
                 }
-                let speculation = self.speculation(layer, req.draft_tokens)?;
+                let speculation = self.speculation(req.draft_tokens)?;
                 let (cache, split_reservation) =
                     self.allocate_cache_for(layer as usize, capacity)?;
                 let bytes_per_token = cache.bytes_per_token();
@@ -296,7 +307,10 @@ impl Engine {
                     max_positions: capacity as u32,
                     sampling: req.sampling,
                     deadline: req.deadline,
-                    max_draft_tokens: speculation.map_or(0, |s| s.max_drafts as u32),
+                    // Greedy requests with a draft head send trees of up to this many nodes.
+                    max_draft_tokens: speculation
+                        .as_ref()
+                        .map_or(0, |_| super::draft::MAX_TREE_NODES as u32),
                 };
                 let run = SplitRun::start(
                     &mut self.model,
@@ -367,27 +381,29 @@ impl Engine {
         }
     }
 
-    /// How a split request at `layer` drafts, given what it asked for (see
-    /// [`GenerateRequest::draft_tokens`]).
-    fn speculation(&self, layer: u32, asked: Option<u32>) -> Result<Option<Speculation>> {
-        let head = self.model.exit_head(layer);
-        match (asked, head) {
-            (Some(0), _) | (None, None) => Ok(None),
-            (Some(k), None) => Err(Error::InvalidArgument(format!(
-                "{k} draft tokens asked for, but the package has no exit head at layer {layer}"
-            ))),
-            (Some(k), Some(h)) if k as usize <= MAX_DRAFT => Ok(Some(Speculation {
-                prior: h.heldout_acceptance() as f64,
-                max_drafts: k as usize,
-                fixed: Some(k as usize),
-            })),
-            (Some(k), Some(_)) => Err(Error::InvalidArgument(format!(
+    /// How a split request drafts, given what it asked for (see
+    /// [`GenerateRequest::draft_tokens`]): with the draft head when the package has one, and
+    /// with prompt lookup.
+    fn speculation(&self, asked: Option<u32>) -> Result<Option<Speculation>> {
+        let drafter = self.model.drafter();
+        let prior = drafter.map_or_else(Vec::new, |d| d.heldout_acceptance().to_vec());
+        let head = drafter.is_some();
+        match asked {
+            Some(0) => Ok(None),
+            Some(k) if k as usize > MAX_DRAFT => Err(Error::InvalidArgument(format!(
                 "draft_tokens must be at most {MAX_DRAFT}, got {k}"
             ))),
-            (None, Some(h)) => Ok(Some(Speculation {
-                prior: h.heldout_acceptance() as f64,
+            Some(k) => Ok(Some(Speculation {
+                prior,
+                max_drafts: k as usize,
+                fixed: Some(k as usize),
+                head,
+            })),
+            None => Ok(Some(Speculation {
+                prior,
                 max_drafts: MAX_DRAFT,
                 fixed: None,
+                head,
             })),
         }
     }
@@ -447,221 +463,6 @@ pub enum Route<'a> {
     },
 }
 
-/// The source of a request's tokens: the whole model here, or the device half of a split.
-trait Continuation {
-    /// The model (for its tokenizer and end-of-turn tokens).
-    fn model(&self) -> &Model;
-    /// The token at `position` (the first one after the prompt, then one after each advance).
-    fn token(&mut self, position: usize) -> u32;
-    /// Runs `token`, placed at `position`, through the model.
-    fn advance(&mut self, token: u32, position: usize) -> Result<()>;
-}
-
-struct LocalRun<'a> {
-    model: &'a mut Model,
-    cache: KvCache,
-    logits: Vec<f32>,
-    sampler: Sampler,
-}
-
-impl LocalRun<'_> {
-    /// Prefills positions `cached..` in chunks; `false` if the deadline passed first.
-    fn prefill(
-        &mut self,
-        tokens: &[u32],
-        cached: usize,
-        deadline_hit: &dyn Fn() -> bool,
-    ) -> Result<bool> {
-        let mut pos = cached;
-        while pos < tokens.len() {
-            if deadline_hit() {
-                return Ok(false);
-            }
-            let end = (pos + PREFILL_CHUNK).min(tokens.len());
-            self.logits = self
-                .model
-                .forward(&tokens[pos..end], pos, &mut self.cache, false)?;
-            self.cache.commit(end)?;
-            pos = end;
-        }
-        Ok(true)
-    }
-}
-
-impl Continuation for LocalRun<'_> {
-    fn model(&self) -> &Model {
-        self.model
-    }
-
-    fn token(&mut self, position: usize) -> u32 {
-        self.sampler.sample(&self.logits, position as u64)
-    }
-
-    fn advance(&mut self, token: u32, position: usize) -> Result<()> {
-        self.logits = self
-            .model
-            .forward(&[token], position, &mut self.cache, false)?;
-        self.cache.commit(position + 1)?;
-        Ok(())
-    }
-}
-
-impl Continuation for SplitRun<'_> {
-    fn model(&self) -> &Model {
-        SplitRun::model(self)
-    }
-
-    fn token(&mut self, _position: usize) -> u32 {
-        SplitRun::token(self)
-    }
-
-    fn advance(&mut self, token: u32, position: usize) -> Result<()> {
-        SplitRun::advance(self, token, position)
-    }
-}
-
-/// A KV cache for `positions` positions of `n_layers` layers, reserved against `budget`.
-fn allocate(
-    budget: &KvBudget,
-    a: &seam_shared::package::Architecture,
-    dtype: KvDtype,
-    n_layers: usize,
-    positions: usize,
-) -> Result<(KvCache, Reservation)> {
-    let geometry = KvGeometry {
-        n_layers,
-        n_kv_heads: a.n_head_kv as usize,
-        head_dim: a.head_dim as usize,
-    };
-    // An empty cache of the same geometry tells the bytes per position.
-    let bytes = KvCache::new(geometry, dtype, 0).bytes_per_token() * positions;
-    let reservation = budget.try_reserve(bytes)?;
-    Ok((KvCache::try_new(geometry, dtype, positions)?, reservation))
-}
-
-/// Whether a split request that failed this way can finish on the device: the link, the
-/// gateway or the worker went away (or lost the session), not a bug or a bad request.
-fn recoverable(e: &Error) -> bool {
-    match e {
-        Error::Unavailable(_) | Error::GoLocal { .. } => true,
-        Error::Remote { code, .. } => matches!(
-            code,
-            tonic::Code::Unavailable
-                | tonic::Code::NotFound
-                | tonic::Code::Aborted
-                | tonic::Code::DeadlineExceeded
-                | tonic::Code::ResourceExhausted
-        ),
-        _ => false,
-    }
-}
-
-enum Stage<'a> {
-    Split(Box<SplitRun<'a>>),
-    Local(LocalRun<'a>),
-    /// Between the two, only inside `fall_back`.
-    Switching,
-    /// The local continuation could not be set up (the error went to the caller).
-    Failed(&'a mut Model),
-}
-
-/// A split run that finishes on the device when the cloud half goes away mid-answer: it keeps
-/// the tokens so far and, on a recoverable failure, prefills them through every local layer and
-/// continues locally. Greedy output is unchanged (the same model decides every token).
-struct Resilient<'a> {
-    stage: Stage<'a>,
-    /// Prompt and every token handed out so far.
-    history: Vec<u32>,
-    budget: &'a KvBudget,
-    dtype: KvDtype,
-    capacity: usize,
-    sampling: SamplingParams,
-    report: Option<SplitReport>,
-    fallback: Option<String>,
-    /// The split cache's reservation, released when the run falls back.
-    split_reservation: Option<Reservation>,
-    reservation: Option<Reservation>,
-}
-
-impl Resilient<'_> {
-    fn fall_back(&mut self, why: &Error) -> Result<()> {
-        let stage = std::mem::replace(&mut self.stage, Stage::Switching);
-        let Stage::Split(run) = stage else {
-            self.stage = stage;
-            return Err(Error::Unavailable("fallback outside a split run".into()));
-        };
-        let (model, report) = (*run).abandon();
-        self.report = Some(report);
-        // The split cache is gone with the run: its reservation can go before the local one.
-        drop(self.split_reservation.take());
-        tracing::warn!(error = %why, positions = self.history.len(), "the cloud half went away; finishing on the device");
-        let n_layers = (model.layers().end - model.layers().start) as usize;
-        let allocated = allocate(
-            self.budget,
-            model.arch(),
-            self.dtype,
-            n_layers,
-            self.capacity,
-        )
-        .and_then(|(cache, r)| Ok((cache, r, Sampler::new(self.sampling)?)));
-        let (cache, reservation, sampler) = match allocated {
-            Ok(a) => a,
-            Err(e) => {
-                self.stage = Stage::Failed(model);
-                return Err(e);
-            }
-        };
-        self.fallback = Some(format!("finished on the device: {why}"));
-        self.reservation = Some(reservation);
-        let mut local = LocalRun {
-            model,
-            cache,
-            logits: Vec::new(),
-            sampler,
-        };
-        let prefilled = local.prefill(&self.history, 0, &|| false);
-        self.stage = Stage::Local(local);
-        prefilled.map(|_| ())
-    }
-}
-
-impl Continuation for Resilient<'_> {
-    fn model(&self) -> &Model {
-        match &self.stage {
-            Stage::Split(r) => r.model(),
-            Stage::Local(r) => r.model,
-            Stage::Failed(m) => m,
-            Stage::Switching => unreachable!("only inside fall_back"),
-        }
-    }
-
-    fn token(&mut self, position: usize) -> u32 {
-        match &mut self.stage {
-            Stage::Split(r) => SplitRun::token(r),
-            Stage::Local(r) => r.token(position),
-            Stage::Switching | Stage::Failed(_) => 0,
-        }
-    }
-
-    fn advance(&mut self, token: u32, position: usize) -> Result<()> {
-        self.history.push(token);
-        let failed = match &mut self.stage {
-            Stage::Split(r) => match r.advance(token, position) {
-                Ok(()) => return Ok(()),
-                Err(e) if recoverable(&e) => e,
-                Err(e) => return Err(e),
-            },
-            Stage::Local(r) => return r.advance(token, position),
-            Stage::Switching | Stage::Failed(_) => {
-                return Err(Error::Unavailable(
-                    "the run failed while switching to local".into(),
-                ));
-            }
-        };
-        self.fall_back(&failed)
-    }
-}
-
 fn empty_stats(tokens: &[u32], started: Instant, finish: FinishReason) -> GenerateStats {
     GenerateStats {
         prompt_tokens: tokens.len(),
@@ -676,6 +477,7 @@ fn empty_stats(tokens: &[u32], started: Instant, finish: FinishReason) -> Genera
         finish,
         split: None,
         fallback: None,
+        decode_cpu: Duration::ZERO,
     }
 }
 
@@ -702,6 +504,7 @@ fn decode(
     let mut stream = TextStream::new(req.stop.clone());
     let mut completion: Vec<u32> = Vec::new();
     let decode_start = Instant::now();
+    let cpu_start = super::cpu::process_cpu_time();
     let detokenize = |run: &dyn Continuation, ids: &[u32]| {
         run.model()
             .tokenizer()
@@ -752,6 +555,7 @@ fn decode(
     }
     stats.completion_tokens = completion.len();
     stats.decode = decode_start.elapsed();
+    stats.decode_cpu = super::cpu::process_cpu_time().saturating_sub(cpu_start);
     stats.total = started.elapsed();
     stats.finish = finish;
     Ok(stats)

@@ -101,7 +101,7 @@ pub enum KvError {
         capacity: usize,
     },
     /// A write that would leave unwritten positions before it.
-    #[error("write at position {pos} would leave a gap after committed length {len}")]
+    #[error("write at position {pos} would leave a gap after the {len} positions written")]
     WriteGap { pos: usize, len: usize },
     /// A buffer whose length is not a whole number of rows.
     #[error("{what} has {len} elements, not a multiple of the row width {width}")]
@@ -299,8 +299,11 @@ impl KvCache {
             });
         }
         let rows = k.len() / width;
-        if pos > self.len {
-            return Err(KvError::WriteGap { pos, len: self.len });
+        // Rows may follow what this layer holds, committed or not (a draft tree's rows follow
+        // the uncommitted row of the token they hang from).
+        let written = self.written[layer];
+        if pos > written {
+            return Err(KvError::WriteGap { pos, len: written });
         }
         if pos + rows > self.capacity {
             return Err(KvError::OutOfCapacity {

@@ -2,10 +2,10 @@
 
 pub mod attention;
 pub mod budget;
+mod continuation;
+pub mod cpu;
 pub mod draft;
-pub mod draft_len;
 pub mod engine;
-pub mod exit_head;
 pub mod kv_cache;
 pub mod model;
 pub mod perplexity;

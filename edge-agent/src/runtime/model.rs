@@ -2,7 +2,8 @@
 //! tokenizer, and the forward pass that chains graphs with attention over the KV cache.
 
 use super::attention::attention;
-use super::exit_head::ExitHead;
+use super::draft::drafter::Drafter;
+use super::draft::tree::DraftTree;
 use super::kv_cache::KvCache;
 use super::rope::Rope;
 use crate::error::{Error, Result};
@@ -27,6 +28,8 @@ pub struct LoadOptions {
     pub layers: Option<Range<u32>>,
     /// Whether to load the LM head.
     pub head: bool,
+    /// Whether to load the package's draft head (the device half of a split drafts).
+    pub drafter: bool,
 }
 
 impl Default for LoadOptions {
@@ -35,6 +38,7 @@ impl Default for LoadOptions {
             threads: 2,
             layers: None,
             head: true,
+            drafter: true,
         }
     }
 }
@@ -46,6 +50,68 @@ pub struct Sequence<'a> {
     pub pos: usize,
     pub rows: usize,
     pub cache: &'a mut KvCache,
+    /// The last `tree.len()` rows are the nodes of a draft tree below the row before them
+    /// (not consecutive positions; see [`TreeKv`]).
+    pub tree: Option<TreeRows<'a>>,
+}
+
+impl<'a> Sequence<'a> {
+    /// Consecutive rows at `pos..pos + rows`.
+    pub fn new(pos: usize, rows: usize, cache: &'a mut KvCache) -> Sequence<'a> {
+        Sequence {
+            pos,
+            rows,
+            cache,
+            tree: None,
+        }
+    }
+}
+
+/// The draft tree of a sequence and where its nodes' K/V go.
+#[derive(Debug)]
+pub struct TreeRows<'a> {
+    pub tree: &'a DraftTree,
+    pub kv: &'a mut TreeKv,
+}
+
+/// The K/V rows (rotated) of every tree node at every layer of a pass. The cache holds, past
+/// the committed rows, only the last path attended; [`TreeKv::place_path`] writes the accepted
+/// path there once the verdict is known.
+#[derive(Debug, Clone, Default)]
+pub struct TreeKv {
+    width: usize,
+    nodes: usize,
+    k: Vec<f32>,
+    v: Vec<f32>,
+}
+
+impl TreeKv {
+    fn reset(&mut self, layers: usize, nodes: usize, width: usize) {
+        self.width = width;
+        self.nodes = nodes;
+        self.k.clear();
+        self.k.resize(layers * nodes * width, 0.0);
+        self.v.clear();
+        self.v.resize(layers * nodes * width, 0.0);
+    }
+
+    fn row(&self, layer: usize, node: usize) -> std::ops::Range<usize> {
+        let at = (layer * self.nodes + node) * self.width;
+        at..at + self.width
+    }
+
+    /// Writes the K/V of `path` (tree nodes, root's child first) at positions `base..` of
+    /// every layer of `cache`.
+    pub fn place_path(&self, cache: &mut KvCache, base: usize, path: &[usize]) -> Result<()> {
+        let layers = self.k.len() / (self.nodes * self.width).max(1);
+        for layer in 0..layers {
+            for (j, &n) in path.iter().enumerate() {
+                let r = self.row(layer, n);
+                cache.write(layer, base + j, &self.k[r.clone()], &self.v[r])?;
+            }
+        }
+        Ok(())
+    }
 }
 
 struct LoadedSegment {
@@ -63,8 +129,8 @@ pub struct Model {
     embedding: Vec<u8>,
     segments: Vec<LoadedSegment>,
     head: Option<Session>,
-    /// Early-exit heads of the package (loaded with the LM head).
-    exit_heads: Vec<ExitHead>,
+    /// The package's draft head, when it has one and it was asked for.
+    drafter: Option<Drafter>,
     rope: Rope,
     threads: usize,
     load_time: Duration,
@@ -132,13 +198,14 @@ impl Model {
         } else {
             None
         };
-        let exit_heads = if opts.head {
-            m.exit_heads
-                .iter()
-                .map(|e| ExitHead::load(&package, e, arch.n_embd as usize))
-                .collect::<Result<Vec<_>>>()?
-        } else {
-            Vec::new()
+        let drafter = match &m.drafter {
+            Some(spec) if opts.drafter => Some(Drafter::load(
+                &package,
+                spec,
+                arch.n_embd as usize,
+                arch.vocab_size,
+            )?),
+            _ => None,
         };
         // The weights now sit in ONNX Runtime's buffers: back them with huge pages (decoding
         // streams all of them per token; fewer TLB misses).
@@ -163,7 +230,7 @@ impl Model {
             embedding,
             segments,
             head,
-            exit_heads,
+            drafter,
             rope,
             threads: threads.max(1),
             load_time: started.elapsed(),
@@ -231,7 +298,7 @@ impl Model {
         cache: &mut KvCache,
     ) -> Result<Vec<f32>> {
         let rows = hidden.len() / self.n_embd().max(1);
-        self.run_layers_batch(range, hidden, &mut [Sequence { pos, rows, cache }])
+        self.run_layers_batch(range, hidden, &mut [Sequence::new(pos, rows, cache)])
     }
 
     /// [`Model::run_layers`] for several sequences at once: `hidden` holds the rows of every
@@ -252,7 +319,19 @@ impl Model {
                 hidden.len()
             )));
         }
-        for q in seqs.iter() {
+        let n_layers = (range.end - range.start) as usize;
+        for q in seqs.iter_mut() {
+            if let Some(t) = &mut q.tree {
+                if t.tree.is_empty() || t.tree.len() >= q.rows {
+                    return Err(Error::InvalidArgument(format!(
+                        "a draft tree of {} nodes needs a committed row before it in a step of {} rows",
+                        t.tree.len(),
+                        q.rows
+                    )));
+                }
+                let kw = self.arch.n_head_kv as usize * self.arch.head_dim as usize;
+                t.kv.reset(n_layers, t.tree.len(), kw);
+            }
             if q.pos + q.rows > q.cache.capacity() {
                 return Err(Error::ResourceExhausted {
                     reason: format!(
@@ -296,14 +375,27 @@ impl Model {
                 let cl = (layer - first_layer) as usize;
                 let mut row = 0;
                 for sq in seqs.iter_mut() {
-                    let (r0, r1) = (row, row + sq.rows);
+                    let nodes = sq.tree.as_ref().map_or(0, |t| t.tree.len());
+                    let (r0, r1) = (row, row + sq.rows - nodes);
                     let (qs, ks) = (&mut q[r0 * qw..r1 * qw], &mut k[r0 * kw..r1 * kw]);
                     self.rope.apply(qs, nh, hd, sq.pos)?;
                     self.rope.apply(ks, nkv, hd, sq.pos)?;
                     sq.cache.write(cl, sq.pos, ks, &v[r0 * kw..r1 * kw])?;
                     let out = &mut attn[r0 * qw..r1 * qw];
                     attention(qs, sq.cache, cl, sq.pos, nh, out, self.threads)?;
-                    row = r1;
+                    if let Some(t) = &mut sq.tree {
+                        let base = sq.pos + (r1 - r0);
+                        let tree_rows = TreeBlock {
+                            first: r1,
+                            base,
+                            layer: cl,
+                        };
+                        let dims = (nh, nkv, hd, self.threads);
+                        tree_attention(
+                            &self.rope, dims, tree_rows, t, sq.cache, &mut q, &mut k, &v, &mut attn,
+                        )?;
+                    }
+                    row = r1 + nodes;
                 }
                 let graph = &mut seg.graphs[(layer - seg.start) as usize + 1];
                 let out = graph.run(ort::inputs![
@@ -333,23 +425,13 @@ impl Model {
         Ok(out[io::LOGITS].try_extract_tensor::<f32>()?.1.to_vec())
     }
 
-    /// The early-exit head at split layer `layer`, if the package has one.
-    pub fn exit_head(&self, layer: u32) -> Option<&ExitHead> {
-        self.exit_heads.iter().find(|e| e.layer() == layer)
+    /// The draft head, if loaded.
+    pub fn drafter(&self) -> Option<&Drafter> {
+        self.drafter.as_ref()
     }
 
-    /// Draft logits of rows of the hidden state leaving layer `layer - 1`: the exit head's
-    /// estimate of the final hidden state through the model's own norm and LM head.
-    pub fn draft_logits(&mut self, layer: u32, hidden: &[f32]) -> Result<Vec<f32>> {
-        let estimate = self
-            .exit_head(layer)
-            .ok_or_else(|| {
-                Error::Package(format!(
-                    "the package has no exit head at layer {layer} (re-import it with --calibration)"
-                ))
-            })?
-            .apply(hidden);
-        self.logits(&estimate)
+    pub fn drafter_mut(&mut self) -> Option<&mut Drafter> {
+        self.drafter.as_mut()
     }
 
     /// Full forward pass of `tokens` at positions `pos..`: embeddings, every loaded layer, and
@@ -371,6 +453,68 @@ impl Model {
             self.logits(&h[h.len() - d..])
         }
     }
+}
+
+/// Attention of the tree nodes of one sequence at one layer (rows `first..` of the batch):
+/// each node is rotated to position `base - 1 + depth`, and each root-to-leaf path is laid
+/// out at positions `base..` of the cache and attended causally, so a node sees the
+/// committed positions and its ancestors only.
+#[allow(clippy::too_many_arguments)]
+fn tree_attention(
+    rope: &Rope,
+    (nh, nkv, hd, threads): (usize, usize, usize, usize),
+    at: TreeBlock,
+    t: &mut TreeRows<'_>,
+    cache: &mut KvCache,
+    q: &mut [f32],
+    k: &mut [f32],
+    v: &[f32],
+    attn: &mut [f32],
+) -> Result<()> {
+    let (qw, kw) = (nh * hd, nkv * hd);
+    for (i, depth) in t.tree.depths().into_iter().enumerate() {
+        let r = at.first + i;
+        let position = at.base - 1 + depth;
+        rope.apply(&mut q[r * qw..(r + 1) * qw], nh, hd, position)?;
+        rope.apply(&mut k[r * kw..(r + 1) * kw], nkv, hd, position)?;
+        let slot = t.kv.row(at.layer, i);
+        t.kv.k[slot.clone()].copy_from_slice(&k[r * kw..(r + 1) * kw]);
+        t.kv.v[slot].copy_from_slice(&v[r * kw..(r + 1) * kw]);
+    }
+    for path in t.tree.paths() {
+        let n = path.len();
+        let (mut pq, mut pk, mut pv) = (
+            Vec::with_capacity(n * qw),
+            Vec::with_capacity(n * kw),
+            Vec::with_capacity(n * kw),
+        );
+        for &node in &path {
+            let r = at.first + node;
+            pq.extend_from_slice(&q[r * qw..(r + 1) * qw]);
+            let slot = t.kv.row(at.layer, node);
+            pk.extend_from_slice(&t.kv.k[slot.clone()]);
+            pv.extend_from_slice(&t.kv.v[slot]);
+        }
+        cache.write(at.layer, at.base, &pk, &pv)?;
+        let mut out = vec![0.0f32; n * qw];
+        attention(&pq, cache, at.layer, at.base, nh, &mut out, threads)?;
+        for (j, &node) in path.iter().enumerate() {
+            let r = at.first + node;
+            attn[r * qw..(r + 1) * qw].copy_from_slice(&out[j * qw..(j + 1) * qw]);
+        }
+    }
+    Ok(())
+}
+
+/// Where the tree rows of one sequence sit in a pass.
+#[derive(Debug, Clone, Copy)]
+struct TreeBlock {
+    /// First tree row in the batch.
+    first: usize,
+    /// Position of the first row after the committed ones (the root sits at `base - 1`).
+    base: usize,
+    /// Cache layer.
+    layer: usize,
 }
 
 /// Copies graph output `name` into `dst` (reused across layers, so no allocation per run),

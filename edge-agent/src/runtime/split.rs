@@ -4,8 +4,12 @@
 //! The link is a synchronous interface so that the engine (which runs on a blocking thread) does
 //! not care whether it talks to a worker directly or through the gateway.
 
-use super::draft::draft;
-use super::draft_len::DraftPolicy;
+use super::draft::policy::{DraftPolicy, MAX_DRAFT, Plan, Source};
+use super::draft::tree::DraftTree;
+use super::draft::{
+    ALT_LEN, MAX_TREE_NODES, head_chain, head_tree, keep_accepted, layer_states, lookup,
+    point_masses,
+};
 use super::engine::PREFILL_CHUNK;
 use super::kv_cache::KvCache;
 use super::model::Model;
@@ -69,8 +73,21 @@ pub struct SpeculationStats {
     pub enabled: bool,
     pub drafted: u64,
     pub accepted: u64,
+    /// Drafts proposed by prompt lookup (included in `drafted`), and those accepted.
+    pub lookup_drafted: u64,
+    pub lookup_accepted: u64,
     /// Round trips that settled tokens: the last prompt chunk and every decode step.
     pub token_steps: u32,
+    /// Verification round trips of the decode phase, and the tokens they settled (accepted
+    /// drafts plus the worker's token each).
+    pub decode_round_trips: u32,
+    pub decode_tokens: u32,
+    /// Per chain position: round trips that reached it (every earlier draft stood) with a
+    /// draft there, and those whose draft there stood too.
+    pub tried_at: [u32; MAX_DRAFT],
+    pub accepted_at: [u32; MAX_DRAFT],
+    /// Device time spent proposing drafts (draft head runs), seconds.
+    pub draft_seconds: f64,
 }
 
 impl SpeculationStats {
@@ -82,17 +99,61 @@ impl SpeculationStats {
             self.accepted as f64 / self.drafted as f64
         }
     }
+
+    /// Tokens settled per verification round trip of the decode phase (0 before any).
+    pub fn tokens_per_round_trip(&self) -> f64 {
+        if self.decode_round_trips == 0 {
+            0.0
+        } else {
+            self.decode_tokens as f64 / self.decode_round_trips as f64
+        }
+    }
+
+    /// Conditional acceptance at each chain position (given the earlier drafts stood), up to
+    /// the last position reached.
+    pub fn acceptance_by_position(&self) -> Vec<f64> {
+        let used = self
+            .tried_at
+            .iter()
+            .rposition(|&t| t > 0)
+            .map_or(0, |i| i + 1);
+        (0..used)
+            .map(|j| self.accepted_at[j] as f64 / self.tried_at[j].max(1) as f64)
+            .collect()
+    }
+
+    /// Records a verification of `drafted` drafts reaching `depth` positions deep, of which
+    /// `accepted` stood (`lookup` of them proposed by lookup, `lookup_accepted` standing).
+    fn record(&mut self, drafted: usize, depth: usize, accepted: usize, lookup: (usize, usize)) {
+        self.drafted += drafted as u64;
+        self.accepted += accepted as u64;
+        self.lookup_drafted += lookup.0 as u64;
+        self.lookup_accepted += lookup.1 as u64;
+        // Position j counts only when every draft before it stood (conditional acceptance,
+        // as the import measures it).
+        for j in 0..depth.min(MAX_DRAFT).min(accepted + 1) {
+            self.tried_at[j] += 1;
+            if j < accepted {
+                self.accepted_at[j] += 1;
+            }
+        }
+        self.decode_round_trips += 1;
+        self.decode_tokens += accepted as u32 + 1;
+    }
 }
 
 /// How a split request drafts.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Speculation {
-    /// Acceptance to start the draft-length policy from (the exit head's held-out figure).
-    pub prior: f64,
+    /// Acceptance per chain position to start the policy from (the draft head's held-out
+    /// figures).
+    pub prior: Vec<f64>,
     /// Most drafts per step.
     pub max_drafts: usize,
     /// A fixed draft length instead of the adaptive policy.
     pub fixed: Option<usize>,
+    /// Whether the package has a draft head (else prompt lookup alone).
+    pub head: bool,
 }
 
 /// A split session in progress: the device's cache for layers `[0, K)` and the tokens the last
@@ -110,6 +171,11 @@ pub struct SplitRun<'a> {
     settled: VecDeque<u32>,
     /// Drafting: the policy, the sampler drafts are drawn with, and the end-of-turn tokens.
     speculation: Option<(Speculation, DraftPolicy)>,
+    /// Prompt and every settled token (what prompt lookup searches).
+    history: Vec<u32>,
+    /// The final-layer state of the row that chose the last settled token (drafting
+    /// sessions), from the worker's last answer.
+    feature: Option<Vec<f32>>,
     sampler: Sampler,
     stop: Vec<u32>,
     /// Positions the session holds at most.
@@ -133,6 +199,7 @@ impl<'a> SplitRun<'a> {
         deadline_hit: impl Fn() -> bool,
     ) -> Result<Option<SplitRun<'a>>> {
         let session = link.open(open)?;
+        let enabled = speculation.is_some();
         let arch = model.arch();
         let mut stop = arch.stop_tokens.clone();
         stop.push(arch.eos_token);
@@ -145,12 +212,17 @@ impl<'a> SplitRun<'a> {
             wire,
             step_id: 0,
             settled: VecDeque::new(),
-            speculation: speculation.map(|s| (s, DraftPolicy::new(s.prior, s.max_drafts))),
+            speculation: speculation.map(|s| {
+                let policy = DraftPolicy::new(&s.prior, s.max_drafts);
+                (s, policy)
+            }),
+            history: tokens.to_vec(),
+            feature: None,
             sampler: Sampler::new(open.sampling)?,
             stop,
             limit: open.max_positions as usize,
             stats: SpeculationStats {
-                enabled: speculation.is_some(),
+                enabled,
                 ..SpeculationStats::default()
             },
         };
@@ -166,6 +238,7 @@ impl<'a> SplitRun<'a> {
             pos = end;
         }
         run.settled.push_back(first);
+        run.history.push(first);
         run.stats.token_steps = 1;
         Ok(Some(run))
     }
@@ -188,50 +261,135 @@ impl<'a> SplitRun<'a> {
         }
         // Drafts go at positions position + 1 ..= position + k, inside the session.
         let room = self.limit.saturating_sub(position + 1);
-        let k = match &self.speculation {
-            Some((s, policy)) => s.fixed.unwrap_or_else(|| policy.choose(room)).min(room),
-            None => 0,
-        };
         self.stats.token_steps += 1;
-        if k == 0 {
+        let Some((spec, policy)) = &self.speculation else {
+            let next = self.forward(&[token], position)?;
+            self.settle(&[], next);
+            return Ok(());
+        };
+        let head = spec.head && self.feature.is_some() && self.model.drafter().is_some();
+        let proposal = lookup::propose(&self.history, room.min(spec.max_drafts));
+        let mut from_lookup = proposal.map(|p| p.drafts).unwrap_or_default();
+        if let Some(end) = from_lookup.iter().position(|t| self.stop.contains(t)) {
+            from_lookup.truncate(end + 1);
+        }
+        let plan = match spec.fixed {
+            Some(k) if head => Plan {
+                source: Source::Head,
+                drafts: k.min(room),
+            },
+            Some(k) => Plan {
+                source: Source::Lookup,
+                drafts: k.min(room).min(from_lookup.len()),
+            },
+            None => policy.choose(room, from_lookup.len(), head),
+        };
+        if plan.drafts == 0 {
             let sent = Instant::now();
             let next = self.forward(&[token], position)?;
-            self.settled.push_back(next);
+            self.settle(&[], next);
+            self.stats.decode_round_trips += 1;
+            self.stats.decode_tokens += 1;
             // Keep the round trip current, so that drafting resumes when the link slows down.
             if let Some((_, policy)) = &mut self.speculation {
-                policy.observe(0, 0, sent.elapsed().as_secs_f64(), 0.0);
+                policy.observe(plan, 0, sent.elapsed().as_secs_f64(), 0.0);
             }
             return Ok(());
         }
-        self.speculate(token, position, k)
+        from_lookup.truncate(plan.drafts);
+        self.speculate(token, position, plan, from_lookup)
     }
 
-    /// One verification round trip: drafts `k` tokens after `token`, ships them with their
-    /// layer-K states, keeps what the worker accepts and rolls the rest back.
-    fn speculate(&mut self, token: u32, position: usize, k: usize) -> Result<()> {
-        let drafted = draft(
+    /// Appends settled tokens: accepted drafts, then the worker's token.
+    fn settle(&mut self, drafts: &[u32], next: u32) {
+        self.settled.extend(drafts);
+        self.settled.push_back(next);
+        self.history.extend(drafts);
+        self.history.push(next);
+    }
+
+    /// One verification round trip: drafts after `token` as `plan` says (greedy requests with
+    /// a draft head send a tree: the head's branches plus the lookup run), ships them with
+    /// their layer-K states, keeps what the worker accepts and rolls the rest back.
+    fn speculate(
+        &mut self,
+        token: u32,
+        position: usize,
+        plan: Plan,
+        mut from_lookup: Vec<u32>,
+    ) -> Result<()> {
+        let started = Instant::now();
+        let sampled = self.sampler.params().temperature > 0.0;
+        let head = self.feature.is_some() && self.model.drafter().is_some();
+        // A fixed draft length asks for chains of exactly that length.
+        let adaptive = matches!(&self.speculation, Some((s, _)) if s.fixed.is_none());
+        let feature = self.feature.clone().unwrap_or_default();
+        let (tree, dists, main, lookup_nodes) = if !sampled && head && adaptive {
+            let main_len = match plan.source {
+                Source::Head => plan.drafts,
+                Source::Lookup => ALT_LEN.min(plan.drafts),
+            };
+            let (mut tree, main) = head_tree(self.model, &feature, token, main_len, &self.stop)?;
+            // Every node takes a position of the session until the verdict.
+            let room = self.limit.saturating_sub(position + 1).min(MAX_TREE_NODES);
+            if tree.len() > room {
+                let tokens: Vec<u32> = main.iter().map(|&n| tree.tokens[n]).collect();
+                let main = (0..tokens.len()).collect();
+                (DraftTree::chain(&tokens), Vec::new(), main, Vec::new())
+            } else {
+                from_lookup.truncate(room - tree.len());
+                let nodes = tree.insert_path(&from_lookup);
+                (tree, Vec::new(), main, nodes)
+            }
+        } else if plan.source == Source::Head {
+            let chain = head_chain(
+                self.model,
+                &feature,
+                token,
+                position,
+                plan.drafts,
+                &mut self.sampler,
+                &self.stop,
+            )?;
+            let main = (0..chain.drafts.len()).collect();
+            (
+                DraftTree::chain(&chain.drafts),
+                chain.dists,
+                main,
+                Vec::new(),
+            )
+        } else {
+            let dists = if sampled {
+                point_masses(&from_lookup)
+            } else {
+                Vec::new()
+            };
+            let nodes = (0..from_lookup.len()).collect();
+            (DraftTree::chain(&from_lookup), dists, Vec::new(), nodes)
+        };
+        let draft_time = started.elapsed();
+        let k = tree.len();
+        let (hidden, tree_kv) = layer_states(
             self.model,
             &mut self.cache,
             self.layer,
             token,
+            &tree,
             position,
-            k,
-            &mut self.sampler,
-            &self.stop,
         )?;
-        let k = drafted.drafts.len();
         self.step_id += 1;
         let request = StepRequest {
             session_id: self.session.clone(),
             step_id: self.step_id,
             start_position: position as u32,
-            hidden: Some(tensor::encode(
-                &drafted.hidden,
-                self.model.n_embd(),
-                self.wire,
-            )?),
-            draft_tokens: drafted.drafts.clone(),
-            draft_probs: drafted.dists,
+            hidden: Some(tensor::encode(&hidden, self.model.n_embd(), self.wire)?),
+            draft_tokens: tree.tokens.clone(),
+            draft_parents: if tree.is_chain() {
+                Vec::new()
+            } else {
+                tree.wire_parents()
+            },
+            draft_probs: dists,
             ..Default::default()
         };
         let sent = Instant::now();
@@ -244,16 +402,57 @@ impl<'a> SplitRun<'a> {
             )));
         }
         check_answer(&r, self.step_id, position + 1 + accepted)?;
-        // O(1) rollback: the rejected drafts' rows are forgotten.
-        self.cache.truncate(position + 1 + accepted)?;
-        self.settled.extend(&drafted.drafts[..accepted]);
-        self.settled.push_back(r.next_token);
-        self.stats.drafted += k as u64;
-        self.stats.accepted += accepted as u64;
+        let path = accepted_path(&tree, &r)?;
+        self.take_feature(&r)?;
+        keep_accepted(&mut self.cache, &tree, &tree_kv, &path, position)?;
+        let tokens: Vec<u32> = path.iter().map(|&n| tree.tokens[n]).collect();
+        self.settle(&tokens, r.next_token);
+        let along = |branch: &[usize]| branch.iter().zip(&path).take_while(|(a, b)| a == b).count();
+        let depth = tree.depths().into_iter().max().unwrap_or(0);
+        let lookup = (lookup_nodes.len(), along(&lookup_nodes));
+        self.stats.record(k, depth, accepted, lookup);
+        self.stats.draft_seconds += draft_time.as_secs_f64();
         if let Some((_, policy)) = &mut self.speculation {
-            let per_draft = drafted.draft_time.as_secs_f64() / k.max(1) as f64;
-            policy.observe(k, accepted, step_time.as_secs_f64(), per_draft);
+            let per_draft = draft_time.as_secs_f64() / k.max(1) as f64;
+            if main.is_empty() {
+                let done = Plan {
+                    source: Source::Lookup,
+                    drafts: lookup_nodes.len(),
+                };
+                policy.observe(done, lookup.1, step_time.as_secs_f64(), per_draft);
+            } else {
+                let done = Plan {
+                    source: Source::Head,
+                    drafts: main.len(),
+                };
+                policy.observe(done, along(&main), step_time.as_secs_f64(), per_draft);
+                if !lookup_nodes.is_empty() {
+                    policy.record(Source::Lookup, lookup_nodes.len(), lookup.1);
+                }
+            }
         }
+        Ok(())
+    }
+
+    /// Keeps the final-layer state a drafting session's answer carries.
+    fn take_feature(&mut self, r: &StepResponse) -> Result<()> {
+        if self.speculation.is_none() {
+            return Ok(());
+        }
+        let d = self.model.n_embd();
+        self.feature = match &r.feature {
+            Some(t) => {
+                let rows = tensor::decode(t, Some(d), d)?;
+                if rows.rows != 1 {
+                    return Err(Error::Unavailable(format!(
+                        "the worker's feature has {} rows, expected 1",
+                        rows.rows
+                    )));
+                }
+                Some(rows.data)
+            }
+            None => None,
+        };
         Ok(())
     }
 
@@ -274,6 +473,7 @@ impl<'a> SplitRun<'a> {
         };
         let r = self.link.step(request)?;
         check_answer(&r, self.step_id, pos + tokens.len())?;
+        self.take_feature(&r)?;
         Ok(r.next_token)
     }
 
@@ -305,6 +505,32 @@ impl<'a> SplitRun<'a> {
             speculation: self.stats,
         }
     }
+}
+
+/// The tree nodes the worker accepted: `0..accepted` for a chain, else the path it names,
+/// checked to be one (each node the child of the one before, starting below the root).
+fn accepted_path(tree: &DraftTree, r: &StepResponse) -> Result<Vec<usize>> {
+    let accepted = r.accepted as usize;
+    if tree.is_chain() {
+        return Ok((0..accepted).collect());
+    }
+    let path: Vec<usize> = r.accepted_path.iter().map(|&n| n as usize).collect();
+    let mut parent = None;
+    for &n in &path {
+        if n >= tree.len() || tree.parents[n] != parent {
+            return Err(Error::Unavailable(format!(
+                "the worker's accepted path {path:?} is not a path of the draft tree"
+            )));
+        }
+        parent = Some(n);
+    }
+    if path.len() != accepted {
+        return Err(Error::Unavailable(format!(
+            "the worker accepted {accepted} drafts but named a path of {}",
+            path.len()
+        )));
+    }
+    Ok(path)
 }
 
 /// Turns an answer into the next token or the worker's error.

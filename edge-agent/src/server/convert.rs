@@ -131,6 +131,11 @@ pub fn final_event(
             token_round_trips: spec.token_steps,
             acceptance_rate: spec.acceptance_rate(),
             tokens_per_round_trip: stats.tokens_per_round_trip(),
+            decode_round_trips: spec.decode_round_trips,
+            acceptance_by_position: spec.acceptance_by_position(),
+            lookup_drafted_tokens: spec.lookup_drafted as u32,
+            lookup_accepted_tokens: spec.lookup_accepted as u32,
+            cpu_ms_per_token: stats.cpu_ms_per_token(),
             ..Default::default()
         })),
     }

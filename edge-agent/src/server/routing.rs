@@ -261,7 +261,7 @@ impl DevicePolicy {
                 }
             }
             Some(r) => {
-                let trips = r.speculation.token_steps;
+                let trips = r.speculation.decode_round_trips;
                 if trips > 4 {
                     let rtt = stats.decode.as_secs_f64() * 1e3 / trips as f64;
                     m.rtt_ms = ewma(m.rtt_ms, rtt);

@@ -4,8 +4,9 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// Version of the decoder package layout this code reads and writes. 2: graphs take 2-D
-/// `[S, d]` activations (1 took `[1, S, d]`).
-pub const FORMAT_VERSION: u32 = 2;
+/// `[S, d]` activations (1 took `[1, S, d]`). 3: a trained draft head replaces the linear
+/// early-exit heads.
+pub const FORMAT_VERSION: u32 = 3;
 
 /// Version of the encoder package layout ([`super::EncoderManifest`]).
 pub const ENCODER_FORMAT_VERSION: u32 = 1;
@@ -40,9 +41,9 @@ pub struct Manifest {
     /// Optional chat template (Jinja source from the checkpoint), informational.
     #[serde(default)]
     pub chat_template: Option<String>,
-    /// Early-exit heads for speculative drafting, at most one per split point.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub exit_heads: Vec<ExitHead>,
+    /// The draft head for speculative split decoding, if the package was imported with one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drafter: Option<Drafter>,
     /// SHA-256 (hex) of every file of the package except the manifest, by relative path.
     pub files: BTreeMap<String, String>,
 }
@@ -91,23 +92,28 @@ pub struct Weights {
     pub compute: String,
 }
 
-/// An early-exit head at split point `layer`: an affine map from the hidden state leaving layer
-/// `layer - 1` to an estimate of the one leaving the last layer, fitted by ridge regression at
-/// import; the model's own final norm and LM head turn the estimate into draft logits.
+/// The draft head (EAGLE-style), trained at import on the model's own states: from the
+/// final-layer state of the previous position and the embedding of the current token it
+/// estimates the current position's final-layer state, read out through the model's final
+/// norm and the LM-head rows of a token shortlist.
 ///
-/// `file` holds `(n_embd + 1) × n_embd` little-endian f32 values `W`: the estimate of a row
-/// `x` is `u + [u, 1] · W` with `u = x / rms(x)` (the final norm ignores the scale).
+/// `graph` is an ONNX graph with inputs `feature`, `embed` (`[S, n_embd]`) and outputs
+/// `feature_out` (`[S, n_embd]`) and `logits` (`[S, shortlist_size]`); `shortlist` holds the
+/// token id of each logit as little-endian u32.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ExitHead {
-    pub layer: u32,
-    pub file: String,
-    /// Positions the regression was fitted on.
-    pub calibration_tokens: u32,
-    /// Held-out positions the acceptance was measured on.
-    pub heldout_tokens: u32,
-    /// Share of held-out positions where the head's greedy token equals the full model's.
-    pub heldout_acceptance: f32,
+pub struct Drafter {
+    pub graph: String,
+    pub shortlist: String,
+    pub shortlist_size: u32,
+    /// Positions trained on.
+    pub train_positions: u32,
+    /// Held-out positions (greedy answers to prompts never trained on) measured.
+    pub heldout_positions: u32,
+    /// Share of drafts that stand at each chain position 1, 2, … given the ones before stood.
+    pub heldout_acceptance: Vec<f32>,
+    /// Seed of the training run.
+    pub seed: u64,
 }
 
 /// A run of layers `[start, end)` and the graphs that compute it, in execution order.
@@ -211,28 +217,27 @@ impl Manifest {
         if next != a.n_layer {
             return Err(format!("segments end at layer {next}, not {}", a.n_layer));
         }
-        let mut exit_layers = Vec::new();
-        for e in &self.exit_heads {
-            if !self.split_points.contains(&e.layer) || exit_layers.contains(&e.layer) {
+        if let Some(dr) = &self.drafter {
+            if dr.shortlist_size == 0 || dr.shortlist_size > a.vocab_size {
                 return Err(format!(
-                    "exit head at layer {} must sit on a split point, one per point",
-                    e.layer
+                    "drafter.shortlist_size {} must be in 1..={}",
+                    dr.shortlist_size, a.vocab_size
                 ));
             }
-            if !(0.0..=1.0).contains(&e.heldout_acceptance) {
-                return Err(format!(
-                    "exit head at layer {}: heldout_acceptance must be in [0, 1]",
-                    e.layer
-                ));
+            if dr
+                .heldout_acceptance
+                .iter()
+                .any(|x| !(0.0..=1.0).contains(x))
+            {
+                return Err("drafter.heldout_acceptance values must be in [0, 1]".into());
             }
-            exit_layers.push(e.layer);
         }
         let referenced = self
             .segments
             .iter()
             .flat_map(|s| s.graphs.iter())
             .chain([&self.head, &self.embedding, &self.tokenizer])
-            .chain(self.exit_heads.iter().map(|e| &e.file));
+            .chain(self.drafter.iter().flat_map(|d| [&d.graph, &d.shortlist]));
         for f in referenced {
             if !self.files.contains_key(f) {
                 return Err(format!("`{f}` is used but not listed in [files]"));

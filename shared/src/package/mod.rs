@@ -13,7 +13,7 @@ pub use encoder_manifest::{
     encoder_digest,
 };
 pub use manifest::{
-    Architecture, ENCODER_FORMAT_VERSION, ExitHead, FORMAT_VERSION, Manifest, Segment, Source,
+    Architecture, Drafter, ENCODER_FORMAT_VERSION, FORMAT_VERSION, Manifest, Segment, Source,
     Weights,
 };
 

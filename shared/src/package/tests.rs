@@ -48,7 +48,7 @@ fn tiny_manifest(files: BTreeMap<String, String>) -> Manifest {
         tokenizer: "t".into(),
         kv_dtype: "int8".into(),
         chat_template: None,
-        exit_heads: Vec::new(),
+        drafter: None,
         files,
     }
 }

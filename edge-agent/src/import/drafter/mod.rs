@@ -1,0 +1,399 @@
+//! The draft head of a package (EAGLE-style): a small network trained at import on the model's
+//! own states that predicts the next final-layer state from the previous one and the current
+//! token, read out through the model's final norm and the LM-head rows of a token shortlist.
+//!
+//! Data ([`data`]): teacher-forced prose and the model's greedy answers to chat prompts (CLINC150
+//! texts by default). Training ([`train`]) with candle. The held-out figure is measured on the
+//! greedy answers to prompts of another file, never trained on, with the graph the device runs
+//! ([`graph`]): the share of drafts that stand at each position of a chain.
+
+pub mod data;
+pub mod graph;
+pub mod train;
+
+use crate::error::{Error, Result};
+use crate::import::graphs::Dims;
+use crate::import::linear::Q8Linear;
+use crate::onnx::session_from_memory;
+use crate::perception::dataset::read_examples;
+use crate::runtime::engine::{GenerateRequest, render_prompt};
+use crate::runtime::model::{LoadOptions, Model};
+use crate::runtime::sampler::argmax;
+use data::Corpus;
+use ort::value::TensorRef;
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+use train::{HeadShape, Readout, TrainOptions};
+
+/// Draft positions the held-out acceptance is measured at.
+pub const EVAL_DEPTH: usize = 8;
+/// Prose tokens at the end of the text that are never trained on.
+pub const PROSE_HELDOUT: usize = 2048;
+
+/// What to train the drafter on and how long.
+#[derive(Debug, Clone)]
+pub struct DrafterOptions {
+    /// English prose (teacher forcing).
+    pub prose: PathBuf,
+    /// `text<TAB>label` file whose texts become chat prompts to answer and learn from (half
+    /// of the prompts; the other half ask about sentences of the prose).
+    pub prompts: PathBuf,
+    /// Another such file: half of the held-out prompts (the rest ask about the prose's
+    /// held-out tail).
+    pub heldout_prompts: PathBuf,
+    pub prose_tokens: usize,
+    pub chat_prompts: usize,
+    pub heldout: usize,
+    /// Greedy tokens decoded per prompt.
+    pub answer_tokens: usize,
+    pub steps: usize,
+    pub batch: usize,
+    pub shortlist: usize,
+    pub hidden: usize,
+    pub seed: u64,
+}
+
+impl DrafterOptions {
+    /// The shipped settings (about ten minutes on two cores).
+    pub fn new(prose: PathBuf, prompts: PathBuf, heldout_prompts: PathBuf) -> DrafterOptions {
+        DrafterOptions {
+            prose,
+            prompts,
+            heldout_prompts,
+            prose_tokens: 40_960,
+            chat_prompts: 768,
+            heldout: 64,
+            answer_tokens: 64,
+            steps: 1200,
+            batch: 256,
+            shortlist: 8192,
+            hidden: 1024,
+            seed: 0x5ea_d4af7,
+        }
+    }
+}
+
+/// A trained drafter and what the import reports of it.
+#[derive(Debug, Clone)]
+pub struct TrainedDrafter {
+    pub graph: Vec<u8>,
+    pub shortlist: Vec<u32>,
+    /// Positions trained on, and held-out positions measured.
+    pub train_positions: usize,
+    pub heldout_positions: usize,
+    /// Share of held-out greedy targets inside the shortlist.
+    pub coverage: f64,
+    /// Conditional acceptance at draft positions 1..=EVAL_DEPTH.
+    pub acceptance: Vec<f64>,
+    pub seconds_data: f64,
+    pub seconds_train: f64,
+}
+
+/// Progress lines of a long import step.
+pub type Progress<'a> = &'a mut dyn FnMut(&str);
+
+/// Trains the drafter of the package in `dir` (written without one).
+pub fn train_drafter(
+    dir: &Path,
+    output_norm: &[f32],
+    head: &Q8Linear,
+    dims: Dims,
+    opts: &DrafterOptions,
+    progress: Progress<'_>,
+) -> Result<TrainedDrafter> {
+    let started = Instant::now();
+    let mut model = Model::load(dir, &LoadOptions::default())?;
+    let stop = {
+        let a = model.arch();
+        let mut s = a.stop_tokens.clone();
+        s.push(a.eos_token);
+        s
+    };
+    let prose = std::fs::read_to_string(&opts.prose).map_err(|e| Error::io(&opts.prose, e))?;
+    let ids = encode(&model, &prose)?;
+    let usable = ids.len().saturating_sub(PROSE_HELDOUT);
+    let prose_ids = &ids[..usable.min(opts.prose_tokens)];
+    // Half the prompts are labelled texts (short requests), half ask about sentences of the
+    // prose (explanations, summaries, rewrites: longer, freer answers). Held-out prompts come
+    // from the other labelled file and from the prose's held-out tail.
+    let (train_text, heldout_text) = split_prose(&prose);
+    let half = opts.chat_prompts / 2;
+    let mut train_prompts = labelled_prompts(&opts.prompts, opts.chat_prompts - half, opts.seed)?;
+    train_prompts.extend(prose_prompts(train_text, half, opts.seed));
+    let mut heldout_prompts = labelled_prompts(
+        &opts.heldout_prompts,
+        opts.heldout - opts.heldout / 2,
+        opts.seed,
+    )?;
+    heldout_prompts.extend(prose_prompts(heldout_text, opts.heldout / 2, opts.seed));
+    let train_prompts = chat_tokens(&model, &train_prompts)?;
+    let heldout_prompts = chat_tokens(&model, &heldout_prompts)?;
+
+    let mut corpus = Corpus::new(model.n_embd());
+    data::add_prose(&mut model, &mut corpus, prose_ids, |w, n| {
+        progress(&format!("drafter data: prose window {w}/{n}"))
+    })?;
+    data::add_chat(
+        &mut model,
+        &mut corpus,
+        &train_prompts,
+        opts.answer_tokens,
+        &stop,
+        |p, n| progress(&format!("drafter data: answering prompt {p}/{n}")),
+    )?;
+    let mut heldout = Corpus::new(model.n_embd());
+    data::add_chat(
+        &mut model,
+        &mut heldout,
+        &heldout_prompts,
+        opts.answer_tokens,
+        &stop,
+        |p, n| progress(&format!("drafter data: held-out prompt {p}/{n}")),
+    )?;
+    let seconds_data = started.elapsed().as_secs_f64();
+
+    let vocab = model.arch().vocab_size as usize;
+    let shortlist = choose_shortlist(&corpus, &stop, opts.shortlist.min(vocab));
+    corpus.index_targets(&shortlist, vocab);
+    heldout.index_targets(&shortlist, vocab);
+    let coverage = heldout
+        .target_index
+        .iter()
+        .filter(|&&i| i != u32::MAX)
+        .count() as f64
+        / heldout.positions().max(1) as f64;
+    let rows = head.select_rows(&shortlist);
+    let dequantized = rows.dequantize();
+    let shape = HeadShape {
+        d: model.n_embd(),
+        hidden: opts.hidden,
+    };
+    let train_started = Instant::now();
+    let weights = train::train(
+        &corpus,
+        shape,
+        &Readout {
+            norm_gain: output_norm,
+            rows: &dequantized,
+            shortlist: shortlist.len(),
+        },
+        TrainOptions {
+            steps: opts.steps,
+            batch: opts.batch,
+            lr: 1e-3,
+            seed: opts.seed,
+        },
+        |s, n, loss| progress(&format!("drafter training: step {s}/{n}, loss {loss:.3}")),
+    )?;
+    let seconds_train = train_started.elapsed().as_secs_f64();
+    let graph = graph::drafter_graph(&weights, output_norm, &rows, dims);
+    let acceptance = chain_acceptance(&graph, &shortlist, &heldout, EVAL_DEPTH)?;
+    Ok(TrainedDrafter {
+        graph,
+        shortlist,
+        train_positions: corpus.positions(),
+        heldout_positions: heldout.positions(),
+        coverage,
+        acceptance,
+        seconds_data,
+        seconds_train,
+    })
+}
+
+fn encode(model: &Model, text: &str) -> Result<Vec<u32>> {
+    Ok(model
+        .tokenizer()
+        .encode(text, false)
+        .map_err(|e| Error::Tokenizer(e.to_string()))?
+        .get_ids()
+        .to_vec())
+}
+
+/// `count` distinct texts of a `text<TAB>label` file (a seeded choice).
+fn labelled_prompts(file: &Path, count: usize, seed: u64) -> Result<Vec<String>> {
+    let mut texts: Vec<String> = read_examples(file)?.into_iter().map(|e| e.text).collect();
+    texts.sort();
+    texts.dedup();
+    texts.shuffle(&mut StdRng::seed_from_u64(seed));
+    texts.truncate(count);
+    Ok(texts)
+}
+
+/// The prose up to its held-out tail (the last twentieth of its characters, at least the
+/// [`PROSE_HELDOUT`] tokens no teacher-forced window reaches), and the tail.
+fn split_prose(prose: &str) -> (&str, &str) {
+    let mut cut = prose.len() - prose.len() / 20;
+    while !prose.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    prose.split_at(cut)
+}
+
+/// What users ask about a piece of text.
+const PROSE_TEMPLATES: [&str; 8] = [
+    "Explain this in simple words: ",
+    "Summarise in one sentence: ",
+    "What are the main facts in this news item? ",
+    "Write a short paragraph that continues this: ",
+    "Rewrite this more formally: ",
+    "Give me three questions someone might ask about this: ",
+    "Why does this matter? ",
+    "Tell me more about this: ",
+];
+
+/// `count` prompts, each a template over a sentence of `text` (a seeded choice).
+fn prose_prompts(text: &str, count: usize, seed: u64) -> Vec<String> {
+    let mut sentences: Vec<&str> = text
+        .split(['.', '?', '!', '\n'])
+        .map(str::trim)
+        .filter(|s| (40..=400).contains(&s.len()))
+        .collect();
+    sentences.sort_unstable();
+    sentences.dedup();
+    let mut rng = StdRng::seed_from_u64(seed ^ 0x70_5e);
+    sentences.shuffle(&mut rng);
+    sentences
+        .iter()
+        .take(count)
+        .enumerate()
+        .map(|(i, s)| format!("{}{s}.", PROSE_TEMPLATES[i % PROSE_TEMPLATES.len()]))
+        .collect()
+}
+
+/// Each text as a chat prompt's tokens.
+fn chat_tokens(model: &Model, texts: &[String]) -> Result<Vec<Vec<u32>>> {
+    texts
+        .iter()
+        .map(|t| {
+            let req = GenerateRequest {
+                system: None,
+                prompt: t.clone(),
+                chat: true,
+                max_tokens: 1,
+                sampling: Default::default(),
+                stop: Vec::new(),
+                deadline: None,
+                draft_tokens: None,
+            };
+            encode(model, &render_prompt(&req))
+        })
+        .collect()
+}
+
+/// The `size` most frequent greedy targets of `corpus` plus the end-of-turn tokens.
+fn choose_shortlist(corpus: &Corpus, stop: &[u32], size: usize) -> Vec<u32> {
+    let mut list: Vec<u32> = stop.to_vec();
+    for (t, _) in corpus.target_frequencies() {
+        if list.len() >= size {
+            break;
+        }
+        if !list.contains(&t) {
+            list.push(t);
+        }
+    }
+    list
+}
+
+/// Runs the drafter graph as the device does over every held-out start position: the exact
+/// previous state, then its own estimates, `depth` drafts deep. Returns the conditional
+/// acceptance at each depth (greedy answers: the next input token is the target when the
+/// chain is still alive).
+pub fn chain_acceptance(
+    graph: &[u8],
+    shortlist: &[u32],
+    heldout: &Corpus,
+    depth: usize,
+) -> Result<Vec<f64>> {
+    let d = heldout.d;
+    let mut session = session_from_memory(graph)?;
+    let starts = heldout.starts(depth);
+    let n = starts.len();
+    if n == 0 {
+        return Err(Error::InvalidArgument(
+            "no held-out answer is long enough to measure the drafter".into(),
+        ));
+    }
+    let mut feature: Vec<f32> = starts
+        .iter()
+        .flat_map(|&s| heldout.features[s * d..(s + 1) * d].to_vec())
+        .collect();
+    let mut alive = vec![true; n];
+    let mut out = Vec::with_capacity(depth);
+    for j in 0..depth {
+        let embed: Vec<f32> = starts
+            .iter()
+            .flat_map(|&s| heldout.embeddings[(s + j + 1) * d..(s + j + 2) * d].to_vec())
+            .collect();
+        let outputs = session.run(ort::inputs![
+            graph::io::FEATURE => TensorRef::from_array_view(([n, d], &feature[..]))?,
+            graph::io::EMBED => TensorRef::from_array_view(([n, d], &embed[..]))?,
+        ])?;
+        let logits = outputs[graph::io::LOGITS].try_extract_tensor::<f32>()?.1;
+        let next = outputs[graph::io::FEATURE_OUT]
+            .try_extract_tensor::<f32>()?
+            .1
+            .to_vec();
+        let (mut before, mut after) = (0usize, 0usize);
+        for (i, row) in logits.chunks_exact(shortlist.len()).enumerate() {
+            if !alive[i] {
+                continue;
+            }
+            before += 1;
+            let draft = shortlist[argmax(row) as usize];
+            if draft == heldout.targets[starts[i] + j + 1] {
+                after += 1;
+            } else {
+                alive[i] = false;
+            }
+        }
+        out.push(after as f64 / before.max(1) as f64);
+        feature = next;
+    }
+    Ok(out)
+}
+
+/// Expected tokens one round trip settles with a chain of `k` drafts, from conditional
+/// acceptances per position (the accepted drafts plus the token the worker adds).
+pub fn expected_tokens(acceptance: &[f64], k: usize) -> f64 {
+    let mut alive = 1.0;
+    let mut total = 1.0;
+    for a in acceptance.iter().take(k) {
+        alive *= a;
+        total += alive;
+    }
+    total
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prose_prompts_come_from_their_own_part_of_the_text() {
+        let text = "First sentence about the bushfire near the town of Hill Top today. \
+                    Second sentence says the highway was closed by the police at noon. \
+                    Third sentence tells that five hundred residents left their homes.";
+        let (train, tail) = split_prose(text);
+        assert_eq!(train.len() + tail.len(), text.len());
+        let prompts = prose_prompts(text, 10, 1);
+        assert_eq!(prompts.len(), 3);
+        assert!(
+            prompts
+                .iter()
+                .all(|p| PROSE_TEMPLATES.iter().any(|t| p.starts_with(t)))
+        );
+        assert!(prompts.iter().any(|p| p.contains("highway was closed")));
+        // Too short to be a sentence worth asking about.
+        assert!(prose_prompts("Short. Tiny.", 4, 1).is_empty());
+    }
+
+    #[test]
+    fn expected_tokens_multiplies_the_conditional_acceptances() {
+        assert_eq!(expected_tokens(&[0.5, 0.5], 0), 1.0);
+        assert!((expected_tokens(&[0.5, 0.5], 2) - 1.75).abs() < 1e-12);
+        assert!((expected_tokens(&[1.0, 0.0, 1.0], 3) - 2.0).abs() < 1e-12);
+    }
+}

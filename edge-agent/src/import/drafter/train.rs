@@ -1,0 +1,264 @@
+//! Training the draft head with candle (reverse-mode autograd and AdamW from `candle-nn`).
+//!
+//! The head maps `[unit(f_{t-1}), unit(e(x_t))]` (the final-layer state of the previous
+//! position and the embedding of the current token, each scaled to unit root mean square) to an
+//! estimate of `f_t`, the final-layer state of the current position:
+//!
+//! ```text
+//! z = [a, e] · W_in + b_in              (2d → d)
+//! m = unit(z)
+//! y = z + (silu(m · W_gate) ⊙ (m · W_up)) · W_down
+//! ```
+//!
+//! and the model's own final norm and LM head rows of the shortlist turn `y` into draft logits.
+//! The loss is the cross-entropy of those logits against the full model's greedy token plus a
+//! feature term `|unit(y) − unit(f_t)|`. Every step unrolls the head over [`UNROLL`]
+//! consecutive positions, feeding its own estimate back as the next `a`, as it drafts chains.
+//!
+//! Deterministic for a seed: weights start from a seeded generator, batches are drawn from
+//! another, and candle's CPU kernels are deterministic for a fixed thread count.
+
+use super::data::Corpus;
+use crate::error::{Error, Result};
+use candle_core::{D, DType, Device, Tensor, Var};
+use candle_nn::{AdamW, Optimizer, ParamsAdamW};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use std::time::Instant;
+
+/// Positions one training example unrolls over.
+pub const UNROLL: usize = 3;
+/// Weight of the feature term against the cross-entropy.
+const FEATURE_WEIGHT: f64 = 0.5;
+/// Norm epsilon of the head's `unit` (also in its graph).
+pub const UNIT_EPS: f64 = 1e-6;
+
+/// Sizes of the head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeadShape {
+    /// Model width `d`.
+    pub d: usize,
+    /// Width of the gated MLP.
+    pub hidden: usize,
+}
+
+/// Trained weights, row-major, `x · W` convention (`W` is `[in, out]`).
+#[derive(Debug, Clone)]
+pub struct HeadWeights {
+    pub shape: HeadShape,
+    pub w_in: Vec<f32>,
+    pub b_in: Vec<f32>,
+    pub w_gate: Vec<f32>,
+    pub w_up: Vec<f32>,
+    pub w_down: Vec<f32>,
+}
+
+/// How to train.
+#[derive(Debug, Clone, Copy)]
+pub struct TrainOptions {
+    pub steps: usize,
+    pub batch: usize,
+    pub lr: f64,
+    pub seed: u64,
+}
+
+/// What the model contributes to the loss: its final-norm gain and the LM-head rows of the
+/// shortlist (`[shortlist, d]`, dequantized exactly).
+pub struct Readout<'a> {
+    pub norm_gain: &'a [f32],
+    pub rows: &'a [f32],
+    pub shortlist: usize,
+}
+
+/// Trains a head on `corpus`; `progress(step, steps, loss)` is called every few steps.
+pub fn train(
+    corpus: &Corpus,
+    shape: HeadShape,
+    readout: &Readout<'_>,
+    opts: TrainOptions,
+    mut progress: impl FnMut(usize, usize, f32),
+) -> Result<HeadWeights> {
+    let dev = Device::Cpu;
+    let d = shape.d;
+    let starts = corpus.starts(UNROLL);
+    if starts.is_empty() {
+        return Err(Error::InvalidArgument(
+            "the drafter's training data holds no run of positions to learn from".into(),
+        ));
+    }
+    let mut init = StdRng::seed_from_u64(opts.seed);
+    let mut param = |rows: usize, cols: usize, scale: f64| -> Result<Var> {
+        let bound = scale / (rows as f64).sqrt();
+        let data: Vec<f32> = (0..rows * cols)
+            .map(|_| (init.random::<f64>() * 2.0 - 1.0) as f32 * bound as f32 * 3f32.sqrt())
+            .collect();
+        Ok(Var::from_tensor(&Tensor::from_vec(
+            data,
+            (rows, cols),
+            &dev,
+        )?)?)
+    };
+    let w_in = param(2 * d, d, 1.0)?;
+    let b_in = Var::from_tensor(&Tensor::zeros((1, d), DType::F32, &dev)?)?;
+    let w_gate = param(d, shape.hidden, 1.0)?;
+    let w_up = param(d, shape.hidden, 1.0)?;
+    // The residual branch starts small: the head begins close to an affine map.
+    let w_down = param(shape.hidden, d, 0.1)?;
+    let vars = vec![
+        w_in.clone(),
+        b_in.clone(),
+        w_gate.clone(),
+        w_up.clone(),
+        w_down.clone(),
+    ];
+    let mut opt = AdamW::new(
+        vars,
+        ParamsAdamW {
+            lr: opts.lr,
+            weight_decay: 1e-4,
+            ..Default::default()
+        },
+    )?;
+    let gain = Tensor::from_slice(readout.norm_gain, (1, d), &dev)?;
+    // Logits = unit(y) · diag(gain) · Hᵀ: fold the gain into the rows once.
+    let head_t = Tensor::from_slice(readout.rows, (readout.shortlist, d), &dev)?
+        .broadcast_mul(&gain)?
+        .t()?
+        .contiguous()?;
+    let mut batches = StdRng::seed_from_u64(opts.seed ^ 0x9e37_79b9_7f4a_7c15);
+    let net = Net {
+        w_in: w_in.as_tensor(),
+        b_in: b_in.as_tensor(),
+        w_gate: w_gate.as_tensor(),
+        w_up: w_up.as_tensor(),
+        w_down: w_down.as_tensor(),
+    };
+    let started = Instant::now();
+    let mut smoothed = f32::NAN;
+    for step in 0..opts.steps {
+        let picks: Vec<usize> = (0..opts.batch)
+            .map(|_| starts[batches.random_range(0..starts.len())])
+            .collect();
+        let lr = opts.lr * schedule(step, opts.steps);
+        opt.set_learning_rate(lr);
+        let mut a = gather(&corpus.features, &picks, 0, d, &dev)?;
+        let mut total: Option<Tensor> = None;
+        for u in 0..UNROLL {
+            let e = gather(&corpus.embeddings, &picks, u + 1, d, &dev)?;
+            let y = net.forward(&a, &e)?;
+            let uy = unit(&y)?;
+            let logits = uy.matmul(&head_t)?;
+            let (targets, mask) = corpus.targets_at(&picks, u + 1);
+            let ce = masked_cross_entropy(&logits, &targets, &mask, &dev)?;
+            let f = gather(&corpus.features, &picks, u + 1, d, &dev)?;
+            let feat = (uy - &f)?.abs()?.mean_all()?;
+            let loss = (ce + (feat * FEATURE_WEIGHT)?)?;
+            total = Some(match total {
+                None => loss,
+                Some(t) => (t + loss)?,
+            });
+            a = y;
+        }
+        let loss = (total.expect("UNROLL > 0") / UNROLL as f64)?;
+        opt.backward_step(&loss)?;
+        let l = loss.to_scalar::<f32>()?;
+        smoothed = if smoothed.is_nan() {
+            l
+        } else {
+            0.98 * smoothed + 0.02 * l
+        };
+        if step % 10 == 0 || step + 1 == opts.steps {
+            progress(step + 1, opts.steps, smoothed);
+        }
+    }
+    tracing::debug!(elapsed = ?started.elapsed(), steps = opts.steps, "drafter trained");
+    let out = |t: &Tensor| -> Result<Vec<f32>> { Ok(t.flatten_all()?.to_vec1::<f32>()?) };
+    Ok(HeadWeights {
+        shape,
+        w_in: out(net.w_in)?,
+        b_in: out(net.b_in)?,
+        w_gate: out(net.w_gate)?,
+        w_up: out(net.w_up)?,
+        w_down: out(net.w_down)?,
+    })
+}
+
+/// Learning-rate factor: a short warm-up, then cosine decay to a tenth.
+fn schedule(step: usize, steps: usize) -> f64 {
+    let warm = (steps / 20).max(1);
+    if step < warm {
+        return (step + 1) as f64 / warm as f64;
+    }
+    let t = (step - warm) as f64 / (steps - warm).max(1) as f64;
+    0.1 + 0.9 * 0.5 * (1.0 + (std::f64::consts::PI * t).cos())
+}
+
+struct Net<'a> {
+    w_in: &'a Tensor,
+    b_in: &'a Tensor,
+    w_gate: &'a Tensor,
+    w_up: &'a Tensor,
+    w_down: &'a Tensor,
+}
+
+impl Net<'_> {
+    /// `a`: previous feature (any scale), `e`: token embedding; both `[B, d]`.
+    fn forward(&self, a: &Tensor, e: &Tensor) -> Result<Tensor> {
+        let x = Tensor::cat(&[unit(a)?, unit(e)?], 1)?;
+        let z = x.matmul(self.w_in)?.broadcast_add(self.b_in)?;
+        let m = unit(&z)?;
+        let g = m.matmul(self.w_gate)?;
+        let u = m.matmul(self.w_up)?;
+        let act = (candle_nn::ops::silu(&g)? * u)?;
+        Ok((z + act.matmul(self.w_down)?)?)
+    }
+}
+
+/// Each row scaled to unit root mean square.
+fn unit(x: &Tensor) -> Result<Tensor> {
+    let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
+    Ok(x.broadcast_div(&(ms + UNIT_EPS)?.sqrt()?)?)
+}
+
+/// Mean over the rows where `mask` is 1 of `−log softmax(logits)[target]`.
+fn masked_cross_entropy(
+    logits: &Tensor,
+    targets: &[u32],
+    mask: &[f32],
+    dev: &Device,
+) -> Result<Tensor> {
+    let n = targets.len();
+    let logp = candle_nn::ops::log_softmax(logits, D::Minus1)?;
+    let idx = Tensor::from_slice(targets, (n, 1), dev)?;
+    let picked = logp.gather(&idx, 1)?.squeeze(1)?;
+    let m = Tensor::from_slice(mask, n, dev)?;
+    let count = mask.iter().sum::<f32>().max(1.0) as f64;
+    Ok(((picked * m)?.sum_all()? * (-1.0 / count))?)
+}
+
+/// Rows `pick + offset` of `table` (`[positions, d]`) as a `[B, d]` tensor.
+fn gather(table: &[f32], picks: &[usize], offset: usize, d: usize, dev: &Device) -> Result<Tensor> {
+    let mut out = Vec::with_capacity(picks.len() * d);
+    for &p in picks {
+        out.extend_from_slice(&table[(p + offset) * d..(p + offset + 1) * d]);
+    }
+    Ok(Tensor::from_vec(out, (picks.len(), d), dev)?)
+}
+
+impl From<candle_core::Error> for Error {
+    fn from(e: candle_core::Error) -> Self {
+        Error::Training(e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_schedule_warms_up_then_decays_to_a_tenth() {
+        assert!(schedule(0, 1000) < 0.05);
+        assert!((schedule(50, 1000) - 1.0).abs() < 1e-9);
+        assert!((schedule(999, 1000) - 0.1).abs() < 1e-3);
+    }
+}

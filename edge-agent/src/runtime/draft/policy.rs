@@ -1,0 +1,289 @@
+//! Which drafts to send before the next verification round trip, and how many (I/O-free).
+//!
+//! Two sources propose drafts: the draft head (costs device time per draft) and prompt lookup
+//! (free). For each source the policy keeps the conditional acceptance at every chain position
+//! `j` (the share of drafts at position `j` that stood, given the ones before did), decayed so
+//! that it follows the session. A chain of `k` drafts then settles
+//! `E(k) = 1 + Σ_{i≤k} Π_{j≤i} α_j` tokens per round trip (the accepted drafts plus the token
+//! the worker adds) and costs `T(k) = step + k · draft` where `step` is the measured round
+//! trip and `draft` the device's time per drafted token. The policy picks the source and `k`
+//! with the most tokens per second, `E(k) / T(k)`.
+
+/// Largest draft length considered.
+pub const MAX_DRAFT: usize = 12;
+
+/// Weight of the prior acceptance, in pseudo-drafts per position.
+const PRIOR_WEIGHT: f64 = 6.0;
+/// Each verification keeps this share of the weight of what came before.
+const DECAY: f64 = 0.95;
+/// Smoothing of the time averages (weight of the newest sample).
+const TIME_SMOOTHING: f64 = 0.25;
+/// Prior acceptance of lookup drafts at every position.
+pub const LOOKUP_PRIOR: f64 = 0.6;
+
+/// Where a chain of drafts comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Head,
+    Lookup,
+}
+
+/// Conditional acceptance per chain position, as decayed counts.
+#[derive(Debug, Clone)]
+pub struct Acceptance {
+    stood: Vec<f64>,
+    tried: Vec<f64>,
+}
+
+impl Acceptance {
+    /// Starts from `prior[j]` at position `j` (the last value repeated beyond its end).
+    pub fn new(prior: &[f64]) -> Acceptance {
+        let at = |j: usize| {
+            prior
+                .get(j)
+                .or(prior.last())
+                .copied()
+                .unwrap_or(0.5)
+                .clamp(0.02, 0.98)
+        };
+        Acceptance {
+            stood: (0..MAX_DRAFT).map(|j| at(j) * PRIOR_WEIGHT).collect(),
+            tried: vec![PRIOR_WEIGHT; MAX_DRAFT],
+        }
+    }
+
+    /// Estimated conditional acceptance at position `j` (0-based).
+    pub fn at(&self, j: usize) -> f64 {
+        self.stood[j] / self.tried[j]
+    }
+
+    /// Records a chain of `drafted` drafts of which the first `accepted` stood.
+    pub fn observe(&mut self, drafted: usize, accepted: usize) {
+        for j in 0..drafted.min(MAX_DRAFT) {
+            if j > accepted {
+                break;
+            }
+            self.stood[j] *= DECAY;
+            self.tried[j] *= DECAY;
+            self.tried[j] += 1.0;
+            if j < accepted {
+                self.stood[j] += 1.0;
+            }
+        }
+    }
+
+    /// Expected tokens settled by a chain of `k` drafts.
+    pub fn expected_tokens(&self, k: usize) -> f64 {
+        let (mut alive, mut total) = (1.0, 1.0);
+        for j in 0..k.min(MAX_DRAFT) {
+            alive *= self.at(j);
+            total += alive;
+        }
+        total
+    }
+
+    /// The conditional acceptances, position 1 first.
+    pub fn curve(&self) -> Vec<f64> {
+        (0..MAX_DRAFT).map(|j| self.at(j)).collect()
+    }
+}
+
+/// The state of the policy for one session.
+#[derive(Debug, Clone)]
+pub struct DraftPolicy {
+    head: Acceptance,
+    lookup: Acceptance,
+    /// Moving averages, seconds.
+    step_s: f64,
+    draft_s: f64,
+    max: usize,
+}
+
+/// A decision for the next round trip.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Plan {
+    pub source: Source,
+    pub drafts: usize,
+}
+
+impl DraftPolicy {
+    /// A policy starting from the head's held-out acceptance curve, at most `max` drafts.
+    pub fn new(head_prior: &[f64], max: usize) -> DraftPolicy {
+        DraftPolicy {
+            head: Acceptance::new(head_prior),
+            lookup: Acceptance::new(&[LOOKUP_PRIOR]),
+            step_s: 0.0,
+            draft_s: 0.0,
+            max: max.min(MAX_DRAFT),
+        }
+    }
+
+    pub fn acceptance(&self, source: Source) -> &Acceptance {
+        match source {
+            Source::Head => &self.head,
+            Source::Lookup => &self.lookup,
+        }
+    }
+
+    /// The plan for the next step, with `room` positions left and a lookup proposal of
+    /// `lookup_len` drafts (0: none). Before any step was timed the head drafts two, to measure.
+    pub fn choose(&self, room: usize, lookup_len: usize, head_available: bool) -> Plan {
+        let cap = self.max.min(room);
+        let none = Plan {
+            source: Source::Head,
+            drafts: 0,
+        };
+        if cap == 0 {
+            return none;
+        }
+        let mut best = (none, f64::MIN);
+        let step = self.step_s.max(1e-4);
+        let mut consider = |source: Source, k: usize, cost: f64| {
+            let rate = self.acceptance(source).expected_tokens(k) / (step + cost);
+            if rate > best.1 {
+                best = (Plan { source, drafts: k }, rate);
+            }
+        };
+        for k in 0..=cap.min(lookup_len) {
+            consider(Source::Lookup, k, 0.0);
+        }
+        if head_available {
+            if self.step_s <= 0.0 || self.draft_s <= 0.0 {
+                if lookup_len == 0 {
+                    return Plan {
+                        source: Source::Head,
+                        drafts: cap.min(2),
+                    };
+                }
+            } else {
+                for k in 1..=cap {
+                    consider(Source::Head, k, k as f64 * self.draft_s);
+                }
+            }
+        }
+        best.0
+    }
+
+    /// Records a verification: the plan's drafts of which `accepted` stood, the round trip's
+    /// time and the device's drafting time per draft.
+    pub fn observe(&mut self, plan: Plan, accepted: usize, step_s: f64, draft_s: f64) {
+        if plan.drafts > 0 {
+            self.record(plan.source, plan.drafts, accepted);
+            if plan.source == Source::Head {
+                self.draft_s = smooth(self.draft_s, draft_s);
+            }
+        }
+        self.step_s = smooth(self.step_s, step_s);
+    }
+
+    /// Records how a source's chain fared inside a tree: `drafted` of its drafts sent, the
+    /// first `accepted` of them standing.
+    pub fn record(&mut self, source: Source, drafted: usize, accepted: usize) {
+        match source {
+            Source::Head => self.head.observe(drafted, accepted),
+            Source::Lookup => self.lookup.observe(drafted, accepted),
+        }
+    }
+}
+
+fn smooth(avg: f64, sample: f64) -> f64 {
+    if avg <= 0.0 {
+        sample
+    } else {
+        avg + TIME_SMOOTHING * (sample - avg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(plan: usize) -> Plan {
+        Plan {
+            source: Source::Head,
+            drafts: plan,
+        }
+    }
+
+    #[test]
+    fn expected_tokens_multiplies_the_conditional_acceptances() {
+        let a = Acceptance::new(&[0.5]);
+        assert!((a.expected_tokens(0) - 1.0).abs() < 1e-12);
+        assert!((a.expected_tokens(2) - 1.75).abs() < 1e-12);
+        let b = Acceptance::new(&[0.9, 0.5]);
+        assert!((b.expected_tokens(2) - (1.0 + 0.9 + 0.45)).abs() < 1e-12);
+    }
+
+    #[test]
+    fn a_chain_counts_as_tried_only_up_to_its_first_rejection() {
+        let mut a = Acceptance::new(&[0.5]);
+        for _ in 0..100 {
+            a.observe(4, 1);
+        }
+        assert!(a.at(0) > 0.95, "{}", a.at(0));
+        assert!(a.at(1) < 0.05, "{}", a.at(1));
+        // Positions after the first rejection learned nothing.
+        assert!((a.at(2) - 0.5).abs() < 1e-9);
+    }
+
+    #[test]
+    fn high_acceptance_over_a_slow_link_drafts_long_and_poor_acceptance_drafts_short() {
+        let mut good = DraftPolicy::new(&[0.9], MAX_DRAFT);
+        good.observe(head(4), 4, 0.040, 0.002);
+        let mut poor = DraftPolicy::new(&[0.05], MAX_DRAFT);
+        poor.observe(head(1), 0, 0.040, 0.004);
+        assert!(good.choose(100, 0, true).drafts >= 8);
+        assert!(poor.choose(100, 0, true).drafts <= 1);
+    }
+
+    #[test]
+    fn a_fast_link_makes_drafting_pay_less() {
+        let mut slow = DraftPolicy::new(&[0.6], MAX_DRAFT);
+        slow.observe(head(2), 1, 0.080, 0.004);
+        let mut fast = DraftPolicy::new(&[0.6], MAX_DRAFT);
+        fast.observe(head(2), 1, 0.002, 0.004);
+        assert!(slow.choose(100, 0, true).drafts > fast.choose(100, 0, true).drafts);
+    }
+
+    #[test]
+    fn a_trusted_lookup_run_beats_a_weak_head() {
+        let mut p = DraftPolicy::new(&[0.3], MAX_DRAFT);
+        p.observe(head(2), 0, 0.04, 0.003);
+        for _ in 0..20 {
+            p.observe(
+                Plan {
+                    source: Source::Lookup,
+                    drafts: 6,
+                },
+                6,
+                0.04,
+                0.0,
+            );
+        }
+        let plan = p.choose(100, 6, true);
+        assert_eq!(plan.source, Source::Lookup);
+        assert_eq!(plan.drafts, 6);
+        // Without a proposal the head drafts.
+        assert_eq!(p.choose(100, 0, true).source, Source::Head);
+    }
+
+    #[test]
+    fn the_room_left_caps_the_draft() {
+        let mut p = DraftPolicy::new(&[0.95], MAX_DRAFT);
+        p.observe(head(4), 4, 0.04, 0.001);
+        assert_eq!(p.choose(2, 0, true).drafts, 2);
+        assert_eq!(p.choose(0, 0, true).drafts, 0);
+        assert_eq!(
+            DraftPolicy::new(&[0.9], MAX_DRAFT)
+                .choose(5, 0, true)
+                .drafts,
+            2
+        );
+        assert_eq!(
+            DraftPolicy::new(&[0.9], MAX_DRAFT)
+                .choose(5, 0, false)
+                .drafts,
+            0
+        );
+    }
+}
