@@ -120,6 +120,38 @@ impl Q8Linear {
         }
     }
 
+    /// Quantizes `x·W` weights (`w` is `[k, n]` row-major, as trained) to 8 bits per block of
+    /// 32 inputs, symmetric (the draft head's weights: its output is only a proposal, checked
+    /// by the full model, so rounding them costs acceptance, never exactness).
+    pub fn quantize(w: &[f32], k: usize, n: usize) -> Q8Linear {
+        assert_eq!(k % BLOCK, 0, "k must be a multiple of {BLOCK}");
+        assert_eq!(w.len(), k * n, "weight count");
+        let mut packed = Vec::with_capacity(n * k);
+        let mut scales = Vec::with_capacity(n * k / BLOCK);
+        let mut block = [0f32; BLOCK];
+        for out in 0..n {
+            for b in 0..k / BLOCK {
+                for (j, v) in block.iter_mut().enumerate() {
+                    *v = w[(b * BLOCK + j) * n + out];
+                }
+                let max = block.iter().fold(0f32, |m, v| m.max(v.abs()));
+                let d = if max > 0.0 { max / 127.0 } else { 1.0 };
+                scales.push(d);
+                packed.extend(
+                    block
+                        .iter()
+                        .map(|v| ((v / d).round().clamp(-127.0, 127.0) as i16 + 128) as u8),
+                );
+            }
+        }
+        Q8Linear {
+            n,
+            k,
+            packed,
+            scales,
+        }
+    }
+
     /// The weight restricted to output rows `rows`, in that order (the same bytes).
     pub fn select_rows(&self, rows: &[u32]) -> Q8Linear {
         let nb = self.k / BLOCK;
@@ -151,6 +183,23 @@ impl Q8Linear {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn quantized_weights_dequantize_within_half_a_step() {
+        let (k, n) = (64, 3);
+        let w: Vec<f32> = (0..k * n)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 40.0)
+            .collect();
+        let q = Q8Linear::quantize(&w, k, n);
+        let back = q.dequantize();
+        // `back` is `[n, k]`: row `o` holds the weights into output `o`.
+        for o in 0..n {
+            for i in 0..k {
+                let d = q.scales[o * (k / BLOCK) + i / BLOCK];
+                assert!((back[o * k + i] - w[i * n + o]).abs() <= d / 2.0 + 1e-6);
+            }
+        }
+    }
 
     fn block(seed: u32) -> Q41 {
         let mut q = [0u8; BLOCK];

@@ -265,6 +265,8 @@ impl<'a> SplitRun<'a> {
         let Some((spec, policy)) = &self.speculation else {
             let next = self.forward(&[token], position)?;
             self.settle(&[], next);
+            self.stats.decode_round_trips += 1;
+            self.stats.decode_tokens += 1;
             return Ok(());
         };
         let head = spec.head && self.feature.is_some() && self.model.drafter().is_some();
@@ -367,7 +369,6 @@ impl<'a> SplitRun<'a> {
             let nodes = (0..from_lookup.len()).collect();
             (DraftTree::chain(&from_lookup), dists, Vec::new(), nodes)
         };
-        let draft_time = started.elapsed();
         let k = tree.len();
         let (hidden, tree_kv) = layer_states(
             self.model,
@@ -377,6 +378,8 @@ impl<'a> SplitRun<'a> {
             &tree,
             position,
         )?;
+        // What drafting cost the device: the proposals and the drafts' share of the layer pass.
+        let draft_time = started.elapsed();
         self.step_id += 1;
         let request = StepRequest {
             session_id: self.session.clone(),
@@ -413,7 +416,8 @@ impl<'a> SplitRun<'a> {
         self.stats.record(k, depth, accepted, lookup);
         self.stats.draft_seconds += draft_time.as_secs_f64();
         if let Some((_, policy)) = &mut self.speculation {
-            let per_draft = draft_time.as_secs_f64() / k.max(1) as f64;
+            // The policy sets the main chain's length: charge the whole cost to it.
+            let per_draft = draft_time.as_secs_f64() / main.len().max(1) as f64;
             if main.is_empty() {
                 let done = Plan {
                     source: Source::Lookup,

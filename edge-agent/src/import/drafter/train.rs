@@ -167,7 +167,7 @@ pub fn train(
         } else {
             0.98 * smoothed + 0.02 * l
         };
-        if step % 10 == 0 || step + 1 == opts.steps {
+        if step % 50 == 0 || step + 1 == opts.steps {
             progress(step + 1, opts.steps, smoothed);
         }
     }

@@ -136,15 +136,16 @@ impl DraftPolicy {
         if cap == 0 {
             return none;
         }
-        let mut best = (none, f64::MIN);
         let step = self.step_s.max(1e-4);
+        // No drafts: one token per round trip.
+        let mut best = (none, 1.0 / step);
         let mut consider = |source: Source, k: usize, cost: f64| {
             let rate = self.acceptance(source).expected_tokens(k) / (step + cost);
             if rate > best.1 {
                 best = (Plan { source, drafts: k }, rate);
             }
         };
-        for k in 0..=cap.min(lookup_len) {
+        for k in 1..=cap.min(lookup_len) {
             consider(Source::Lookup, k, 0.0);
         }
         if head_available {
@@ -265,6 +266,16 @@ mod tests {
         assert_eq!(plan.drafts, 6);
         // Without a proposal the head drafts.
         assert_eq!(p.choose(100, 0, true).source, Source::Head);
+    }
+
+    #[test]
+    fn drafting_that_costs_more_than_it_settles_stops() {
+        let mut p = DraftPolicy::new(&[0.1], MAX_DRAFT);
+        // A draft takes as long as the round trip and is rarely accepted.
+        for _ in 0..10 {
+            p.observe(head(1), 0, 0.010, 0.010);
+        }
+        assert_eq!(p.choose(100, 0, true).drafts, 0);
     }
 
     #[test]
