@@ -150,6 +150,7 @@ mod tests {
                 draft_dists: vec![],
                 rollback_to: None,
                 want_logits: false,
+                tree: None,
             },
             reply: Reply { tx, permit },
             enqueued: Instant::now(),

@@ -196,9 +196,18 @@ pub fn import_gguf(gguf_path: &Path, out: &Path, opts: &ImportOptions) -> Result
     let mut digest = package::write_manifest(out, &manifest)?;
     let mut trained = None;
     if let Some(opts_d) = &opts.drafter {
+        // On a terminal one line is rewritten; in a log, a line every few seconds.
+        let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
+        let mut last = std::time::Instant::now();
         let mut progress = |line: &str| {
-            if opts.progress {
+            if !opts.progress {
+                return;
+            }
+            if terminal {
                 eprint!("\rimport: {line}    ");
+            } else if last.elapsed() >= std::time::Duration::from_secs(10) {
+                eprintln!("import: {line}");
+                last = std::time::Instant::now();
             }
         };
         let t = drafter::train_drafter(out, &output_norm, &head, dims, opts_d, &mut progress)?;

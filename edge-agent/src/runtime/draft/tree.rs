@@ -70,9 +70,10 @@ impl DraftTree {
 
     /// Depth of each node: 1 for children of the root.
     pub fn depths(&self) -> Vec<usize> {
-        let mut d = vec![0usize; self.len()];
-        for i in 0..self.len() {
-            d[i] = self.parents[i].map_or(1, |p| d[p] + 1);
+        let mut d: Vec<usize> = Vec::with_capacity(self.len());
+        for p in &self.parents {
+            let depth = p.map_or(1, |p| d[p] + 1);
+            d.push(depth);
         }
         d
     }
