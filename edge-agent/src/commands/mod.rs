@@ -70,11 +70,12 @@ pub struct SplitArgs {
     /// Identity reported to the worker.
     #[arg(long, default_value = "local-device")]
     pub device_id: String,
-    /// One token per round trip: no drafting with the exit head.
+    /// One token per round trip: no drafting (neither the draft head nor prompt lookup).
     #[arg(long)]
     pub no_speculative: bool,
-    /// Drafts per verification round trip (default: adaptive, from the acceptance rate and
-    /// the link's round trip time).
+    /// A chain of exactly this many drafts per verification round trip (default: adaptive
+    /// trees and chains, from the acceptance per draft position, the drafting cost and the
+    /// link's round trip time).
     #[arg(long, conflicts_with = "no_speculative")]
     pub draft_tokens: Option<u32>,
 }
