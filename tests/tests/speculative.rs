@@ -124,9 +124,8 @@ fn step(session: &str, id: u64, start: u32, rows: &tensor::Rows, drafts: Vec<u32
     }
 }
 
-#[tokio::test]
-async fn rejected_drafts_leave_no_stale_kv_on_the_worker() {
-    let worker = WorkerProcess::start_worker(&package_dir(), &[]);
+/// Opens greedy sessions `ids` split at 8 on `worker` and one step stream for all of them.
+async fn greedy_sessions(worker: &WorkerProcess, ids: &[&str], max_draft_tokens: u32) -> Steps {
     let mut c = WorkerClient::connect(worker.addr.clone())
         .await
         .unwrap()
@@ -139,9 +138,9 @@ async fn rejected_drafts_leave_no_stale_kv_on_the_worker() {
         .package
         .unwrap()
         .digest;
-    for id in ["drafting", "plain"] {
+    for id in ids {
         c.open_session(OpenSessionRequest {
-            session_id: id.into(),
+            session_id: id.to_string(),
             package: Some(PackageRef {
                 digest: digest.clone(),
                 name: String::new(),
@@ -150,7 +149,7 @@ async fn rejected_drafts_leave_no_stale_kv_on_the_worker() {
             sampling: Some(SamplingParams::default()),
             max_positions: 32,
             device_id: "test".into(),
-            max_draft_tokens: 4,
+            max_draft_tokens,
             ..Default::default()
         })
         .await
@@ -162,7 +161,13 @@ async fn rejected_drafts_leave_no_stale_kv_on_the_worker() {
         .await
         .unwrap()
         .into_inner();
-    let mut s = Steps { tx, rx };
+    Steps { tx, rx }
+}
+
+#[tokio::test]
+async fn rejected_drafts_leave_no_stale_kv_on_the_worker() {
+    let worker = WorkerProcess::start_worker(&package_dir(), &[]);
+    let mut s = greedy_sessions(&worker, &["drafting", "plain"], 4).await;
     let prompt = hidden_rows(6, 1);
     for id in ["drafting", "plain"] {
         assert!(
@@ -254,42 +259,7 @@ async fn rejected_drafts_leave_no_stale_kv_on_the_worker() {
 #[tokio::test]
 async fn a_draft_tree_keeps_only_the_accepted_path_and_hides_siblings() {
     let worker = WorkerProcess::start_worker(&package_dir(), &[]);
-    let mut c = WorkerClient::connect(worker.addr.clone())
-        .await
-        .unwrap()
-        .max_decoding_message_size(64 << 20);
-    let digest = c
-        .get_info(GetInfoRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .package
-        .unwrap()
-        .digest;
-    for id in ["tree", "chain"] {
-        c.open_session(OpenSessionRequest {
-            session_id: id.into(),
-            package: Some(PackageRef {
-                digest: digest.clone(),
-                name: String::new(),
-            }),
-            split_layer: 8,
-            sampling: Some(SamplingParams::default()),
-            max_positions: 32,
-            device_id: "test".into(),
-            max_draft_tokens: 8,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    }
-    let (tx, rx) = mpsc::channel(4);
-    let rx = c
-        .step(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
-    let mut s = Steps { tx, rx };
+    let mut s = greedy_sessions(&worker, &["tree", "chain"], 8).await;
     let prompt = hidden_rows(6, 1);
     for id in ["tree", "chain"] {
         assert!(

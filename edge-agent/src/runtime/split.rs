@@ -122,6 +122,23 @@ impl SpeculationStats {
             .collect()
     }
 
+    /// Adds the figures of another request (for totals over many).
+    pub fn merge(&mut self, o: &SpeculationStats) {
+        self.enabled |= o.enabled;
+        self.drafted += o.drafted;
+        self.accepted += o.accepted;
+        self.lookup_drafted += o.lookup_drafted;
+        self.lookup_accepted += o.lookup_accepted;
+        self.token_steps += o.token_steps;
+        self.decode_round_trips += o.decode_round_trips;
+        self.decode_tokens += o.decode_tokens;
+        for j in 0..MAX_DRAFT {
+            self.tried_at[j] += o.tried_at[j];
+            self.accepted_at[j] += o.accepted_at[j];
+        }
+        self.draft_seconds += o.draft_seconds;
+    }
+
     /// Records a verification of `drafted` drafts reaching `depth` positions deep, of which
     /// `accepted` stood (`lookup` of them proposed by lookup, `lookup_accepted` standing).
     fn record(&mut self, drafted: usize, depth: usize, accepted: usize, lookup: (usize, usize)) {

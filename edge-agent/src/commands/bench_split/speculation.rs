@@ -5,9 +5,9 @@
 
 use super::{AGREEMENT_PROMPTS, SplitBench, SplitBenchArgs};
 use crate::commands::generate::percent_list;
-use crate::runtime::draft::policy::MAX_DRAFT;
 use crate::runtime::engine::{GenerateRequest, GenerateStats};
 use crate::runtime::sampler::SamplingParams;
+use crate::runtime::split::SpeculationStats;
 use seam_shared::tensor::WireDtype;
 use std::time::Duration;
 
@@ -29,12 +29,7 @@ struct Totals {
     tokens: usize,
     decode: Duration,
     cpu: Duration,
-    trips: u64,
-    settled: u64,
-    drafted: u64,
-    lookup: u64,
-    tried_at: [u64; MAX_DRAFT],
-    accepted_at: [u64; MAX_DRAFT],
+    spec: SpeculationStats,
 }
 
 impl Totals {
@@ -43,15 +38,7 @@ impl Totals {
         self.decode += s.decode;
         self.cpu += s.decode_cpu;
         if let Some(r) = &s.split {
-            let sp = &r.speculation;
-            self.trips += sp.decode_round_trips as u64;
-            self.settled += sp.decode_tokens as u64;
-            self.drafted += sp.drafted;
-            self.lookup += sp.lookup_drafted;
-            for j in 0..MAX_DRAFT {
-                self.tried_at[j] += sp.tried_at[j] as u64;
-                self.accepted_at[j] += sp.accepted_at[j] as u64;
-            }
+            self.spec.merge(&r.speculation);
         }
     }
 
@@ -61,21 +48,6 @@ impl Totals {
 
     fn cpu_ms_per_token(&self) -> f64 {
         self.cpu.as_secs_f64() * 1e3 / self.tokens.max(1) as f64
-    }
-
-    fn per_trip(&self) -> f64 {
-        self.settled as f64 / self.trips.max(1) as f64
-    }
-
-    fn by_position(&self) -> Vec<f64> {
-        let used = self
-            .tried_at
-            .iter()
-            .rposition(|&t| t > 0)
-            .map_or(0, |i| i + 1);
-        (0..used)
-            .map(|j| self.accepted_at[j] as f64 / self.tried_at[j].max(1) as f64)
-            .collect()
     }
 }
 
@@ -135,17 +107,17 @@ impl SplitBench {
                     t.tokens_per_s() / base,
                     t.tokens_per_s() / local.tokens_per_s(),
                     if split {
-                        format!("{:.2}", t.per_trip())
+                        format!("{:.2}", t.spec.tokens_per_round_trip())
                     } else {
                         "–".into()
                     },
                     if split {
-                        format!("{} ({})", t.drafted, t.lookup)
+                        format!("{} ({})", t.spec.drafted, t.spec.lookup_drafted)
                     } else {
                         "–".into()
                     },
-                    if t.drafted > 0 {
-                        percent_list(&t.by_position())
+                    if t.spec.drafted > 0 {
+                        percent_list(&t.spec.acceptance_by_position())
                     } else {
                         "–".into()
                     },
