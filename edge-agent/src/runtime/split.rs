@@ -7,8 +7,8 @@
 use super::draft::policy::{DraftPolicy, MAX_DRAFT, Plan, Source};
 use super::draft::tree::DraftTree;
 use super::draft::{
-    ALT_LEN, MAX_TREE_NODES, head_chain, head_tree, keep_accepted, layer_states, lookup,
-    point_masses,
+    ALT_BRANCHES, ALT_LEN, MAX_TREE_NODES, head_chain, head_tree, keep_accepted, layer_states,
+    lookup, point_masses,
 };
 use super::engine::PREFILL_CHUNK;
 use super::kv_cache::KvCache;
@@ -301,7 +301,12 @@ impl<'a> SplitRun<'a> {
                 source: Source::Lookup,
                 drafts: k.min(room).min(from_lookup.len()),
             },
-            None => policy.choose(room, from_lookup.len(), head),
+            None => {
+                // Greedy requests with a head send trees: the alternatives ride along.
+                let trees = head && self.sampler.params().temperature == 0.0;
+                let extra = if trees { ALT_BRANCHES * ALT_LEN } else { 0 };
+                policy.choose(room, from_lookup.len(), head, extra)
+            }
         };
         if plan.drafts == 0 {
             let sent = Instant::now();
@@ -311,7 +316,7 @@ impl<'a> SplitRun<'a> {
             self.stats.decode_tokens += 1;
             // Keep the round trip current, so that drafting resumes when the link slows down.
             if let Some((_, policy)) = &mut self.speculation {
-                policy.observe(plan, 0, sent.elapsed().as_secs_f64(), 0.0);
+                policy.observe(plan, 0, 0, sent.elapsed().as_secs_f64(), 0.0);
             }
             return Ok(());
         }
@@ -440,13 +445,13 @@ impl<'a> SplitRun<'a> {
                     source: Source::Lookup,
                     drafts: lookup_nodes.len(),
                 };
-                policy.observe(done, lookup.1, step_time.as_secs_f64(), per_draft);
+                policy.observe(done, k, lookup.1, step_time.as_secs_f64(), per_draft);
             } else {
                 let done = Plan {
                     source: Source::Head,
                     drafts: main.len(),
                 };
-                policy.observe(done, along(&main), step_time.as_secs_f64(), per_draft);
+                policy.observe(done, k, along(&main), step_time.as_secs_f64(), per_draft);
                 if !lookup_nodes.is_empty() {
                     policy.record(Source::Lookup, lookup_nodes.len(), lookup.1);
                 }

@@ -5,9 +5,12 @@
 //! `j` (the share of drafts at position `j` that stood, given the ones before did), decayed so
 //! that it follows the session. A chain of `k` drafts then settles
 //! `E(k) = 1 + Σ_{i≤k} Π_{j≤i} α_j` tokens per round trip (the accepted drafts plus the token
-//! the worker adds) and costs `T(k) = step + k · draft` where `step` is the measured round
-//! trip and `draft` the device's time per drafted token. The policy picks the source and `k`
-//! with the most tokens per second, `E(k) / T(k)`.
+//! the worker adds) and costs `T(k) = base + (k + extra) · node + k · draft`: `base` is a round
+//! trip without drafts, `node` what each draft sent adds to it (its rows on both sides and its
+//! bytes on the link), `extra` the tree's nodes beyond the chain, and `draft` the device's time
+//! to propose one. `base` is measured by an occasional round trip without drafts, `node` from the
+//! drafting ones. The policy picks the source and `k` with the most tokens per second,
+//! `E(k) / T(k)`.
 
 /// Largest draft length considered.
 pub const MAX_DRAFT: usize = 12;
@@ -18,6 +21,8 @@ const PRIOR_WEIGHT: f64 = 6.0;
 const DECAY: f64 = 0.95;
 /// Smoothing of the time averages (weight of the newest sample).
 const TIME_SMOOTHING: f64 = 0.25;
+/// Drafting round trips between two round trips without drafts (which measure `base`).
+const PROBE_EVERY: u32 = 16;
 /// Prior acceptance of lookup drafts at every position.
 pub const LOOKUP_PRIOR: f64 = 0.6;
 
@@ -93,9 +98,14 @@ impl Acceptance {
 pub struct DraftPolicy {
     head: Acceptance,
     lookup: Acceptance,
-    /// Moving averages, seconds.
+    /// Moving averages, seconds: any round trip, one without drafts, what each node sent
+    /// adds, proposing one draft.
     step_s: f64,
+    base_s: f64,
+    node_s: f64,
     draft_s: f64,
+    /// Drafting round trips since the last one without drafts.
+    since_probe: u32,
     max: usize,
 }
 
@@ -113,7 +123,10 @@ impl DraftPolicy {
             head: Acceptance::new(head_prior),
             lookup: Acceptance::new(&[LOOKUP_PRIOR]),
             step_s: 0.0,
+            base_s: 0.0,
+            node_s: 0.0,
             draft_s: 0.0,
+            since_probe: 0,
             max: max.min(MAX_DRAFT),
         }
     }
@@ -125,9 +138,17 @@ impl DraftPolicy {
         }
     }
 
-    /// The plan for the next step, with `room` positions left and a lookup proposal of
-    /// `lookup_len` drafts (0: none). Before any step was timed the head drafts two, to measure.
-    pub fn choose(&self, room: usize, lookup_len: usize, head_available: bool) -> Plan {
+    /// The plan for the next step, with `room` positions left, a lookup proposal of
+    /// `lookup_len` drafts (0: none), and `extra` tree nodes sent beside a head chain. Before
+    /// any step was timed the head drafts two, to measure; then, and every [`PROBE_EVERY`]
+    /// drafting round trips, one round trip goes without drafts, to measure `base`.
+    pub fn choose(
+        &self,
+        room: usize,
+        lookup_len: usize,
+        head_available: bool,
+        extra: usize,
+    ) -> Plan {
         let cap = self.max.min(room);
         let none = Plan {
             source: Source::Head,
@@ -136,20 +157,29 @@ impl DraftPolicy {
         if cap == 0 {
             return none;
         }
-        let step = self.step_s.max(1e-4);
+        let timed = self.step_s > 0.0;
+        if timed && (self.base_s <= 0.0 || self.since_probe >= PROBE_EVERY) {
+            return none;
+        }
+        let base = if self.base_s > 0.0 {
+            self.base_s
+        } else {
+            self.step_s
+        }
+        .max(1e-4);
         // No drafts: one token per round trip.
-        let mut best = (none, 1.0 / step);
+        let mut best = (none, 1.0 / base);
         let mut consider = |source: Source, k: usize, cost: f64| {
-            let rate = self.acceptance(source).expected_tokens(k) / (step + cost);
+            let rate = self.acceptance(source).expected_tokens(k) / (base + cost);
             if rate > best.1 {
                 best = (Plan { source, drafts: k }, rate);
             }
         };
         for k in 1..=cap.min(lookup_len) {
-            consider(Source::Lookup, k, 0.0);
+            consider(Source::Lookup, k, k as f64 * self.node_s);
         }
         if head_available {
-            if self.step_s <= 0.0 || self.draft_s <= 0.0 {
+            if !timed || self.draft_s <= 0.0 {
                 if lookup_len == 0 {
                     return Plan {
                         source: Source::Head,
@@ -158,20 +188,38 @@ impl DraftPolicy {
                 }
             } else {
                 for k in 1..=cap {
-                    consider(Source::Head, k, k as f64 * self.draft_s);
+                    let cost = (k + extra) as f64 * self.node_s + k as f64 * self.draft_s;
+                    consider(Source::Head, k, cost);
                 }
             }
         }
         best.0
     }
 
-    /// Records a verification: the plan's drafts of which `accepted` stood, the round trip's
-    /// time and the device's drafting time per draft.
-    pub fn observe(&mut self, plan: Plan, accepted: usize, step_s: f64, draft_s: f64) {
+    /// Records a verification: the plan's drafts of which `accepted` stood, the `nodes` sent
+    /// in all (a tree's included), the round trip's time and the device's time per draft.
+    pub fn observe(
+        &mut self,
+        plan: Plan,
+        nodes: usize,
+        accepted: usize,
+        step_s: f64,
+        draft_s: f64,
+    ) {
         if plan.drafts > 0 {
             self.record(plan.source, plan.drafts, accepted);
             if plan.source == Source::Head {
                 self.draft_s = smooth(self.draft_s, draft_s);
+            }
+        }
+        if nodes == 0 {
+            self.base_s = smooth(self.base_s, step_s);
+            self.since_probe = 0;
+        } else {
+            self.since_probe += 1;
+            if self.base_s > 0.0 {
+                let per_node = (step_s - self.base_s).max(0.0) / nodes as f64;
+                self.node_s = smooth(self.node_s, per_node);
             }
         }
         self.step_s = smooth(self.step_s, step_s);
@@ -230,69 +278,101 @@ mod tests {
     #[test]
     fn high_acceptance_over_a_slow_link_drafts_long_and_poor_acceptance_drafts_short() {
         let mut good = DraftPolicy::new(&[0.9], MAX_DRAFT);
-        good.observe(head(4), 4, 0.040, 0.002);
+        good.observe(head(0), 0, 0, 0.040, 0.0);
+        good.observe(head(4), 4, 4, 0.042, 0.002);
         let mut poor = DraftPolicy::new(&[0.05], MAX_DRAFT);
-        poor.observe(head(1), 0, 0.040, 0.004);
-        assert!(good.choose(100, 0, true).drafts >= 8);
-        assert!(poor.choose(100, 0, true).drafts <= 1);
+        poor.observe(head(0), 0, 0, 0.040, 0.0);
+        poor.observe(head(1), 1, 0, 0.041, 0.004);
+        assert!(good.choose(100, 0, true, 0).drafts >= 8);
+        assert!(poor.choose(100, 0, true, 0).drafts <= 1);
     }
 
     #[test]
     fn a_fast_link_makes_drafting_pay_less() {
         let mut slow = DraftPolicy::new(&[0.6], MAX_DRAFT);
-        slow.observe(head(2), 1, 0.080, 0.004);
+        slow.observe(head(0), 0, 0, 0.080, 0.0);
+        slow.observe(head(2), 2, 1, 0.081, 0.004);
         let mut fast = DraftPolicy::new(&[0.6], MAX_DRAFT);
-        fast.observe(head(2), 1, 0.002, 0.004);
-        assert!(slow.choose(100, 0, true).drafts > fast.choose(100, 0, true).drafts);
+        fast.observe(head(0), 0, 0, 0.002, 0.0);
+        fast.observe(head(2), 2, 1, 0.003, 0.004);
+        assert!(slow.choose(100, 0, true, 0).drafts > fast.choose(100, 0, true, 0).drafts);
     }
 
     #[test]
     fn a_trusted_lookup_run_beats_a_weak_head() {
         let mut p = DraftPolicy::new(&[0.3], MAX_DRAFT);
-        p.observe(head(2), 0, 0.04, 0.003);
-        for _ in 0..20 {
-            p.observe(
-                Plan {
-                    source: Source::Lookup,
-                    drafts: 6,
-                },
-                6,
-                0.04,
-                0.0,
-            );
+        p.observe(head(0), 0, 0, 0.04, 0.0);
+        p.observe(head(2), 2, 0, 0.041, 0.003);
+        for _ in 0..10 {
+            let lookup = Plan {
+                source: Source::Lookup,
+                drafts: 6,
+            };
+            p.observe(lookup, 6, 6, 0.041, 0.0);
         }
-        let plan = p.choose(100, 6, true);
+        let plan = p.choose(100, 6, true, 0);
         assert_eq!(plan.source, Source::Lookup);
         assert_eq!(plan.drafts, 6);
         // Without a proposal the head drafts.
-        assert_eq!(p.choose(100, 0, true).source, Source::Head);
+        assert_eq!(p.choose(100, 0, true, 0).source, Source::Head);
     }
 
     #[test]
     fn drafting_that_costs_more_than_it_settles_stops() {
         let mut p = DraftPolicy::new(&[0.1], MAX_DRAFT);
+        p.observe(head(0), 0, 0, 0.010, 0.0);
         // A draft takes as long as the round trip and is rarely accepted.
         for _ in 0..10 {
-            p.observe(head(1), 0, 0.010, 0.010);
+            p.observe(head(1), 1, 0, 0.010, 0.010);
         }
-        assert_eq!(p.choose(100, 0, true).drafts, 0);
+        assert_eq!(p.choose(100, 0, true, 0).drafts, 0);
+    }
+
+    #[test]
+    fn without_a_measured_base_or_after_many_drafting_trips_one_trip_goes_without() {
+        let mut p = DraftPolicy::new(&[0.9], MAX_DRAFT);
+        // Untimed: the head drafts two, to measure.
+        assert_eq!(p.choose(100, 0, true, 0).drafts, 2);
+        p.observe(head(2), 2, 2, 0.05, 0.001);
+        // Timed, but no round trip without drafts yet: probe.
+        assert_eq!(p.choose(100, 0, true, 0).drafts, 0);
+        p.observe(head(0), 0, 0, 0.04, 0.0);
+        assert!(p.choose(100, 0, true, 0).drafts > 0);
+        for _ in 0..PROBE_EVERY {
+            p.observe(head(4), 4, 4, 0.045, 0.001);
+        }
+        assert_eq!(p.choose(100, 0, true, 0).drafts, 0);
+    }
+
+    #[test]
+    fn nodes_that_slow_the_round_trip_make_trees_draft_less() {
+        let mut cheap = DraftPolicy::new(&[0.5], MAX_DRAFT);
+        cheap.observe(head(0), 0, 0, 0.040, 0.0);
+        cheap.observe(head(4), 8, 2, 0.0404, 0.0005);
+        let mut dear = DraftPolicy::new(&[0.5], MAX_DRAFT);
+        dear.observe(head(0), 0, 0, 0.040, 0.0);
+        // Eight nodes added 80 ms: 10 ms a node.
+        dear.observe(head(4), 8, 2, 0.120, 0.0005);
+        assert!(cheap.choose(100, 0, true, 4).drafts > dear.choose(100, 0, true, 4).drafts);
+        assert_eq!(dear.choose(100, 0, true, 4).drafts, 0);
     }
 
     #[test]
     fn the_room_left_caps_the_draft() {
         let mut p = DraftPolicy::new(&[0.95], MAX_DRAFT);
-        p.observe(head(4), 4, 0.04, 0.001);
-        assert_eq!(p.choose(2, 0, true).drafts, 2);
-        assert_eq!(p.choose(0, 0, true).drafts, 0);
+        p.observe(head(0), 0, 0, 0.04, 0.0);
+        p.observe(head(4), 4, 4, 0.041, 0.001);
+        assert_eq!(p.choose(2, 0, true, 0).drafts, 2);
+        assert_eq!(p.choose(0, 0, true, 0).drafts, 0);
         assert_eq!(
             DraftPolicy::new(&[0.9], MAX_DRAFT)
-                .choose(5, 0, true)
+                .choose(5, 0, true, 0)
                 .drafts,
             2
         );
         assert_eq!(
             DraftPolicy::new(&[0.9], MAX_DRAFT)
-                .choose(5, 0, false)
+                .choose(5, 0, false, 0)
                 .drafts,
             0
         );
