@@ -86,8 +86,6 @@ pub struct SpeculationStats {
     /// draft there, and those whose draft there stood too.
     pub tried_at: [u32; MAX_DRAFT],
     pub accepted_at: [u32; MAX_DRAFT],
-    /// Device time spent proposing drafts (draft head runs), seconds.
-    pub draft_seconds: f64,
 }
 
 impl SpeculationStats {
@@ -136,7 +134,6 @@ impl SpeculationStats {
             self.tried_at[j] += o.tried_at[j];
             self.accepted_at[j] += o.accepted_at[j];
         }
-        self.draft_seconds += o.draft_seconds;
     }
 
     /// Records a verification of `drafted` drafts reaching `depth` positions deep, of which
@@ -436,7 +433,6 @@ impl<'a> SplitRun<'a> {
         let depth = tree.depths().into_iter().max().unwrap_or(0);
         let lookup = (lookup_nodes.len(), along(&lookup_nodes));
         self.stats.record(k, depth, accepted, lookup);
-        self.stats.draft_seconds += draft_time.as_secs_f64();
         if let Some((_, policy)) = &mut self.speculation {
             // The policy sets the main chain's length: charge the whole cost to it.
             let per_draft = draft_time.as_secs_f64() / main.len().max(1) as f64;
