@@ -53,4 +53,15 @@ PY
   echo "setup: installed $target" >&2
 done
 ln -sf libonnxruntime.so.1.31.1 "$dest/lib/libonnxruntime.so"
+
+# The real third-party clients the tests drive Seam with (gRPC stubs generated from proto/ by
+# grpcio-tools, reflection, the OpenAI SDK), in a virtual environment of their own.
+py_clients="grpcio==1.85.3 grpcio-tools==1.85.1 grpcio-reflection==1.85.1 openai==3.60.0"
+if [ "$(cat "$dest/py/installed" 2>/dev/null)" != "$py_clients" ]; then
+  echo "setup: installing Python test clients into .seam/py ($py_clients)" >&2
+  python3 -m venv --clear "$dest/py"
+  # shellcheck disable=SC2086
+  "$dest/py/bin/pip" install --quiet --disable-pip-version-check --only-binary=:all: $py_clients
+  printf '%s\n' "$py_clients" >"$dest/py/installed"
+fi
 echo "setup: ok ($dest)"

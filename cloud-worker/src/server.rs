@@ -125,10 +125,9 @@ pub async fn serve(
     health_reporter
         .set_serving::<WorkerServer<WorkerService>>()
         .await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(seam_shared::proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
+    let reflection = seam_shared::reflection::v1(&["seam.worker.v1.Worker"])
+        .map_err(|e| Error::Config(format!("reflection: {e}")))?;
+    let reflection_v1alpha = seam_shared::reflection::v1alpha(&["seam.worker.v1.Worker"])
         .map_err(|e| Error::Config(format!("reflection: {e}")))?;
     let logits_bytes = MAX_LOGIT_ROWS * a.vocab_size as usize * 4 + (1 << 20);
     // Frames a little above the limit are refused per step (the stream goes on); only frames
@@ -152,6 +151,7 @@ pub async fn serve(
         .tcp_nodelay(true)
         .add_service(health_service)
         .add_service(reflection)
+        .add_service(reflection_v1alpha)
         .add_service(worker)
         .serve_with_incoming_shutdown(incoming, drain)
         .await;

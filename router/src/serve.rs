@@ -120,11 +120,15 @@ pub async fn serve(
 
     let (health, health_svc) = tonic_health::server::health_reporter();
     health.set_serving::<GatewayServer<GrpcGateway>>().await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(seam_shared::proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .map_err(|e| Error::Config(format!("reflection: {e}")))?;
+    let reflection = |service: &str| -> Result<_> {
+        let fail = |e| Error::Config(format!("reflection: {e}"));
+        Ok((
+            seam_shared::reflection::v1(&[service]).map_err(fail)?,
+            seam_shared::reflection::v1alpha(&[service]).map_err(fail)?,
+        ))
+    };
+    let (device_reflection, device_reflection_v1alpha) = reflection("seam.gateway.v1.Gateway")?;
+    let (admin_reflection, admin_reflection_v1alpha) = reflection("seam.admin.v1.Admin")?;
     let gateway = GatewayServer::new(GrpcGateway { core: core.clone() })
         .max_decoding_message_size(cfg.max_frame_bytes + FRAME_SLACK)
         .max_encoding_message_size(MAX_ANSWER_BYTES);
@@ -138,7 +142,8 @@ pub async fn serve(
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
         .layer(crate::metrics::MetricsLayer::device(metrics.clone()))
         .add_service(health_svc)
-        .add_service(reflection.clone())
+        .add_service(device_reflection)
+        .add_service(device_reflection_v1alpha)
         .add_service(gateway);
 
     let admin = AdminServer::new(AdminService {
@@ -151,7 +156,8 @@ pub async fn serve(
     let admin =
         tonic::service::interceptor::InterceptedService::new(admin, BearerAuth::new(&token));
     let admin_server = tonic::transport::Server::builder()
-        .add_service(reflection)
+        .add_service(admin_reflection)
+        .add_service(admin_reflection_v1alpha)
         .add_service(admin);
 
     println!("listening gateway {addr} (gRPC/TCP and QUIC/UDP)");

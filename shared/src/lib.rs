@@ -6,6 +6,7 @@ pub mod huge_pages;
 pub mod ort_env;
 pub mod package;
 pub mod proto;
+pub mod reflection;
 pub mod retry_after;
 pub mod telemetry;
 pub mod tensor;

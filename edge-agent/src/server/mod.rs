@@ -40,16 +40,15 @@ pub async fn serve(
     health_reporter
         .set_serving::<AssistantServer<AssistantService>>()
         .await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(seam_shared::proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
+    let reflection = seam_shared::reflection::v1(&["seam.edge.v1.Assistant"])?;
+    let reflection_v1alpha = seam_shared::reflection::v1alpha(&["seam.edge.v1.Assistant"])?;
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     tonic::transport::Server::builder()
         // A device serves a handful of local apps: bound concurrent streams per connection.
         .concurrency_limit_per_connection(32)
         .add_service(health_service)
         .add_service(reflection)
+        .add_service(reflection_v1alpha)
         .add_service(AssistantServer::new(service).max_decoding_message_size(MAX_REQUEST_BYTES))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await?;

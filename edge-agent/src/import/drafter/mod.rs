@@ -38,10 +38,10 @@ pub const PROSE_HELDOUT: usize = 2048;
 pub struct DrafterOptions {
     /// English prose (teacher forcing).
     pub prose: PathBuf,
-    /// `text<TAB>label` file whose texts become chat prompts to answer and learn from (half
-    /// of the prompts; the other half ask about sentences of the prose).
+    /// `text<TAB>label` file whose texts become chat prompts to answer and learn from (a third
+    /// of the prompts; the others ask about sentences of the prose and things it names).
     pub prompts: PathBuf,
-    /// Another such file: half of the held-out prompts (the rest ask about the prose's
+    /// Another such file: a third of the held-out prompts (the rest ask about the prose's
     /// held-out tail).
     pub heldout_prompts: PathBuf,
     pub prose_tokens: usize,
@@ -63,9 +63,9 @@ impl DrafterOptions {
             prose,
             prompts,
             heldout_prompts,
-            prose_tokens: 40_960,
-            chat_prompts: 768,
-            heldout: 64,
+            prose_tokens: 24_576,
+            chat_prompts: 1152,
+            heldout: 96,
             answer_tokens: 64,
             steps: 1200,
             batch: 256,
@@ -116,19 +116,24 @@ pub fn train_drafter(
     let ids = encode(&model, &prose)?;
     let usable = ids.len().saturating_sub(PROSE_HELDOUT);
     let prose_ids = &ids[..usable.min(opts.prose_tokens)];
-    // Half the prompts are labelled texts (short requests), half ask about sentences of the
-    // prose (explanations, summaries, rewrites: longer, freer answers). Held-out prompts come
-    // from the other labelled file and from the prose's held-out tail.
+    // A third of the prompts are labelled texts (short requests), a third ask about sentences
+    // of the prose (summaries, rewrites: answers that reuse the prompt), a third are open
+    // questions about things the prose names (explanations, advice, verse: long free answers).
+    // Held-out prompts come from the other labelled file and from the prose's held-out tail.
     let (train_text, heldout_text) = split_prose(&prose);
-    let half = opts.chat_prompts / 2;
-    let mut train_prompts = labelled_prompts(&opts.prompts, opts.chat_prompts - half, opts.seed)?;
-    train_prompts.extend(prose_prompts(train_text, half, opts.seed));
-    let mut heldout_prompts = labelled_prompts(
-        &opts.heldout_prompts,
-        opts.heldout - opts.heldout / 2,
-        opts.seed,
-    )?;
-    heldout_prompts.extend(prose_prompts(heldout_text, opts.heldout / 2, opts.seed));
+    let mix = |total: usize| (total - 2 * (total / 3), total / 3);
+    let (labelled, third) = mix(opts.chat_prompts);
+    let mut train_prompts = labelled_prompts(&opts.prompts, labelled, opts.seed)?;
+    train_prompts.extend(prose_prompts(train_text, third, opts.seed));
+    let train_things = things(train_text);
+    train_prompts.extend(topic_prompts(&train_things, third, opts.seed));
+    let (labelled, third) = mix(opts.heldout);
+    let mut heldout_prompts = labelled_prompts(&opts.heldout_prompts, labelled, opts.seed)?;
+    heldout_prompts.extend(prose_prompts(heldout_text, third, opts.seed));
+    // Held-out questions are about things the trained-on part never names.
+    let mut heldout_things = things(heldout_text);
+    heldout_things.retain(|w| train_things.binary_search(w).is_err());
+    heldout_prompts.extend(topic_prompts(&heldout_things, third, opts.seed));
     let train_prompts = chat_tokens(&model, &train_prompts)?;
     let heldout_prompts = chat_tokens(&model, &heldout_prompts)?;
 
@@ -263,6 +268,49 @@ fn prose_prompts(text: &str, count: usize, seed: u64) -> Vec<String> {
         .collect()
 }
 
+/// Open questions about a thing, the kind of prompt whose answer is free explanatory text.
+const TOPIC_TEMPLATES: [&str; 10] = [
+    "What is {}, and why does it matter?",
+    "Explain {} to me in simple terms.",
+    "Tell me some interesting facts about {}.",
+    "How does {} affect everyday life?",
+    "Write a few lines of verse about {}.",
+    "Give me three practical tips related to {}.",
+    "What are the pros and cons of {}?",
+    "Describe the history of {} briefly.",
+    "What should a beginner know about {}?",
+    "Write a short story that involves {}.",
+];
+
+/// The things `text` names: distinct lower-case words that follow "the" in it, sorted.
+fn things(text: &str) -> Vec<&str> {
+    let words: Vec<&str> = text
+        .split(|c: char| !c.is_ascii_alphabetic())
+        .filter(|w| !w.is_empty())
+        .collect();
+    let mut things: Vec<&str> = words
+        .windows(2)
+        .filter(|p| p[0].eq_ignore_ascii_case("the"))
+        .map(|p| p[1])
+        .filter(|w| w.len() >= 4 && w.chars().all(|c| c.is_ascii_lowercase()))
+        .collect();
+    things.sort_unstable();
+    things.dedup();
+    things
+}
+
+/// `count` open questions, each a template over one of `things` (a seeded choice).
+fn topic_prompts(things: &[&str], count: usize, seed: u64) -> Vec<String> {
+    let mut things = things.to_vec();
+    things.shuffle(&mut StdRng::seed_from_u64(seed ^ 0x70_91c));
+    things
+        .iter()
+        .take(count)
+        .enumerate()
+        .map(|(i, w)| TOPIC_TEMPLATES[i % TOPIC_TEMPLATES.len()].replace("{}", &format!("the {w}")))
+        .collect()
+}
+
 /// Each text as a chat prompt's tokens.
 fn chat_tokens(model: &Model, texts: &[String]) -> Result<Vec<Vec<u32>>> {
     texts
@@ -388,6 +436,25 @@ mod tests {
         assert!(prompts.iter().any(|p| p.contains("highway was closed")));
         // Too short to be a sentence worth asking about.
         assert!(prose_prompts("Short. Tiny.", 4, 1).is_empty());
+    }
+
+    #[test]
+    fn topic_prompts_ask_about_things_the_text_names() {
+        let text = "The firefighters reached the ridge before the wind changed. Then the \
+                    Premier said the ridge was safe. The Town hall opened.";
+        // "ridge" twice is one thing; "Premier" and "Town" are names, "hall" follows no "the".
+        let named = things(text);
+        assert_eq!(named, ["firefighters", "ridge", "wind"]);
+        let prompts = topic_prompts(&named, 10, 3);
+        assert_eq!(prompts.len(), 3);
+        for thing in named {
+            let asking = prompts
+                .iter()
+                .filter(|p| p.contains(&format!("the {thing}")));
+            assert_eq!(asking.count(), 1, "{thing}: {prompts:?}");
+        }
+        assert_eq!(topic_prompts(&["ridge", "wind"], 1, 3).len(), 1);
+        assert!(things("No things here.").is_empty());
     }
 
     #[test]
