@@ -49,6 +49,7 @@ demo: package
 test: setup
 	$(CARGO) build --workspace --bins --locked
 	$(CARGO) test --workspace --locked
+	./scripts/check-leftovers.sh
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 	$(CARGO) fmt --all -- --check
 

@@ -1,6 +1,7 @@
 //! Seam's shared library: the wire contract (generated from `proto/`), the tensor codec, the model-package
 //! format, ONNX Runtime loading and telemetry set-up. No policy and no business rules live here.
 
+pub mod child;
 pub mod error;
 pub mod huge_pages;
 pub mod ort_env;

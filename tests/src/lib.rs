@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
 
 pub use seam_edge::test_util::{encoder_package_dir, package_dir};
+use seam_shared::child::spawn_tied;
 
 /// A running `seam-worker serve`.
 pub type WorkerProcess = EdgeProcess;
@@ -63,15 +64,15 @@ impl EdgeProcess {
     }
 
     fn spawn(bin: PathBuf, package: &Path, extra: &[&str]) -> EdgeProcess {
-        let mut child = Command::new(&bin)
-            .args(["serve", "--listen", "127.0.0.1:0", "--model"])
+        let mut cmd = Command::new(&bin);
+        cmd.args(["serve", "--listen", "127.0.0.1:0", "--model"])
             .arg(package)
             .args(extra)
             .env("SEAM_LOG", "info")
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawning seam-edge serve");
+            .stderr(Stdio::piped());
+        // Tied to the test process: shared fixtures live in statics and are never dropped.
+        let mut child = spawn_tied(cmd).expect("spawning seam-edge serve");
         let logs = Arc::new(Mutex::new(Vec::new()));
         let (tx, rx) = mpsc::channel();
         let stderr = child.stderr.take().expect("stderr");
@@ -209,15 +210,14 @@ impl RouterProcess {
             list.join(", ")
         );
         std::fs::write(dir.join("router.toml"), cfg).unwrap();
-        let mut child = Command::new(router_bin())
-            .args(["serve", "--config"])
+        let mut cmd = Command::new(router_bin());
+        cmd.args(["serve", "--config"])
             .arg(dir.join("router.toml"))
             .env("SEAM_LOG", "info")
             .env_remove("SEAM_ADMIN_TOKEN")
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawning seam-router serve");
+            .stderr(Stdio::piped());
+        let mut child = spawn_tied(cmd).expect("spawning seam-router serve");
         let logs = Arc::new(Mutex::new(Vec::new()));
         let stderr = child.stderr.take().expect("stderr");
         {

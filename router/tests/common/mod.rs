@@ -99,15 +99,15 @@ impl Router {
              [workers]\n{workers}\nhealth_every_ms = 200\nresolve_every_ms = 200\n"
         );
         std::fs::write(dir.join("router.toml"), cfg).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_seam-router"))
-            .args(["serve", "--config"])
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_seam-router"));
+        cmd.args(["serve", "--config"])
             .arg(dir.join("router.toml"))
             .env("SEAM_LOG", "info")
             .env_remove("SEAM_ADMIN_TOKEN")
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+            .stderr(Stdio::piped());
+        // Ends with the test process even where no drop runs.
+        let mut child = seam_shared::child::spawn_tied(cmd).unwrap();
         let logs = Arc::new(Mutex::new(Vec::new()));
         let stderr = child.stderr.take().unwrap();
         {
