@@ -16,6 +16,9 @@ pub struct WorkerConfig {
     /// gRPC listen address.
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
+    /// Prometheus `/metrics` listen address (none: not served).
+    #[serde(default)]
+    pub metrics_listen: Option<SocketAddr>,
     /// Process-wide byte budget of all sessions' KV caches.
     #[serde(default = "default_kv_budget_bytes")]
     pub kv_budget_bytes: u64,
@@ -91,6 +94,7 @@ impl WorkerConfig {
         WorkerConfig {
             model,
             listen: default_listen(),
+            metrics_listen: None,
             kv_budget_bytes: default_kv_budget_bytes(),
             max_sessions: default_max_sessions(),
             idle_ttl_ms: default_idle_ttl_ms(),

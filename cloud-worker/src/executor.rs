@@ -4,6 +4,7 @@
 //! only ever driven from this thread, never from the async executor.
 
 use crate::error::{Error, Result};
+use crate::metrics::WorkerMetrics;
 use crate::queue::{Job, Queue};
 use crate::sessions::{Checkout, SessionTable, StepClaim};
 use crate::step::StepPlan;
@@ -34,6 +35,7 @@ pub struct Executor {
     table: Arc<Mutex<SessionTable>>,
     queue: Arc<Queue>,
     max_batch_rows: usize,
+    metrics: Arc<WorkerMetrics>,
 }
 
 impl Executor {
@@ -42,12 +44,14 @@ impl Executor {
         table: Arc<Mutex<SessionTable>>,
         queue: Arc<Queue>,
         max_batch_rows: usize,
+        metrics: Arc<WorkerMetrics>,
     ) -> Executor {
         Executor {
             model,
             table,
             queue,
             max_batch_rows,
+            metrics,
         }
     }
 
@@ -58,8 +62,17 @@ impl Executor {
         }
     }
 
+    /// Answers `job` with the error `e` (counted).
+    fn refuse(&self, job: Job, e: &Error, kv_len: usize) {
+        self.metrics.step(false);
+        answer_error(job, e, kv_len);
+    }
+
     fn process(&mut self, batch: Vec<Job>) {
         let started = Instant::now();
+        self.metrics.batch_steps.observe(batch.len() as f64);
+        let rows: usize = batch.iter().map(|j| j.plan.rows).sum();
+        self.metrics.batch_rows.observe(rows as f64);
         let mut running = Vec::with_capacity(batch.len());
         {
             let mut table = lock(&self.table);
@@ -90,7 +103,7 @@ impl Executor {
                             });
                             let start = cache.len();
                             table.checkin(&plan.session, cache, None, started);
-                            answer_error(job, &e, start);
+                            self.refuse(job, &e, start);
                             continue;
                         }
                         running.push(Running {
@@ -105,7 +118,7 @@ impl Executor {
                     Ok(Checkout::Replay(r)) => job.reply.send(r),
                     Err(e) => {
                         let kv_len = table.kv_len(&job.plan.session);
-                        answer_error(job, &e, kv_len);
+                        self.refuse(job, &e, kv_len);
                     }
                 }
             }
@@ -126,6 +139,9 @@ impl Executor {
         let compute_start = Instant::now();
         let outcome = self.compute(layer, &mut group);
         let compute_us = compute_start.elapsed().as_micros() as u64;
+        self.metrics
+            .compute_seconds
+            .observe(compute_us as f64 / 1e6);
         let now = Instant::now();
         let mut table = lock(&self.table);
         match outcome {
@@ -143,7 +159,7 @@ impl Executor {
                         Err(e) => {
                             let _ = cache.truncate(start);
                             table.checkin(&r.job.plan.session, cache, None, now);
-                            answer_error(r.job, &e, start);
+                            self.refuse(r.job, &e, start);
                             continue;
                         }
                     };
@@ -163,7 +179,7 @@ impl Executor {
                     {
                         let _ = cache.truncate(start);
                         table.checkin(&r.job.plan.session, cache, None, now);
-                        answer_error(r.job, &e, start);
+                        self.refuse(r.job, &e, start);
                         continue;
                     }
                     let accepted_path = if r.job.plan.tree.is_some() {
@@ -185,6 +201,12 @@ impl Executor {
                         accepted_path,
                     };
                     table.checkin(&r.job.plan.session, cache, Some(&response), now);
+                    let m = &self.metrics;
+                    m.drafts_verified.inc_by(r.job.plan.drafts.len() as u64);
+                    m.drafts_accepted.inc_by(accepted as u64);
+                    m.step_seconds
+                        .observe(r.job.enqueued.elapsed().as_secs_f64());
+                    m.step(true);
                     r.job.reply.send(response);
                 }
             }
@@ -196,7 +218,7 @@ impl Executor {
                     // Forget whatever the failed pass wrote past the committed length.
                     let _ = cache.truncate(cache.len());
                     table.checkin(&r.job.plan.session, cache, None, now);
-                    answer_error(r.job, &e, start);
+                    self.refuse(r.job, &e, start);
                 }
             }
         }

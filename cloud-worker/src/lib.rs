@@ -9,6 +9,7 @@
 pub mod config;
 pub mod error;
 pub mod executor;
+pub mod metrics;
 pub mod queue;
 pub mod server;
 pub mod service;

@@ -29,6 +29,9 @@ enum Command {
         /// Listen address.
         #[arg(long, env = "SEAM_WORKER_LISTEN")]
         listen: Option<SocketAddr>,
+        /// Prometheus `/metrics` listen address.
+        #[arg(long, env = "SEAM_WORKER_METRICS_LISTEN")]
+        metrics_listen: Option<SocketAddr>,
         /// KV byte budget of all sessions.
         #[arg(long, env = "SEAM_WORKER_KV_BUDGET")]
         kv_budget: Option<u64>,
@@ -55,6 +58,7 @@ fn main() -> anyhow::Result<()> {
         config,
         model,
         listen,
+        metrics_listen,
         kv_budget,
         max_sessions,
         evict_after_ms,
@@ -73,6 +77,9 @@ fn main() -> anyhow::Result<()> {
     }
     if let Some(v) = listen {
         cfg.listen = v;
+    }
+    if let Some(v) = metrics_listen {
+        cfg.metrics_listen = Some(v);
     }
     if let Some(v) = kv_budget {
         cfg.kv_budget_bytes = v;
@@ -94,9 +101,16 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(cfg.listen).await?;
         // Tests and scripts read the bound address (port 0 picks a free one) from stdout.
+        let metrics = match cfg.metrics_listen {
+            Some(addr) => Some(tokio::net::TcpListener::bind(addr).await?),
+            None => None,
+        };
+        if let Some(m) = &metrics {
+            println!("listening metrics {}", m.local_addr()?);
+        }
         println!("listening on {}", listener.local_addr()?);
         tracing::info!(addr = %listener.local_addr()?, model = %cfg.model.display(), "seam-worker serving");
-        seam_worker::server::serve(cfg, listener, shutdown_signal()).await?;
+        seam_worker::server::serve(cfg, listener, metrics, shutdown_signal()).await?;
         Ok(())
     })
 }

@@ -5,6 +5,7 @@
 use crate::config::WorkerConfig;
 use crate::error::{Error, Result};
 use crate::executor::Executor;
+use crate::metrics::WorkerMetrics;
 use crate::queue::Queue;
 use crate::service::{ModelFacts, WorkerService};
 use crate::sessions::{Limits, ModelShape, SessionTable};
@@ -30,11 +31,12 @@ pub fn wire_digest(hex: &str) -> String {
     format!("sha256:{hex}")
 }
 
-/// Loads everything and serves on `listener` until `shutdown` resolves; then stops taking
-/// sessions, lets queued steps finish and returns.
+/// Loads everything and serves on `listener` (and `/metrics` on `metrics`) until `shutdown`
+/// resolves; then stops taking sessions, lets queued steps finish and returns.
 pub async fn serve(
     cfg: WorkerConfig,
     listener: tokio::net::TcpListener,
+    metrics: Option<tokio::net::TcpListener>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
     cfg.validate()?;
@@ -96,7 +98,14 @@ pub async fn serve(
     };
     let table = Arc::new(Mutex::new(table));
     let queue = Arc::new(Queue::new(cfg.max_queued_steps));
-    let executor = Executor::new(model, table.clone(), queue.clone(), cfg.max_batch_rows);
+    let stats = Arc::new(WorkerMetrics::new());
+    let executor = Executor::new(
+        model,
+        table.clone(),
+        queue.clone(),
+        cfg.max_batch_rows,
+        stats.clone(),
+    );
     let model_thread = std::thread::Builder::new()
         .name("seam-model".into())
         .spawn(move || executor.run())
@@ -104,6 +113,7 @@ pub async fn serve(
 
     let sweeper = {
         let table = table.clone();
+        let stats = stats.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(SWEEP_EVERY);
             loop {
@@ -112,6 +122,7 @@ pub async fn serve(
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .sweep(Instant::now());
+                stats.dropped("swept", dropped.len());
                 for id in dropped {
                     tracing::info!(session = %id, "idle or expired session dropped");
                 }
@@ -120,7 +131,15 @@ pub async fn serve(
     };
 
     let draining = Arc::new(AtomicBool::new(false));
-    let service = WorkerService::new(table, queue.clone(), facts, step_limits, draining.clone());
+    let (stop_metrics, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
+    let metrics_server = metrics.map(|listener| {
+        let render = stats.renderer(table.clone(), queue.clone());
+        tokio::spawn(seam_shared::metrics_http::serve(listener, render, async {
+            let _ = metrics_stopped.await;
+        }))
+    });
+    let service = WorkerService::new(table, queue.clone(), facts, step_limits, draining.clone())
+        .with_metrics(stats);
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
         .set_serving::<WorkerServer<WorkerService>>()
@@ -156,6 +175,10 @@ pub async fn serve(
         .serve_with_incoming_shutdown(incoming, drain)
         .await;
     sweeper.abort();
+    let _ = stop_metrics.send(());
+    if let Some(m) = metrics_server {
+        let _ = m.await;
+    }
     queue.close();
     let _ = tokio::task::spawn_blocking(move || model_thread.join()).await;
     served.map_err(|e| Error::Unavailable(format!("server: {e}")))

@@ -2,6 +2,7 @@
 //! streams into queued jobs and their answers back into a stream.
 
 use crate::error::Error;
+use crate::metrics::WorkerMetrics;
 use crate::queue::{Job, Queue, Reply};
 use crate::sessions::{OpenParams, SessionTable};
 use crate::step::{StepLimits, plan};
@@ -45,6 +46,7 @@ pub struct WorkerService {
     limits: StepLimits,
     draining: Arc<AtomicBool>,
     started_unix_ms: u64,
+    metrics: Arc<WorkerMetrics>,
 }
 
 impl WorkerService {
@@ -65,7 +67,14 @@ impl WorkerService {
             limits,
             draining,
             started_unix_ms,
+            metrics: Arc::default(),
         }
+    }
+
+    /// Counts into `metrics` (a fresh set otherwise).
+    pub fn with_metrics(mut self, metrics: Arc<WorkerMetrics>) -> WorkerService {
+        self.metrics = metrics;
+        self
     }
 
     fn table(&self) -> std::sync::MutexGuard<'_, SessionTable> {
@@ -120,6 +129,8 @@ impl Worker for WorkerService {
             tracing::info!(session = %id, error = %e, "open session refused");
             e.to_status()
         })?;
+        self.metrics.sessions_opened.inc();
+        self.metrics.dropped("evicted", opened.evicted.len());
         for victim in &opened.evicted {
             tracing::info!(session = %victim, "idle session evicted for a new one");
         }
@@ -142,7 +153,7 @@ impl Worker for WorkerService {
         let (tx, mut rx) = mpsc::unbounded_channel();
         let (err_tx, mut err_rx) = mpsc::channel::<Status>(1);
         let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT_PER_STREAM));
-        let (queue, limits) = (self.queue.clone(), self.limits);
+        let (queue, limits, metrics) = (self.queue.clone(), self.limits, self.metrics.clone());
         tokio::spawn(async move {
             loop {
                 let req = match inbound.message().await {
@@ -179,10 +190,12 @@ impl Worker for WorkerService {
                         };
                         if let Err(refused) = queue.push(job) {
                             let (job, e) = *refused;
+                            metrics.step(false);
                             crate::executor::answer_error(job, &e, start as usize);
                         }
                     }
                     Err(e) => {
+                        metrics.step(false);
                         tracing::info!(session = %session, step = step_id, error = %e, "step refused");
                         reply.send(StepResponse {
                             session_id: session,

@@ -98,6 +98,9 @@ enum Command {
         model: PathBuf,
         #[arg(long, default_value = "127.0.0.1:50051")]
         listen: SocketAddr,
+        /// Serve Prometheus metrics on `http://ADDR/metrics`.
+        #[arg(long)]
+        metrics_listen: Option<SocketAddr>,
         #[arg(long, default_value_t = 2)]
         threads: usize,
         #[arg(long, default_value = "int8")]
@@ -410,6 +413,7 @@ fn main() -> anyhow::Result<()> {
         Command::Serve {
             model,
             listen,
+            metrics_listen,
             threads,
             kv,
             kv_budget,
@@ -433,6 +437,7 @@ fn main() -> anyhow::Result<()> {
             };
             let args = commands::serve::ServeArgs {
                 listen,
+                metrics_listen,
                 threads,
                 kv,
                 kv_budget,

@@ -297,44 +297,9 @@ pub async fn serve_metrics(
     metrics: Arc<Metrics>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
-    use http_body_util::Full;
-    use hyper::body::Bytes;
-    loop {
-        let (tcp, _) = tokio::select! {
-            a = listener.accept() => match a {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "metrics accept");
-                    continue;
-                }
-            },
-            _ = stop.changed() => return,
-        };
-        let metrics = metrics.clone();
-        tokio::spawn(async move {
-            let svc =
-                hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                    let metrics = metrics.clone();
-                    async move {
-                        let resp = if req.uri().path() == "/metrics" {
-                            http::Response::builder()
-                                .header(
-                                    "content-type",
-                                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                                )
-                                .body(Full::new(Bytes::from(metrics.render())))
-                        } else {
-                            http::Response::builder()
-                                .status(404)
-                                .body(Full::new(Bytes::from_static(b"not found; try /metrics\n")))
-                        };
-                        Ok::<_, http::Error>(resp.expect("static response parts"))
-                    }
-                });
-            let io = hyper_util::rt::TokioIo::new(tcp);
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(io, svc)
-                .await;
-        });
-    }
+    let render: seam_shared::metrics_http::Render = Arc::new(move || metrics.render());
+    let stop = async move {
+        let _ = stop.changed().await;
+    };
+    seam_shared::metrics_http::serve(listener, render, stop).await;
 }

@@ -97,6 +97,26 @@ fn kubernetes_worker_manifest_embeds_valid_config() {
         .unwrap_or_else(|e| panic!("worker.toml in k8s/worker.yaml is not TOML: {e}"));
     let msg = "worker.toml in k8s/worker.yaml has no `model`";
     assert!(table.contains_key("model"), "{msg}");
+    // Prometheus scrapes the port the worker serves /metrics on.
+    let metrics = table["metrics_listen"].as_str().expect("metrics_listen");
+    let port = metrics.rsplit(':').next().unwrap();
+    let annotation = format!("prometheus.io/port: \"{port}\"");
+    assert!(yaml.contains(&annotation), "no {annotation} for {metrics}");
+    assert!(
+        yaml.contains(&format!("containerPort: {port}")),
+        "port {port}"
+    );
+    // The autoscaler scales the worker Deployment on series the worker exports.
+    assert!(yaml.contains("kind: HorizontalPodAutoscaler"));
+    for series in ["seam_worker_queue_depth", "seam_worker_kv_bytes_used"] {
+        assert!(yaml.contains(&format!("name: {series}")), "HPA on {series}");
+        let exported = series.trim_start_matches("seam_worker_");
+        let source = read("../cloud-worker/src/metrics.rs");
+        assert!(
+            source.contains(&format!("\"{exported}\"")),
+            "{series} is exported"
+        );
+    }
 }
 
 #[test]

@@ -48,6 +48,8 @@ fn bin(name: &str) -> PathBuf {
 pub struct EdgeProcess {
     child: Child,
     pub addr: String,
+    /// `host:port` of `/metrics`, when started with `--metrics-listen`.
+    pub metrics: Option<String>,
     logs: Arc<Mutex<Vec<String>>>,
     log_rx: Mutex<mpsc::Receiver<String>>,
 }
@@ -88,10 +90,13 @@ impl EdgeProcess {
         }
         let stdout = child.stdout.take().expect("stdout");
         let (addr_tx, addr_rx) = mpsc::channel();
+        let (metrics_tx, metrics_rx) = mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 if let Some(a) = line.strip_prefix("listening on ") {
                     let _ = addr_tx.send(a.to_string());
+                } else if let Some(a) = line.strip_prefix("listening metrics ") {
+                    let _ = metrics_tx.send(a.to_string());
                 }
             }
         });
@@ -106,9 +111,12 @@ impl EdgeProcess {
                 );
             }
         };
+        // Printed before the API's address, when served.
+        let metrics = metrics_rx.try_recv().ok();
         EdgeProcess {
             child,
             addr: format!("http://{addr}"),
+            metrics,
             logs,
             log_rx: Mutex::new(rx),
         }
@@ -310,4 +318,34 @@ impl Drop for RouterProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// `GET http://{addr}/metrics` (plain HTTP/1.1): the status code and the body.
+pub fn scrape(addr: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut tcp = std::net::TcpStream::connect(addr).expect("connecting to /metrics");
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        tcp,
+        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = String::new();
+    tcp.read_to_string(&mut raw).expect("reading /metrics");
+    let (head, body) = raw.split_once("\r\n\r\n").expect("an HTTP response");
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("a status code");
+    (status, body.to_string())
+}
+
+/// The value of the sample `series` (name and labels exactly as exposed, e.g.
+/// `seam_worker_steps_total{result="ok"}`) in an exposition, if present.
+pub fn sample(exposition: &str, series: &str) -> Option<f64> {
+    exposition.lines().find_map(|l| {
+        let (name, value) = l.rsplit_once(' ')?;
+        (name == series).then(|| value.parse().ok()).flatten()
+    })
 }

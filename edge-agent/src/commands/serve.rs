@@ -34,6 +34,8 @@ pub struct RoutingArgs {
 #[derive(Debug, Clone)]
 pub struct ServeArgs {
     pub listen: SocketAddr,
+    /// Prometheus `/metrics` listen address.
+    pub metrics_listen: Option<SocketAddr>,
     pub threads: usize,
     pub kv: KvDtype,
     pub kv_budget: usize,
@@ -146,15 +148,26 @@ pub async fn run(dir: &Path, args: ServeArgs) -> anyhow::Result<()> {
     if let Some(g) = &gateway {
         g.spawn_background(policy.clone());
     }
+    let metrics = match args.metrics_listen {
+        Some(a) => Some(server::bind(a).await?),
+        None => None,
+    };
+    if let Some(m) = &metrics {
+        println!("listening metrics {}", m.local_addr()?);
+    }
     let listener = server::bind(args.listen).await?;
     let addr = listener.local_addr()?;
-    // The first line on stdout is the bound address, for scripts and tests that ask for port 0.
+    // The last line before serving is the bound address, for scripts and tests that ask for
+    // port 0 (the metrics address comes first, when served).
     println!("listening on {addr}");
     tracing::info!(%addr, "serving seam.edge.v1.Assistant");
     server::serve(
         engine,
         encoder,
-        listener,
+        server::Listeners {
+            api: listener,
+            metrics,
+        },
         limits,
         split,
         policy,

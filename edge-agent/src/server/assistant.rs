@@ -2,6 +2,7 @@
 //! one request at a time per model, behind a bounded queue.
 
 use super::convert;
+use super::metrics::EdgeMetrics;
 use super::perception::{self, SharedPerception};
 use super::routing::DevicePolicy;
 use crate::error::Error;
@@ -60,6 +61,7 @@ pub struct AssistantService {
     /// The operator's routing policy, when the agent was started with one.
     policy: Option<Arc<DevicePolicy>>,
     limits: ServiceLimits,
+    metrics: Arc<EdgeMetrics>,
 }
 
 /// How a request's route is settled.
@@ -91,7 +93,14 @@ impl AssistantService {
             perception: None,
             policy: None,
             limits,
+            metrics: Arc::default(),
         }
+    }
+
+    /// Counts requests into `metrics` (a fresh set otherwise).
+    pub fn with_metrics(mut self, metrics: Arc<EdgeMetrics>) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// Routes requests that leave the route to the device by `policy`.
@@ -180,9 +189,11 @@ impl Assistant for AssistantService {
                 .and_then(|(r, ask)| Ok((r, self.choose_route(&ask)?)))
                 .map_err(|e| {
                     tracing::info!(error = %e, "generate refused");
+                    self.metrics.error("refused");
                     e.to_status()
                 })?;
         let permit = self.queue.clone().try_acquire_owned().map_err(|_| {
+            self.metrics.error("refused");
             Error::ResourceExhausted {
                 reason: "too many generate requests queued on this device".into(),
                 retry_after: Some(Duration::from_millis(500)),
@@ -194,6 +205,7 @@ impl Assistant for AssistantService {
         let encoder = self.perception.clone();
         let split = self.split.clone();
         let observer = self.policy.clone();
+        let metrics = self.metrics.clone();
         let handle = tokio::runtime::Handle::current();
         let span = tracing::info_span!(
             "generate",
@@ -208,6 +220,7 @@ impl Assistant for AssistantService {
             let _permit = permit;
             let fail = |e: Error| {
                 tracing::info!(error = %e, "generate refused");
+                metrics.error("refused");
                 let _ = tx.blocking_send(Err(e.to_status()));
             };
             // The features the route is chosen on, computed once per request.
@@ -293,6 +306,7 @@ impl Assistant for AssistantService {
                     if let Some(p) = &observer {
                         p.observe(&stats);
                     }
+                    metrics.finished(&stats, &route);
                     let (c, took) =
                         intent.map_or((None, Default::default()), |(c, t)| (Some(c), t));
                     Ok(convert::final_event(
@@ -306,6 +320,7 @@ impl Assistant for AssistantService {
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "generate failed");
+                    metrics.error("failed");
                     Err(e.to_status())
                 }
             };

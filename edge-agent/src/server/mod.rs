@@ -3,6 +3,7 @@
 
 mod assistant;
 mod convert;
+pub mod metrics;
 pub mod perception;
 pub mod routing;
 
@@ -16,20 +17,45 @@ use std::sync::{Arc, Mutex};
 /// Largest request message accepted from apps (a prompt is text; 1 MiB is plenty).
 pub const MAX_REQUEST_BYTES: usize = 1 << 20;
 
-/// Serves the Assistant API on `listener` until `shutdown` resolves, then drains. With a
+/// Where the agent serves.
+#[derive(Debug)]
+pub struct Listeners {
+    /// `seam.edge.v1.Assistant` (gRPC).
+    pub api: tokio::net::TcpListener,
+    /// Prometheus `/metrics`.
+    pub metrics: Option<tokio::net::TcpListener>,
+}
+
+/// Serves the Assistant API on `listeners.api` until `shutdown` resolves, then drains. With a
 /// `perception` (sentence encoder and intent head) Embed and Classify work and Generate reports
 /// the intent of its prompt; with a `policy` requests that leave the route to the device are
-/// routed by it.
+/// routed by it. With a metrics listener `/metrics` is served on it.
 pub async fn serve(
     engine: Engine,
     perception: Option<crate::perception::Perception>,
-    listener: tokio::net::TcpListener,
+    listeners: Listeners,
     limits: ServiceLimits,
     split: Option<SplitTarget>,
     policy: Option<Arc<routing::DevicePolicy>>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let mut service = AssistantService::new(Arc::new(Mutex::new(engine)), limits, split);
+    let stats = Arc::new(metrics::EdgeMetrics::new());
+    let (stop_metrics, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
+    let Listeners {
+        api: listener,
+        metrics,
+    } = listeners;
+    let metrics_server = metrics.map(|listener| {
+        tokio::spawn(seam_shared::metrics_http::serve(
+            listener,
+            stats.renderer(),
+            async {
+                let _ = metrics_stopped.await;
+            },
+        ))
+    });
+    let mut service =
+        AssistantService::new(Arc::new(Mutex::new(engine)), limits, split).with_metrics(stats);
     if let Some(p) = policy {
         service = service.with_policy(p);
     }
@@ -52,6 +78,10 @@ pub async fn serve(
         .add_service(AssistantServer::new(service).max_decoding_message_size(MAX_REQUEST_BYTES))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await?;
+    let _ = stop_metrics.send(());
+    if let Some(m) = metrics_server {
+        let _ = m.await;
+    }
     Ok(())
 }
 
