@@ -35,9 +35,13 @@ echo "gateway listening on $gateway_addr (gRPC on TCP, QUIC on UDP, mTLS), /metr
 decisions=$(mktemp -t seam-decisions.XXXXXX)
 SEAM_LOGS+=("$decisions")
 start_server addr "$edge" serve --model "$pkg" "${encoder[@]}" --decisions "$decisions" \
-  --listen 127.0.0.1:0 "${GATEWAY_FLAGS[@]}" --split 8 --wire int8
+  --listen 127.0.0.1:0 "${GATEWAY_FLAGS[@]}" --split 8 --wire int8 \
+  --http 127.0.0.1:0 --metrics-listen 127.0.0.1:0
 edge_log=${SEAM_LOGS[-2]}
-echo "edge agent (device demo-car) listening on $addr"
+http_addr=$(sed -n 's/^listening http //p' "${SEAM_LOGS[-1]}")
+edge_metrics=$(sed -n 's/^listening metrics //p' "${SEAM_LOGS[-1]}")
+echo "edge agent (device demo-car) listening on $addr (gRPC), http://$http_addr/v1 (OpenAI API),"
+echo "http://$edge_metrics/metrics"
 echo
 ask() { "$edge" ask --server "http://$addr" "$@"; echo; }
 ask --max-tokens 12 --route local "The capital of France is"
@@ -66,6 +70,45 @@ for _ in $(seq 1 100); do grep -q "policy v2 from the gateway" "$edge_log" && br
 grep -o "policy v2 from the gateway" "$edge_log" | head -1 | sed 's/^/edge: /'
 echo
 ask --max-tokens 24 --chat --system "You are a concise assistant for car owners." "How often should I check my tyre pressure?"
+echo
+echo "the same agent speaks the OpenAI API; a conversation of two turns with curl (POST"
+echo "/v1/chat/completions), the second re-sending the first: the device's prefix cache still holds"
+echo "the first turn's KV, so only the new tokens are prefilled"
+chat() { # prints the answer and the figures of one chat completion of the messages $1; the
+  # answer's text goes to the file $2 as a JSON string
+  curl -sS "http://$http_addr/v1/chat/completions" -H 'content-type: application/json' \
+    -d "{\"messages\": $1, \"max_tokens\": 40, \"temperature\": 0, \"seam_route\": \"local\"}" |
+    python3 -c 'import json, sys
+r = json.load(sys.stdin)
+if "error" in r:
+    sys.exit("error: " + r["error"]["message"])
+s, u = r["seam"], r["usage"]
+print("  answer: " + r["choices"][0]["message"]["content"].strip().replace("\n", " "))
+print("  prompt_tokens %d, of them cached %d (prefilled %d), completion_tokens %d, route %s"
+      % (u["prompt_tokens"], s["cached_prompt_tokens"], u["prompt_tokens"] - s["cached_prompt_tokens"],
+         u["completion_tokens"], s["route"]))
+json.dump(r["choices"][0]["message"]["content"], open(sys.argv[1], "w"))' "$2"
+}
+turn1='[{"role": "system", "content": "You are a concise assistant for car owners."}, {"role": "user", "content": "My car will not start on cold mornings. What should I check first?"}]'
+conv=$(mktemp -t seam-conversation.XXXXXX)
+SEAM_LOGS+=("$conv" "$conv.answer")
+echo "$turn1" >"$conv"
+echo "turn 1:"
+chat "$turn1" "$conv.answer"
+turn2=$(python3 -c 'import json, sys
+m = json.load(open(sys.argv[1]))
+m += [{"role": "assistant", "content": json.load(open(sys.argv[1] + ".answer"))},
+      {"role": "user", "content": "And if the battery is fine?"}]
+print(json.dumps(m))' "$conv")
+echo "turn 2:"
+chat "$turn2" "$conv.answer"
+echo
+echo "edge agent metrics (from its /metrics):"
+exec 3<>"/dev/tcp/${edge_metrics%:*}/${edge_metrics##*:}"
+printf 'GET /metrics HTTP/1.0\r\n\r\n' >&3
+grep -E '^seam_edge_(requests_total|completion_tokens_total|tokens_per_round_trip_(sum|count)|drafts_total|drafts_accepted_total|fallbacks_total)' <&3 | sed 's/^/  /' || true
+exec 3<&-
+echo
 echo "the decisions the device made, replayed against version 1 (seam-router policy replay):"
 "$router" policy replay "$policy" --trace "$decisions" | sed 's/^/  /'
 echo

@@ -101,6 +101,10 @@ enum Command {
         /// Serve Prometheus metrics on `http://ADDR/metrics`.
         #[arg(long)]
         metrics_listen: Option<SocketAddr>,
+        /// Serve the OpenAI-compatible HTTP API (`/v1/chat/completions`, `/v1/completions`,
+        /// `/v1/embeddings`, `/v1/models`) on ADDR.
+        #[arg(long)]
+        http: Option<SocketAddr>,
         #[arg(long, default_value_t = 2)]
         threads: usize,
         #[arg(long, default_value = "int8")]
@@ -367,6 +371,7 @@ fn main() -> anyhow::Result<()> {
         } => {
             seam_shared::telemetry::init("warn", false);
             let req = GenerateRequest {
+                history: Vec::new(),
                 system,
                 prompt,
                 chat,
@@ -414,6 +419,7 @@ fn main() -> anyhow::Result<()> {
             model,
             listen,
             metrics_listen,
+            http,
             threads,
             kv,
             kv_budget,
@@ -438,6 +444,7 @@ fn main() -> anyhow::Result<()> {
             let args = commands::serve::ServeArgs {
                 listen,
                 metrics_listen,
+                http,
                 threads,
                 kv,
                 kv_budget,

@@ -50,6 +50,8 @@ pub struct EdgeProcess {
     pub addr: String,
     /// `host:port` of `/metrics`, when started with `--metrics-listen`.
     pub metrics: Option<String>,
+    /// `host:port` of the OpenAI-compatible API, when started with `--http`.
+    pub http: Option<String>,
     logs: Arc<Mutex<Vec<String>>>,
     log_rx: Mutex<mpsc::Receiver<String>>,
 }
@@ -91,12 +93,15 @@ impl EdgeProcess {
         let stdout = child.stdout.take().expect("stdout");
         let (addr_tx, addr_rx) = mpsc::channel();
         let (metrics_tx, metrics_rx) = mpsc::channel();
+        let (http_tx, http_rx) = mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 if let Some(a) = line.strip_prefix("listening on ") {
                     let _ = addr_tx.send(a.to_string());
                 } else if let Some(a) = line.strip_prefix("listening metrics ") {
                     let _ = metrics_tx.send(a.to_string());
+                } else if let Some(a) = line.strip_prefix("listening http ") {
+                    let _ = http_tx.send(a.to_string());
                 }
             }
         });
@@ -113,10 +118,12 @@ impl EdgeProcess {
         };
         // Printed before the API's address, when served.
         let metrics = metrics_rx.try_recv().ok();
+        let http = http_rx.try_recv().ok();
         EdgeProcess {
             child,
             addr: format!("http://{addr}"),
             metrics,
+            http,
             logs,
             log_rx: Mutex::new(rx),
         }

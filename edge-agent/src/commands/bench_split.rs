@@ -239,6 +239,7 @@ impl SplitBench {
     fn speed_and_bytes(&mut self, args: &SplitBenchArgs) -> anyhow::Result<()> {
         let layer = self.layer;
         let req = GenerateRequest {
+            history: Vec::new(),
             system: None,
             prompt: PROSE.into(),
             chat: false,
@@ -264,6 +265,7 @@ impl SplitBench {
         for _ in 0..args.repeats.max(1) {
             for (i, &(wire, drafts, via)) in routes.iter().enumerate() {
                 let req = GenerateRequest {
+                    history: Vec::new(),
                     draft_tokens: drafts,
                     ..req.clone()
                 };
@@ -337,6 +339,7 @@ impl SplitBench {
                 prompts.len()
             );
             let req = GenerateRequest {
+                history: Vec::new(),
                 system: None,
                 prompt: (*prompt).into(),
                 chat: true,

@@ -36,6 +36,8 @@ pub struct ServeArgs {
     pub listen: SocketAddr,
     /// Prometheus `/metrics` listen address.
     pub metrics_listen: Option<SocketAddr>,
+    /// OpenAI-compatible HTTP API listen address.
+    pub http: Option<SocketAddr>,
     pub threads: usize,
     pub kv: KvDtype,
     pub kv_budget: usize,
@@ -155,10 +157,17 @@ pub async fn run(dir: &Path, args: ServeArgs) -> anyhow::Result<()> {
     if let Some(m) = &metrics {
         println!("listening metrics {}", m.local_addr()?);
     }
+    let http = match args.http {
+        Some(a) => Some(server::bind(a).await?),
+        None => None,
+    };
+    if let Some(h) = &http {
+        println!("listening http {}", h.local_addr()?);
+    }
     let listener = server::bind(args.listen).await?;
     let addr = listener.local_addr()?;
     // The last line before serving is the bound address, for scripts and tests that ask for
-    // port 0 (the metrics address comes first, when served).
+    // port 0 (the metrics and HTTP addresses come first, when served).
     println!("listening on {addr}");
     tracing::info!(%addr, "serving seam.edge.v1.Assistant");
     server::serve(
@@ -167,6 +176,7 @@ pub async fn run(dir: &Path, args: ServeArgs) -> anyhow::Result<()> {
         server::Listeners {
             api: listener,
             metrics,
+            http,
         },
         limits,
         split,

@@ -24,6 +24,9 @@ pub const MAX_TOKENS_LIMIT: u32 = 4096;
 pub struct GenerateRequest {
     /// Text placed before the prompt (a system prompt); its KV is reused across requests.
     pub system: Option<String>,
+    /// Chat requests: the conversation's earlier turns, oldest first (between the system
+    /// prompt and `prompt`, the user's newest message).
+    pub history: Vec<ChatTurn>,
     pub prompt: String,
     /// Wrap system and prompt in the model's chat template.
     pub chat: bool,
@@ -36,6 +39,20 @@ pub struct GenerateRequest {
     /// ones); `Some(0)`: no speculation, one token per round trip; `Some(k)`: always a chain
     /// of `k` (from the draft head, or from lookup when the package has none).
     pub draft_tokens: Option<u32>,
+}
+
+/// Who said a turn of a conversation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Speaker {
+    User,
+    Assistant,
+}
+
+/// One earlier turn of a conversation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChatTurn {
+    pub speaker: Speaker,
+    pub text: String,
 }
 
 /// Why generation ended.
@@ -598,10 +615,19 @@ pub fn render_prompt(req: &GenerateRequest) -> String {
             .system
             .as_deref()
             .unwrap_or("You are a helpful AI assistant named SmolLM, trained by Hugging Face");
-        format!(
-            "<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n",
+        let mut text = format!("<|im_start|>system\n{system}<|im_end|>\n");
+        for turn in &req.history {
+            let role = match turn.speaker {
+                Speaker::User => "user",
+                Speaker::Assistant => "assistant",
+            };
+            text.push_str(&format!("<|im_start|>{role}\n{}<|im_end|>\n", turn.text));
+        }
+        text.push_str(&format!(
+            "<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n",
             req.prompt
-        )
+        ));
+        text
     } else {
         match &req.system {
             Some(s) => format!("{s}\n{}", req.prompt),

@@ -4,7 +4,7 @@
 use super::perception::route_features;
 use crate::error::{Error, Result};
 use crate::perception::Classification;
-use crate::runtime::engine::{FinishReason, GenerateRequest, GenerateStats};
+use crate::runtime::engine::{ChatTurn, FinishReason, GenerateRequest, GenerateStats, Speaker};
 use crate::runtime::sampler::SamplingParams;
 use seam_shared::proto::common::Route;
 use seam_shared::proto::edge as pb;
@@ -31,12 +31,13 @@ pub fn generate_request(
     grpc_timeout: Option<Duration>,
     now: Instant,
 ) -> Result<(GenerateRequest, RouteAsk)> {
-    if req.prompt.len() > MAX_PROMPT_BYTES {
+    let size = req.prompt.len() + req.messages.iter().map(|m| m.content.len()).sum::<usize>();
+    if size > MAX_PROMPT_BYTES {
         return Err(Error::InvalidArgument(format!(
-            "prompt of {} bytes is above the limit of {MAX_PROMPT_BYTES}",
-            req.prompt.len()
+            "prompt of {size} bytes is above the limit of {MAX_PROMPT_BYTES}"
         )));
     }
+    let conversation = conversation(&req)?;
     let preference = pb::RoutePreference::try_from(req.route)
         .map_err(|_| Error::InvalidArgument(format!("unknown route preference {}", req.route)))?;
     let ask = RouteAsk {
@@ -62,18 +63,96 @@ pub fn generate_request(
         (a, b) => a.or(b).map(|d| now + d),
     };
     Ok((
-        GenerateRequest {
-            system: req.system_prompt,
-            prompt: req.prompt,
-            chat: req.chat,
-            max_tokens: req.max_tokens,
-            sampling,
-            stop: req.stop,
-            deadline,
-            draft_tokens: req.draft_tokens,
+        match conversation {
+            Some(c) => GenerateRequest {
+                history: c.history,
+                system: c.system.or(req.system_prompt),
+                prompt: c.prompt,
+                chat: true,
+                max_tokens: req.max_tokens,
+                sampling,
+                stop: req.stop,
+                deadline,
+                draft_tokens: req.draft_tokens,
+            },
+            None => GenerateRequest {
+                history: Vec::new(),
+                system: req.system_prompt,
+                prompt: req.prompt,
+                chat: req.chat,
+                max_tokens: req.max_tokens,
+                sampling,
+                stop: req.stop,
+                deadline,
+                draft_tokens: req.draft_tokens,
+            },
         },
         ask,
     ))
+}
+
+/// Most messages in one conversation.
+pub const MAX_MESSAGES: usize = 256;
+
+/// A conversation split as the engine takes it.
+struct Conversation {
+    system: Option<String>,
+    history: Vec<ChatTurn>,
+    prompt: String,
+}
+
+/// The request's messages as a conversation (`None` without messages), or why they are not
+/// one.
+fn conversation(req: &pb::GenerateRequest) -> Result<Option<Conversation>> {
+    let bad = |m: String| Err(Error::InvalidArgument(m));
+    let Some((last, earlier)) = req.messages.split_last() else {
+        return Ok(None);
+    };
+    if !req.prompt.is_empty() {
+        return bad("give either prompt or messages, not both".into());
+    }
+    if req.messages.len() > MAX_MESSAGES {
+        return bad(format!(
+            "{} messages is above the limit of {MAX_MESSAGES}",
+            req.messages.len()
+        ));
+    }
+    if last.role != "user" {
+        return bad(format!(
+            "the last message must be the user's, not {:?}",
+            last.role
+        ));
+    }
+    if last.content.is_empty() {
+        return bad("the last user message is empty".into());
+    }
+    let mut system = None;
+    let mut history = Vec::with_capacity(earlier.len());
+    for (i, m) in earlier.iter().enumerate() {
+        let speaker = match m.role.as_str() {
+            "system" if i == 0 => {
+                system = Some(m.content.clone());
+                continue;
+            }
+            "system" => return bad(format!("message {i}: a system message must come first")),
+            "user" => Speaker::User,
+            "assistant" => Speaker::Assistant,
+            other => {
+                return bad(format!(
+                    "message {i}: unknown role {other:?} (system, user or assistant)"
+                ));
+            }
+        };
+        history.push(ChatTurn {
+            speaker,
+            text: m.content.clone(),
+        });
+    }
+    Ok(Some(Conversation {
+        system,
+        history,
+        prompt: last.content.clone(),
+    }))
 }
 
 /// The final event of a finished request; `intent` and `route_time` are the classification of
@@ -161,6 +240,77 @@ mod tests {
             max_tokens: 8,
             ..Default::default()
         }
+    }
+
+    fn messages(turns: &[(&str, &str)]) -> pb::GenerateRequest {
+        pb::GenerateRequest {
+            messages: turns
+                .iter()
+                .map(|(role, content)| pb::ChatMessage {
+                    role: role.to_string(),
+                    content: content.to_string(),
+                })
+                .collect(),
+            max_tokens: 8,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn messages_become_system_history_and_the_last_user_turn() {
+        let r = messages(&[
+            ("system", "Be brief."),
+            ("user", "Hi"),
+            ("assistant", "Hello!"),
+            ("user", "Capital of France?"),
+        ]);
+        let g = generate_request(r, None, Instant::now()).unwrap().0;
+        assert!(g.chat);
+        assert_eq!(g.system.as_deref(), Some("Be brief."));
+        assert_eq!(g.prompt, "Capital of France?");
+        assert_eq!(
+            g.history,
+            [
+                ChatTurn {
+                    speaker: Speaker::User,
+                    text: "Hi".into()
+                },
+                ChatTurn {
+                    speaker: Speaker::Assistant,
+                    text: "Hello!".into()
+                }
+            ]
+        );
+        let text = crate::runtime::engine::render_prompt(&g);
+        let order = [
+            "Be brief.",
+            "user\nHi",
+            "assistant\nHello!",
+            "user\nCapital",
+        ];
+        let at: Vec<usize> = order.iter().map(|n| text.find(n).unwrap()).collect();
+        assert!(at.windows(2).all(|w| w[0] < w[1]), "{text}");
+        assert!(text.ends_with("<|im_start|>assistant\n"), "{text}");
+    }
+
+    #[test]
+    fn malformed_conversations_are_refused_with_the_reason() {
+        let refused = |r: pb::GenerateRequest| match generate_request(r, None, Instant::now()) {
+            Err(Error::InvalidArgument(m)) => m,
+            other => panic!("{other:?}"),
+        };
+        assert!(refused(messages(&[("user", "a"), ("assistant", "b")])).contains("last message"));
+        assert!(
+            refused(messages(&[("user", "a"), ("system", "s"), ("user", "c")]))
+                .contains("system message must come first")
+        );
+        assert!(refused(messages(&[("tool", "x"), ("user", "a")])).contains("unknown role"));
+        assert!(refused(messages(&[("user", "")])).contains("empty"));
+        let mut both = messages(&[("user", "a")]);
+        both.prompt = "b".into();
+        assert!(refused(both).contains("not both"));
+        let many: Vec<(&str, &str)> = (0..=MAX_MESSAGES).map(|_| ("user", "a")).collect();
+        assert!(refused(messages(&many)).contains("limit"));
     }
 
     #[test]

@@ -4,6 +4,7 @@
 mod assistant;
 mod convert;
 pub mod metrics;
+pub mod openai;
 pub mod perception;
 pub mod routing;
 
@@ -24,6 +25,8 @@ pub struct Listeners {
     pub api: tokio::net::TcpListener,
     /// Prometheus `/metrics`.
     pub metrics: Option<tokio::net::TcpListener>,
+    /// The OpenAI-compatible HTTP API.
+    pub http: Option<tokio::net::TcpListener>,
 }
 
 /// Serves the Assistant API on `listeners.api` until `shutdown` resolves, then drains. With a
@@ -44,7 +47,10 @@ pub async fn serve(
     let Listeners {
         api: listener,
         metrics,
+        http,
     } = listeners;
+    let model_id = engine.model().package().manifest().name.clone();
+    let encoder_id = perception.as_ref().map(|p| p.name().to_string());
     let metrics_server = metrics.map(|listener| {
         tokio::spawn(seam_shared::metrics_http::serve(
             listener,
@@ -68,6 +74,20 @@ pub async fn serve(
         .await;
     let reflection = seam_shared::reflection::v1(&["seam.edge.v1.Assistant"])?;
     let reflection_v1alpha = seam_shared::reflection::v1alpha(&["seam.edge.v1.Assistant"])?;
+    let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
+    let http_server = http.map(|listener| {
+        let api = openai::OpenAi {
+            service: service.clone(),
+            model: model_id,
+            encoder: encoder_id,
+            started: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+        };
+        tokio::spawn(openai::serve(listener, api, async {
+            let _ = http_stopped.await;
+        }))
+    });
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     tonic::transport::Server::builder()
         // A device serves a handful of local apps: bound concurrent streams per connection.
@@ -78,6 +98,10 @@ pub async fn serve(
         .add_service(AssistantServer::new(service).max_decoding_message_size(MAX_REQUEST_BYTES))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await?;
+    let _ = stop_http.send(());
+    if let Some(h) = http_server {
+        let _ = h.await;
+    }
     let _ = stop_metrics.send(());
     if let Some(m) = metrics_server {
         let _ = m.await;

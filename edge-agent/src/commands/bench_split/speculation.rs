@@ -79,6 +79,7 @@ impl SplitBench {
                     prompts.len()
                 );
                 let req = |draft_tokens| GenerateRequest {
+                    history: Vec::new(),
                     system: None,
                     prompt: (*prompt).into(),
                     chat: true,

@@ -317,6 +317,7 @@ fn chat_tokens(model: &Model, texts: &[String]) -> Result<Vec<Vec<u32>>> {
         .iter()
         .map(|t| {
             let req = GenerateRequest {
+                history: Vec::new(),
                 system: None,
                 prompt: t.clone(),
                 chat: true,
