@@ -2,7 +2,9 @@
 
 use seam_shared::proto::common::{RouteKind, SamplingParams};
 use seam_shared::proto::edge::assistant_client::AssistantClient;
-use seam_shared::proto::edge::{FinalEvent, FinishReason, GenerateRequest, generate_event::Event};
+use seam_shared::proto::edge::{
+    ChatMessage, FinalEvent, FinishReason, GenerateRequest, generate_event::Event,
+};
 use seam_tests::{EdgeProcess, package_dir};
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -169,6 +171,59 @@ async fn a_repeated_system_prompt_is_not_recomputed_and_answers_do_not_change() 
         fin.cached_prompt_tokens
     );
     assert_eq!(first, again, "reusing the cached prefix changed the answer");
+}
+
+fn conversation(turns: &[(&str, &str)]) -> GenerateRequest {
+    GenerateRequest {
+        messages: turns
+            .iter()
+            .map(|(role, content)| ChatMessage {
+                role: role.to_string(),
+                content: content.to_string(),
+            })
+            .collect(),
+        max_tokens: 16,
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn a_conversations_next_turn_prefills_only_its_new_tokens() {
+    // Its own agents: the other tests' requests would share the cache.
+    let edge = EdgeProcess::start(&package_dir(), &[]);
+    let system = ("system", "You are a concise assistant for car owners.");
+    let q1 = (
+        "user",
+        "My car will not start on cold mornings. What should I check first?",
+    );
+    let (a1, _, f1) = run_on(edge.addr.clone(), conversation(&[system, q1]))
+        .await
+        .unwrap();
+    // Another conversation in between: both stay cached.
+    let other = conversation(&[("user", "Tell me a fun fact about octopuses.")]);
+    run_on(edge.addr.clone(), other).await.unwrap();
+    let turn2 = conversation(&[
+        system,
+        q1,
+        ("assistant", &a1),
+        ("user", "And if the battery is fine?"),
+    ]);
+    let (a2, _, f2) = run_on(edge.addr.clone(), turn2.clone()).await.unwrap();
+    // The first turn's prompt and (most of) its answer are not computed again.
+    assert!(
+        f2.cached_prompt_tokens > f1.prompt_tokens + f1.completion_tokens / 2,
+        "turn 2 cached {} of {} prompt tokens; turn 1 had {} + {}",
+        f2.cached_prompt_tokens,
+        f2.prompt_tokens,
+        f1.prompt_tokens,
+        f1.completion_tokens
+    );
+    assert!(f2.cached_prompt_tokens < f2.prompt_tokens);
+    // The same turn on an agent that never saw the conversation: the same answer.
+    let fresh = EdgeProcess::start(&package_dir(), &[]);
+    let (cold, _, f) = run_on(fresh.addr.clone(), turn2).await.unwrap();
+    assert_eq!(f.cached_prompt_tokens, 0);
+    assert_eq!(a2, cold, "the kept KV changed the answer");
 }
 
 #[tokio::test]

@@ -138,18 +138,27 @@ pub struct TokenOut {
 /// Whether the caller wants more tokens.
 pub type Keep = bool;
 
+/// The KV of a finished local request's prompt and answer, kept for the next requests that
+/// share its beginning: the next turn of the conversation (the history it re-sends), or the same
+/// system prompt.
 struct CachedPrefix {
+    /// The tokens whose KV `cache` holds, position by position.
     tokens: Vec<u32>,
     cache: KvCache,
     _reservation: Reservation,
 }
+
+/// Finished requests whose KV is kept (within the byte budget, least recently used evicted
+/// first).
+pub const MAX_CACHED_PREFIXES: usize = 8;
 
 /// The model plus the state kept between requests.
 pub struct Engine {
     model: Model,
     kv_dtype: KvDtype,
     budget: KvBudget,
-    prefix: Option<CachedPrefix>,
+    /// Most recently used last.
+    prefixes: Vec<CachedPrefix>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -166,7 +175,7 @@ impl Engine {
             model,
             kv_dtype,
             budget,
-            prefix: None,
+            prefixes: Vec::new(),
         }
     }
 
@@ -203,27 +212,50 @@ impl Engine {
     }
 
     /// A KV cache for `positions` positions of every loaded layer, reserved against the budget
-    /// (the cached prefix is evicted first if the budget is short).
+    /// (cached prefixes are evicted first, least recently used first, if the budget is short).
     pub fn allocate_cache(&mut self, positions: usize) -> Result<(KvCache, Reservation)> {
         let layers = self.model.layers();
         self.allocate_cache_for((layers.end - layers.start) as usize, positions)
     }
 
     /// A KV cache for `positions` positions of the first `n_layers` layers, reserved against the
-    /// budget (the cached prefix is evicted first if the budget is short).
+    /// budget (cached prefixes are evicted first, least recently used first, if it is short).
     pub fn allocate_cache_for(
         &mut self,
         n_layers: usize,
         positions: usize,
     ) -> Result<(KvCache, Reservation)> {
-        let a = self.model.arch();
-        match allocate(&self.budget, a, self.kv_dtype, n_layers, positions) {
-            Err(_) if self.prefix.is_some() => {
-                self.prefix = None;
-                allocate(&self.budget, a, self.kv_dtype, n_layers, positions)
+        loop {
+            let a = self.model.arch();
+            match allocate(&self.budget, a, self.kv_dtype, n_layers, positions) {
+                Err(_) if !self.prefixes.is_empty() => {
+                    self.prefixes.remove(0);
+                }
+                r => return r,
             }
-            r => r,
         }
+    }
+
+    /// Prompt positions whose KV is cached, for `tokens`: the longest beginning any kept
+    /// request shares with them.
+    pub fn cached_positions(&self, tokens: &[u32]) -> usize {
+        self.best_prefix(tokens).map_or(0, |(_, n)| n)
+    }
+
+    /// The kept request sharing the longest beginning with `tokens`, and how long (at least one
+    /// token is left to compute, for its logits).
+    fn best_prefix(&self, tokens: &[u32]) -> Option<(usize, usize)> {
+        self.prefixes
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let n = common_prefix(&p.tokens, tokens)
+                    .min(tokens.len().saturating_sub(1))
+                    .min(p.cache.len());
+                (i, n)
+            })
+            .filter(|&(_, n)| n > 0)
+            .max_by_key(|&(i, n)| (n, i))
     }
 
     /// Runs one request to the end on the device, handing each token to `on_token` (which
@@ -270,6 +302,15 @@ impl Engine {
         match route {
             Route::Local => {
                 let (cache, reservation, cached) = self.local_cache(&tokens, capacity)?;
+                // The answer's tokens, to keep its KV for the conversation's next turn.
+                let mut answer = Vec::new();
+                let mut on_token = on_token;
+                let on_token = |t: TokenOut| {
+                    if t.index == answer.len() {
+                        answer.push(t.id);
+                    }
+                    on_token(t)
+                };
                 let mut run = LocalRun {
                     model: &mut self.model,
                     cache,
@@ -291,15 +332,24 @@ impl Engine {
                 stats.cached_prompt_tokens = cached;
                 stats.kv_bytes = run.cache.len() * run.cache.bytes_per_token();
                 stats.kv_bytes_per_token = run.cache.bytes_per_token();
-                // Keep the prompt's KV for the next request (a repeated system prompt).
+                // Keep the KV of the prompt and the answer for the next requests: the next turn
+                // of this conversation re-sends both, a repeated system prompt shares the start.
                 let mut cache = run.cache;
-                let prompt_len = tokens.len().min(cache.len());
-                cache.truncate(prompt_len)?;
-                self.prefix = Some(CachedPrefix {
-                    tokens: tokens[..prompt_len].to_vec(),
+                let kept: Vec<u32> = tokens
+                    .iter()
+                    .chain(&answer)
+                    .copied()
+                    .take(cache.len())
+                    .collect();
+                cache.truncate(kept.len())?;
+                self.prefixes.push(CachedPrefix {
+                    tokens: kept,
                     cache,
                     _reservation: reservation,
                 });
+                if self.prefixes.len() > MAX_CACHED_PREFIXES {
+                    self.prefixes.remove(0);
+                }
                 Ok(stats)
             }
             Route::Split { layer, wire, link } => {
@@ -425,45 +475,40 @@ impl Engine {
         }
     }
 
-    /// The cache of a local request: the cached prefix reused in place when it is big enough,
-    /// else a new cache with the shared prefix copied in. Returns it with its reservation and
+    /// The cache of a local request: the kept request sharing the longest beginning with
+    /// `tokens` reused in place when the request continues all of it (the next turn of its
+    /// conversation) and it is big enough; else a new cache with the shared beginning copied in,
+    /// the kept one staying for its own conversation. Returns the cache with its reservation and
     /// the number of prompt positions already computed.
     fn local_cache(
         &mut self,
         tokens: &[u32],
         capacity: usize,
     ) -> Result<(KvCache, Reservation, usize)> {
-        // At least one token must be computed to get logits.
-        match self.prefix.take() {
-            Some(p) if p.cache.capacity() >= capacity && common_prefix(&p.tokens, tokens) > 0 => {
-                let common = common_prefix(&p.tokens, tokens).min(tokens.len() - 1);
-                let mut cache = p.cache;
-                cache.truncate(common)?;
-                Ok((cache, p._reservation, common))
-            }
-            previous => {
-                self.prefix = previous;
-                let (mut cache, r) = self.allocate_cache(capacity)?;
-                let cached = self.copy_prefix_into(&mut cache, tokens);
-                self.prefix = None;
-                Ok((cache, r, cached))
-            }
-        }
-    }
-
-    /// Copies the KV of the cached prefix shared with `tokens` into `cache`; returns how many
-    /// positions were copied.
-    fn copy_prefix_into(&mut self, cache: &mut KvCache, tokens: &[u32]) -> usize {
-        let Some(p) = self.prefix.take() else {
-            return 0;
+        let Some((i, common)) = self.best_prefix(tokens) else {
+            let (cache, r) = self.allocate_cache(capacity)?;
+            return Ok((cache, r, 0));
         };
-        let common = common_prefix(&p.tokens, tokens)
-            .min(tokens.len() - 1)
-            .min(p.cache.len());
-        if common == 0 || cache.copy_prefix_from(&p.cache, common).is_err() {
-            return 0;
+        let source = self.prefixes.remove(i);
+        if common == source.tokens.len() && source.cache.capacity() >= capacity {
+            return Ok((source.cache, source._reservation, common));
         }
-        cache.commit(common).map(|_| common).unwrap_or(0)
+        // Out of the list while allocating, so that making room does not evict it.
+        let (mut cache, r) = match self.allocate_cache(capacity) {
+            Ok(c) => c,
+            Err(_) => {
+                // It holds the bytes needed itself: give it up.
+                drop(source);
+                let (cache, r) = self.allocate_cache(capacity)?;
+                return Ok((cache, r, 0));
+            }
+        };
+        let cached = match cache.copy_prefix_from(&source.cache, common) {
+            Ok(()) => cache.commit(common).map(|_| common).unwrap_or(0),
+            Err(_) => 0,
+        };
+        self.prefixes.insert(i.min(self.prefixes.len()), source);
+        Ok((cache, r, cached))
     }
 }
 
