@@ -84,9 +84,9 @@ if "error" in r:
     sys.exit("error: " + r["error"]["message"])
 s, u = r["seam"], r["usage"]
 print("  answer: " + r["choices"][0]["message"]["content"].strip().replace("\n", " "))
-print("  prompt_tokens %d, of them cached %d (prefilled %d), completion_tokens %d, route %s"
+print("  prompt_tokens %d, of them cached %d (prefilled %d in %.0f ms), completion_tokens %d, route %s"
       % (u["prompt_tokens"], s["cached_prompt_tokens"], u["prompt_tokens"] - s["cached_prompt_tokens"],
-         u["completion_tokens"], s["route"]))
+         s["prefill_ms"], u["completion_tokens"], s["route"]))
 json.dump(r["choices"][0]["message"]["content"], open(sys.argv[1], "w"))' "$2"
 }
 turn1='[{"role": "system", "content": "You are a concise assistant for car owners."}, {"role": "user", "content": "My car will not start on cold mornings. What should I check first?"}]'

@@ -384,6 +384,7 @@ fn extra(f: &pb::FinalEvent) -> SeamExtra {
         accepted_draft_tokens: f.accepted_draft_tokens,
         decode_tokens_per_second: timings.decode_tokens_per_s,
         time_to_first_token_ms: timings.first_token_ms,
+        prefill_ms: timings.prefill_ms,
     }
 }
 

@@ -125,6 +125,8 @@ pub struct SeamExtra {
     pub accepted_draft_tokens: u32,
     pub decode_tokens_per_second: f64,
     pub time_to_first_token_ms: f64,
+    /// Time computing the prompt's tokens that were not cached.
+    pub prefill_ms: f64,
 }
 
 #[derive(Debug, Clone, Serialize)]
