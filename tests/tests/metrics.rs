@@ -98,4 +98,23 @@ async fn worker_and_agent_export_what_their_traffic_did() {
         + value(&e, "seam_edge_drafts_total{source=\"lookup\"}");
     assert_eq!(sent, f64::from(drafted), "{e}");
     assert_eq!(value(&e, "seam_edge_fallbacks_total"), 0.0);
+    // Acceptance by position, as the final event reports it.
+    for (j, share) in split_fin.acceptance_by_position.iter().enumerate() {
+        let at = |what: &str| {
+            value(
+                &e,
+                &format!(
+                    "seam_edge_draft_position_{what}_total{{position=\"{}\"}}",
+                    j + 1
+                ),
+            )
+        };
+        let (reached, accepted) = (at("reached"), at("accepted"));
+        assert!(reached >= 1.0, "{e}");
+        assert!(
+            (accepted / reached - share).abs() < 1e-9,
+            "position {}: {e}",
+            j + 1
+        );
+    }
 }

@@ -51,6 +51,11 @@ pub struct EdgeMetrics {
     /// Drafts sent to the worker and accepted, by `source` (`head`, `lookup`).
     pub drafts: Family<Labels, Counter>,
     pub drafts_accepted: Family<Labels, Counter>,
+    /// Per draft `position` (1, 2, ...): round trips that reached it with a draft there (every
+    /// earlier draft stood), and those whose draft there stood too; their ratio is the
+    /// conditional acceptance at that position.
+    pub draft_position_reached: Family<Labels, Counter>,
+    pub draft_position_accepted: Family<Labels, Counter>,
 }
 
 impl std::fmt::Debug for EdgeMetrics {
@@ -83,6 +88,8 @@ impl EdgeMetrics {
             tokens_per_round_trip: Histogram::new(linear_buckets(1.0, 0.5, 16)),
             drafts: Family::default(),
             drafts_accepted: Family::default(),
+            draft_position_reached: Family::default(),
+            draft_position_accepted: Family::default(),
         };
         r.register(
             "requests",
@@ -145,6 +152,16 @@ impl EdgeMetrics {
             "Draft tokens accepted by source",
             m.drafts_accepted.clone(),
         );
+        r.register(
+            "draft_position_reached",
+            "Round trips with a draft at this chain position, every earlier draft accepted",
+            m.draft_position_reached.clone(),
+        );
+        r.register(
+            "draft_position_accepted",
+            "Of those, round trips whose draft at this position was accepted",
+            m.draft_position_accepted.clone(),
+        );
         EdgeMetrics { registry: r, ..m }
     }
 
@@ -203,6 +220,18 @@ impl EdgeMetrics {
                 let l = vec![("source", source.to_string())];
                 self.drafts.get_or_create(&l).inc_by(sent);
                 self.drafts_accepted.get_or_create(&l).inc_by(stood);
+            }
+            for (j, (&reached, &stood)) in s.tried_at.iter().zip(&s.accepted_at).enumerate() {
+                if reached == 0 {
+                    continue;
+                }
+                let l = vec![("position", (j + 1).to_string())];
+                self.draft_position_reached
+                    .get_or_create(&l)
+                    .inc_by(u64::from(reached));
+                self.draft_position_accepted
+                    .get_or_create(&l)
+                    .inc_by(u64::from(stood));
             }
         }
     }
