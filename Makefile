@@ -18,7 +18,7 @@ GWBENCH := target/release/seam-gwbench
 # benchmarks need it.
 LLAMA_BENCH := .seam/tools/llama.cpp/bin/llama-bench
 
-.PHONY: setup build demo test bench bench-decode bench-speculation lint package
+.PHONY: setup build demo test bench bench-decode bench-speculation bench-conversation lint package
 
 ## setup: install ONNX Runtime and the default model assets into .seam/ (idempotent)
 setup:
@@ -72,6 +72,11 @@ bench-decode: package $(LLAMA_BENCH)
 ## position, device CPU per token
 bench-speculation: package
 	@./scripts/bench-speculation.sh $(EDGE) $(WORKER) $(PKG) $(LINKEMU)
+
+## bench-conversation: turn 2 of a conversation over the OpenAI API, the first turn's KV kept vs
+## re-sent to an agent that never saw it (prompt tokens, cached, prefill ms)
+bench-conversation: package
+	@./scripts/bench-conversation.sh $(EDGE) $(PKG)
 
 $(LLAMA_BENCH):
 	./scripts/llamacpp.sh .seam/tools/llama.cpp
