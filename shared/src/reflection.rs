@@ -39,12 +39,3 @@ pub fn v1alpha(
 ) -> Result<v1alpha::ServerReflectionServer<impl v1alpha::ServerReflection + use<>>, Error> {
     configured(services).build_v1alpha()
 }
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn both_versions_build_from_the_seam_and_health_descriptors() {
-        super::v1(&["seam.edge.v1.Assistant"]).expect("v1 reflection");
-        super::v1alpha(&["seam.worker.v1.Worker"]).expect("v1alpha reflection");
-    }
-}

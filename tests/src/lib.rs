@@ -356,3 +356,26 @@ pub fn sample(exposition: &str, series: &str) -> Option<f64> {
         (name == series).then(|| value.parse().ok()).flatten()
     })
 }
+
+/// Runs the Python client `tests/python/{script}` (in the `.seam/py` environment `make setup`
+/// installs) with `args`, and returns the one JSON object it prints; `context` is added to the
+/// failure message (e.g. the server's logs).
+pub fn python_client(
+    script: &str,
+    args: &[std::ffi::OsString],
+    context: &str,
+) -> serde_json::Value {
+    use seam_edge::test_util::{asset, workspace_root};
+    let out = Command::new(asset("py/bin/python"))
+        .arg(workspace_root().join("tests/python").join(script))
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("running {script}: {e}"));
+    assert!(
+        out.status.success(),
+        "{script} failed:\n{}\n{context}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{script} prints one JSON object: {e}"))
+}

@@ -1,9 +1,9 @@
 //! The OpenAI-compatible HTTP API of a real agent (`seam-edge serve --http`), driven by the
 //! official `openai` Python package (installed by `make setup` into `.seam/py`) and by curl.
 
-use seam_edge::test_util::{asset, encoder_package_dir, package_dir, workspace_root};
+use seam_edge::test_util::{encoder_package_dir, package_dir};
 use seam_shared::proto::edge::GenerateRequest;
-use seam_tests::{EdgeProcess, token_ids};
+use seam_tests::{EdgeProcess, python_client, token_ids};
 use serde_json::Value;
 use std::process::Command;
 
@@ -24,18 +24,11 @@ fn agent() -> EdgeProcess {
 async fn the_openai_python_package_talks_to_the_device() {
     let edge = agent();
     let http = edge.http.clone().expect("the HTTP API's address");
-    let out = Command::new(asset("py/bin/python"))
-        .arg(workspace_root().join("tests/python/openai_client.py"))
-        .arg(format!("http://{http}/v1"))
-        .output()
-        .expect("running the OpenAI client");
-    assert!(
-        out.status.success(),
-        "openai_client.py failed:\n{}\nagent:\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        edge.logs()
+    let r = python_client(
+        "openai_client.py",
+        &[format!("http://{http}/v1").into()],
+        &format!("agent:\n{}", edge.logs()),
     );
-    let r: Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
 
     let models = r["models"].as_array().unwrap();
     assert_eq!(models.len(), 2, "the model and the encoder: {r}");

@@ -2,27 +2,16 @@
 //! grpcio-tools (installed by `make setup` into `.seam/py`) lists services through
 //! `grpc.reflection.v1alpha` (and v1) on every gRPC server and drives `Generate` on the agent.
 
-use seam_edge::test_util::{asset, package_dir, workspace_root};
-use seam_tests::{EdgeProcess, RouterProcess};
+use seam_edge::test_util::{package_dir, workspace_root};
+use seam_tests::{EdgeProcess, RouterProcess, python_client};
 use serde_json::Value;
-use std::process::Command;
 
-/// Runs `tests/python/grpc_client.py` with `args` and returns its JSON report.
-fn python_client(args: &[String]) -> Value {
-    let root = workspace_root();
-    let out = Command::new(asset("py/bin/python"))
-        .arg(root.join("tests/python/grpc_client.py"))
-        .arg("--proto")
-        .arg(root.join("proto"))
-        .args(args)
-        .output()
-        .expect("running the Python client");
-    assert!(
-        out.status.success(),
-        "grpc_client.py failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("the client prints one JSON object")
+/// Runs `tests/python/grpc_client.py` with `args` (the server's `--addr` among them).
+fn grpc_client(args: &[String]) -> Value {
+    let proto = workspace_root().join("proto");
+    let mut all = vec!["--proto".into(), proto.into_os_string()];
+    all.extend(args.iter().map(Into::into));
+    python_client("grpc_client.py", &all, "")
 }
 
 fn names(report: &Value, key: &str) -> Vec<String> {
@@ -53,7 +42,7 @@ fn assert_reflection(report: &Value, own: &str) {
 fn a_python_app_generates_through_stubs_from_proto_and_lists_services_via_v1alpha() {
     let edge = EdgeProcess::start(&package_dir(), &[]);
     let addr = edge.addr.trim_start_matches("http://").to_string();
-    let report = python_client(&[
+    let report = grpc_client(&[
         "--addr".into(),
         addr,
         "--generate".into(),
@@ -72,7 +61,7 @@ fn a_python_app_generates_through_stubs_from_proto_and_lists_services_via_v1alph
 #[test]
 fn the_worker_and_both_gateway_ports_serve_v1alpha_reflection() {
     let worker = EdgeProcess::start_worker(&package_dir(), &[]);
-    let report = python_client(&[
+    let report = grpc_client(&[
         "--addr".into(),
         worker.addr.trim_start_matches("http://").to_string(),
     ]);
@@ -86,7 +75,7 @@ fn the_worker_and_both_gateway_ports_serve_v1alpha_reflection() {
     );
     // The device port, over mutual TLS as a device.
     let pem = |n: &str| dir.join(n).display().to_string();
-    let report = python_client(&[
+    let report = grpc_client(&[
         "--addr".into(),
         router.gateway.clone(),
         "--ca".into(),
@@ -98,7 +87,7 @@ fn the_worker_and_both_gateway_ports_serve_v1alpha_reflection() {
     ]);
     assert_reflection(&report, "seam.gateway.v1.Gateway");
     // The admin port (reflection needs no token; the Admin calls do).
-    let report = python_client(&["--addr".into(), router.admin.clone()]);
+    let report = grpc_client(&["--addr".into(), router.admin.clone()]);
     assert_reflection(&report, "seam.admin.v1.Admin");
     drop(router);
     let _ = std::fs::remove_dir_all(&dir);

@@ -236,12 +236,6 @@ impl Engine {
         }
     }
 
-    /// Prompt positions whose KV is cached, for `tokens`: the longest beginning any kept
-    /// request shares with them.
-    pub fn cached_positions(&self, tokens: &[u32]) -> usize {
-        self.best_prefix(tokens).map_or(0, |(_, n)| n)
-    }
-
     /// The kept request sharing the longest beginning with `tokens`, and how long (at least one
     /// token is left to compute, for its logits).
     fn best_prefix(&self, tokens: &[u32]) -> Option<(usize, usize)> {
@@ -507,7 +501,8 @@ impl Engine {
             Ok(()) => cache.commit(common).map(|_| common).unwrap_or(0),
             Err(_) => 0,
         };
-        self.prefixes.insert(i.min(self.prefixes.len()), source);
+        // Just used: most recent.
+        self.prefixes.push(source);
         Ok((cache, r, cached))
     }
 }

@@ -391,15 +391,9 @@ fn extra(f: &pb::FinalEvent) -> SeamExtra {
 async fn chat_completions(
     State(api): State<Arc<OpenAi>>,
     body: Result<Bytes, BytesRejection>,
-) -> Response {
-    let r: ChatCompletionRequest = match parse(body) {
-        Ok(r) => r,
-        Err(e) => return e.into_response(),
-    };
-    let req = match chat_request(&api, &r) {
-        Ok(req) => req,
-        Err(e) => return e.into_response(),
-    };
+) -> Result<Response, ApiError> {
+    let r: ChatCompletionRequest = parse(body)?;
+    let req = chat_request(&api, &r)?;
     let id = request_id("chatcmpl");
     if r.sampling.stream {
         let usage_too = r
@@ -409,27 +403,25 @@ async fn chat_completions(
             .is_some_and(|o| o.include_usage);
         return stream_chat(api, req, id, usage_too).await;
     }
-    match collect(&api, req).await {
-        Ok((text, f)) => axum::Json(ChatCompletion {
-            id,
-            object: "chat.completion",
-            created: unix_now(),
-            model: api.model.clone(),
-            choices: vec![ChatChoice {
-                index: 0,
-                message: AssistantMessage {
-                    role: "assistant",
-                    content: text,
-                },
-                finish_reason: finish_reason(&f),
-                logprobs: None,
-            }],
-            usage: usage(&f),
-            seam: extra(&f),
-        })
-        .into_response(),
-        Err(e) => e.into_response(),
-    }
+    let (text, f) = collect(&api, req).await?;
+    Ok(axum::Json(ChatCompletion {
+        id,
+        object: "chat.completion",
+        created: unix_now(),
+        model: api.model.clone(),
+        choices: vec![ChatChoice {
+            index: 0,
+            message: AssistantMessage {
+                role: "assistant",
+                content: text,
+            },
+            finish_reason: finish_reason(&f),
+            logprobs: None,
+        }],
+        usage: usage(&f),
+        seam: extra(&f),
+    })
+    .into_response())
 }
 
 fn sse_json<T: serde::Serialize>(v: &T) -> SseEvent {
@@ -444,11 +436,13 @@ async fn stream_chat(
     req: pb::GenerateRequest,
     id: String,
     usage_too: bool,
-) -> Response {
-    let mut events = match api.service.generate(tonic::Request::new(req)).await {
-        Ok(r) => r.into_inner(),
-        Err(s) => return ApiError::from_status(&s).into_response(),
-    };
+) -> Result<Response, ApiError> {
+    let mut events = api
+        .service
+        .generate(tonic::Request::new(req))
+        .await
+        .map_err(|s| ApiError::from_status(&s))?
+        .into_inner();
     let (tx, rx) = mpsc::channel::<Result<SseEvent, Infallible>>(64);
     let created = unix_now();
     let model = api.model.clone();
@@ -511,127 +505,114 @@ async fn stream_chat(
             }
         }
     });
-    Sse::new(ReceiverStream::new(rx))
+    Ok(Sse::new(ReceiverStream::new(rx))
         .keep_alive(KeepAlive::default())
-        .into_response()
+        .into_response())
+}
+
+/// A legacy completion request as the service's wire request.
+fn completion_request(
+    api: &OpenAi,
+    r: &CompletionRequest,
+) -> Result<pb::GenerateRequest, ApiError> {
+    check_model(api, r.model.as_deref())?;
+    if r.echo || r.suffix.is_some() {
+        return Err(ApiError::bad("echo", "echo and suffix are not supported"));
+    }
+    if r.sampling.stream {
+        return Err(ApiError::bad(
+            "stream",
+            "stream is served on /v1/chat/completions only",
+        ));
+    }
+    let mut prompts = r.prompt.clone().into_vec();
+    if prompts.len() != 1 {
+        return Err(ApiError::bad("prompt", "give exactly one prompt"));
+    }
+    let mut req = pb::GenerateRequest {
+        prompt: prompts.remove(0),
+        ..Default::default()
+    };
+    apply_sampling(&r.sampling, DEFAULT_COMPLETION_TOKENS, &mut req)?;
+    Ok(req)
 }
 
 async fn completions(
     State(api): State<Arc<OpenAi>>,
     body: Result<Bytes, BytesRejection>,
-) -> Response {
-    let r: CompletionRequest = match parse(body) {
-        Ok(r) => r,
-        Err(e) => return e.into_response(),
-    };
-    let made = (|| {
-        check_model(&api, r.model.as_deref())?;
-        if r.echo || r.suffix.is_some() {
-            return Err(ApiError::bad("echo", "echo and suffix are not supported"));
-        }
-        let mut prompts = r.prompt.clone().into_vec();
-        if prompts.len() != 1 {
-            return Err(ApiError::bad("prompt", "give exactly one prompt"));
-        }
-        let mut req = pb::GenerateRequest {
-            prompt: prompts.remove(0),
-            ..Default::default()
-        };
-        apply_sampling(&r.sampling, DEFAULT_COMPLETION_TOKENS, &mut req)?;
-        if r.sampling.stream {
-            return Err(ApiError::bad(
-                "stream",
-                "stream is served on /v1/chat/completions only",
-            ));
-        }
-        Ok(req)
-    })();
-    let req = match made {
-        Ok(req) => req,
-        Err(e) => return e.into_response(),
-    };
-    match collect(&api, req).await {
-        Ok((text, f)) => axum::Json(Completion {
-            id: request_id("cmpl"),
-            object: "text_completion",
-            created: unix_now(),
-            model: api.model.clone(),
-            choices: vec![TextChoice {
-                index: 0,
-                text,
-                finish_reason: Some(finish_reason(&f)),
-                logprobs: None,
-            }],
-            usage: Some(usage(&f)),
-            seam: Some(extra(&f)),
-        })
-        .into_response(),
-        Err(e) => e.into_response(),
-    }
+) -> Result<Response, ApiError> {
+    let r: CompletionRequest = parse(body)?;
+    let (text, f) = collect(&api, completion_request(&api, &r)?).await?;
+    Ok(axum::Json(Completion {
+        id: request_id("cmpl"),
+        object: "text_completion",
+        created: unix_now(),
+        model: api.model.clone(),
+        choices: vec![TextChoice {
+            index: 0,
+            text,
+            finish_reason: Some(finish_reason(&f)),
+            logprobs: None,
+        }],
+        usage: Some(usage(&f)),
+        seam: Some(extra(&f)),
+    })
+    .into_response())
 }
 
 async fn embeddings(
     State(api): State<Arc<OpenAi>>,
     body: Result<Bytes, BytesRejection>,
-) -> Response {
-    let r: EmbeddingsRequest = match parse(body) {
-        Ok(r) => r,
-        Err(e) => return e.into_response(),
-    };
+) -> Result<Response, ApiError> {
+    let r: EmbeddingsRequest = parse(body)?;
     let Some(encoder) = &api.encoder else {
-        return ApiError::new(
+        return Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "this device serves no embedding model (start the agent with --encoder)",
-        )
-        .into_response();
+        ));
     };
     if let Some(m) = r.model.as_deref()
         && m != encoder
     {
-        return ApiError::model_not_found(m).into_response();
+        return Err(ApiError::model_not_found(m));
     }
     let base64 = match r.encoding_format.as_deref() {
         None | Some("float") => false,
         Some("base64") => true,
         Some(other) => {
-            return ApiError::bad(
+            return Err(ApiError::bad(
                 "encoding_format",
                 format!("encoding_format must be float or base64, not {other:?}"),
-            )
-            .into_response();
+            ));
         }
     };
     let texts = r.input.into_vec();
-    let answer = api
+    let resp = api
         .service
         .embed(tonic::Request::new(pb::EmbedRequest { texts }))
-        .await;
-    match answer {
-        Ok(resp) => {
-            let resp = resp.into_inner();
-            let tokens: u32 = resp.embeddings.iter().map(|e| e.tokens).sum();
-            axum::Json(EmbeddingsResponse {
-                object: "list",
-                data: resp
-                    .embeddings
-                    .into_iter()
-                    .enumerate()
-                    .map(|(i, e)| EmbeddingData {
-                        object: "embedding",
-                        index: i as u32,
-                        embedding: vector(e.values, base64),
-                    })
-                    .collect(),
-                model: encoder.clone(),
-                usage: EmbeddingUsage {
-                    prompt_tokens: tokens,
-                    total_tokens: tokens,
-                },
+        .await
+        .map_err(|s| ApiError::from_status(&s))?
+        .into_inner();
+    let tokens: u32 = resp.embeddings.iter().map(|e| e.tokens).sum();
+    Ok(axum::Json(EmbeddingsResponse {
+        object: "list",
+        data: resp
+            .embeddings
+            .into_iter()
+            .enumerate()
+            .map(|(i, e)| EmbeddingData {
+                object: "embedding",
+                index: i as u32,
+                embedding: vector(e.values, base64),
             })
-            .into_response()
-        }
-        Err(s) => ApiError::from_status(&s).into_response(),
-    }
+            .collect(),
+        model: encoder.clone(),
+        usage: EmbeddingUsage {
+            prompt_tokens: tokens,
+            total_tokens: tokens,
+        },
+    })
+    .into_response())
 }
 
 fn vector(values: Vec<f32>, base64: bool) -> Vector {
@@ -664,9 +645,11 @@ async fn models(State(api): State<Arc<OpenAi>>) -> Response {
     .into_response()
 }
 
-async fn model(State(api): State<Arc<OpenAi>>, Path(id): Path<String>) -> Response {
-    match listed(&api).into_iter().find(|m| m.id == id) {
-        Some(m) => axum::Json(m).into_response(),
-        None => ApiError::model_not_found(&id).into_response(),
-    }
+async fn model(
+    State(api): State<Arc<OpenAi>>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let found = listed(&api).into_iter().find(|m| m.id == id);
+    let m = found.ok_or_else(|| ApiError::model_not_found(&id))?;
+    Ok(axum::Json(m).into_response())
 }
