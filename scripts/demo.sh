@@ -118,6 +118,26 @@ printf 'GET /metrics HTTP/1.0\r\n\r\n' >&3
 grep -E '^seam_gateway_(decisions_total|sessions |policy_version|workers\{|connections|relay_seconds_count)' <&3 | sed 's/^/  /' || true
 exec 3<&-
 echo
+# The operators' dashboard, on the admin port; the token rides in the URL fragment, which the
+# browser keeps to itself.
+shot="$(cd "$(dirname "$pkg")/.." && pwd)/demo/dashboard.png"
+mkdir -p "$(dirname "$shot")"
+echo "operator dashboard (admin port, bearer token): ${GATEWAY_DASHBOARD}#token=$(cat "$gw/admin-token")"
+chromium=${SEAM_CHROMIUM:-/usr/bin/chromium}
+if [ -x "$chromium" ]; then
+  profile=$(mktemp -d -t seam-chromium.XXXXXX)
+  SEAM_LOGS+=("$profile")
+  "$chromium" --headless --no-sandbox --disable-gpu --disable-quic --no-first-run \
+    --disable-background-networking --disable-component-update --disable-sync \
+    --user-data-dir="$profile" --hide-scrollbars --window-size=1400,1100 \
+    --virtual-time-budget=4000 --screenshot="$shot" \
+    "${GATEWAY_DASHBOARD}#token=$(cat "$gw/admin-token")" >/dev/null 2>&1 &&
+    echo "  screenshot (headless Chromium): $shot" ||
+    echo "  (the screenshot failed; open the URL above in a browser)"
+else
+  echo "  (no chromium at $chromium for a screenshot; open the URL above in a browser)"
+fi
+echo
 if [ -n "$enc" ]; then
   echo "intents of a few more requests (seam-edge classify, one JSON object per line):"
   printf '%s\n' "transfer 200 dollars to my savings account" "is it going to rain tomorrow in boston" \

@@ -46,8 +46,9 @@ stop_servers() {
 
 # start_gateway VAR ROUTER WORKER_ADDR POLICY DEVICE: makes dev certificates (a CA, the gateway,
 # DEVICE) in a fresh directory, copies POLICY there and starts `ROUTER serve` in front of the
-# worker; stores the gateway's address in VAR, and sets GATEWAY_DIR (certificates, policy.toml),
-# GATEWAY_METRICS (the /metrics address) and GATEWAY_FLAGS (the seam-edge flags for DEVICE).
+# worker; stores the gateway's address in VAR, and sets GATEWAY_DIR (certificates, policy.toml,
+# admin-token), GATEWAY_METRICS (the /metrics address), GATEWAY_DASHBOARD (the dashboard's URL)
+# and GATEWAY_FLAGS (the seam-edge flags for DEVICE).
 start_gateway() {
   local var=$1 router=$2 worker_addr=$3 policy=$4 device=$5
   GATEWAY_DIR=$(mktemp -d -t seam-gateway.XXXXXX)
@@ -71,6 +72,7 @@ start_gateway() {
     [ -n "$GATEWAY_METRICS" ] && break
     sleep 0.1
   done
+  GATEWAY_DASHBOARD=$(sed -n 's/^dashboard //p' "$out")
   GATEWAY_FLAGS=(--gateway "$addr" --gateway-ca "$GATEWAY_DIR/ca.pem"
     --device-cert "$GATEWAY_DIR/$device.pem" --device-key "$GATEWAY_DIR/$device.key")
   printf -v "$var" '%s' "$addr"

@@ -64,4 +64,19 @@ if [ "$(cat "$dest/py/installed" 2>/dev/null)" != "$py_clients" ]; then
   "$dest/py/bin/pip" install --quiet --disable-pip-version-check --only-binary=:all: $py_clients
   printf '%s\n' "$py_clients" >"$dest/py/installed"
 fi
+# Headless Chromium for the dashboard's browser test and the demo's screenshot: Debian's
+# package (the machine's package manager; nothing is downloaded by a test tool).
+if [ -z "${SEAM_CHROMIUM:-}" ] && ! [ -x /usr/bin/chromium ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "setup: installing Debian's chromium (headless browser for the dashboard test)" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -qq chromium >/dev/null 2>&1 || {
+      apt-get update -qq >/dev/null
+      apt-get install -y -qq chromium >/dev/null
+    }
+  else
+    echo "setup: Debian's chromium is missing; install it (apt-get install chromium) or set SEAM_CHROMIUM" >&2
+    exit 1
+  fi
+fi
 echo "setup: ok ($dest)"

@@ -6,7 +6,7 @@ use seam_shared::proto::admin::admin_server::Admin;
 use seam_shared::proto::admin::{
     GetPolicyRequest, GetPolicyResponse, ListSessionsRequest, ListSessionsResponse,
     ListWorkersRequest, ListWorkersResponse, PolicyError, PutPolicyRequest, PutPolicyResponse,
-    RouteStatsRequest, RouteStatsResponse, SessionInfo, WorkerStatus,
+    RouteStatsRequest, RouteStatsResponse, SessionInfo,
 };
 use seam_shared::proto::common::{RouteCount, RouteKind};
 use std::sync::Arc;
@@ -34,14 +34,23 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+impl BearerAuth {
+    /// Checks the value of an `authorization` header (gRPC metadata or HTTP).
+    pub fn check(&self, authorization: Option<&[u8]>) -> Result<(), &'static str> {
+        match authorization {
+            Some(v) if constant_time_eq(v, &self.expected) => Ok(()),
+            Some(_) => Err("wrong admin token"),
+            None => Err("the admin API needs `authorization: Bearer <token>`"),
+        }
+    }
+}
+
 impl tonic::service::Interceptor for BearerAuth {
     fn call(&mut self, req: Request<()>) -> Result<Request<()>, Status> {
-        match req.metadata().get("authorization") {
-            Some(v) if constant_time_eq(v.as_bytes(), &self.expected) => Ok(req),
-            Some(_) => Err(Status::unauthenticated("wrong admin token")),
-            None => Err(Status::unauthenticated(
-                "the admin API needs `authorization: Bearer <token>`",
-            )),
+        let header = req.metadata().get("authorization").map(|v| v.as_bytes());
+        match self.check(header) {
+            Ok(()) => Ok(req),
+            Err(why) => Err(Status::unauthenticated(why)),
         }
     }
 }
@@ -116,29 +125,7 @@ impl Admin for AdminService {
         &self,
         _: Request<ListWorkersRequest>,
     ) -> Result<Response<ListWorkersResponse>, Status> {
-        let sessions = self.core.sessions.all();
-        let workers = self
-            .core
-            .pool
-            .workers()
-            .into_iter()
-            .map(|w| {
-                let s = w.state();
-                let info = s.info.clone().unwrap_or_default();
-                WorkerStatus {
-                    sessions: sessions.iter().filter(|x| x.worker() == w.addr).count() as u32,
-                    address: w.addr.clone(),
-                    healthy: s.healthy,
-                    kv_bytes: info.kv_used_bytes,
-                    kv_budget_bytes: info.kv_budget_bytes,
-                    package: info.package,
-                    in_flight_steps: info.queued_steps,
-                    last_seen_unix_ms: s.last_seen_unix_ms,
-                    last_error: s.last_error,
-                    draining: s.draining,
-                }
-            })
-            .collect();
+        let workers = self.core.worker_statuses();
         Ok(Response::new(ListWorkersResponse { workers }))
     }
 

@@ -39,6 +39,8 @@ pub struct RouterConfig {
     pub sessions: SessionsConfig,
     #[serde(default)]
     pub quota: QuotaConfig,
+    #[serde(default)]
+    pub dashboard: DashboardConfig,
 }
 
 /// Certificates of the device endpoint (PEM files).
@@ -112,6 +114,27 @@ pub struct QuotaConfig {
     pub daily_cloud_tokens: u64,
 }
 
+/// The operators' dashboard (on the admin port, `/dashboard/`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DashboardConfig {
+    /// Interval between the samples its charts plot.
+    #[serde(default = "default_sample_every_ms")]
+    pub sample_every_ms: u64,
+    /// Samples kept (the charts' span is `sample_every_ms × samples`).
+    #[serde(default = "default_samples")]
+    pub samples: usize,
+}
+
+impl Default for DashboardConfig {
+    fn default() -> Self {
+        DashboardConfig {
+            sample_every_ms: default_sample_every_ms(),
+            samples: default_samples(),
+        }
+    }
+}
+
 impl Default for SessionsConfig {
     fn default() -> Self {
         SessionsConfig {
@@ -155,6 +178,12 @@ fn default_max_lifetime_ms() -> u64 {
 }
 fn default_max_in_flight_steps() -> usize {
     64
+}
+fn default_sample_every_ms() -> u64 {
+    1000
+}
+fn default_samples() -> usize {
+    900
 }
 
 impl RouterConfig {
@@ -248,6 +277,18 @@ impl RouterConfig {
         if self.sessions.max_in_flight_steps > 1024 {
             return Err("sessions.max_in_flight_steps must be at most 1024".into());
         }
+        if !(100..=60_000).contains(&self.dashboard.sample_every_ms) {
+            return Err(format!(
+                "dashboard.sample_every_ms = {} is outside 100..60000",
+                self.dashboard.sample_every_ms
+            ));
+        }
+        if !(2..=100_000).contains(&self.dashboard.samples) {
+            return Err(format!(
+                "dashboard.samples = {} is outside 2..100000",
+                self.dashboard.samples
+            ));
+        }
         if self.threads > 256 {
             return Err(format!("threads = {} is more than 256", self.threads));
         }
@@ -302,6 +343,10 @@ mod tests {
         assert_eq!(c.sessions.max_per_device, 8);
         assert_eq!(c.workers.unhealthy_after, 2);
         assert_eq!(c.quota.daily_cloud_tokens, 0);
+        assert_eq!(
+            (c.dashboard.sample_every_ms, c.dashboard.samples),
+            (1000, 900)
+        );
     }
 
     #[test]
@@ -329,6 +374,14 @@ mod tests {
                 "max_frame_bytes",
             ),
             (format!("colour = 1\n{MINIMAL}"), "colour"),
+            (
+                format!("{MINIMAL}\n[dashboard]\nsample_every_ms = 5"),
+                "dashboard.sample_every_ms",
+            ),
+            (
+                format!("{MINIMAL}\n[dashboard]\nsamples = 1"),
+                "dashboard.samples",
+            ),
             (
                 MINIMAL.replace("listen = \"127.0.0.1:0\"\n", "listen = \"nowhere\"\n"),
                 "listen",

@@ -2,12 +2,14 @@
 //! authenticate the device, then call these with its [`DeviceId`].
 
 use crate::config::{QuotaConfig, SessionsConfig};
+use crate::dashboard::LiveStats;
 use crate::identity::{self, DeviceId};
 use crate::metrics::Metrics;
 use crate::policy_store::PolicyStore;
 use crate::pool::WorkerPool;
 use crate::sessions::{Session, SessionTable};
 use futures::Stream;
+use seam_shared::proto::admin::WorkerStatus;
 use seam_shared::proto::common::RouteKind;
 use seam_shared::proto::gateway::{
     Admitted, CloseSessionRequest, CloseSessionResponse, GetPolicyRequest, GoLocal,
@@ -67,6 +69,8 @@ pub struct Core {
     pub links: Mutex<HashMap<DeviceId, LinkReport>>,
     /// Decisions by (kind, layer, rule): devices' reports plus the gateway's admissions.
     pub route_counts: Mutex<BTreeMap<(i32, u32, String), u64>>,
+    /// Relayed steps as the dashboard charts them.
+    pub live: LiveStats,
 }
 
 fn unix_ms() -> u64 {
@@ -96,7 +100,33 @@ impl Core {
             quota: Mutex::new(HashMap::new()),
             links: Mutex::new(HashMap::new()),
             route_counts: Mutex::new(BTreeMap::new()),
+            live: LiveStats::default(),
         })
+    }
+
+    /// Every worker of the pool with its health, load and sessions.
+    pub fn worker_statuses(&self) -> Vec<WorkerStatus> {
+        let sessions = self.sessions.all();
+        self.pool
+            .workers()
+            .into_iter()
+            .map(|w| {
+                let s = w.state();
+                let info = s.info.clone().unwrap_or_default();
+                WorkerStatus {
+                    sessions: sessions.iter().filter(|x| x.worker() == w.addr).count() as u32,
+                    address: w.addr.clone(),
+                    healthy: s.healthy,
+                    kv_bytes: info.kv_used_bytes,
+                    kv_budget_bytes: info.kv_budget_bytes,
+                    package: info.package,
+                    in_flight_steps: info.queued_steps,
+                    last_seen_unix_ms: s.last_seen_unix_ms,
+                    last_error: s.last_error,
+                    draining: s.draining,
+                }
+            })
+            .collect()
     }
 
     pub fn get_policy(&self, _device: &DeviceId, req: GetPolicyRequest) -> PolicyResponse {

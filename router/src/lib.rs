@@ -10,6 +10,7 @@ pub mod certs;
 pub mod client;
 pub mod config;
 pub mod core;
+pub mod dashboard;
 pub mod error;
 pub mod grpc;
 pub mod identity;

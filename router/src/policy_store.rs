@@ -49,6 +49,8 @@ pub struct PolicyStore {
     path: Option<PathBuf>,
     /// Hash of the file content last looked at.
     seen: Mutex<Option<[u8; 32]>>,
+    /// The policy the one in force replaced, if any.
+    previous: Mutex<Option<Arc<Published>>>,
 }
 
 fn now_ms() -> u64 {
@@ -78,6 +80,7 @@ impl PolicyStore {
             tx: watch::channel(Arc::new(p)).0,
             path: Some(path.to_path_buf()),
             seen: Mutex::new(Some(Sha256::digest(text.as_bytes()).into())),
+            previous: Mutex::new(None),
         })
     }
 
@@ -88,11 +91,17 @@ impl PolicyStore {
             tx: watch::channel(Arc::new(p)).0,
             path: None,
             seen: Mutex::new(None),
+            previous: Mutex::new(None),
         })
     }
 
     pub fn current(&self) -> Arc<Published> {
         self.tx.borrow().clone()
+    }
+
+    /// The policy the one in force replaced (none before the first change).
+    pub fn previous(&self) -> Option<Arc<Published>> {
+        self.previous.lock().expect("previous policy lock").clone()
     }
 
     pub fn subscribe(&self) -> watch::Receiver<Arc<Published>> {
@@ -146,12 +155,14 @@ impl PolicyStore {
 
     fn install(&self, p: Published) -> Result<Reload> {
         let mut result = Ok(Reload::Unchanged);
+        let mut replaced = None;
         self.tx.send_if_modified(|cur| {
             if let Err(e) = newer(p.version, cur.version) {
                 result = Err(e);
                 return false;
             }
             result = Ok(Reload::Published(p.version));
+            replaced = Some(cur.clone());
             *cur = Arc::new(Published {
                 version: p.version,
                 toml: p.toml.clone(),
@@ -162,6 +173,9 @@ impl PolicyStore {
             });
             true
         });
+        if replaced.is_some() {
+            *self.previous.lock().expect("previous policy lock") = replaced;
+        }
         result
     }
 }
@@ -286,6 +300,7 @@ mod tests {
         let store = PolicyStore::from_text(&policy(1, "local")).unwrap();
         assert_eq!(store.put(&policy(2, "split"), true, None), Ok(2));
         assert_eq!(store.current().version, 1, "dry run publishes nothing");
+        assert!(store.previous().is_none());
         assert_eq!(
             store.put(&policy(2, "split"), false, Some(7)),
             Err(PutRejected::Conflict { in_force: 1 })
@@ -294,8 +309,12 @@ mod tests {
             store.put("version = ", false, None),
             Err(PutRejected::Invalid(_))
         ));
+        assert!(store.previous().is_none(), "refused puts replace nothing");
         assert_eq!(store.put(&policy(2, "split"), false, Some(1)), Ok(2));
         assert_eq!(store.current().version, 2);
         assert!(store.current().digest.starts_with("sha256:"));
+        let previous = store.previous().expect("version 1 was replaced");
+        assert_eq!(previous.version, 1);
+        assert_eq!(&*previous.toml, policy(1, "local"));
     }
 }

@@ -10,6 +10,7 @@
 //! replays.
 
 use crate::core::Core;
+use crate::dashboard::StepShape;
 use crate::identity::{self, DeviceId};
 use futures::{Stream, StreamExt};
 use prost::Message;
@@ -21,11 +22,18 @@ use std::time::Instant;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tonic::{Code, Status};
 
+/// A step sent to a worker: when it arrived, what it carried, and its in-flight permit.
+struct InFlight {
+    arrived: Instant,
+    shape: StepShape,
+    _permit: OwnedSemaphorePermit,
+}
+
 /// Steps sent to a worker and not answered yet, by (session, step id); `closed` once the
 /// leg's reader has answered the leftovers, after which nothing may be added.
 #[derive(Default)]
 struct PendingSteps {
-    steps: HashMap<(String, u64), (Instant, OwnedSemaphorePermit)>,
+    steps: HashMap<(String, u64), InFlight>,
     closed: bool,
 }
 
@@ -217,12 +225,22 @@ impl Core {
                 }
             };
             let key = (req.session_id.clone(), req.step_id);
+            let rows = req
+                .hidden
+                .as_ref()
+                .and_then(|h| h.shape.first().copied())
+                .unwrap_or(0);
+            let in_flight = InFlight {
+                arrived: t0,
+                shape: StepShape::new(rows, req.draft_tokens.len()),
+                _permit: permit,
+            };
             let accepted = {
                 let mut p = leg.pending.lock().expect("pending lock");
                 if p.closed {
                     false
                 } else {
-                    p.steps.insert(key.clone(), (t0, permit));
+                    p.steps.insert(key.clone(), in_flight);
                     true
                 }
             };
@@ -347,8 +365,13 @@ impl Core {
                             .expect("pending lock")
                             .steps
                             .remove(&(resp.session_id.clone(), resp.step_id));
-                        if let Some((t0, _permit)) = entry {
-                            core.metrics.relay(transport, t0.elapsed().as_secs_f64());
+                        if let Some(step) = &entry {
+                            let seconds = step.arrived.elapsed().as_secs_f64();
+                            core.metrics.relay(transport, seconds);
+                            core.live.relayed(seconds);
+                            if resp.error.is_none() {
+                                core.live.answered(step.shape, resp.accepted);
+                            }
                         }
                         core.metrics
                             .bytes("down", transport, resp.encoded_len() as u64);

@@ -5,6 +5,7 @@
 use crate::admin::{AdminService, BearerAuth};
 use crate::config::RouterConfig;
 use crate::core::{Core, CoreConfig};
+use crate::dashboard::Dashboard;
 use crate::error::{Error, Result};
 use crate::grpc::GrpcGateway;
 use crate::metrics::{Metrics, serve_metrics};
@@ -146,22 +147,31 @@ pub async fn serve(
         .add_service(device_reflection_v1alpha)
         .add_service(gateway);
 
+    let started_unix_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
     let admin = AdminServer::new(AdminService {
         core: core.clone(),
-        started_unix_ms: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64),
+        started_unix_ms,
     })
     .max_decoding_message_size(crate::policy::MAX_POLICY_BYTES + 4096);
     let admin =
         tonic::service::interceptor::InterceptedService::new(admin, BearerAuth::new(&token));
-    let admin_server = tonic::transport::Server::builder()
-        .add_service(admin_reflection)
+    // The admin port speaks gRPC (HTTP/2) and serves the dashboard to browsers (HTTP/1.1).
+    let dashboard = Dashboard::new(core.clone(), &token, &cfg.dashboard, started_unix_ms);
+    tasks.push(tokio::spawn(dashboard.clone().sample_loop(stop.clone())));
+    let admin_routes = tonic::service::Routes::new(admin_reflection)
         .add_service(admin_reflection_v1alpha)
-        .add_service(admin);
+        .add_service(admin)
+        .into_axum_router()
+        .merge(dashboard.routes());
+    let admin_server = tonic::transport::Server::builder()
+        .accept_http1(true)
+        .add_routes(tonic::service::Routes::from(admin_routes));
 
     println!("listening gateway {addr} (gRPC/TCP and QUIC/UDP)");
     println!("listening admin {admin_addr}");
+    println!("dashboard http://{admin_addr}/dashboard/");
     println!("listening metrics {metrics_addr}");
     tracing::info!(
         %addr, %admin_addr, %metrics_addr,

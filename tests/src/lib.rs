@@ -221,7 +221,8 @@ impl RouterProcess {
              policy = \"policy.toml\"\npolicy_poll_ms = 200\n\
              [tls]\ncert = \"gateway.pem\"\nkey = \"gateway.key\"\nclient_ca = \"ca.pem\"\n\
              [admin]\ntoken_file = \"admin-token\"\n\
-             [workers]\nstatic = [{}]\nhealth_every_ms = 250\n",
+             [workers]\nstatic = [{}]\nhealth_every_ms = 250\n\
+             [dashboard]\nsample_every_ms = 250\n",
             list.join(", ")
         );
         std::fs::write(dir.join("router.toml"), cfg).unwrap();
@@ -329,16 +330,27 @@ impl Drop for RouterProcess {
 
 /// `GET http://{addr}/metrics` (plain HTTP/1.1): the status code and the body.
 pub fn scrape(addr: &str) -> (u16, String) {
+    http_get(addr, "/metrics", None)
+}
+
+/// `GET http://{addr}{path}` (plain HTTP/1.1), with `authorization` as that header if given:
+/// the status code and the body.
+pub fn http_get(addr: &str, path: &str, authorization: Option<&str>) -> (u16, String) {
     use std::io::{Read, Write};
-    let mut tcp = std::net::TcpStream::connect(addr).expect("connecting to /metrics");
+    let mut tcp = std::net::TcpStream::connect(addr)
+        .unwrap_or_else(|e| panic!("connecting to {addr} for {path}: {e}"));
     tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let auth = authorization
+        .map(|a| format!("Authorization: {a}\r\n"))
+        .unwrap_or_default();
     write!(
         tcp,
-        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n"
     )
     .unwrap();
     let mut raw = String::new();
-    tcp.read_to_string(&mut raw).expect("reading /metrics");
+    tcp.read_to_string(&mut raw)
+        .unwrap_or_else(|e| panic!("reading {path}: {e}"));
     let (head, body) = raw.split_once("\r\n\r\n").expect("an HTTP response");
     let status = head
         .split_whitespace()
@@ -346,6 +358,51 @@ pub fn scrape(addr: &str) -> (u16, String) {
         .and_then(|s| s.parse().ok())
         .expect("a status code");
     (status, body.to_string())
+}
+
+/// Debian's Chromium, which `make setup` installs: `SEAM_CHROMIUM` or `/usr/bin/chromium`.
+pub fn chromium_bin() -> PathBuf {
+    let bin = std::env::var_os("SEAM_CHROMIUM")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/bin/chromium"));
+    assert!(
+        bin.exists(),
+        "{} is missing: `make setup` installs Debian's chromium (or set SEAM_CHROMIUM)",
+        bin.display()
+    );
+    bin
+}
+
+/// Loads `url` in headless Chromium, lets its scripts run for `budget` of virtual time (network
+/// loads complete within it), and returns the DOM as it then is. `profile` is an empty
+/// directory for the browser's profile.
+pub fn headless_dom(url: &str, budget: Duration, profile: &Path) -> String {
+    let mut cmd = Command::new(chromium_bin());
+    cmd.args([
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--dump-dom",
+    ])
+    .arg(format!("--user-data-dir={}", profile.display()))
+    .arg(format!("--virtual-time-budget={}", budget.as_millis()))
+    .arg(url)
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let child = spawn_tied(cmd).expect("starting chromium");
+    let out = child.wait_with_output().expect("running chromium");
+    assert!(
+        out.status.success(),
+        "chromium failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("the DOM is UTF-8")
 }
 
 /// The value of the sample `series` (name and labels exactly as exposed, e.g.
