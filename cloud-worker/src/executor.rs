@@ -238,6 +238,7 @@ impl Executor {
             .iter_mut()
             .map(|r| Sequence {
                 pos: r.job.plan.start,
+                rope_shift: 0,
                 rows: r.job.plan.rows,
                 cache: &mut r.cache,
                 tree: r.job.plan.tree.as_ref().map(|tree| TreeRows {

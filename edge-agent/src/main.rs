@@ -35,6 +35,8 @@ enum Command {
         /// Model package directory.
         #[arg(long)]
         model: PathBuf,
+        #[command(flatten)]
+        context: commands::ContextArgs,
         #[arg(long, default_value_t = 128)]
         max_tokens: u32,
         /// 0 = greedy.
@@ -83,9 +85,14 @@ enum Command {
         kv: KvDtype,
         #[arg(long, default_value_t = 2)]
         threads: usize,
-        /// Score at most this many windows.
+        /// Score at most this many windows (with --sliding: the first this many × ctx tokens).
         #[arg(long)]
         max_windows: Option<usize>,
+        /// One pass over the text through a KV cache of --ctx slots that slides (keeping the
+        /// first 4 positions), as `--context-overflow sliding_window` generates: the text may
+        /// be far longer than the cache. Scores every token after the first ctx/2.
+        #[arg(long)]
+        sliding: bool,
         /// One JSON object on stdout.
         #[arg(long)]
         json: bool,
@@ -98,6 +105,10 @@ enum Command {
         model: PathBuf,
         #[arg(long, default_value = "127.0.0.1:50051")]
         listen: SocketAddr,
+        /// The agent's context and its default for requests that do not fit (a request may
+        /// choose its own handling).
+        #[command(flatten)]
+        context: commands::ContextArgs,
         /// Serve Prometheus metrics on `http://ADDR/metrics`.
         #[arg(long)]
         metrics_listen: Option<SocketAddr>,
@@ -354,6 +365,7 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Generate {
             model,
+            context,
             max_tokens,
             temperature,
             top_p,
@@ -384,8 +396,10 @@ fn main() -> anyhow::Result<()> {
                 stop,
                 deadline: deadline_ms.map(|ms| Instant::now() + Duration::from_millis(ms)),
                 draft_tokens: split.draft_default(),
+                context_overflow: None,
             };
             let args = commands::generate::GenerateArgs {
+                context,
                 threads,
                 kv,
                 json_stats: matches!(stats, StatsFormat::Json),
@@ -401,6 +415,7 @@ fn main() -> anyhow::Result<()> {
             kv,
             threads,
             max_windows,
+            sliding,
             json,
             split,
         } => {
@@ -412,12 +427,14 @@ fn main() -> anyhow::Result<()> {
                 max_windows,
                 json,
                 split,
+                sliding,
             };
             commands::perplexity::run(&model, &file, &args)
         }
         Command::Serve {
             model,
             listen,
+            context,
             metrics_listen,
             http,
             threads,
@@ -443,6 +460,7 @@ fn main() -> anyhow::Result<()> {
             };
             let args = commands::serve::ServeArgs {
                 listen,
+                context,
                 metrics_listen,
                 http,
                 threads,

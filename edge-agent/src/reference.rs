@@ -135,6 +135,21 @@ impl ReferenceModel {
     /// # Panics
     /// If a token id is not below `vocab_size`.
     pub fn logits(&self, tokens: &[u32]) -> Vec<Vec<f32>> {
+        self.logits_visible(tokens, &|_, _| true)
+    }
+
+    /// [`ReferenceModel::logits`] where position `i` attends only to the earlier positions `j`
+    /// with `visible(i, j)` (and to itself): the attention of a sliding window, whose dropped
+    /// positions a later token no longer sees. Positions (and so the rotary angles) stay those
+    /// of `tokens`.
+    ///
+    /// # Panics
+    /// If a token id is not below `vocab_size`.
+    pub fn logits_visible(
+        &self,
+        tokens: &[u32],
+        visible: &dyn Fn(usize, usize) -> bool,
+    ) -> Vec<Vec<f32>> {
         let hp = &self.hparams;
         let (e, hd) = (hp.n_embd, hp.head_dim);
         let group = hp.n_head / hp.n_head_kv;
@@ -167,12 +182,15 @@ impl ReferenceModel {
                 for head in 0..hp.n_head {
                     let kv = head / group;
                     let q = &qs[pos][head * hd..(head + 1) * hd];
-                    let mut scores: Vec<f32> = (0..=pos)
-                        .map(|j| dot(q, &ks[j][kv * hd..(kv + 1) * hd]) * scale)
+                    let seen: Vec<usize> =
+                        (0..=pos).filter(|&j| j == pos || visible(pos, j)).collect();
+                    let mut scores: Vec<f32> = seen
+                        .iter()
+                        .map(|&j| dot(q, &ks[j][kv * hd..(kv + 1) * hd]) * scale)
                         .collect();
                     softmax_in_place(&mut scores);
                     let out = &mut attn[head * hd..(head + 1) * hd];
-                    for (j, p) in scores.iter().enumerate() {
+                    for (&j, p) in seen.iter().zip(&scores) {
                         for (o, v) in out.iter_mut().zip(&vs[j][kv * hd..(kv + 1) * hd]) {
                             *o += p * v;
                         }

@@ -259,3 +259,90 @@ fn rollback_then_recompute_gives_the_same_logits() {
     let again = model.forward(&[42], tokens.len(), &mut c, false).unwrap();
     assert_eq!(first, again);
 }
+
+/// A sliding window over the cache (what `--context-overflow sliding_window` runs): the rows
+/// dropped from the cache are the ones the reference stops attending to, and the rows kept keep
+/// their original positions (rotary angles). With f32 compute and an f32 cache the logits of
+/// every position equal the reference's computed with the same positions dropped.
+#[test]
+fn a_sliding_window_equals_the_reference_with_the_same_positions_dropped() {
+    use seam_edge::runtime::context::Window;
+    let mut model = load_from(&package_dir_for(true));
+    let r = reference();
+    let vocab = model.arch().vocab_size as usize;
+    let text = std::fs::read_to_string(seam_edge::test_util::asset(
+        "assets/prose/lee_background.txt",
+    ))
+    .unwrap();
+    let mut tokens = model
+        .tokenizer()
+        .encode(text.as_str(), false)
+        .unwrap()
+        .get_ids()
+        .to_vec();
+    tokens.truncate(72);
+    let (capacity, keep, prompt) = (32, 4, 20);
+    let mut c = cache(&model, KvDtype::F32, capacity);
+    let mut window = Window::new(capacity, keep);
+    // The positions the cache holds, slot by slot, and what each position saw.
+    let mut held: Vec<usize> = Vec::new();
+    let mut saw: Vec<Vec<usize>> = Vec::new();
+    let mut ours: Vec<Vec<f32>> = Vec::new();
+    let mut steps = vec![];
+    let mut at = 0;
+    while at < prompt {
+        let n = (prompt - at).min(window.max_rows());
+        steps.push((at, n));
+        at += n;
+    }
+    steps.extend((prompt..tokens.len()).map(|p| (p, 1)));
+    for (position, n) in steps {
+        let place = window.place(position, n);
+        if let Some((from, count)) = place.evict {
+            c.remove(from, count).unwrap();
+            held.drain(from..from + count);
+        }
+        assert_eq!(place.slot, held.len());
+        held.extend(position..position + n);
+        for p in position..position + n {
+            saw.push(held.iter().copied().filter(|&j| j <= p).collect());
+        }
+        let logits = model
+            .forward_shifted(
+                &tokens[position..position + n],
+                place.slot,
+                window.evicted(),
+                &mut c,
+                true,
+            )
+            .unwrap();
+        c.commit(place.slot + n).unwrap();
+        ours.extend(logits.chunks(vocab).map(<[f32]>::to_vec));
+    }
+    assert!(
+        window.evicted() >= tokens.len() - capacity,
+        "the window dropped {} positions",
+        window.evicted()
+    );
+    assert!(
+        saw.last().unwrap().starts_with(&[0, 1, 2, 3]),
+        "the sinks stay"
+    );
+    let expected = r.logits_visible(&tokens, &|i, j| saw[i].contains(&j));
+    let full = r.logits(&tokens);
+    let mut differs_from_full = 0;
+    for (p, (row, exp)) in ours.iter().zip(&expected).enumerate() {
+        let (cos, rel) = compare(row, exp);
+        assert!(
+            cos > 0.99999 && rel < 1e-3,
+            "position {p}: cosine {cos}, rel {rel}"
+        );
+        assert_eq!(argmax(row), argmax(exp), "position {p}");
+        differs_from_full += usize::from(compare(row, &full[p]).0 < 0.99999);
+    }
+    // Past the first eviction the window really attends to fewer positions than full attention.
+    assert!(
+        differs_from_full > 0,
+        "no position saw less than everything"
+    );
+}

@@ -94,3 +94,47 @@ fn a_window_larger_than_the_text_is_a_clear_error() {
     .unwrap_err();
     assert!(err.to_string().contains("fewer than one window"), "{err}");
 }
+
+/// Quality past the cache's length: one pass over 2,048 tokens through a sliding window of 64
+/// slots (32× the cache, what `--context-overflow sliding_window` generates with) stays within
+/// 5% of the perplexity of independent windows of 64 over the same text.
+#[test]
+fn a_sliding_window_holds_perplexity_far_past_its_length() {
+    use seam_edge::runtime::perplexity::perplexity_sliding;
+    let mut model = Model::load(&package_dir(), &LoadOptions::default()).unwrap();
+    let tokens = corpus_tokens(&model);
+    let ctx = 64;
+    let windows = 2048 / ctx;
+    let independent = perplexity(
+        &mut model,
+        &tokens,
+        ctx,
+        KvDtype::Int8,
+        Some(windows),
+        |_, _, _| {},
+    )
+    .unwrap();
+    let sliding = perplexity_sliding(
+        &mut model,
+        &tokens,
+        ctx,
+        KvDtype::Int8,
+        Some(windows),
+        |_, _, _| {},
+    )
+    .unwrap();
+    eprintln!(
+        "ctx {ctx}: independent windows {:.3} ({} tokens), sliding {:.3} ({} tokens)",
+        independent.perplexity,
+        independent.scored_tokens,
+        sliding.perplexity,
+        sliding.scored_tokens
+    );
+    assert_eq!(sliding.scored_tokens, 2048 - ctx / 2 - 1);
+    assert!(
+        sliding.perplexity < independent.perplexity * 1.05,
+        "sliding {} vs windows {}",
+        sliding.perplexity,
+        independent.perplexity
+    );
+}

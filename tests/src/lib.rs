@@ -360,6 +360,26 @@ pub fn http_get(addr: &str, path: &str, authorization: Option<&str>) -> (u16, St
     (status, body.to_string())
 }
 
+/// `curl` with `args`: the status code and the body as JSON.
+pub fn curl(args: &[&str]) -> (u16, serde_json::Value) {
+    let out = Command::new("curl")
+        .args(["-sS", "-o", "-", "-w", "\n%{http_code}"])
+        .args(args)
+        .output()
+        .expect("running curl");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let (body, code) = text.rsplit_once('\n').unwrap();
+    (
+        code.trim().parse().unwrap(),
+        serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}")),
+    )
+}
+
 /// Debian's Chromium, which `make setup` installs: `SEAM_CHROMIUM` or `/usr/bin/chromium`.
 pub fn chromium_bin() -> PathBuf {
     let bin = std::env::var_os("SEAM_CHROMIUM")

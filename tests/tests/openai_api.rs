@@ -3,9 +3,8 @@
 
 use seam_edge::test_util::{encoder_package_dir, package_dir};
 use seam_shared::proto::edge::GenerateRequest;
-use seam_tests::{EdgeProcess, python_client, token_ids};
+use seam_tests::{EdgeProcess, curl, python_client, token_ids};
 use serde_json::Value;
-use std::process::Command;
 
 fn agent() -> EdgeProcess {
     let encoder = encoder_package_dir();
@@ -90,26 +89,6 @@ async fn the_openai_python_package_talks_to_the_device() {
     assert_eq!(r["unknown_model"]["code"], "model_not_found");
     assert_eq!(r["bad_temperature"]["status"], 400, "{r}");
     assert_eq!(r["bad_temperature"]["param"], "temperature");
-}
-
-/// `curl` with `args`: the status code and the body as JSON.
-fn curl(args: &[&str]) -> (u16, Value) {
-    let out = Command::new("curl")
-        .args(["-sS", "-o", "-", "-w", "\n%{http_code}"])
-        .args(args)
-        .output()
-        .expect("running curl");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8(out.stdout).unwrap();
-    let (body, code) = text.rsplit_once('\n').unwrap();
-    (
-        code.trim().parse().unwrap(),
-        serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}")),
-    )
 }
 
 #[test]

@@ -1,5 +1,6 @@
 //! `seam-edge ask`: a small client of the Assistant API (the demo uses it; so can scripts).
 
+use crate::runtime::context::Overflow;
 use seam_shared::proto::common::{RouteKind, SamplingParams};
 use seam_shared::proto::edge as pb;
 use seam_shared::proto::edge::assistant_client::AssistantClient;
@@ -63,6 +64,12 @@ pub async fn run(server: String, req: pb::GenerateRequest) -> anyhow::Result<()>
                         .trim_start_matches("FINISH_REASON_")
                         .to_lowercase()
                 );
+                if !f.context_overflow.is_empty() {
+                    println!(
+                        "  [context overflow: {} · {} prompt tokens dropped · {} positions slid out of the window]",
+                        f.context_overflow, f.truncated_prompt_tokens, f.evicted_tokens
+                    );
+                }
                 if kind == RouteKind::Split && f.decode_round_trips > 0 {
                     println!(
                         "  [speculation: {} drafted ({} by prompt lookup), {} accepted ({:.0}%) · {:.2} tokens per round trip over {} decode round trips · acceptance by position {} · {:.1} ms device CPU per token]",
@@ -111,6 +118,10 @@ pub struct AskArgs {
     /// With `--route split`: the split layer K (0: the agent's default).
     #[arg(long, default_value_t = 0)]
     pub split_layer: u32,
+    /// When the prompt plus --max-tokens do not fit the agent's context: error,
+    /// truncate_start or sliding_window (default: the agent's).
+    #[arg(long)]
+    pub context_overflow: Option<crate::runtime::context::Overflow>,
     pub prompt: String,
 }
 
@@ -149,6 +160,11 @@ pub fn request(a: &AskArgs) -> pb::GenerateRequest {
         chat: a.chat,
         route: route as i32,
         split_layer: a.split_layer,
+        context_overflow: a.context_overflow.map_or(0, |o| match o {
+            Overflow::Error => pb::ContextOverflow::Error,
+            Overflow::TruncateStart => pb::ContextOverflow::TruncateStart,
+            Overflow::SlidingWindow => pb::ContextOverflow::SlidingWindow,
+        } as i32),
         ..Default::default()
     }
 }

@@ -136,6 +136,7 @@ pub fn run(dir: &Path, args: &SplitBenchArgs) -> anyhow::Result<()> {
         device_cert: None,
         device_key: None,
         transport: crate::link::gateway::TransportChoice::Auto,
+        link_report_ms: 10_000,
     };
     let (endpoint, layer) = {
         let _context = runtime.enter();
@@ -165,6 +166,7 @@ pub fn run(dir: &Path, args: &SplitBenchArgs) -> anyhow::Result<()> {
                 cert: cert.clone(),
                 key: key.clone(),
                 transport: TransportChoice::Quic,
+                report_every: Duration::from_secs(10),
             },
             engine.model().package().digest(),
         )?),
@@ -248,6 +250,7 @@ impl SplitBench {
             stop: Vec::new(),
             deadline: None,
             draft_tokens: Some(0),
+            context_overflow: None,
         };
         // Per-token split per wire dtype, then int8 with adaptive drafting.
         // (wire, drafts, through the gateway)
@@ -267,6 +270,7 @@ impl SplitBench {
                 let req = GenerateRequest {
                     history: Vec::new(),
                     draft_tokens: drafts,
+                    context_overflow: None,
                     ..req.clone()
                 };
                 let (stats, _) = self.generate_via(&req, wire, via)?;
@@ -348,6 +352,7 @@ impl SplitBench {
                 stop: Vec::new(),
                 deadline: None,
                 draft_tokens: Some(0),
+                context_overflow: None,
             };
             let (_, local) = self.generate(&req, None)?;
             total += local.len();

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 /// Options of one `generate` call.
 #[derive(Debug, Clone)]
 pub struct GenerateArgs {
+    pub context: super::ContextArgs,
     pub threads: usize,
     pub kv: KvDtype,
     pub json_stats: bool,
@@ -21,6 +22,7 @@ pub struct GenerateArgs {
 
 pub fn run(dir: &Path, req: GenerateRequest, args: &GenerateArgs) -> anyhow::Result<()> {
     let mut engine = load_engine(dir, args.threads, args.kv, super::DEFAULT_KV_BUDGET)?;
+    args.context.apply(&mut engine)?;
     // The worker link runs its I/O on this runtime while the engine blocks this thread.
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -63,6 +65,15 @@ pub fn run(dir: &Path, req: GenerateRequest, args: &GenerateArgs) -> anyhow::Res
     let stats = engine.generate_routed(&req, route, &mut on_token)?;
     if let Some(why) = &stats.fallback {
         eprintln!("seam-edge: the split did not complete ({why}); the device answered");
+    }
+    if let Some(o) = stats.context.applied {
+        eprintln!(
+            "seam-edge: the request did not fit the context of {}: {} ({} prompt tokens dropped, {} positions slid out of the window)",
+            engine.context(),
+            o.as_str(),
+            stats.context.truncated,
+            stats.context.evicted
+        );
     }
     if let Some(e) = write_error
         && e.kind() != std::io::ErrorKind::BrokenPipe
@@ -114,6 +125,9 @@ pub fn stats_line(
             "lookup_drafted_tokens": s.split.as_ref().map_or(0, |r| r.speculation.lookup_drafted),
             "lookup_accepted_tokens": s.split.as_ref().map_or(0, |r| r.speculation.lookup_accepted),
             "cpu_ms_per_token": s.cpu_ms_per_token(),
+            "context_overflow": s.context.applied.map(|o| o.as_str()),
+            "truncated_prompt_tokens": s.context.truncated,
+            "evicted_tokens": s.context.evicted,
         });
         if let Some((c, took)) = intent {
             v["intent"] = c.intent.clone().into();

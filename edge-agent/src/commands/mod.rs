@@ -39,6 +39,31 @@ pub fn load_engine(
     Ok(Engine::new(model, kv, KvBudget::new(budget)))
 }
 
+/// How long a request may be (`--context`, `--context-overflow`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct ContextArgs {
+    /// Positions one request may use (16 up to the model's context length, which is the
+    /// default): a device short of memory bounds each request's KV cache with it.
+    #[arg(long)]
+    pub context: Option<usize>,
+    /// When the prompt plus --max-tokens do not fit the context: `error`, `truncate_start`
+    /// (keep the system prompt and the most recent tokens) or `sliding_window` (the KV cache
+    /// keeps the system prompt and slides over the rest; answers may outgrow the context).
+    #[arg(long, default_value = "error")]
+    pub context_overflow: crate::runtime::context::Overflow,
+}
+
+impl ContextArgs {
+    /// Sets the engine's context and its default handling of requests that do not fit.
+    pub fn apply(&self, engine: &mut Engine) -> crate::Result<()> {
+        if let Some(n) = self.context {
+            engine.set_context(n)?;
+        }
+        engine.set_overflow(self.context_overflow);
+        Ok(())
+    }
+}
+
 /// Where the cloud half of a split request runs (`--worker`, `--split`, `--wire`).
 #[derive(Debug, Clone, clap::Args)]
 pub struct SplitArgs {
@@ -61,6 +86,10 @@ pub struct SplitArgs {
     /// Transport to the gateway: QUIC with gRPC fallback, or only one of them.
     #[arg(long, value_enum, default_value = "auto")]
     pub transport: crate::link::gateway::TransportChoice,
+    /// How often the link and the routing decisions made are reported to the gateway
+    /// (milliseconds, 500..=600000).
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(500..=600_000))]
+    pub link_report_ms: u64,
     /// Split layer K (one of the package's split points; default: the smallest).
     #[arg(long)]
     pub split: Option<u32>,
@@ -128,6 +157,7 @@ impl SplitArgs {
                         cert: need(&self.device_cert, "--device-cert")?,
                         key: need(&self.device_key, "--device-key")?,
                         transport: self.transport,
+                        report_every: std::time::Duration::from_millis(self.link_report_ms),
                     },
                     package.digest(),
                 )?)

@@ -3,7 +3,7 @@
 use super::SplitArgs;
 use crate::runtime::kv_cache::KvDtype;
 use crate::runtime::model::Model;
-use crate::runtime::perplexity::{Perplexity, perplexity};
+use crate::runtime::perplexity::{Perplexity, perplexity, perplexity_sliding};
 use crate::runtime::split::split_perplexity;
 use anyhow::Context;
 use std::path::Path;
@@ -21,6 +21,8 @@ pub struct PerplexityArgs {
     pub max_windows: Option<usize>,
     pub json: bool,
     pub split: SplitArgs,
+    /// One pass through a sliding window of `ctx` cache slots instead of independent windows.
+    pub sliding: bool,
 }
 
 pub fn run(dir: &Path, file: &Path, args: &PerplexityArgs) -> anyhow::Result<()> {
@@ -47,7 +49,24 @@ pub fn run(dir: &Path, file: &Path, args: &PerplexityArgs) -> anyhow::Result<()>
     let progress = |w: usize, n: usize, ppl: f64| {
         eprint!("\rperplexity: window {w}/{n}, running {ppl:.4}   ");
     };
+    anyhow::ensure!(
+        !(args.sliding && split.is_some()),
+        "--sliding runs the whole model here; it does not take --worker or --gateway"
+    );
     let (result, traffic): (Perplexity, Option<_>) = match split {
+        None if args.sliding => (
+            perplexity_sliding(
+                &mut model,
+                &tokens,
+                args.ctx,
+                args.kv,
+                args.max_windows,
+                |done, n, ppl| {
+                    eprint!("\rperplexity (sliding): token {done}/{n}, running {ppl:.4}   ")
+                },
+            )?,
+            None,
+        ),
         None => (
             perplexity(
                 &mut model,

@@ -34,6 +34,7 @@ pub struct RoutingArgs {
 #[derive(Debug, Clone)]
 pub struct ServeArgs {
     pub listen: SocketAddr,
+    pub context: super::ContextArgs,
     /// Prometheus `/metrics` listen address.
     pub metrics_listen: Option<SocketAddr>,
     /// OpenAI-compatible HTTP API listen address.
@@ -55,8 +56,9 @@ pub async fn run(dir: &Path, args: ServeArgs) -> anyhow::Result<()> {
     );
     let dir = dir.to_path_buf();
     let (threads, kv, kv_budget) = (args.threads, args.kv, args.kv_budget);
-    let engine =
+    let mut engine =
         tokio::task::spawn_blocking(move || load_engine(&dir, threads, kv, kv_budget)).await??;
+    args.context.apply(&mut engine)?;
     let split = args
         .split
         .resolve(&engine)?

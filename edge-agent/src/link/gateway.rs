@@ -53,6 +53,8 @@ pub struct GatewayOptions {
     pub cert: PathBuf,
     pub key: PathBuf,
     pub transport: TransportChoice,
+    /// Interval of the link reports (which carry the routing decisions made since the last).
+    pub report_every: Duration,
 }
 
 struct Inner {
@@ -278,7 +280,7 @@ impl GatewayEndpoint {
         }
     }
 
-    /// One connection's life: watch the policy and report the link every 10 s.
+    /// One connection's life: watch the policy and report the link every `report_every`.
     async fn session_loop(&self, policy: Option<&DevicePolicy>) -> Result<()> {
         let client = self.client().await?;
         let known = policy.map_or(0, |p| p.version());
@@ -286,7 +288,7 @@ impl GatewayEndpoint {
             .watch_policy(known)
             .await
             .map_err(|e| Error::Unavailable(format!("WatchPolicy: {}", e.message())))?;
-        let mut report = tokio::time::interval(Duration::from_secs(10));
+        let mut report = tokio::time::interval(self.inner.opts.report_every);
         loop {
             tokio::select! {
                 u = updates.next() => {

@@ -2,6 +2,7 @@
 //! split run that finishes on the device when the cloud half goes away ([`Resilient`]).
 
 use super::budget::{KvBudget, Reservation};
+use super::context::Window;
 use super::engine::PREFILL_CHUNK;
 use super::kv_cache::{KvCache, KvDtype, KvGeometry};
 use super::model::Model;
@@ -24,6 +25,8 @@ pub(super) struct LocalRun<'a> {
     pub(super) cache: KvCache,
     pub(super) logits: Vec<f32>,
     pub(super) sampler: Sampler,
+    /// A window sliding over `cache` (positions past its capacity drop the oldest ones).
+    pub(super) window: Option<Window>,
 }
 
 impl LocalRun<'_> {
@@ -34,19 +37,44 @@ impl LocalRun<'_> {
         cached: usize,
         deadline_hit: &dyn Fn() -> bool,
     ) -> Result<bool> {
+        let chunk = self
+            .window
+            .map_or(PREFILL_CHUNK, |w| PREFILL_CHUNK.min(w.max_rows()));
         let mut pos = cached;
         while pos < tokens.len() {
             if deadline_hit() {
                 return Ok(false);
             }
-            let end = (pos + PREFILL_CHUNK).min(tokens.len());
-            self.logits = self
-                .model
-                .forward(&tokens[pos..end], pos, &mut self.cache, false)?;
-            self.cache.commit(end)?;
+            let end = (pos + chunk).min(tokens.len());
+            self.logits = self.run(&tokens[pos..end], pos)?;
             pos = end;
         }
         Ok(true)
+    }
+
+    /// Positions dropped by the window so far.
+    pub(super) fn evicted(&self) -> usize {
+        self.window.map_or(0, |w| w.evicted())
+    }
+
+    /// Runs `tokens` at positions `position..` and commits them: at the same slots, or, with a
+    /// window, at slots behind the positions it dropped first.
+    fn run(&mut self, tokens: &[u32], position: usize) -> Result<Vec<f32>> {
+        let (slot, shift) = match &mut self.window {
+            None => (position, 0),
+            Some(w) => {
+                let p = w.place(position, tokens.len());
+                if let Some((at, n)) = p.evict {
+                    self.cache.remove(at, n)?;
+                }
+                (p.slot, w.evicted())
+            }
+        };
+        let logits = self
+            .model
+            .forward_shifted(tokens, slot, shift, &mut self.cache, false)?;
+        self.cache.commit(slot + tokens.len())?;
+        Ok(logits)
     }
 }
 
@@ -60,10 +88,7 @@ impl Continuation for LocalRun<'_> {
     }
 
     fn advance(&mut self, token: u32, position: usize) -> Result<()> {
-        self.logits = self
-            .model
-            .forward(&[token], position, &mut self.cache, false)?;
-        self.cache.commit(position + 1)?;
+        self.logits = self.run(&[token], position)?;
         Ok(())
     }
 }
@@ -120,7 +145,7 @@ pub(super) fn recoverable(e: &Error) -> bool {
 
 pub(super) enum Stage<'a> {
     Split(Box<SplitRun<'a>>),
-    Local(LocalRun<'a>),
+    Local(Box<LocalRun<'a>>),
     /// Between the two, only inside `fall_back`.
     Switching,
     /// The local continuation could not be set up (the error went to the caller).
@@ -180,9 +205,10 @@ impl Resilient<'_> {
             cache,
             logits: Vec::new(),
             sampler,
+            window: None,
         };
         let prefilled = local.prefill(&self.history, 0, &|| false);
-        self.stage = Stage::Local(local);
+        self.stage = Stage::Local(Box::new(local));
         prefilled.map(|_| ())
     }
 }

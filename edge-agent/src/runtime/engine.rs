@@ -3,6 +3,7 @@
 //! end-of-turn tokens, stop strings, max tokens, the deadline or cancellation.
 
 use super::budget::{KvBudget, Reservation};
+use super::context::{Fitted, Overflow, fit};
 use super::continuation::{Continuation, LocalRun, Resilient, Stage, allocate, recoverable};
 use super::draft::policy::MAX_DRAFT;
 use super::kv_cache::{KvCache, KvDtype};
@@ -39,6 +40,8 @@ pub struct GenerateRequest {
     /// ones); `Some(0)`: no speculation, one token per round trip; `Some(k)`: always a chain
     /// of `k` (from the draft head, or from lookup when the package has none).
     pub draft_tokens: Option<u32>,
+    /// When the prompt and `max_tokens` do not fit the context; `None`: the engine's default.
+    pub context_overflow: Option<Overflow>,
 }
 
 /// Who said a turn of a conversation.
@@ -89,6 +92,8 @@ pub struct GenerateStats {
     pub fallback: Option<String>,
     /// Process CPU time (all threads) spent in the decode phase.
     pub decode_cpu: Duration,
+    /// How the request was fitted to the context.
+    pub context: Fitted,
 }
 
 impl GenerateStats {
@@ -157,6 +162,10 @@ pub struct Engine {
     model: Model,
     kv_dtype: KvDtype,
     budget: KvBudget,
+    /// Positions a request may use (the model's context length unless set lower).
+    context: usize,
+    /// Handling of requests that do not fit, unless they say.
+    overflow: Overflow,
     /// Most recently used last.
     prefixes: Vec<CachedPrefix>,
 }
@@ -172,6 +181,8 @@ impl std::fmt::Debug for Engine {
 impl Engine {
     pub fn new(model: Model, kv_dtype: KvDtype, budget: KvBudget) -> Self {
         Engine {
+            context: model.arch().context_length as usize,
+            overflow: Overflow::Error,
             model,
             kv_dtype,
             budget,
@@ -196,6 +207,33 @@ impl Engine {
         self.kv_dtype
     }
 
+    /// Positions a request may use.
+    pub fn context(&self) -> usize {
+        self.context
+    }
+
+    /// Limits requests to `positions` (16 up to the model's context length), for a device
+    /// that bounds each request's KV memory.
+    pub fn set_context(&mut self, positions: usize) -> Result<()> {
+        let most = self.model.arch().context_length as usize;
+        if !(16..=most).contains(&positions) {
+            return Err(Error::InvalidArgument(format!(
+                "a context of {positions} positions is outside 16..={most} (the model's)"
+            )));
+        }
+        self.context = positions;
+        Ok(())
+    }
+
+    /// The handling of requests that do not fit and do not say.
+    pub fn overflow(&self) -> Overflow {
+        self.overflow
+    }
+
+    pub fn set_overflow(&mut self, overflow: Overflow) {
+        self.overflow = overflow;
+    }
+
     pub fn budget(&self) -> &KvBudget {
         &self.budget
     }
@@ -209,6 +247,25 @@ impl Engine {
             .encode(text.as_str(), false)
             .map_err(|e| Error::Tokenizer(e.to_string()))?;
         Ok(enc.get_ids().to_vec())
+    }
+
+    /// Tokens of the prompt's system part: the start that truncation and sliding keep (0 when
+    /// the prompt has none, or its tokens do not begin with the system part's own).
+    fn system_tokens(&self, req: &GenerateRequest, tokens: &[u32]) -> Result<usize> {
+        let Some(text) = render_system(req) else {
+            return Ok(0);
+        };
+        let enc = self
+            .model
+            .tokenizer()
+            .encode(text.as_str(), false)
+            .map_err(|e| Error::Tokenizer(e.to_string()))?;
+        let ids = enc.get_ids();
+        Ok(if tokens.starts_with(ids) {
+            ids.len()
+        } else {
+            0
+        })
     }
 
     /// A KV cache for `positions` positions of every loaded layer, reserved against the budget
@@ -270,26 +327,30 @@ impl Engine {
         on_token: impl FnMut(TokenOut) -> Keep,
     ) -> Result<GenerateStats> {
         let started = Instant::now();
-        validate(req, self.model.arch().context_length)?;
+        let overflow = req.context_overflow.unwrap_or(self.overflow);
+        validate(req, self.context as u32, overflow)?;
         let mut req = req.clone();
+        req.context_overflow = Some(overflow);
         if req.sampling.temperature > 0.0 && req.sampling.seed == 0 {
             // Seed 0 asks for a random answer; the draws themselves are keyed by the seed.
             req.sampling.seed = rand::random::<u64>() | 1;
         }
-        let tokens = self.prompt_tokens(&req)?;
+        let mut tokens = self.prompt_tokens(&req)?;
         if tokens.is_empty() {
             return Err(Error::InvalidArgument(
                 "the prompt encodes to no tokens".into(),
             ));
         }
-        let context = self.model.arch().context_length as usize;
-        let capacity = tokens.len() + req.max_tokens as usize;
-        if capacity > context {
-            return Err(Error::InvalidArgument(format!(
-                "prompt ({} tokens) + max_tokens ({}) exceeds the context of {context}",
-                tokens.len(),
-                req.max_tokens
-            )));
+        let keep = self.system_tokens(&req, &tokens)?;
+        let max_tokens = req.max_tokens as usize;
+        let (fitted, window) = fit(&mut tokens, keep, max_tokens, self.context, overflow)?;
+        let capacity = (tokens.len() + max_tokens).min(self.context);
+        let mut route = route;
+        let mut note = None;
+        if window.is_some() && matches!(route, Route::Split { .. }) {
+            // The worker's cache does not slide: the whole request runs here.
+            route = Route::Local;
+            note = Some("a sliding window runs the whole model on the device".to_string());
         }
         let deadline = req.deadline;
         let deadline_hit = move || deadline.is_some_and(|d| Instant::now() >= d);
@@ -310,6 +371,7 @@ impl Engine {
                     cache,
                     logits: Vec::new(),
                     sampler: Sampler::new(req.sampling)?,
+                    window,
                 };
                 let prefilled = run.prefill(&tokens, cached, &deadline_hit)?;
                 let prefill = started.elapsed();
@@ -326,6 +388,15 @@ impl Engine {
                 stats.cached_prompt_tokens = cached;
                 stats.kv_bytes = run.cache.len() * run.cache.bytes_per_token();
                 stats.kv_bytes_per_token = run.cache.bytes_per_token();
+                stats.context = Fitted {
+                    evicted: run.evicted(),
+                    ..fitted
+                };
+                stats.fallback = note;
+                if run.evicted() > 0 {
+                    // The window dropped positions: the cache no longer holds a prefix.
+                    return Ok(stats);
+                }
                 // Keep the KV of the prompt and the answer for the next requests: the next turn
                 // of this conversation re-sends both, a repeated system prompt shares the start.
                 let mut cache = run.cache;
@@ -437,6 +508,7 @@ impl Engine {
                 stats.kv_bytes_per_token = bytes_per_token;
                 stats.split = report;
                 stats.fallback = run.fallback;
+                stats.context = fitted;
                 Ok(stats)
             }
         }
@@ -535,6 +607,7 @@ fn empty_stats(tokens: &[u32], started: Instant, finish: FinishReason) -> Genera
         split: None,
         fallback: None,
         decode_cpu: Duration::ZERO,
+        context: Fitted::default(),
     }
 }
 
@@ -618,8 +691,9 @@ fn decode(
     Ok(stats)
 }
 
-/// Checks a request before any work: prompt, limits, deadline, sampling.
-pub fn validate(req: &GenerateRequest, context: u32) -> Result<()> {
+/// Checks a request before any work: prompt, limits, deadline, sampling. `max_tokens` is
+/// capped by `context` unless the request slides a window over it.
+pub fn validate(req: &GenerateRequest, context: u32, overflow: Overflow) -> Result<()> {
     if req.prompt.trim().is_empty() {
         return Err(Error::InvalidArgument("prompt is empty".into()));
     }
@@ -628,10 +702,18 @@ pub fn validate(req: &GenerateRequest, context: u32) -> Result<()> {
             "max_tokens must be at least 1".into(),
         ));
     }
-    let limit = MAX_TOKENS_LIMIT.min(context);
+    let limit = match req.context_overflow.unwrap_or(overflow) {
+        Overflow::SlidingWindow => MAX_TOKENS_LIMIT,
+        Overflow::Error | Overflow::TruncateStart => MAX_TOKENS_LIMIT.min(context),
+    };
     if req.max_tokens > limit {
+        let hint = if limit < MAX_TOKENS_LIMIT {
+            " (the context; context_overflow sliding_window lets answers outgrow it)"
+        } else {
+            ""
+        };
         return Err(Error::InvalidArgument(format!(
-            "max_tokens {} is above the limit of {limit}",
+            "max_tokens {} is above the limit of {limit}{hint}",
             req.max_tokens
         )));
     }
@@ -651,11 +733,7 @@ pub fn validate(req: &GenerateRequest, context: u32) -> Result<()> {
 /// The text the model sees.
 pub fn render_prompt(req: &GenerateRequest) -> String {
     if req.chat {
-        let system = req
-            .system
-            .as_deref()
-            .unwrap_or("You are a helpful AI assistant named SmolLM, trained by Hugging Face");
-        let mut text = format!("<|im_start|>system\n{system}<|im_end|>\n");
+        let mut text = render_system(req).unwrap_or_default();
         for turn in &req.history {
             let role = match turn.speaker {
                 Speaker::User => "user",
@@ -669,10 +747,23 @@ pub fn render_prompt(req: &GenerateRequest) -> String {
         ));
         text
     } else {
-        match &req.system {
-            Some(s) => format!("{s}\n{}", req.prompt),
+        match render_system(req) {
+            Some(s) => format!("{s}{}", req.prompt),
             None => req.prompt.clone(),
         }
+    }
+}
+
+/// The system part at the start of the rendered prompt, if any.
+fn render_system(req: &GenerateRequest) -> Option<String> {
+    if req.chat {
+        let system = req
+            .system
+            .as_deref()
+            .unwrap_or("You are a helpful AI assistant named SmolLM, trained by Hugging Face");
+        Some(format!("<|im_start|>system\n{system}<|im_end|>\n"))
+    } else {
+        req.system.as_ref().map(|s| format!("{s}\n"))
     }
 }
 

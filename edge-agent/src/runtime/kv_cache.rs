@@ -130,6 +130,13 @@ pub enum KvError {
     /// Truncating to a length above the current one.
     #[error("cannot truncate kv cache of length {len} to {requested}")]
     TruncateBeyondLength { requested: usize, len: usize },
+    /// Removing positions the cache does not hold.
+    #[error("cannot remove positions {start}..{end} from a kv cache of length {len}")]
+    RemoveBeyondLength {
+        start: usize,
+        end: usize,
+        len: usize,
+    },
     /// Copying more positions than the source holds.
     #[error("prefix of {n} positions requested, source holds {available}")]
     PrefixTooLong { n: usize, available: usize },
@@ -375,6 +382,40 @@ impl KvCache {
         }
         self.len = len;
         self.written.iter_mut().for_each(|w| *w = len);
+        Ok(())
+    }
+
+    /// Drops committed positions `start..start + n` of every layer and moves the later ones
+    /// down in their place (a sliding window). Their K rows keep the rotation of the positions
+    /// they were computed at, so attention over them keeps its relative distances. Uncommitted
+    /// rows are forgotten.
+    pub fn remove(&mut self, start: usize, n: usize) -> Result<(), KvError> {
+        let end = start.saturating_add(n);
+        if end > self.len {
+            return Err(KvError::RemoveBeyondLength {
+                start,
+                end,
+                len: self.len,
+            });
+        }
+        let (width, sw, tail) = (self.geom.row_width(), self.scale_width(), self.len - end);
+        for layer in 0..self.geom.n_layers {
+            for kv in 0..2 {
+                let row0 = self.block(layer, kv);
+                let (from, to) = (row0 + end, row0 + start);
+                match &mut self.storage {
+                    Storage::F32 { data } => {
+                        data.copy_within(from * width..(from + tail) * width, to * width);
+                    }
+                    Storage::Int8 { data, scales } => {
+                        data.copy_within(from * width..(from + tail) * width, to * width);
+                        scales.copy_within(from * sw..(from + tail) * sw, to * sw);
+                    }
+                }
+            }
+        }
+        self.len -= n;
+        self.written.iter_mut().for_each(|w| *w = self.len);
         Ok(())
     }
 

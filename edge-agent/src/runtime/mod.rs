@@ -2,6 +2,7 @@
 
 pub mod attention;
 pub mod budget;
+pub mod context;
 mod continuation;
 pub mod cpu;
 pub mod draft;

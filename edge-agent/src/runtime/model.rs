@@ -44,10 +44,12 @@ impl Default for LoadOptions {
 }
 
 /// One sequence of a batched pass ([`Model::run_layers_batch`]): `rows` rows at positions
-/// `pos..pos + rows`, with its own KV cache.
+/// `pos..pos + rows` of its own KV cache, rotated as positions `pos + rope_shift..` (a sliding
+/// window's cache holds positions shifted down by what it dropped).
 #[derive(Debug)]
 pub struct Sequence<'a> {
     pub pos: usize,
+    pub rope_shift: usize,
     pub rows: usize,
     pub cache: &'a mut KvCache,
     /// The last `tree.len()` rows are the nodes of a draft tree below the row before them
@@ -60,6 +62,7 @@ impl<'a> Sequence<'a> {
     pub fn new(pos: usize, rows: usize, cache: &'a mut KvCache) -> Sequence<'a> {
         Sequence {
             pos,
+            rope_shift: 0,
             rows,
             cache,
             tree: None,
@@ -322,6 +325,11 @@ impl Model {
         let n_layers = (range.end - range.start) as usize;
         for q in seqs.iter_mut() {
             if let Some(t) = &mut q.tree {
+                if q.rope_shift != 0 {
+                    return Err(Error::InvalidArgument(
+                        "draft trees are verified in unshifted caches only".into(),
+                    ));
+                }
                 if t.tree.is_empty() || t.tree.len() >= q.rows {
                     return Err(Error::InvalidArgument(format!(
                         "a draft tree of {} nodes needs a committed row before it in a step of {} rows",
@@ -378,8 +386,8 @@ impl Model {
                     let nodes = sq.tree.as_ref().map_or(0, |t| t.tree.len());
                     let (r0, r1) = (row, row + sq.rows - nodes);
                     let (qs, ks) = (&mut q[r0 * qw..r1 * qw], &mut k[r0 * kw..r1 * kw]);
-                    self.rope.apply(qs, nh, hd, sq.pos)?;
-                    self.rope.apply(ks, nkv, hd, sq.pos)?;
+                    self.rope.apply(qs, nh, hd, sq.pos + sq.rope_shift)?;
+                    self.rope.apply(ks, nkv, hd, sq.pos + sq.rope_shift)?;
                     sq.cache.write(cl, sq.pos, ks, &v[r0 * kw..r1 * kw])?;
                     let out = &mut attn[r0 * qw..r1 * qw];
                     attention(qs, sq.cache, cl, sq.pos, nh, out, self.threads)?;
@@ -443,9 +451,23 @@ impl Model {
         cache: &mut KvCache,
         all_logits: bool,
     ) -> Result<Vec<f32>> {
+        self.forward_shifted(tokens, pos, 0, cache, all_logits)
+    }
+
+    /// [`Model::forward`] into slots `slot..` of `cache`, rotated as positions
+    /// `slot + rope_shift..` (a sliding window).
+    pub fn forward_shifted(
+        &mut self,
+        tokens: &[u32],
+        slot: usize,
+        rope_shift: usize,
+        cache: &mut KvCache,
+        all_logits: bool,
+    ) -> Result<Vec<f32>> {
         let h = self.embed(tokens)?;
-        let layers = self.layers();
-        let h = self.run_layers(layers, h, pos, cache)?;
+        let mut seq = Sequence::new(slot, tokens.len(), cache);
+        seq.rope_shift = rope_shift;
+        let h = self.run_layers_batch(self.layers(), h, &mut [seq])?;
         let d = self.n_embd();
         if all_logits {
             self.logits(&h)

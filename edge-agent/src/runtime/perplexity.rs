@@ -1,6 +1,9 @@
 //! Perplexity over non-overlapping windows of `ctx` tokens, each window scoring its second
-//! half (as llama.cpp's perplexity tool does, so figures compare).
+//! half (as llama.cpp's perplexity tool does, so figures compare); or over the whole text in
+//! one pass through a sliding window of `ctx` cache slots (what `--context-overflow
+//! sliding_window` runs), scoring every token after the first `ctx / 2`.
 
+use super::context::{SINK_TOKENS, Window};
 use super::kv_cache::{KvCache, KvDtype, KvGeometry};
 use super::model::Model;
 use crate::error::{Error, Result};
@@ -9,6 +12,8 @@ use crate::error::{Error, Result};
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Perplexity {
     pub perplexity: f64,
+    /// `windows` (independent windows) or `sliding` (one pass, a sliding window).
+    pub mode: &'static str,
     pub windows: usize,
     pub scored_tokens: usize,
     pub text_tokens: usize,
@@ -50,7 +55,74 @@ pub fn perplexity(
     }
     Ok(Perplexity {
         perplexity: (nll / count as f64).exp(),
+        mode: "windows",
         windows,
+        scored_tokens: count,
+        text_tokens: tokens.len(),
+        ctx,
+        kv: kv.to_string(),
+    })
+}
+
+/// Scores the first `max_windows × ctx` tokens (all without a limit) in one pass through a KV
+/// cache of `ctx` slots that slides: it keeps the first positions (attention sinks) and drops the
+/// oldest others as new ones come, so the text may be far longer than the cache. Every token
+/// after the first `ctx / 2` is scored; `progress` gets (tokens done, tokens, running
+/// perplexity). `windows` in the result counts the steps.
+pub fn perplexity_sliding(
+    model: &mut Model,
+    tokens: &[u32],
+    ctx: usize,
+    kv: KvDtype,
+    max_windows: Option<usize>,
+    mut progress: impl FnMut(usize, usize, f64),
+) -> Result<Perplexity> {
+    window_count(model, tokens, ctx, None)?;
+    let n = max_windows.map_or(tokens.len(), |m| tokens.len().min(m.saturating_mul(ctx)));
+    let a = model.arch().clone();
+    let geometry = KvGeometry {
+        n_layers: a.n_layer as usize,
+        n_kv_heads: a.n_head_kv as usize,
+        head_dim: a.head_dim as usize,
+    };
+    let vocab = a.vocab_size as usize;
+    let mut cache = KvCache::try_new(geometry, kv, ctx)?;
+    let mut window = Window::new(ctx, SINK_TOKENS);
+    // Small steps, so that each scored token sees close to a full window.
+    let step = window.max_rows().clamp(1, 32);
+    let (mut nll, mut count, mut steps) = (0.0f64, 0usize, 0usize);
+    let mut pos = 0;
+    while pos + 1 < n {
+        let end = (pos + step).min(n - 1);
+        let place = window.place(pos, end - pos);
+        if let Some((at, dropped)) = place.evict {
+            cache.remove(at, dropped)?;
+        }
+        let logits = model.forward_shifted(
+            &tokens[pos..end],
+            place.slot,
+            window.evicted(),
+            &mut cache,
+            true,
+        )?;
+        cache.commit(place.slot + end - pos)?;
+        for (j, row) in logits.chunks(vocab).enumerate() {
+            let p = pos + j;
+            if p >= ctx / 2 {
+                nll -= log_softmax_at(row, tokens[p + 1] as usize);
+                count += 1;
+            }
+        }
+        steps += 1;
+        pos = end;
+        if count > 0 && (steps.is_multiple_of(16) || pos + 1 >= n) {
+            progress(pos, n - 1, (nll / count as f64).exp());
+        }
+    }
+    Ok(Perplexity {
+        perplexity: (nll / count.max(1) as f64).exp(),
+        mode: "sliding",
+        windows: steps,
         scored_tokens: count,
         text_tokens: tokens.len(),
         ctx,

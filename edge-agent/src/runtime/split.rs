@@ -649,6 +649,7 @@ pub fn split_perplexity(
     link.close();
     Ok((
         super::perplexity::Perplexity {
+            mode: "windows",
             perplexity: (nll / count as f64).exp(),
             windows,
             scored_tokens: count,

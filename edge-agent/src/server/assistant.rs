@@ -8,6 +8,7 @@ use super::routing::DevicePolicy;
 use crate::error::Error;
 use crate::link::CloudEndpoint;
 use crate::perception::PerceptionLimits;
+use crate::runtime::context::Overflow;
 use crate::runtime::engine::{Engine, Route, validate};
 use seam_router::policy::{Decision, Route as PolicyRoute};
 use seam_shared::proto::common::{Route as RouteMsg, RouteKind};
@@ -55,6 +56,7 @@ pub struct AssistantService {
     engine: Arc<Mutex<Engine>>,
     queue: Arc<Semaphore>,
     context: u32,
+    overflow: Overflow,
     split: Option<SplitTarget>,
     /// Sentence encoder and intent head, when the agent was started with one.
     perception: Option<SharedPerception>,
@@ -79,16 +81,15 @@ impl AssistantService {
         limits: ServiceLimits,
         split: Option<SplitTarget>,
     ) -> Self {
-        let context = engine
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .model()
-            .arch()
-            .context_length;
+        let (context, overflow) = {
+            let e = engine.lock().unwrap_or_else(|e| e.into_inner());
+            (e.context() as u32, e.overflow())
+        };
         AssistantService {
             engine,
             queue: Arc::new(Semaphore::new(limits.max_queued)),
             context,
+            overflow,
             split,
             perception: None,
             policy: None,
@@ -185,7 +186,7 @@ impl Assistant for AssistantService {
         let timeout = grpc_timeout(request.metadata());
         let (mut req, choice) =
             convert::generate_request(request.into_inner(), timeout, Instant::now())
-                .and_then(|(r, ask)| validate(&r, self.context).map(|_| (r, ask)))
+                .and_then(|(r, ask)| validate(&r, self.context, self.overflow).map(|_| (r, ask)))
                 .and_then(|(r, ask)| Ok((r, self.choose_route(&ask)?)))
                 .map_err(|e| {
                     tracing::info!(error = %e, "generate refused");

@@ -4,6 +4,7 @@
 use super::perception::route_features;
 use crate::error::{Error, Result};
 use crate::perception::Classification;
+use crate::runtime::context::Overflow;
 use crate::runtime::engine::{ChatTurn, FinishReason, GenerateRequest, GenerateStats, Speaker};
 use crate::runtime::sampler::SamplingParams;
 use seam_shared::proto::common::Route;
@@ -57,6 +58,18 @@ pub fn generate_request(
         top_p: if s.top_p == 0.0 { 1.0 } else { s.top_p },
         seed: s.seed,
     };
+    let context_overflow = match pb::ContextOverflow::try_from(req.context_overflow) {
+        Ok(pb::ContextOverflow::Unspecified) => None,
+        Ok(pb::ContextOverflow::Error) => Some(Overflow::Error),
+        Ok(pb::ContextOverflow::TruncateStart) => Some(Overflow::TruncateStart),
+        Ok(pb::ContextOverflow::SlidingWindow) => Some(Overflow::SlidingWindow),
+        Err(_) => {
+            return Err(Error::InvalidArgument(format!(
+                "unknown context_overflow {}",
+                req.context_overflow
+            )));
+        }
+    };
     let own = (req.deadline_ms > 0).then(|| Duration::from_millis(req.deadline_ms));
     let deadline = match (own, grpc_timeout) {
         (Some(a), Some(b)) => Some(now + a.min(b)),
@@ -74,6 +87,7 @@ pub fn generate_request(
                 stop: req.stop,
                 deadline,
                 draft_tokens: req.draft_tokens,
+                context_overflow,
             },
             None => GenerateRequest {
                 history: Vec::new(),
@@ -85,6 +99,7 @@ pub fn generate_request(
                 stop: req.stop,
                 deadline,
                 draft_tokens: req.draft_tokens,
+                context_overflow,
             },
         },
         ask,
@@ -215,6 +230,12 @@ pub fn final_event(
             lookup_drafted_tokens: spec.lookup_drafted as u32,
             lookup_accepted_tokens: spec.lookup_accepted as u32,
             cpu_ms_per_token: stats.cpu_ms_per_token(),
+            truncated_prompt_tokens: stats.context.truncated as u32,
+            evicted_tokens: stats.context.evicted as u32,
+            context_overflow: stats
+                .context
+                .applied
+                .map_or_else(String::new, |o| o.as_str().to_string()),
             ..Default::default()
         })),
     }

@@ -305,7 +305,10 @@ mod tests {
         let mut open = vec![0; RELAY_BUCKETS];
         open[RELAY_BUCKETS - 1] = 3;
         let lower = quantile(&open, 0.99).unwrap();
-        assert!((lower - bucket_bound(RELAY_BUCKETS - 2)).abs() < 1e-9, "{lower}");
+        assert!(
+            (lower - bucket_bound(RELAY_BUCKETS - 2)).abs() < 1e-9,
+            "{lower}"
+        );
         assert_eq!(quantile(&vec![0; RELAY_BUCKETS], 0.5), None);
     }
 }

@@ -88,6 +88,7 @@ impl SplitBench {
                     stop: Vec::new(),
                     deadline: None,
                     draft_tokens,
+                    context_overflow: None,
                 };
                 local.add(&self.generate(&req(None), None)?.0);
                 plain.add(&self.generate(&req(Some(0)), Some(WireDtype::INT8_ROW))?.0);

@@ -326,6 +326,7 @@ fn chat_tokens(model: &Model, texts: &[String]) -> Result<Vec<Vec<u32>>> {
                 stop: Vec::new(),
                 deadline: None,
                 draft_tokens: None,
+                context_overflow: None,
             };
             encode(model, &render_prompt(&req))
         })

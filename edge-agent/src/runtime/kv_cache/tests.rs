@@ -403,3 +403,60 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    /// After removing a range, every later row reads back exactly as it did before, at its
+    /// new place, in both dtypes; rows before the range are untouched.
+    #[test]
+    fn remove_moves_later_rows_down_unchanged(
+        len in 1usize..24,
+        start_frac in 0.0f64..1.0,
+        n_frac in 0.0f64..1.0,
+        int8 in any::<bool>(),
+    ) {
+        let dtype = if int8 { KvDtype::Int8 } else { KvDtype::F32 };
+        let mut c = KvCache::new(GEOM, dtype, 32);
+        fill(&mut c, 0, len, 7);
+        c.commit(len).unwrap();
+        let start = ((len as f64) * start_frac) as usize;
+        let n = (((len - start) as f64) * n_frac) as usize;
+        let rows = |c: &KvCache, l: usize, p: usize| {
+            (0..GEOM.n_kv_heads)
+                .map(|h| (c.read_k_row(l, p, h).unwrap(), c.read_v_row(l, p, h).unwrap()))
+                .collect::<Vec<_>>()
+        };
+        let before: Vec<Vec<_>> = (0..GEOM.n_layers)
+            .map(|l| (0..len).map(|p| rows(&c, l, p)).collect())
+            .collect();
+        c.remove(start, n).unwrap();
+        prop_assert_eq!(c.len(), len - n);
+        for (l, layer) in before.iter().enumerate() {
+            for p in 0..len - n {
+                let was = if p < start { p } else { p + n };
+                prop_assert_eq!(&rows(&c, l, p), &layer[was], "layer {} row {}", l, p);
+            }
+        }
+        // The freed room takes new rows.
+        fill(&mut c, len - n, n, 99);
+        c.commit(len).unwrap();
+    }
+}
+
+#[test]
+fn remove_refuses_positions_beyond_the_length() {
+    let mut c = KvCache::new(GEOM, KvDtype::Int8, 8);
+    fill(&mut c, 0, 4, 1);
+    c.commit(4).unwrap();
+    assert!(matches!(
+        c.remove(2, 3),
+        Err(KvError::RemoveBeyondLength {
+            start: 2,
+            end: 5,
+            len: 4
+        })
+    ));
+    assert!(c.remove(usize::MAX, 2).is_err());
+    assert_eq!(c.len(), 4);
+    c.remove(4, 0).unwrap();
+    assert_eq!(c.len(), 4);
+}

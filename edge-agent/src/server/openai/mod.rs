@@ -252,6 +252,20 @@ fn apply_sampling(
             ));
         }
     } as i32;
+    req.context_overflow = match s.seam_context_overflow.as_deref() {
+        None => pb::ContextOverflow::Unspecified,
+        Some("error") => pb::ContextOverflow::Error,
+        Some("truncate_start") => pb::ContextOverflow::TruncateStart,
+        Some("sliding_window") => pb::ContextOverflow::SlidingWindow,
+        Some(other) => {
+            return Err(ApiError::bad(
+                "seam_context_overflow",
+                format!(
+                    "seam_context_overflow must be error, truncate_start or sliding_window, not {other:?}"
+                ),
+            ));
+        }
+    } as i32;
     Ok(())
 }
 
@@ -383,6 +397,9 @@ fn extra(f: &pb::FinalEvent) -> SeamExtra {
         drafted_tokens: f.drafted_tokens,
         accepted_draft_tokens: f.accepted_draft_tokens,
         decode_tokens_per_second: timings.decode_tokens_per_s,
+        context_overflow: f.context_overflow.clone(),
+        truncated_prompt_tokens: f.truncated_prompt_tokens,
+        evicted_tokens: f.evicted_tokens,
         time_to_first_token_ms: timings.first_token_ms,
         prefill_ms: timings.prefill_ms,
     }

@@ -66,6 +66,9 @@ pub struct Sampling {
     pub n: Option<u32>,
     /// Seam extra: `auto` (default), `local` or `split`.
     pub seam_route: Option<String>,
+    /// Seam extra: `error`, `truncate_start` or `sliding_window` when the request does not fit
+    /// the context (default: the agent's).
+    pub seam_context_overflow: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -127,6 +130,11 @@ pub struct SeamExtra {
     pub time_to_first_token_ms: f64,
     /// Time computing the prompt's tokens that were not cached.
     pub prefill_ms: f64,
+    /// How the request was fitted to the context (`""`: it fit), prompt tokens dropped and
+    /// positions the sliding window dropped.
+    pub context_overflow: String,
+    pub truncated_prompt_tokens: u32,
+    pub evicted_tokens: u32,
 }
 
 #[derive(Debug, Clone, Serialize)]
