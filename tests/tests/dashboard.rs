@@ -57,7 +57,12 @@ async fn the_dashboard_charts_live_traffic_in_headless_chromium() {
     }
 
     let mut flags = router.device_flags("dev-a");
-    flags.extend(["--wire".into(), "f32".into()]);
+    flags.extend([
+        "--wire".into(),
+        "f32".into(),
+        "--link-report-ms".into(),
+        "1000".into(),
+    ]);
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     let edge = EdgeProcess::start(&package_dir(), &flags);
     let (mut drafted, mut accepted, mut trips) = (0u64, 0u64, 0u64);
@@ -93,7 +98,7 @@ async fn the_dashboard_charts_live_traffic_in_headless_chromium() {
         router.logs()
     );
 
-    // The sampler runs every 250 ms and the device reports its decisions every 10 s: wait
+    // The sampler runs every 250 ms and the device reports its decisions every second: wait
     // (bounded) until the dashboard has seen both.
     let deadline = Instant::now() + Duration::from_secs(30);
     let s = loop {

@@ -6,7 +6,7 @@
 //!
 //! The sampler reads the gateway's counters every `dashboard.sample_every_ms` into a
 //! [`timeline::Timeline`]; the page itself holds no data and needs no token to load. Decisions
-//! are the devices' (reported with their link every 10 s) plus the gateway's go-local verdicts.
+//! are the devices' (reported with their link, every 10 s by default) plus the gateway's go-local verdicts.
 
 mod live;
 mod policy_diff;
