@@ -18,7 +18,7 @@ GWBENCH := target/release/seam-gwbench
 # benchmarks need it.
 LLAMA_BENCH := .seam/tools/llama.cpp/bin/llama-bench
 
-.PHONY: setup build demo test bench bench-decode bench-speculation bench-conversation lint package
+.PHONY: setup build demo test bench bench-decode bench-speculation bench-conversation lint package fuzz
 
 ## setup: install ONNX Runtime and the default model assets into .seam/ (idempotent)
 setup:
@@ -52,6 +52,14 @@ test: setup
 	./scripts/check-leftovers.sh
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 	$(CARGO) fmt --all -- --check
+
+## fuzz: every decoder of outside bytes (QUIC frames, steps, tensors, GGUF, safetensors, policy,
+## configs, OpenAI and gRPC request bodies), 1,000,000 seeded inputs each (FUZZ_EXECS, FUZZ_SEED);
+## a failing input is written to target/fuzz-found/. `make test` runs 1,500 per target.
+FUZZ_EXECS ?= 1000000
+FUZZ_SEED ?= 1
+fuzz:
+	$(CARGO) run --release --locked -p seam-fuzz -- --execs $(FUZZ_EXECS) --seed $(FUZZ_SEED)
 
 ## bench: prefill/decode tokens/s at 1 and 2 threads, KV bytes per token, load time;
 ## sentence embeddings/s at batch 1 and 32 and classify latency; split vs local tokens/s on

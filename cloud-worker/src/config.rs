@@ -113,8 +113,15 @@ impl WorkerConfig {
     pub fn from_file(path: &Path) -> Result<WorkerConfig> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
-        let cfg: WorkerConfig =
-            toml::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+        Self::parse(&text).map_err(|e| match e {
+            Error::Config(m) => Error::Config(format!("{}: {m}", path.display())),
+            e => e,
+        })
+    }
+
+    /// Parses and validates the text of a TOML file.
+    pub fn parse(text: &str) -> Result<WorkerConfig> {
+        let cfg: WorkerConfig = toml::from_str(text).map_err(|e| Error::Config(e.to_string()))?;
         cfg.validate()?;
         Ok(cfg)
     }

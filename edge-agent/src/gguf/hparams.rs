@@ -117,6 +117,17 @@ impl LlamaHparams {
                 hp.n_layer, hp.n_ff, hp.vocab_size
             ));
         }
+        // Each block has 9 tensors: a block count the file cannot hold is refused before
+        // anything is sized by it (found by fuzzing: a block_count of 2^31 allocated without
+        // bound).
+        if hp.n_layer > f.tensors.len() / 9 {
+            return bad(format!(
+                "block_count {} needs {} tensors, the file has {}",
+                hp.n_layer,
+                hp.n_layer.saturating_mul(9).saturating_add(2),
+                f.tensors.len()
+            ));
+        }
         if !(hp.rms_eps.is_finite()
             && hp.rms_eps > 0.0
             && hp.rope_theta.is_finite()
@@ -242,6 +253,20 @@ mod tests {
             (10_000.0, 3, None)
         );
         assert!(hp.tied_embeddings);
+    }
+
+    #[test]
+    fn a_block_count_the_file_cannot_hold_is_refused_before_sizing_anything() {
+        let mut bytes = tiny("llama", 1, 4);
+        // The block count's value: the 4 bytes after its key and type.
+        let key = b"llama.block_count";
+        let at = bytes.windows(key.len()).position(|w| w == key).unwrap() + key.len() + 4;
+        bytes[at..at + 4].copy_from_slice(&0x7fff_ffffu32.to_le_bytes());
+        let err = LlamaHparams::from_gguf(&GgufFile::parse(bytes).unwrap()).unwrap_err();
+        assert!(
+            err.to_string().contains("block_count 2147483647 needs"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -12,8 +12,8 @@ mod reader;
 mod reader_tests;
 mod value;
 
-#[cfg(test)]
-pub(crate) use reader::testutil;
+#[cfg(any(test, feature = "test-util"))]
+pub use reader::testutil;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

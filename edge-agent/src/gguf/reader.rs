@@ -257,20 +257,25 @@ pub(super) fn parse(bytes: Vec<u8>) -> Result<GgufFile> {
     Ok(file)
 }
 
-/// Test-only GGUF writer and the path of the real model file.
-#[cfg(test)]
-pub(crate) mod testutil {
+/// A GGUF writer for tests and fuzz seeds, and the path of the real model file.
+#[cfg(any(test, feature = "test-util"))]
+pub mod testutil {
     use super::super::{GgmlType, Value};
 
-    /// Path of the real SmolLM2 GGUF: `$SEAM_GGUF`, else the repository asset.
-    pub(crate) fn real_gguf_path() -> String {
-        std::env::var("SEAM_GGUF")
-            .unwrap_or_else(|_| "/work/main/.seam/assets/SmolLM2-135M-Instruct.Q4_1.gguf".into())
+    /// Path of the real SmolLM2 GGUF: `$SEAM_GGUF`, else this checkout's asset.
+    pub fn real_gguf_path() -> String {
+        std::env::var("SEAM_GGUF").unwrap_or_else(|_| {
+            concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../.seam/assets/SmolLM2-135M-Instruct.Q4_1.gguf"
+            )
+            .into()
+        })
     }
 
     /// Builds GGUF v3 bytes from metadata and `(name, dims, type, data)` tensors.
     #[derive(Default)]
-    pub(crate) struct Writer {
+    pub struct Writer {
         pub kvs: Vec<(String, Value)>,
         pub tensors: Vec<(String, Vec<u64>, GgmlType, Vec<u8>)>,
     }

@@ -2,7 +2,7 @@
 //! server reflection, so `grpcurl` and any generated client work.
 
 mod assistant;
-mod convert;
+pub mod convert;
 pub mod metrics;
 pub mod openai;
 pub mod perception;

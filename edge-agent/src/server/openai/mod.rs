@@ -194,10 +194,38 @@ fn request_id(prefix: &str) -> String {
     format!("{prefix}-{:x}{n:04x}", unix_now())
 }
 
-fn check_model(api: &OpenAi, asked: Option<&str>) -> Result<(), ApiError> {
+fn check_model(model: &str, asked: Option<&str>) -> Result<(), ApiError> {
     match asked {
-        Some(m) if m != api.model => Err(ApiError::model_not_found(m)),
+        Some(m) if m != model => Err(ApiError::model_not_found(m)),
         _ => Ok(()),
+    }
+}
+
+/// Which completion endpoint a body was posted to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    /// `/v1/chat/completions`
+    Chat,
+    /// `/v1/completions`
+    Completion,
+}
+
+/// The service's wire request for a JSON `body` posted to `endpoint` of an agent serving
+/// `model`, or the OpenAI error it gets: what the handlers run before the request reaches the
+/// service (and what the fuzz targets feed arbitrary bytes to).
+pub fn wire_request(
+    endpoint: Endpoint,
+    body: &[u8],
+    model: &str,
+) -> Result<pb::GenerateRequest, ApiError> {
+    let invalid = |e: serde_json::Error| {
+        ApiError::new(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}"))
+    };
+    match endpoint {
+        Endpoint::Chat => chat_request(model, &serde_json::from_slice(body).map_err(invalid)?),
+        Endpoint::Completion => {
+            completion_request(model, &serde_json::from_slice(body).map_err(invalid)?)
+        }
     }
 }
 
@@ -295,8 +323,8 @@ fn message_text(i: usize, m: &types::ChatMessage) -> Result<String, ApiError> {
 }
 
 /// A chat completion request as the service's wire request.
-fn chat_request(api: &OpenAi, r: &ChatCompletionRequest) -> Result<pb::GenerateRequest, ApiError> {
-    check_model(api, r.model.as_deref())?;
+fn chat_request(model: &str, r: &ChatCompletionRequest) -> Result<pb::GenerateRequest, ApiError> {
+    check_model(model, r.model.as_deref())?;
     if r.tools.as_ref().is_some_and(|t| !t.is_empty()) {
         return Err(ApiError::bad("tools", "this model has no tool calling"));
     }
@@ -410,7 +438,7 @@ async fn chat_completions(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let r: ChatCompletionRequest = parse(body)?;
-    let req = chat_request(&api, &r)?;
+    let req = chat_request(&api.model, &r)?;
     let id = request_id("chatcmpl");
     if r.sampling.stream {
         let usage_too = r
@@ -528,11 +556,8 @@ async fn stream_chat(
 }
 
 /// A legacy completion request as the service's wire request.
-fn completion_request(
-    api: &OpenAi,
-    r: &CompletionRequest,
-) -> Result<pb::GenerateRequest, ApiError> {
-    check_model(api, r.model.as_deref())?;
+fn completion_request(model: &str, r: &CompletionRequest) -> Result<pb::GenerateRequest, ApiError> {
+    check_model(model, r.model.as_deref())?;
     if r.echo || r.suffix.is_some() {
         return Err(ApiError::bad("echo", "echo and suffix are not supported"));
     }
@@ -559,7 +584,7 @@ async fn completions(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let r: CompletionRequest = parse(body)?;
-    let (text, f) = collect(&api, completion_request(&api, &r)?).await?;
+    let (text, f) = collect(&api, completion_request(&api.model, &r)?).await?;
     Ok(axum::Json(Completion {
         id: request_id("cmpl"),
         object: "text_completion",
