@@ -89,6 +89,11 @@ async fn the_dashboard_charts_live_traffic_in_headless_chromium() {
         trips += u64::from(fin.decode_round_trips);
     }
     assert!(drafted > 0 && trips > 0, "the requests drafted nothing");
+    // Every step was answered through the gateway before now.
+    let done_unix_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
 
     // A policy change for the diff.
     std::fs::write(router.dir.join("policy.toml"), policy(2, "split(4)")).unwrap();
@@ -99,11 +104,19 @@ async fn the_dashboard_charts_live_traffic_in_headless_chromium() {
     );
 
     // The sampler runs every 250 ms and the device reports its decisions every second: wait
-    // (bounded) until the dashboard has seen both.
+    // (bounded) until the dashboard has seen both, in a sample taken after the last answer.
     let deadline = Instant::now() + Duration::from_secs(30);
     let s = loop {
         let s = state(&router.admin);
-        if s["totals"]["decisions"]["split(8) · fleet"] == 3 && s["policy"]["version"] == 2 {
+        let sampled_at = s["points"]
+            .as_array()
+            .and_then(|p| p.last())
+            .and_then(|p| p["t"].as_u64())
+            .unwrap_or(0);
+        if s["totals"]["decisions"]["split(8) · fleet"] == 3
+            && s["policy"]["version"] == 2
+            && sampled_at > done_unix_ms
+        {
             break s;
         }
         assert!(

@@ -176,7 +176,13 @@
       tr.dataset.worker = w.address;
       const state = w.draining ? "draining" : w.healthy ? "healthy" : "unhealthy";
       tr.dataset.state = state;
-      cell(tr, w.address + (w.package ? " (" + w.package + ")" : ""));
+      cell(tr, w.address);
+      if (w.package) {
+        const pkg = document.createElement("span");
+        pkg.className = "package";
+        pkg.textContent = w.package;
+        tr.lastChild.appendChild(pkg);
+      }
       cell(tr, state, "state-" + state);
       cell(tr, String(w.sessions));
       cell(tr, w.kv_budget_bytes ? bytes(w.kv_bytes) + " / " + bytes(w.kv_budget_bytes) : "–");
