@@ -115,11 +115,12 @@ async fn long_requests_are_refused_truncated_or_slid_as_asked() {
         "the window changed the answer before it dropped anything"
     );
 
-    // The OpenAI API takes the choice as an extra field and reports it in `seam`.
+    // The OpenAI API takes the choice as an extra field and reports it in `seam` (greedy, as
+    // above: OpenAI's default temperature is 1).
     let url = format!("http://{}/v1/completions", limited.http.clone().unwrap());
     let body = |overflow: &str| {
         format!(
-            r#"{{"prompt": "{STORY}", "max_tokens": 120, "seam_context_overflow": "{overflow}"}}"#
+            r#"{{"prompt": "{STORY}", "max_tokens": 120, "temperature": 0, "seam_context_overflow": "{overflow}"}}"#
         )
     };
     let post = |body: String| {
