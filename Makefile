@@ -18,7 +18,7 @@ GWBENCH := target/release/seam-gwbench
 # benchmarks need it.
 LLAMA_BENCH := .seam/tools/llama.cpp/bin/llama-bench
 
-.PHONY: setup build demo test bench bench-decode bench-speculation bench-conversation lint package fuzz
+.PHONY: setup build demo test bench bench-decode bench-speculation bench-conversation bench-memory lint package fuzz
 
 ## setup: install ONNX Runtime and the default model assets into .seam/ (idempotent)
 setup:
@@ -26,7 +26,7 @@ setup:
 
 build:
 	$(CARGO) build --release --locked -p seam-edge -p seam-worker -p seam-router
-	$(CARGO) build --release --locked -p seam-tests --bin seam-linkemu --bin seam-gwbench
+	$(CARGO) build --release --locked -p seam-tests --bin seam-linkemu --bin seam-gwbench --bin seam-membench
 
 # The graphs' and the draft head's code are prerequisites: a package of an older layout, or
 # with a head trained differently, is imported again (the head's training takes minutes).
@@ -52,6 +52,12 @@ test: setup
 	./scripts/check-leftovers.sh
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 	$(CARGO) fmt --all -- --check
+
+## bench-memory: a worker with a 256 MiB KV budget takes 10,000 split sessions that each
+## prefill 16 positions and go idle: admitted, held, evicted, KV in use, resident memory from
+## /proc. (The gateway with 1,000 QUIC devices connected: `make bench`, from seam-gwbench.)
+bench-memory: package
+	target/release/seam-membench --worker $(WORKER) --model $(PKG) --sessions 10000
 
 ## fuzz: every decoder of outside bytes (QUIC frames, steps, tensors, GGUF, safetensors, policy,
 ## configs, OpenAI and gRPC request bodies), 1,000,000 seeded inputs each (FUZZ_EXECS, FUZZ_SEED);

@@ -66,6 +66,8 @@ fn main() -> anyhow::Result<()> {
         threads,
         log_json,
     } = Cli::parse().command;
+    // Evicted sessions' KV caches go back to the system at once (see seam_shared::malloc).
+    seam_shared::malloc::large_blocks_from_mmap();
     seam_shared::telemetry::init("info", log_json);
     let mut cfg = match (&config, &model) {
         (Some(path), _) => WorkerConfig::from_file(path)?,

@@ -4,6 +4,7 @@
 pub mod child;
 pub mod error;
 pub mod huge_pages;
+pub mod malloc;
 pub mod metrics_http;
 pub mod ort_env;
 pub mod package;

@@ -2,6 +2,7 @@
 //! logs captured, gRPC clients connected to them; and a [`link_emulator`] that puts WAN conditions
 //! (delay, jitter, bandwidth cap, loss) between them.
 
+pub mod idle_load;
 pub mod link_emulator;
 
 use std::io::{BufRead, BufReader};
@@ -57,6 +58,11 @@ pub struct EdgeProcess {
 }
 
 impl EdgeProcess {
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Starts the agent on a free loopback port and waits until it listens.
     pub fn start(package: &Path, extra: &[&str]) -> EdgeProcess {
         Self::spawn(edge_bin(), package, extra)
@@ -65,6 +71,12 @@ impl EdgeProcess {
     /// Starts a worker on a free loopback port and waits until it listens.
     pub fn start_worker(package: &Path, extra: &[&str]) -> EdgeProcess {
         Self::spawn(worker_bin(), package, extra)
+    }
+
+    /// Starts `bin serve` (a `seam-edge` or `seam-worker` binary given by path, for the
+    /// benchmarks) on a free loopback port and waits until it listens.
+    pub fn start_bin(bin: PathBuf, package: &Path, extra: &[&str]) -> EdgeProcess {
+        Self::spawn(bin, package, extra)
     }
 
     fn spawn(bin: PathBuf, package: &Path, extra: &[&str]) -> EdgeProcess {
@@ -423,6 +435,19 @@ pub fn headless_dom(url: &str, budget: Duration, profile: &Path) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).expect("the DOM is UTF-8")
+}
+
+/// Resident memory of process `pid` (`VmRSS` of `/proc/<pid>/status`), in bytes.
+pub fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_else(|e| panic!("reading /proc/{pid}/status: {e}"));
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().strip_suffix("kB"))
+        .and_then(|kb| kb.trim().parse::<u64>().ok())
+        .map(|kb| kb * 1024)
+        .unwrap_or_else(|| panic!("no VmRSS in /proc/{pid}/status"))
 }
 
 /// The value of the sample `series` (name and labels exactly as exposed, e.g.

@@ -345,6 +345,7 @@ async fn main() -> anyhow::Result<()> {
 
     // 3. Many devices holding QUIC connections with a policy watch open.
     let n = args.connections;
+    let rss_before = seam_tests::rss_bytes(router.child.id());
     let t0 = Instant::now();
     let ep =
         seam_router::client::quic_client_endpoint(&device("holder-0")?, "127.0.0.1:0".parse()?)?;
@@ -396,13 +397,18 @@ async fn main() -> anyhow::Result<()> {
     .await;
     let push_s = t1.elapsed().as_secs_f64();
     let missed = got.iter().filter(|ok| !**ok).count();
+    let rss_held = seam_tests::rss_bytes(router.child.id());
+    let per_device = rss_held.saturating_sub(rss_before) as f64 / watches.len().max(1) as f64;
     println!();
     println!(
-        "| QUIC devices holding connections | connected in s | watching | policy v2 reached all in s (1 s file poll included) | errors |\n|---:|---:|---:|---:|---:|"
+        "| QUIC devices holding connections | connected in s | watching | policy v2 reached all in s (1 s file poll included) | gateway RSS before → with them (MiB) | RSS per device (KiB) | errors |\n|---:|---:|---:|---:|---:|---:|---:|"
     );
     println!(
-        "| {n} | {connect_s:.2} | {} | {push_s:.2} | {} |",
+        "| {n} | {connect_s:.2} | {} | {push_s:.2} | {:.1} → {:.1} | {:.1} | {} |",
         watches.len(),
+        rss_before as f64 / (1 << 20) as f64,
+        rss_held as f64 / (1 << 20) as f64,
+        per_device / 1024.0,
         errors + missed
     );
     let _ = router.admin;
