@@ -305,8 +305,6 @@ enum StatsFormat {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    // Freed KV caches (evicted prefixes, finished requests) go back to the system at once.
-    seam_shared::malloc::large_blocks_from_mmap();
     match cli.command {
         Command::Model { command } => {
             seam_shared::telemetry::init("warn", false);
