@@ -64,7 +64,20 @@ async fn the_dashboard_charts_live_traffic_in_headless_chromium() {
         "1000".into(),
     ]);
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    // The gateway admits split sessions once its health check has passed the worker, and the
+    // agent splits once it is connected: wait (bounded) for both.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while state(&router.admin)["workers"][0]["healthy"] != true {
+        assert!(Instant::now() < deadline, "the worker never became healthy");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let edge = EdgeProcess::start(&package_dir(), &flags);
+    assert!(
+        edge.wait_for_log(&["connected to the gateway"], Duration::from_secs(30))
+            .is_some(),
+        "the agent did not connect: {}",
+        edge.logs()
+    );
     let (mut drafted, mut accepted, mut trips) = (0u64, 0u64, 0u64);
     for prompt in [
         "The capital of France is",
