@@ -40,6 +40,22 @@ fn cache(model: &Model, dtype: KvDtype, capacity: usize) -> KvCache {
     KvCache::new(g, dtype, capacity)
 }
 
+/// The first `n` tokens of the news prose corpus.
+fn prose_tokens(model: &Model, n: usize) -> Vec<u32> {
+    let text = std::fs::read_to_string(seam_edge::test_util::asset(
+        "assets/prose/lee_background.txt",
+    ))
+    .unwrap();
+    let mut tokens = model
+        .tokenizer()
+        .encode(text.as_str(), false)
+        .unwrap()
+        .get_ids()
+        .to_vec();
+    tokens.truncate(n);
+    tokens
+}
+
 fn argmax(v: &[f32]) -> usize {
     (0..v.len()).fold(0, |b, i| if v[i] > v[b] { i } else { b })
 }
@@ -77,17 +93,7 @@ fn agreement(model: &mut Model, reference: &ReferenceModel, dtype: KvDtype) -> A
         positions: 0,
     };
     // Short prompts of several kinds, and a longer run of news prose.
-    let text = std::fs::read_to_string(seam_edge::test_util::asset(
-        "assets/prose/lee_background.txt",
-    ))
-    .unwrap();
-    let mut prose = model
-        .tokenizer()
-        .encode(text.as_str(), false)
-        .unwrap()
-        .get_ids()
-        .to_vec();
-    prose.truncate(96);
+    let prose = prose_tokens(model, 96);
     let mut prompts: Vec<Vec<u32>> = PROMPTS
         .iter()
         .map(|p| {
@@ -210,17 +216,7 @@ fn token_by_token_decoding_equals_one_pass_prefill() {
 fn long_prompt_prefill_equals_token_by_token_decoding() {
     let mut model = load();
     let vocab = model.arch().vocab_size as usize;
-    let text = std::fs::read_to_string(seam_edge::test_util::asset(
-        "assets/prose/lee_background.txt",
-    ))
-    .unwrap();
-    let mut tokens = model
-        .tokenizer()
-        .encode(text.as_str(), false)
-        .unwrap()
-        .get_ids()
-        .to_vec();
-    tokens.truncate(400);
+    let tokens = prose_tokens(&model, 400);
     for dtype in [KvDtype::F32, KvDtype::Int8] {
         let mut whole = cache(&model, dtype, tokens.len());
         let all = model.forward(&tokens, 0, &mut whole, true).unwrap();
@@ -270,17 +266,7 @@ fn a_sliding_window_equals_the_reference_with_the_same_positions_dropped() {
     let mut model = load_from(&package_dir_for(true));
     let r = reference();
     let vocab = model.arch().vocab_size as usize;
-    let text = std::fs::read_to_string(seam_edge::test_util::asset(
-        "assets/prose/lee_background.txt",
-    ))
-    .unwrap();
-    let mut tokens = model
-        .tokenizer()
-        .encode(text.as_str(), false)
-        .unwrap()
-        .get_ids()
-        .to_vec();
-    tokens.truncate(72);
+    let tokens = prose_tokens(&model, 72);
     let (capacity, keep, prompt) = (32, 4, 20);
     let mut c = cache(&model, KvDtype::F32, capacity);
     let mut window = Window::new(capacity, keep);

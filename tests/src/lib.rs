@@ -392,6 +392,19 @@ pub fn curl(args: &[&str]) -> (u16, serde_json::Value) {
     )
 }
 
+/// `curl` POSTing the JSON `body` to `url`: the status code and the body as JSON.
+pub fn curl_post_json(url: &str, body: &str) -> (u16, serde_json::Value) {
+    curl(&[
+        "-X",
+        "POST",
+        "-H",
+        "content-type: application/json",
+        "--data-binary",
+        body,
+        url,
+    ])
+}
+
 /// Debian's Chromium, which `make setup` installs: `SEAM_CHROMIUM` or `/usr/bin/chromium`.
 pub fn chromium_bin() -> PathBuf {
     let bin = std::env::var_os("SEAM_CHROMIUM")

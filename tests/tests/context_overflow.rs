@@ -5,7 +5,7 @@
 //! answer is the unlimited agent's token for token until the window first drops a position.
 
 use seam_shared::proto::edge::{ContextOverflow, GenerateRequest};
-use seam_tests::{EdgeProcess, curl, package_dir, token_ids};
+use seam_tests::{EdgeProcess, curl_post_json, package_dir, token_ids};
 use tonic::Code;
 
 const CONTEXT: u32 = 64;
@@ -123,17 +123,7 @@ async fn long_requests_are_refused_truncated_or_slid_as_asked() {
             r#"{{"prompt": "{STORY}", "max_tokens": 120, "temperature": 0, "seam_context_overflow": "{overflow}"}}"#
         )
     };
-    let post = |body: String| {
-        curl(&[
-            "-X",
-            "POST",
-            "-H",
-            "content-type: application/json",
-            "--data-binary",
-            &body,
-            &url,
-        ])
-    };
+    let post = |body: String| curl_post_json(&url, &body);
     let (code, v) = post(body("sliding_window"));
     assert_eq!(code, 200, "{v}");
     assert_eq!(v["seam"]["context_overflow"], "sliding_window", "{v}");

@@ -3,7 +3,7 @@
 
 use seam_edge::test_util::{encoder_package_dir, package_dir};
 use seam_shared::proto::edge::GenerateRequest;
-use seam_tests::{EdgeProcess, curl, python_client, token_ids};
+use seam_tests::{EdgeProcess, curl, curl_post_json, python_client, token_ids};
 use serde_json::Value;
 
 fn agent() -> EdgeProcess {
@@ -95,17 +95,7 @@ async fn the_openai_python_package_talks_to_the_device() {
 fn bad_requests_get_openai_error_objects_over_plain_curl() {
     let edge = EdgeProcess::start(&package_dir(), &["--http", "127.0.0.1:0"]);
     let base = format!("http://{}", edge.http.clone().unwrap());
-    let post = |path: &str, body: &str| {
-        curl(&[
-            "-X",
-            "POST",
-            "-H",
-            "content-type: application/json",
-            "--data-binary",
-            body,
-            &format!("{base}{path}"),
-        ])
-    };
+    let post = |path: &str, body: &str| curl_post_json(&format!("{base}{path}"), body);
     let error = |v: &Value| {
         v["error"]["message"]
             .as_str()

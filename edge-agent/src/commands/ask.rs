@@ -1,6 +1,5 @@
 //! `seam-edge ask`: a small client of the Assistant API (the demo uses it; so can scripts).
 
-use crate::runtime::context::Overflow;
 use seam_shared::proto::common::{RouteKind, SamplingParams};
 use seam_shared::proto::edge as pb;
 use seam_shared::proto::edge::assistant_client::AssistantClient;
@@ -160,11 +159,9 @@ pub fn request(a: &AskArgs) -> pb::GenerateRequest {
         chat: a.chat,
         route: route as i32,
         split_layer: a.split_layer,
-        context_overflow: a.context_overflow.map_or(0, |o| match o {
-            Overflow::Error => pb::ContextOverflow::Error,
-            Overflow::TruncateStart => pb::ContextOverflow::TruncateStart,
-            Overflow::SlidingWindow => pb::ContextOverflow::SlidingWindow,
-        } as i32),
+        context_overflow: a
+            .context_overflow
+            .map_or(0, |o| crate::server::convert::overflow_to_wire(o) as i32),
         ..Default::default()
     }
 }

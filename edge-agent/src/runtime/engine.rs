@@ -341,8 +341,13 @@ impl Engine {
                 "the prompt encodes to no tokens".into(),
             ));
         }
-        let keep = self.system_tokens(&req, &tokens)?;
         let max_tokens = req.max_tokens as usize;
+        // The system part matters only to a request that does not fit.
+        let keep = if tokens.len() + max_tokens > self.context {
+            self.system_tokens(&req, &tokens)?
+        } else {
+            0
+        };
         let (fitted, window) = fit(&mut tokens, keep, max_tokens, self.context, overflow)?;
         let capacity = (tokens.len() + max_tokens).min(self.context);
         let mut route = route;

@@ -31,15 +31,8 @@ pub fn perplexity(
     mut progress: impl FnMut(usize, usize, f64),
 ) -> Result<Perplexity> {
     let windows = window_count(model, tokens, ctx, max_windows)?;
-    let a = model.arch().clone();
-    let geometry = KvGeometry {
-        n_layers: a.n_layer as usize,
-        n_kv_heads: a.n_head_kv as usize,
-        head_dim: a.head_dim as usize,
-    };
-    let vocab = a.vocab_size as usize;
+    let (mut cache, vocab) = cache_for(model, kv, ctx)?;
     let first = ctx / 2;
-    let mut cache = KvCache::try_new(geometry, kv, ctx)?;
     let (mut nll, mut count) = (0.0f64, 0usize);
     for w in 0..windows {
         let window = &tokens[w * ctx..(w + 1) * ctx];
@@ -79,14 +72,7 @@ pub fn perplexity_sliding(
 ) -> Result<Perplexity> {
     window_count(model, tokens, ctx, None)?;
     let n = max_windows.map_or(tokens.len(), |m| tokens.len().min(m.saturating_mul(ctx)));
-    let a = model.arch().clone();
-    let geometry = KvGeometry {
-        n_layers: a.n_layer as usize,
-        n_kv_heads: a.n_head_kv as usize,
-        head_dim: a.head_dim as usize,
-    };
-    let vocab = a.vocab_size as usize;
-    let mut cache = KvCache::try_new(geometry, kv, ctx)?;
+    let (mut cache, vocab) = cache_for(model, kv, ctx)?;
     let mut window = Window::new(ctx, SINK_TOKENS);
     // Small steps, so that each scored token sees close to a full window.
     let step = window.max_rows().clamp(1, 32);
@@ -155,6 +141,17 @@ pub fn window_count(
         )));
     }
     Ok(windows)
+}
+
+/// A cache of `ctx` positions for every layer of `model`, and its vocabulary size.
+fn cache_for(model: &Model, kv: KvDtype, ctx: usize) -> Result<(KvCache, usize)> {
+    let a = model.arch();
+    let geometry = KvGeometry {
+        n_layers: a.n_layer as usize,
+        n_kv_heads: a.n_head_kv as usize,
+        head_dim: a.head_dim as usize,
+    };
+    Ok((KvCache::try_new(geometry, kv, ctx)?, a.vocab_size as usize))
 }
 
 /// `log softmax(row)[i]`, computed in f64.

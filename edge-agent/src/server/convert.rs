@@ -106,6 +106,15 @@ pub fn generate_request(
     ))
 }
 
+/// How `o` is written on the wire.
+pub fn overflow_to_wire(o: Overflow) -> pb::ContextOverflow {
+    match o {
+        Overflow::Error => pb::ContextOverflow::Error,
+        Overflow::TruncateStart => pb::ContextOverflow::TruncateStart,
+        Overflow::SlidingWindow => pb::ContextOverflow::SlidingWindow,
+    }
+}
+
 /// Most messages in one conversation.
 pub const MAX_MESSAGES: usize = 256;
 

@@ -282,17 +282,10 @@ fn apply_sampling(
     } as i32;
     req.context_overflow = match s.seam_context_overflow.as_deref() {
         None => pb::ContextOverflow::Unspecified,
-        Some("error") => pb::ContextOverflow::Error,
-        Some("truncate_start") => pb::ContextOverflow::TruncateStart,
-        Some("sliding_window") => pb::ContextOverflow::SlidingWindow,
-        Some(other) => {
-            return Err(ApiError::bad(
-                "seam_context_overflow",
-                format!(
-                    "seam_context_overflow must be error, truncate_start or sliding_window, not {other:?}"
-                ),
-            ));
-        }
+        Some(name) => name
+            .parse()
+            .map(crate::server::convert::overflow_to_wire)
+            .map_err(|e: String| ApiError::bad("seam_context_overflow", e))?,
     } as i32;
     Ok(())
 }
