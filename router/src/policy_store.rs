@@ -122,6 +122,10 @@ impl PolicyStore {
             }
             *seen = Some(hash);
         }
+        // The file put back as it was after a broken edit: nothing to publish, nothing wrong.
+        if *text == *self.current().toml {
+            return Ok(Reload::Unchanged);
+        }
         let p = publish(&text, path.display().to_string()).map_err(|e| prefix(path, e))?;
         self.install(p).map_err(|e| prefix(path, e))
     }
@@ -281,6 +285,10 @@ mod tests {
         // Reported once: the same broken content is not an error again.
         assert_eq!(store.reload_file().unwrap(), Reload::Unchanged);
         assert_eq!(store.current().version, 2);
+        // Put back as it was: no error, nothing published.
+        std::fs::write(&path, policy(2, "split")).unwrap();
+        assert_eq!(store.reload_file().unwrap(), Reload::Unchanged);
+        assert!(!rx.has_changed().unwrap());
 
         std::fs::write(&path, policy(2, "local")).unwrap();
         assert!(

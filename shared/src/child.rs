@@ -62,6 +62,26 @@ pub fn spawn_tied(cmd: Command) -> io::Result<Child> {
         .map_err(|_| io::Error::other("child spawner gone"))?
 }
 
+/// Stops the process `pid` (SIGSTOP) until [`resume`]: a process that hangs without dying.
+pub fn pause(pid: u32) -> io::Result<()> {
+    signal(pid, libc::SIGSTOP)
+}
+
+/// Lets a process stopped by [`pause`] run again (SIGCONT).
+pub fn resume(pid: u32) -> io::Result<()> {
+    signal(pid, libc::SIGCONT)
+}
+
+#[allow(unsafe_code)]
+fn signal(pid: u32, sig: libc::c_int) -> io::Result<()> {
+    let pid = libc::pid_t::try_from(pid).map_err(|_| io::Error::other("pid out of range"))?;
+    // SAFETY: kill(2) takes plain integers and touches no memory of this process.
+    if unsafe { libc::kill(pid, sig) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -85,6 +105,33 @@ mod tests {
         #[allow(clippy::zombie_processes)]
         let child = spawn_tied(cmd).expect("spawning sleep");
         println!("tied-child-pid {}", child.id());
+    }
+
+    fn state(pid: u32) -> Option<char> {
+        let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        s.rsplit(')').next()?.trim_start().chars().next()
+    }
+
+    #[test]
+    fn a_paused_child_stops_until_resumed() {
+        let mut cmd = Command::new("sleep");
+        cmd.arg("60");
+        let mut child = spawn_tied(cmd).unwrap();
+        let pid = child.id();
+        pause(pid).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while state(pid) != Some('T') && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(state(pid), Some('T'), "not stopped");
+        resume(pid).unwrap();
+        while state(pid) == Some('T') && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(state(pid), Some('S'), "not running again");
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(pause(u32::MAX).is_err());
     }
 
     fn alive(pid: u32) -> bool {

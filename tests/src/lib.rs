@@ -4,6 +4,7 @@
 
 pub mod idle_load;
 pub mod link_emulator;
+pub mod soak;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -48,6 +49,9 @@ fn bin(name: &str) -> PathBuf {
 /// A running `seam-edge serve` or `seam-worker serve`, killed on drop.
 pub struct EdgeProcess {
     child: Child,
+    bin: PathBuf,
+    package: PathBuf,
+    extra: Vec<String>,
     pub addr: String,
     /// `host:port` of `/metrics`, when started with `--metrics-listen`.
     pub metrics: Option<String>,
@@ -80,8 +84,12 @@ impl EdgeProcess {
     }
 
     fn spawn(bin: PathBuf, package: &Path, extra: &[&str]) -> EdgeProcess {
+        Self::spawn_on(bin, package, extra, "127.0.0.1:0")
+    }
+
+    fn spawn_on(bin: PathBuf, package: &Path, extra: &[&str], listen: &str) -> EdgeProcess {
         let mut cmd = Command::new(&bin);
-        cmd.args(["serve", "--listen", "127.0.0.1:0", "--model"])
+        cmd.args(["serve", "--listen", listen, "--model"])
             .arg(package)
             .args(extra)
             .env("SEAM_LOG", "info")
@@ -133,6 +141,9 @@ impl EdgeProcess {
         let http = http_rx.try_recv().ok();
         EdgeProcess {
             child,
+            bin,
+            package: package.to_path_buf(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
             addr: format!("http://{addr}"),
             metrics,
             http,
@@ -168,6 +179,27 @@ impl EdgeProcess {
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// Kills the process if it runs and starts it again on the same address, with the same
+    /// flags (its metrics and HTTP ports, when asked for with port 0, are new).
+    pub fn restart(&mut self) {
+        self.kill();
+        let listen = self.addr.trim_start_matches("http://").to_string();
+        let extra: Vec<&str> = self.extra.iter().map(String::as_str).collect();
+        let fresh = Self::spawn_on(self.bin.clone(), &self.package, &extra, &listen);
+        // The old value's drop kills an already dead child.
+        let _ = std::mem::replace(self, fresh);
+    }
+
+    /// Stops the process (SIGSTOP): it hangs, holding its connections, until [`Self::resume`].
+    pub fn pause(&self) {
+        seam_shared::child::pause(self.pid()).expect("SIGSTOP");
+    }
+
+    /// Lets a paused process run again (SIGCONT).
+    pub fn resume(&self) {
+        seam_shared::child::resume(self.pid()).expect("SIGCONT");
     }
 }
 
@@ -214,22 +246,45 @@ pub struct RouterProcess {
     pub admin: String,
     pub metrics: String,
     logs: Arc<Mutex<Vec<String>>>,
+    bin: PathBuf,
+    config: String,
+    workers: Vec<String>,
 }
 
 impl RouterProcess {
     /// Starts the gateway in `dir` with `policy` as its policy file, in front of `workers`.
     pub fn start(dir: &Path, policy: &str, workers: &[&str]) -> RouterProcess {
+        Self::prepare(dir, policy, &["dev-a", "dev-b"]);
+        Self::launch(router_bin(), dir, "router.toml", "127.0.0.1:0", workers)
+    }
+
+    /// Makes `dir` afresh for gateways: dev certificates (the gateway's and one per device in
+    /// `devices`), the policy file and the admin token.
+    pub fn prepare(dir: &Path, policy: &str, devices: &[&str]) {
         let _ = std::fs::remove_dir_all(dir);
         std::fs::create_dir_all(dir).unwrap();
-        seam_router::certs::write_dev_certs(dir, &[], &["dev-a".into(), "dev-b".into()]).unwrap();
+        let devices: Vec<String> = devices.iter().map(|d| d.to_string()).collect();
+        seam_router::certs::write_dev_certs(dir, &[], &devices).unwrap();
         std::fs::write(dir.join("policy.toml"), policy).unwrap();
         std::fs::write(dir.join("admin-token"), "test-admin-token-0123456789").unwrap();
+    }
+
+    /// Starts `bin serve` with the configuration `config` (written into `dir`, which
+    /// [`Self::prepare`] made), its device endpoint on `listen`, in front of `workers`. Several
+    /// gateways (replicas) may share one directory, and so one policy file.
+    pub fn launch(
+        bin: PathBuf,
+        dir: &Path,
+        config: &str,
+        listen: &str,
+        workers: &[&str],
+    ) -> RouterProcess {
         let list: Vec<String> = workers
             .iter()
             .map(|w| format!("{:?}", w.trim_start_matches("http://")))
             .collect();
         let cfg = format!(
-            "listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\n\
+            "listen = \"{listen}\"\nadmin_listen = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\n\
              policy = \"policy.toml\"\npolicy_poll_ms = 200\n\
              [tls]\ncert = \"gateway.pem\"\nkey = \"gateway.key\"\nclient_ca = \"ca.pem\"\n\
              [admin]\ntoken_file = \"admin-token\"\n\
@@ -237,10 +292,10 @@ impl RouterProcess {
              [dashboard]\nsample_every_ms = 250\n",
             list.join(", ")
         );
-        std::fs::write(dir.join("router.toml"), cfg).unwrap();
-        let mut cmd = Command::new(router_bin());
+        std::fs::write(dir.join(config), cfg).unwrap();
+        let mut cmd = Command::new(&bin);
         cmd.args(["serve", "--config"])
-            .arg(dir.join("router.toml"))
+            .arg(dir.join(config))
             .env("SEAM_LOG", "info")
             .env_remove("SEAM_ADMIN_TOKEN")
             .stdout(Stdio::piped())
@@ -290,7 +345,24 @@ impl RouterProcess {
             admin: found["admin"].clone(),
             metrics: found["metrics"].clone(),
             logs,
+            bin,
+            config: config.to_string(),
+            workers: workers.iter().map(|w| w.to_string()).collect(),
         }
+    }
+
+    /// Kills the gateway if it runs and starts it again on the same device endpoint.
+    pub fn restart(&mut self) {
+        self.kill();
+        let workers: Vec<&str> = self.workers.iter().map(String::as_str).collect();
+        let fresh = Self::launch(
+            self.bin.clone(),
+            &self.dir,
+            &self.config,
+            &self.gateway,
+            &workers,
+        );
+        let _ = std::mem::replace(self, fresh);
     }
 
     /// The `seam-edge` flags that connect a device (`dev-a`) to this gateway.

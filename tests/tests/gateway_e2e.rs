@@ -73,6 +73,11 @@ async fn split_through_the_gateway_equals_local_and_follows_the_pushed_policy() 
                 &ids, want,
                 "{transport}: split through the gateway differs from local for {p:?}"
             );
+            assert!(
+                !fin.degraded && fin.degraded_reason.is_empty(),
+                "{:?}",
+                fin.degraded_reason
+            );
         }
         assert!(
             edge.wait_for_log(
@@ -216,6 +221,10 @@ async fn answers_survive_a_worker_crash_and_a_gateway_crash() {
         ids, want,
         "output after the worker crash differs from local"
     );
+    assert!(
+        fin.degraded && fin.degraded_reason.contains("finished on the device"),
+        "{fin:?}"
+    );
     let route = fin.route.unwrap();
     assert_eq!(route.kind, RouteKind::Split as i32);
     assert!(route.reason.contains("finished on the device"), "{route:?}");
@@ -231,6 +240,7 @@ async fn answers_survive_a_worker_crash_and_a_gateway_crash() {
     // 3. With the gateway gone, requests that the policy splits run locally from the start.
     let (ids, fin) = token_ids(&edge.addr, req).await;
     assert_eq!(ids, want);
+    assert!(fin.degraded && !fin.degraded_reason.is_empty(), "{fin:?}");
     let route = fin.route.unwrap();
     assert_eq!(route.kind, RouteKind::Local as i32, "{route:?}");
 }

@@ -161,7 +161,7 @@ pub fn run(dir: &Path, args: &SplitBenchArgs) -> anyhow::Result<()> {
     ) {
         (Some(addr), Some(ca), Some(cert), Some(key)) => Some(GatewayEndpoint::new(
             GatewayOptions {
-                addr: addr.clone(),
+                addrs: vec![addr.clone()],
                 ca: ca.clone(),
                 cert: cert.clone(),
                 key: key.clone(),

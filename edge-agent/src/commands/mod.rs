@@ -71,7 +71,8 @@ pub struct SplitArgs {
     #[arg(long, conflicts_with = "gateway")]
     pub worker: Option<String>,
     /// The regional gateway (host:port; QUIC on UDP, gRPC on TCP), with --gateway-ca,
-    /// --device-cert and --device-key.
+    /// --device-cert and --device-key. Replicas as a comma-separated list: the device stays
+    /// with the one it reached and moves to the next when that connection fails.
     #[arg(long, requires_all = ["gateway_ca", "device_cert", "device_key"])]
     pub gateway: Option<String>,
     /// CA certificate (PEM) the gateway's certificate must chain to.
@@ -152,7 +153,7 @@ impl SplitArgs {
                 };
                 CloudEndpoint::Gateway(GatewayEndpoint::new(
                     GatewayOptions {
-                        addr: addr.clone(),
+                        addrs: addr.split(',').map(|a| a.trim().to_string()).collect(),
                         ca: need(&self.gateway_ca, "--gateway-ca")?,
                         cert: need(&self.device_cert, "--device-cert")?,
                         key: need(&self.device_key, "--device-key")?,

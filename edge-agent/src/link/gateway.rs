@@ -3,6 +3,10 @@
 //! request; it is re-established with exponential backoff after a failure. A background task
 //! keeps the routing policy current (WatchPolicy pushes) and reports the link (RTT, transport,
 //! local speed) so the gateway and the policy's cost model see what the device sees.
+//!
+//! A device may know several gateway replicas: it stays with the one it reached until that
+//! connection fails, then tries the next one first (every replica answers the same: sessions are
+//! placed on workers by rendezvous hash, and a split answer in flight finishes on the device).
 
 use crate::error::{Error, Result};
 use crate::runtime::split::{LinkCounters, OpenSplit, SplitLink};
@@ -47,8 +51,8 @@ pub enum TransportChoice {
 /// How to reach the gateway.
 #[derive(Debug, Clone)]
 pub struct GatewayOptions {
-    /// `host:port` (TCP for gRPC, UDP for QUIC).
-    pub addr: String,
+    /// The replicas' `host:port` (TCP for gRPC, UDP for QUIC), in order of preference.
+    pub addrs: Vec<String>,
     pub ca: PathBuf,
     pub cert: PathBuf,
     pub key: PathBuf,
@@ -57,11 +61,36 @@ pub struct GatewayOptions {
     pub report_every: Duration,
 }
 
+/// One gateway replica.
+struct Replica {
+    /// `host:port`.
+    addr: String,
+    /// The host part, checked against the gateway's certificate.
+    server_name: String,
+}
+
+impl Replica {
+    fn parse(addr: &str) -> Result<Replica> {
+        let server_name = addr
+            .rsplit_once(':')
+            .map(|(h, _)| h.trim_start_matches('[').trim_end_matches(']').to_string())
+            .filter(|h| !h.is_empty())
+            .ok_or_else(|| {
+                Error::InvalidArgument(format!("--gateway {addr:?}: expected host:port"))
+            })?;
+        Ok(Replica {
+            addr: addr.to_string(),
+            server_name,
+        })
+    }
+}
+
 struct Inner {
     opts: GatewayOptions,
     tls: TlsFiles,
-    /// Host part of `addr`, checked against the gateway's certificate.
-    server_name: String,
+    replicas: Vec<Replica>,
+    /// The replica tried first: the one last reached, or the next after a failure.
+    current: std::sync::atomic::AtomicUsize,
     digest: String,
     client: tokio::sync::Mutex<Option<GatewayClient>>,
     /// After a failed connect, requests do not try again (they go local at once) until then;
@@ -89,7 +118,7 @@ pub struct GatewayEndpoint {
 impl std::fmt::Debug for GatewayEndpoint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("GatewayEndpoint")
-            .field("addr", &self.inner.opts.addr)
+            .field("addrs", &self.inner.opts.addrs)
             .finish()
     }
 }
@@ -104,19 +133,22 @@ impl GatewayEndpoint {
     pub fn new(opts: GatewayOptions, package_digest: &str) -> Result<GatewayEndpoint> {
         let tls = TlsFiles::read(&opts.cert, &opts.key, &opts.ca)
             .map_err(|e| Error::InvalidArgument(format!("gateway TLS: {e}")))?;
-        let server_name = opts
-            .addr
-            .rsplit_once(':')
-            .map(|(h, _)| h.trim_start_matches('[').trim_end_matches(']').to_string())
-            .filter(|h| !h.is_empty())
-            .ok_or_else(|| {
-                Error::InvalidArgument(format!("--gateway {:?}: expected host:port", opts.addr))
-            })?;
+        if opts.addrs.is_empty() {
+            return Err(Error::InvalidArgument(
+                "--gateway: no gateway address".into(),
+            ));
+        }
+        let replicas = opts
+            .addrs
+            .iter()
+            .map(|a| Replica::parse(a))
+            .collect::<Result<Vec<_>>>()?;
         Ok(GatewayEndpoint {
             inner: Arc::new(Inner {
                 opts,
                 tls,
-                server_name,
+                replicas,
+                current: std::sync::atomic::AtomicUsize::new(0),
                 digest: format!("sha256:{package_digest}"),
                 client: tokio::sync::Mutex::new(None),
                 down: std::sync::Mutex::new(Down::default()),
@@ -126,16 +158,15 @@ impl GatewayEndpoint {
         })
     }
 
-    async fn resolve(&self) -> Result<SocketAddr> {
-        let addr = &self.inner.opts.addr;
-        tokio::net::lookup_host(addr.as_str())
+    async fn resolve(addr: &str) -> Result<SocketAddr> {
+        tokio::net::lookup_host(addr)
             .await
             .map_err(|e| Error::Unavailable(format!("resolving the gateway {addr}: {e}")))?
             .next()
             .ok_or_else(|| Error::Unavailable(format!("the gateway {addr} has no address")))
     }
 
-    async fn connect_quic(&self, addr: SocketAddr) -> Result<GatewayClient> {
+    async fn connect_quic(&self, addr: SocketAddr, server_name: &str) -> Result<GatewayClient> {
         let ep = {
             let mut slot = self
                 .inner
@@ -161,7 +192,7 @@ impl GatewayEndpoint {
         };
         let c = tokio::time::timeout(
             QUIC_TIMEOUT,
-            QuicClient::connect_with(ep, addr, &self.inner.server_name),
+            QuicClient::connect_with(ep, addr, server_name),
         )
         .await
         .map_err(|_| {
@@ -172,15 +203,11 @@ impl GatewayEndpoint {
         Ok(GatewayClient::Quic(c))
     }
 
-    async fn connect_grpc(&self) -> Result<GatewayClient> {
-        let c = GrpcClient::connect(
-            &self.inner.opts.addr,
-            &self.inner.server_name,
-            &self.inner.tls,
-        )
-        .await
-        .map_err(|e| Error::Unavailable(e.to_string()))?;
-        tracing::info!(gateway = %self.inner.opts.addr, "connected to the gateway over gRPC");
+    async fn connect_grpc(&self, replica: &Replica) -> Result<GatewayClient> {
+        let c = GrpcClient::connect(&replica.addr, &replica.server_name, &self.inner.tls)
+            .await
+            .map_err(|e| Error::Unavailable(e.to_string()))?;
+        tracing::info!(gateway = %replica.addr, "connected to the gateway over gRPC");
         Ok(GatewayClient::Grpc(c))
     }
 
@@ -194,7 +221,7 @@ impl GatewayEndpoint {
             {
                 return Err(Error::Unavailable(format!(
                     "the gateway {} is unreachable; retrying in {} ms",
-                    self.inner.opts.addr,
+                    self.inner.opts.addrs.join(","),
                     until.saturating_duration_since(Instant::now()).as_millis()
                 )));
             }
@@ -222,24 +249,68 @@ impl GatewayEndpoint {
                 return Ok(c.clone());
             }
         }
-        let c = match self.inner.opts.transport {
-            TransportChoice::Grpc => self.connect_grpc().await?,
-            TransportChoice::Quic => self.connect_quic(self.resolve().await?).await?,
-            TransportChoice::Auto => match self.connect_quic(self.resolve().await?).await {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::warn!(error = %e, "QUIC failed; falling back to gRPC");
-                    self.connect_grpc().await?
+        // Every replica once, from the current one on.
+        let n = self.inner.replicas.len();
+        let first = self
+            .inner
+            .current
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let mut last = None;
+        for i in (0..n).map(|k| (first + k) % n) {
+            match self.connect_replica(&self.inner.replicas[i]).await {
+                Ok(c) => {
+                    self.inner
+                        .current
+                        .store(i, std::sync::atomic::Ordering::Relaxed);
+                    *slot = Some(c.clone());
+                    return Ok(c);
                 }
-            },
-        };
-        *slot = Some(c.clone());
-        Ok(c)
+                Err(e) => {
+                    if n > 1 {
+                        tracing::warn!(gateway = %self.inner.replicas[i].addr, error = %e, "gateway replica unreachable; trying the next");
+                    }
+                    last = Some(e);
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| Error::Unavailable("no gateway replica".into())))
     }
 
-    /// Forgets the connection after a transport failure (the next call reconnects).
+    async fn connect_replica(&self, replica: &Replica) -> Result<GatewayClient> {
+        Ok(match self.inner.opts.transport {
+            TransportChoice::Grpc => self.connect_grpc(replica).await?,
+            TransportChoice::Quic => {
+                self.connect_quic(Self::resolve(&replica.addr).await?, &replica.server_name)
+                    .await?
+            }
+            TransportChoice::Auto => {
+                let quic = match Self::resolve(&replica.addr).await {
+                    Ok(a) => self.connect_quic(a, &replica.server_name).await,
+                    Err(e) => Err(e),
+                };
+                match quic {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::warn!(gateway = %replica.addr, error = %e, "QUIC failed; falling back to gRPC");
+                        self.connect_grpc(replica).await?
+                    }
+                }
+            }
+        })
+    }
+
+    /// Forgets the connection after a transport failure: the next call reconnects, to the next
+    /// replica first.
     pub async fn invalidate(&self) {
-        *self.inner.client.lock().await = None;
+        let mut slot = self.inner.client.lock().await;
+        if slot.take().is_some() {
+            let n = self.inner.replicas.len();
+            let _ = self.inner.current.fetch_update(
+                std::sync::atomic::Ordering::Relaxed,
+                std::sync::atomic::Ordering::Relaxed,
+                |c| Some((c + 1) % n),
+            );
+        }
     }
 
     /// A link for one request.

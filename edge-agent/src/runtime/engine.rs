@@ -90,6 +90,9 @@ pub struct GenerateStats {
     pub split: Option<SplitReport>,
     /// Why a split request finished (or ran entirely) on the device, if it did.
     pub fallback: Option<String>,
+    /// The fallback was forced by a failure or refusal of the cloud half (the gateway, the
+    /// link or the worker), not chosen (a sliding window runs on the device by design).
+    pub degraded: bool,
     /// Process CPU time (all threads) spent in the decode phase.
     pub decode_cpu: Duration,
     /// How the request was fitted to the context.
@@ -467,6 +470,7 @@ impl Engine {
                         tracing::warn!(error = %e, "split unavailable; running the request on the device");
                         let mut stats = self.generate_routed(&req, Route::Local, on_token)?;
                         stats.fallback = Some(e.to_string());
+                        stats.degraded = true;
                         return Ok(stats);
                     }
                     Err(e) => return Err(e),
@@ -512,6 +516,7 @@ impl Engine {
                 stats.kv_bytes = kv_bytes;
                 stats.kv_bytes_per_token = bytes_per_token;
                 stats.split = report;
+                stats.degraded = run.fallback.is_some();
                 stats.fallback = run.fallback;
                 stats.context = fitted;
                 Ok(stats)
@@ -611,6 +616,7 @@ fn empty_stats(tokens: &[u32], started: Instant, finish: FinishReason) -> Genera
         finish,
         split: None,
         fallback: None,
+        degraded: false,
         decode_cpu: Duration::ZERO,
         context: Fitted::default(),
     }

@@ -226,6 +226,12 @@ pub fn final_event(
                 max_tokens,
             )),
             kv_bytes: stats.kv_bytes as u64,
+            degraded: stats.degraded,
+            degraded_reason: if stats.degraded {
+                stats.fallback.clone().unwrap_or_default()
+            } else {
+                String::new()
+            },
             bytes_sent: counters.bytes_sent,
             bytes_received: counters.bytes_received,
             round_trips: counters.round_trips,

@@ -22,6 +22,7 @@
 //! ```
 
 mod handle;
+mod impairment;
 mod options;
 mod profile;
 pub mod shaper;
@@ -32,6 +33,7 @@ mod udp;
 mod udp_mapping;
 
 pub use handle::RelayHandle;
+pub use impairment::Impairment;
 pub use options::{DEFAULT_UDP_IDLE_TIMEOUT, RelayOptions};
 pub use profile::{LinkProfile, ProfileError};
 pub use shaper::{DatagramShaper, Direction, StreamShaper, Verdict};

@@ -2,6 +2,7 @@
 //! its own upstream socket (like a NAT), shaped both ways, and dropped after being idle.
 
 use super::handle::{RelayHandle, Shutdown};
+use super::impairment::Impairment;
 use super::options::RelayOptions;
 use super::profile::LinkProfile;
 use super::shaper::{DatagramShaper, Direction};
@@ -31,6 +32,7 @@ pub struct UdpRelay {
     profile: LinkProfile,
     options: RelayOptions,
     counters: Arc<Counters>,
+    impairment: Option<Arc<Impairment>>,
 }
 
 /// The main loop's view of a mapping.
@@ -57,7 +59,14 @@ impl UdpRelay {
             profile,
             options,
             counters: Arc::default(),
+            impairment: None,
         })
+    }
+
+    /// Drops datagrams (both ways) while `impairment` says so, besides the profile's loss.
+    pub fn with_impairment(mut self, impairment: Arc<Impairment>) -> UdpRelay {
+        self.impairment = Some(impairment);
+        self
     }
 
     /// The address clients send to.
@@ -170,6 +179,7 @@ impl UdpRelay {
             down: DatagramShaper::with_limit(self.profile, flow, Direction::Down, limit),
             last_seen: last_seen.clone(),
             counters: self.counters.clone(),
+            impairment: self.impairment.clone(),
         };
         debug!(%client, flow, "mapping opened");
         tasks.spawn(

@@ -3,6 +3,7 @@
 //! with their arrival time); datagrams from the upstream are read here. The task ends once its
 //! inbox is closed (the mapping expired or the relay stops) and what it holds is delivered.
 
+use super::impairment::Impairment;
 use super::shaper::{DatagramShaper, Direction, Verdict};
 use super::stats::Counters;
 use std::cmp::{Ordering, Reverse};
@@ -66,6 +67,7 @@ pub(crate) struct Mapping {
     pub down: DatagramShaper,
     pub last_seen: LastSeen,
     pub counters: Arc<Counters>,
+    pub impairment: Option<Arc<Impairment>>,
 }
 
 impl Mapping {
@@ -79,7 +81,9 @@ impl Mapping {
             down,
             last_seen,
             counters,
+            impairment,
         } = self;
+        let impaired = || impairment.as_ref().is_some_and(|i| i.drops());
         let mut up = Lane::new(up, Direction::Up);
         let mut down = Lane::new(down, Direction::Down);
         let mut buf = vec![0; MAX_DATAGRAM];
@@ -94,10 +98,12 @@ impl Mapping {
             }
             tokio::select! {
                 arrival = inbox.recv(), if open => match arrival {
+                    Some(_) if impaired() => Counters::add(&counters.datagrams_lost, 1),
                     Some(Arrival { at, data }) => up.accept(at, data, &counters),
                     None => open = false,
                 },
                 received = upstream.recv(&mut buf), if open => match received {
+                    Ok(_) if impaired() => Counters::add(&counters.datagrams_lost, 1),
                     Ok(n) => {
                         last_seen.touch();
                         down.accept(Instant::now(), buf[..n].to_vec(), &counters);
