@@ -18,7 +18,7 @@ GWBENCH := target/release/seam-gwbench
 # benchmarks need it.
 LLAMA_BENCH := .seam/tools/llama.cpp/bin/llama-bench
 
-.PHONY: setup build demo test bench bench-decode bench-speculation bench-conversation bench-memory lint package fuzz
+.PHONY: setup build demo test bench bench-decode bench-speculation bench-conversation bench-memory lint package fuzz soak
 
 ## setup: install ONNX Runtime and the default model assets into .seam/ (idempotent)
 setup:
@@ -26,7 +26,7 @@ setup:
 
 build:
 	$(CARGO) build --release --locked -p seam-edge -p seam-worker -p seam-router
-	$(CARGO) build --release --locked -p seam-tests --bin seam-linkemu --bin seam-gwbench --bin seam-membench
+	$(CARGO) build --release --locked -p seam-tests --bin seam-linkemu --bin seam-gwbench --bin seam-membench --bin seam-soak
 
 # The graphs' and the draft head's code are prerequisites: a package of an older layout, or
 # with a head trained differently, is imported again (the head's training takes minutes).
@@ -58,6 +58,18 @@ test: setup
 ## /proc. (The gateway with 1,000 QUIC devices connected: `make bench`, from seam-gwbench.)
 bench-memory: package
 	target/release/seam-membench --worker $(WORKER) --model $(PKG) --sessions 10000
+
+## soak: faults under load. Two workers, two gateway replicas sharing one policy file and three
+## devices (speculative and per-token over QUIC through link emulators, speculative over gRPC)
+## send local, split, sampled and cancelled requests while 100 worker SIGKILLs mid-answer (each
+## restarted), 20 gateway replica restarts, link cuts, loss bursts, workers paused past the step
+## timeout, policy reloads and truncated or unreadable policy files are injected on a seeded
+## schedule (SOAK_SEED); every answer is checked against the device's own. Prints requests,
+## faults, identical, degraded, wrong and lost answers and the p99 latency the faults added; fails
+## if one was wrong or lost. `make test` runs a short one (tests/tests/soak.rs).
+SOAK_SEED ?= 1
+soak: package
+	target/release/seam-soak --model $(PKG) --seed $(SOAK_SEED) --dir target/soak
 
 ## fuzz: every decoder of outside bytes (QUIC frames, steps, tensors, GGUF, safetensors, policy,
 ## configs, OpenAI and gRPC request bodies), 1,000,000 seeded inputs each (FUZZ_EXECS, FUZZ_SEED);

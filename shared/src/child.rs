@@ -128,7 +128,11 @@ mod tests {
         while state(pid) == Some('T') && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(10));
         }
-        assert_eq!(state(pid), Some('S'), "not running again");
+        assert!(
+            matches!(state(pid), Some('S' | 'R')),
+            "not running again: {:?}",
+            state(pid)
+        );
         child.kill().unwrap();
         child.wait().unwrap();
         assert!(pause(u32::MAX).is_err());

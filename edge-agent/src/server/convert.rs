@@ -251,7 +251,6 @@ pub fn final_event(
                 .context
                 .applied
                 .map_or_else(String::new, |o| o.as_str().to_string()),
-            ..Default::default()
         })),
     }
 }

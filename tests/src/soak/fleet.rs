@@ -71,7 +71,13 @@ impl Fleet {
         let names: Vec<&str> = names.iter().map(String::as_str).collect();
         RouterProcess::prepare(&dir, &policy(1, 8), &names);
         let workers: Vec<EdgeProcess> = (0..2)
-            .map(|_| EdgeProcess::start_bin(cfg.worker.clone(), &cfg.package, &[]))
+            .map(|_| {
+                EdgeProcess::start_bin(
+                    cfg.worker.clone(),
+                    &cfg.package,
+                    &["--metrics-listen", "127.0.0.1:0"],
+                )
+            })
             .collect();
         let addrs: Vec<&str> = workers.iter().map(|w| w.addr.as_str()).collect();
         let replicas: Vec<RouterProcess> = (0..2)

@@ -317,7 +317,8 @@ fn inject(fleet: &Fleet, schedule: &[(Duration, Fault)], shared: &Shared) -> Vec
                     std::thread::sleep(Duration::from_millis(5));
                 }
                 mid_answer = shared.in_flight_split.load(Ordering::Relaxed) > 0;
-                fleet.workers[worker].lock().expect("worker lock").restart();
+                let target = busiest_worker(fleet).unwrap_or(worker);
+                fleet.workers[target].lock().expect("worker lock").restart();
             }
             Fault::GatewayRestart { replica } => {
                 fleet.replicas[replica]
@@ -375,6 +376,26 @@ fn inject(fleet: &Fleet, schedule: &[(Duration, Fault)], shared: &Shared) -> Vec
     }
     shared.faults_done.store(true, Ordering::Relaxed);
     out
+}
+
+/// The worker holding the most open sessions, if any holds one (from its `/metrics`).
+fn busiest_worker(fleet: &Fleet) -> Option<usize> {
+    let sessions: Vec<f64> = fleet
+        .workers
+        .iter()
+        .map(|w| {
+            let w = w.lock().expect("worker lock");
+            w.metrics
+                .as_deref()
+                .and_then(|m| crate::sample(&crate::scrape(m).1, "seam_worker_sessions"))
+                .unwrap_or(0.0)
+        })
+        .collect();
+    let (i, most) = sessions
+        .iter()
+        .enumerate()
+        .max_by(|a, b| a.1.total_cmp(b.1))?;
+    (*most > 0.0).then_some(i)
 }
 
 fn write_atomically(path: &std::path::Path, text: &str) {

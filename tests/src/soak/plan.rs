@@ -74,7 +74,8 @@ pub fn jobs(rng: &mut StdRng, prompts: usize, n: usize) -> Vec<Job> {
 /// A fault, with what it hits and for how long.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Fault {
-    /// SIGKILL the worker while split answers are in flight, then start it again.
+    /// SIGKILL a worker while split answers are in flight (the one holding the most sessions;
+    /// this one on a tie), then start it again.
     WorkerKill { worker: usize },
     /// SIGKILL a gateway replica, then start it again on the same address.
     GatewayRestart { replica: usize },
