@@ -64,6 +64,8 @@ pub struct SplitReport {
     pub wire: WireDtype,
     pub counters: LinkCounters,
     pub speculation: SpeculationStats,
+    /// Sessions re-opened after the cloud half failed mid-answer (the answer so far replayed).
+    pub replays: u32,
 }
 
 /// Drafting figures of one split request.
@@ -195,7 +197,14 @@ pub struct SplitRun<'a> {
     /// Positions the session holds at most.
     limit: usize,
     stats: SpeculationStats,
+    /// What the session was opened with, to open another after a failure.
+    open: OpenSplit,
+    replays: u32,
 }
+
+/// Times a request re-opens its session after the cloud half failed before it finishes on the
+/// device instead.
+const MAX_REPLAYS: u32 = 2;
 
 impl<'a> SplitRun<'a> {
     /// Opens the session and sends the prompt (in chunks); the worker's answer to the last
@@ -239,6 +248,8 @@ impl<'a> SplitRun<'a> {
                 enabled,
                 ..SpeculationStats::default()
             },
+            open: open.clone(),
+            replays: 0,
         };
         let mut pos = 0;
         let mut first = 0;
@@ -267,12 +278,52 @@ impl<'a> SplitRun<'a> {
     }
 
     /// Hands `token` (at `position`) out. When it was the last settled token, runs it through
-    /// layers `[0, K)` with the next drafts and verifies them on the worker.
+    /// layers `[0, K)` with the next drafts and verifies them on the worker. When the cloud half
+    /// went away (the worker died, the gateway restarted), opens a new session and replays the
+    /// answer so far, at most [`MAX_REPLAYS`] times; after that the error goes to the caller,
+    /// which finishes on the device.
     pub fn advance(&mut self, token: u32, position: usize) -> Result<()> {
         self.settled.pop_front();
         if !self.settled.is_empty() {
             return Ok(());
         }
+        match self.verify_next(token, position) {
+            Err(e) if self.replays < MAX_REPLAYS && super::continuation::recoverable(&e) => {
+                tracing::warn!(error = %e, positions = position + 1, "the cloud half went away; replaying the answer so far on a new session");
+                self.replay(position)
+            }
+            r => r,
+        }
+    }
+
+    /// Opens a new session (the gateway places it on a live worker) and sends it the prompt
+    /// and the tokens settled so far, the last at `position`, as a prefill: its answer is the
+    /// token after `position`, as the lost session's would have been (the worker draws sampled
+    /// tokens by seed and position).
+    fn replay(&mut self, position: usize) -> Result<()> {
+        self.replays += 1;
+        self.link.close();
+        self.session = self.link.open(&self.open)?;
+        self.history.truncate(position + 1);
+        self.cache.truncate(0)?;
+        self.settled.clear();
+        self.feature = None;
+        let tokens = self.history.clone();
+        let mut pos = 0;
+        let mut next = 0;
+        while pos < tokens.len() {
+            let end = (pos + PREFILL_CHUNK).min(tokens.len());
+            next = self.forward(&tokens[pos..end], pos)?;
+            pos = end;
+        }
+        self.settle(&[], next);
+        self.stats.decode_round_trips += 1;
+        self.stats.decode_tokens += 1;
+        Ok(())
+    }
+
+    /// One round trip after `token`: a plain step, or drafts to verify.
+    fn verify_next(&mut self, token: u32, position: usize) -> Result<()> {
         // Drafts go at positions position + 1 ..= position + k, inside the session.
         let room = self.limit.saturating_sub(position + 1);
         self.stats.token_steps += 1;
@@ -513,6 +564,7 @@ impl<'a> SplitRun<'a> {
             wire: self.wire,
             counters: self.link.counters(),
             speculation: self.stats,
+            replays: self.replays,
         };
         (self.model, report)
     }
@@ -525,6 +577,7 @@ impl<'a> SplitRun<'a> {
             wire: self.wire,
             counters: self.link.counters(),
             speculation: self.stats,
+            replays: self.replays,
         }
     }
 }

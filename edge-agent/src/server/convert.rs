@@ -227,6 +227,7 @@ pub fn final_event(
             )),
             kv_bytes: stats.kv_bytes as u64,
             degraded: stats.degraded,
+            session_replays: stats.split.as_ref().map_or(0, |s| s.replays),
             degraded_reason: if stats.degraded {
                 stats.fallback.clone().unwrap_or_default()
             } else {

@@ -275,6 +275,7 @@ async fn execute(
                         tokens,
                         degraded: f.degraded,
                         reason: f.degraded_reason,
+                        replays: f.session_replays,
                     });
                 }
                 Some(_) => {}

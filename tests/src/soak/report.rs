@@ -90,6 +90,16 @@ impl Report {
             .count()
     }
 
+    /// Answers whose session was re-opened after a fault and that went on split.
+    pub fn replayed(&self) -> usize {
+        self.records
+            .iter()
+            .filter(|r| {
+                matches!(&r.outcome, Outcome::Finished { degraded: false, replays, .. } if *replays > 0)
+            })
+            .count()
+    }
+
     /// p50 and p99 latency of the complete answers of `phase`.
     pub fn latency(&self, phase: Phase) -> (Option<Duration>, Option<Duration>) {
         let l: Vec<Duration> = self
@@ -144,6 +154,11 @@ impl fmt::Display for Report {
             f,
             "answers identical to the device's own: {}",
             self.identical()
+        )?;
+        writeln!(
+            f,
+            "answers that re-opened their session after a fault and went on split: {}",
+            self.replayed()
         )?;
         writeln!(
             f,
@@ -203,6 +218,8 @@ mod tests {
                 tokens: vec![1],
                 degraded,
                 reason: String::new(),
+                // The slow answer of the fault phase re-opened its session.
+                replays: u32::from(ms == 400),
             },
             verdict: Some(verdict),
         }
@@ -214,7 +231,7 @@ mod tests {
             records: vec![
                 record(Phase::Calm, 100, Verdict::Identical, false),
                 record(Phase::Calm, 120, Verdict::Identical, false),
-                record(Phase::Faults, 400, Verdict::Identical, true),
+                record(Phase::Faults, 400, Verdict::Identical, false),
                 record(
                     Phase::Faults,
                     150,
@@ -234,7 +251,8 @@ mod tests {
             (r.identical(), r.degraded(), r.wrong().len(), r.lost().len()),
             (3, 1, 0, 1)
         );
-        assert_eq!(r.finished_on_device(), 2);
+        assert_eq!(r.finished_on_device(), 1);
+        assert_eq!(r.replayed(), 1);
         assert_eq!(r.latency(Phase::Calm).1, Some(Duration::from_millis(120)));
         assert_eq!(r.latency(Phase::Faults).1, Some(Duration::from_millis(400)));
         let text = r.to_string();

@@ -11,6 +11,8 @@ pub enum Outcome {
         tokens: Vec<u32>,
         degraded: bool,
         reason: String,
+        /// Sessions re-opened mid-answer, the answer so far replayed.
+        replays: u32,
     },
     /// The app dropped the stream after these tokens, as asked.
     Cancelled { tokens: Vec<u32> },
@@ -50,6 +52,7 @@ pub fn judge(outcome: &Outcome, reference: &[u32], greedy: bool) -> Verdict {
             tokens,
             degraded,
             reason,
+            ..
         } => {
             if !greedy && *degraded && !reason.is_empty() {
                 Verdict::Degraded {
@@ -86,6 +89,7 @@ mod tests {
             tokens: tokens.to_vec(),
             degraded,
             reason: reason.into(),
+            replays: 0,
         }
     }
 
