@@ -55,8 +55,9 @@ done
 ln -sf libonnxruntime.so.1.31.1 "$dest/lib/libonnxruntime.so"
 
 # The real third-party clients the tests drive Seam with (gRPC stubs generated from proto/ by
-# grpcio-tools, reflection, the OpenAI SDK), in a virtual environment of their own.
-py_clients="grpcio==1.85.3 grpcio-tools==1.85.1 grpcio-reflection==1.85.1 openai==3.60.0"
+# grpcio-tools, reflection, the OpenAI SDK) and llama.cpp's gguf-py (its block decoders check ours), in a
+# virtual environment of their own.
+py_clients="grpcio==1.85.3 grpcio-tools==1.85.1 grpcio-reflection==1.85.1 openai==3.60.0 gguf==0.19.0 numpy==2.4.6"
 if [ "$(cat "$dest/py/installed" 2>/dev/null)" != "$py_clients" ]; then
   echo "setup: installing Python test clients into .seam/py ($py_clients)" >&2
   python3 -m venv --clear "$dest/py"

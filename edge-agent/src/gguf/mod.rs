@@ -6,6 +6,7 @@
 //! Parsing lives in `reader`, block formats in [`quant`], llama hyperparameters in [`hparams`].
 
 pub mod hparams;
+pub mod kquant;
 pub mod quant;
 mod reader;
 #[cfg(test)]

@@ -4,7 +4,12 @@
 //! - Q4_0: `d: f16`, `qs: [u8; 16]`; element `j` is the low nibble of `qs[j]`, element `j + 16`
 //!   the high nibble; `w = d * (q - 8)`.
 //! - Q4_1: `d: f16`, `m: f16`, `qs: [u8; 16]` with the same nibble order; `w = d * q + m`.
+//! - Q5_0: `d: f16`, `qh: u32` (bit `j` is element `j`'s fifth bit), `qs: [u8; 16]` as Q4_0;
+//!   `w = d * (q - 16)`.
+//! - Q5_1: `d: f16`, `m: f16`, then as Q5_0; `w = d * q + m`.
 //! - Q8_0: `d: f16`, `qs: [i8; 32]`; `w = d * q`.
+//!
+//! The k-quants (super-blocks of 256) are in [`super::kquant`].
 
 use half::{bf16, f16};
 
@@ -89,18 +94,37 @@ pub fn q8_0_blocks(bytes: &[u8]) -> Result<Vec<Q80Block>> {
         .collect())
 }
 
+/// Q4_0 data (18 bytes per block) as Q4_1-style blocks: `w = d·q − 8·d`.
+pub fn q4_0_blocks(bytes: &[u8]) -> Result<Vec<Q41Block>> {
+    check_blocks(GgmlType::Q4_0, bytes, 18)?;
+    Ok(bytes
+        .chunks_exact(18)
+        .map(|b| {
+            let d = f16_at(b, 0);
+            Q41Block {
+                d,
+                m: -8.0 * d,
+                q: unpack_nibbles(&b[2..]),
+            }
+        })
+        .collect())
+}
+
+/// The 32 five-bit values of a Q5_0 or Q5_1 block from its `qh` and `qs`.
+fn unpack_q5(qh: &[u8], qs: &[u8]) -> [u8; QK] {
+    let high = u32::from_le_bytes([qh[0], qh[1], qh[2], qh[3]]);
+    let mut q = unpack_nibbles(qs);
+    for (j, v) in q.iter_mut().enumerate() {
+        *v |= (((high >> j) & 1) as u8) << 4;
+    }
+    q
+}
+
 /// Decodes `n_elements` values of type `ty` from `bytes`, which must hold exactly
-/// `n_elements / block_elems` blocks. Supported: F32, F16, BF16, Q4_0, Q4_1, Q8_0.
+/// `n_elements / block_elems` blocks. Every type with a known block layout is supported:
+/// F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K.
 pub fn dequantize(ty: GgmlType, bytes: &[u8], n_elements: usize) -> Result<Vec<f32>> {
-    let (block_elems, block_bytes) = match ty {
-        GgmlType::F32
-        | GgmlType::F16
-        | GgmlType::BF16
-        | GgmlType::Q4_0
-        | GgmlType::Q4_1
-        | GgmlType::Q8_0 => ty.block_layout().ok_or(GgufError::UnsupportedType(ty))?,
-        other => return Err(GgufError::UnsupportedType(other)),
-    };
+    let (block_elems, block_bytes) = ty.block_layout().ok_or(GgufError::UnsupportedType(ty))?;
     if !n_elements.is_multiple_of(block_elems) {
         return Err(GgufError::BadBlockData {
             ty,
@@ -155,6 +179,23 @@ pub fn dequantize(ty: GgmlType, bytes: &[u8], n_elements: usize) -> Result<Vec<f
             for blk in q8_0_blocks(bytes)? {
                 out.extend(blk.q.iter().map(|&q| blk.d * q as f32));
             }
+        }
+        GgmlType::Q5_0 => {
+            for b in bytes.chunks_exact(22) {
+                let d = f16_at(b, 0);
+                let q = unpack_q5(&b[2..6], &b[6..]);
+                out.extend(q.iter().map(|&q| d * (f32::from(q) - 16.0)));
+            }
+        }
+        GgmlType::Q5_1 => {
+            for b in bytes.chunks_exact(24) {
+                let (d, m) = (f16_at(b, 0), f16_at(b, 2));
+                let q = unpack_q5(&b[4..8], &b[8..]);
+                out.extend(q.iter().map(|&q| d * f32::from(q) + m));
+            }
+        }
+        GgmlType::Q2_K | GgmlType::Q3_K | GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q6_K => {
+            super::kquant::dequantize_k(ty, bytes, &mut out)?
         }
         other => return Err(GgufError::UnsupportedType(other)),
     }
@@ -242,11 +283,43 @@ mod tests {
         assert!(dequantize(GgmlType::Q4_1, &block[..19], 32).is_err());
         assert!(q4_1_blocks(&block[..19]).is_err());
         assert!(q8_0_blocks(&[0u8; 35]).is_err());
-        let err = dequantize(GgmlType::Q6_K, &[0u8; 210], 256).unwrap_err();
+        let err = dequantize(GgmlType::Other(99), &[], 0).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "unsupported tensor type Q6_K for dequantization"
+            "unsupported tensor type ggml type 99 for dequantization"
         );
-        assert!(dequantize(GgmlType::Other(99), &[], 0).is_err());
+    }
+
+    #[test]
+    fn q5_0_and_q5_1_take_the_fifth_bit_from_qh() {
+        let mut b = vec![0u8; 22];
+        b[0..2].copy_from_slice(&h(2.0));
+        b[2] = 1; // qh bit 0: element 0's fifth bit
+        b[6] = 0x13; // element 0 low bits 3, element 16 low bits 1 (no fifth bit)
+        let w = dequantize(GgmlType::Q5_0, &b, 32).unwrap();
+        assert_eq!(w[0], 2.0 * (19.0 - 16.0));
+        assert_eq!(w[16], 2.0 * (1.0 - 16.0));
+        let mut b = vec![0u8; 24];
+        b[0..2].copy_from_slice(&h(1.0));
+        b[2..4].copy_from_slice(&h(-1.0));
+        b[7] = 0x80; // qh bit 31: element 31's fifth bit
+        b[8] = 0x03;
+        b[23] = 0x20; // element 31 = 2 | 16
+        let w = dequantize(GgmlType::Q5_1, &b, 32).unwrap();
+        assert_eq!((w[0], w[31], w[1]), (2.0, 17.0, -1.0));
+        assert!(dequantize(GgmlType::Q5_1, &b[..23], 32).is_err());
+    }
+
+    #[test]
+    fn q4_0_blocks_carry_the_offset_as_a_min() {
+        let mut b = vec![0u8; 18];
+        b[0..2].copy_from_slice(&h(0.5));
+        b[2] = 0xf0;
+        let blk = q4_0_blocks(&b).unwrap()[0];
+        assert_eq!((blk.d, blk.m, blk.q[0], blk.q[16]), (0.5, -4.0, 0, 15));
+        let w = dequantize(GgmlType::Q4_0, &b, 32).unwrap();
+        for (i, q) in blk.q.iter().enumerate() {
+            assert_eq!(blk.d * f32::from(*q) + blk.m, w[i]);
+        }
     }
 }
