@@ -251,4 +251,49 @@ mod tests {
         assert_eq!(l.packed[1], 255);
         assert_eq!(l.packed[2], 128);
     }
+
+    #[test]
+    fn q4_0_and_q4_k_rows_repack_to_their_gguf_values() {
+        use crate::gguf::GgmlType;
+        use crate::gguf::quant::dequantize;
+        // Bytes with finite scales: every f16 field set to a small value.
+        let f16 = |x: f32| half::f16::from_f32(x).to_le_bytes();
+        let (n, k) = (2, 256);
+        let mut q40 = Vec::new();
+        for i in 0..n * k / BLOCK {
+            q40.extend(f16(0.01 * (i as f32 + 1.0)));
+            q40.extend((0..16).map(|j| (i * 31 + j * 7) as u8));
+        }
+        let mut q4k = Vec::new();
+        for i in 0..n {
+            q4k.extend(f16(0.02 * (i as f32 + 1.0)));
+            q4k.extend(f16(0.005));
+            q4k.extend((0..12).map(|j| (j * 37 + i * 11) as u8));
+            q4k.extend((0..128).map(|j| (j * 13 + i * 5) as u8));
+        }
+        for (ty, bytes, blocks) in [
+            (
+                GgmlType::Q4_0,
+                &q40,
+                crate::gguf::quant::q4_0_blocks(&q40).unwrap(),
+            ),
+            (
+                GgmlType::Q4_K,
+                &q4k,
+                crate::gguf::kquant::q4_k_blocks(&q4k).unwrap(),
+            ),
+        ] {
+            let want = dequantize(ty, bytes, n * k).unwrap();
+            let lin = Q4Linear::from_q4_1(n, k, &blocks);
+            for row in 0..n {
+                for col in 0..k {
+                    let (got, w) = (lin.weight(row, col), want[row * k + col]);
+                    assert!(
+                        (got - w).abs() <= 1e-6 * w.abs().max(1.0),
+                        "{ty} {row},{col}"
+                    );
+                }
+            }
+        }
+    }
 }

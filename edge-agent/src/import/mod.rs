@@ -260,21 +260,27 @@ pub fn validate_split_points(points: &[u32], n_layer: u32) -> Result<Vec<u32>> {
     Ok(p)
 }
 
+/// A linear layer stored in 4 bits: Q4_1, or Q4_0 and Q4_K, which are the same function per
+/// block of 32 (Q4_0's offset `−8·d` and Q4_K's `−dmin·m` are the block's min).
 fn q4(gguf: &GgufFile, name: &str, n: usize, k: usize) -> Result<Q4Linear> {
     let info = gguf.tensor(name)?;
-    if info.ty != GgmlType::Q4_1 {
-        return Err(Error::Package(format!(
-            "unsupported quantization {:?} for {name}: linear layers must be Q4_1",
-            info.ty
-        )));
-    }
     if info.dims != [k as u64, n as u64] {
         return Err(Error::Package(format!(
             "{name} has shape {:?}, expected [{k}, {n}]",
             info.dims
         )));
     }
-    let blocks = q4_1_blocks(gguf.tensor_bytes(info)?)?;
+    let bytes = gguf.tensor_bytes(info)?;
+    let blocks = match info.ty {
+        GgmlType::Q4_1 => q4_1_blocks(bytes)?,
+        GgmlType::Q4_0 => crate::gguf::quant::q4_0_blocks(bytes)?,
+        GgmlType::Q4_K => crate::gguf::kquant::q4_k_blocks(bytes)?,
+        other => {
+            return Err(Error::Package(format!(
+                "unsupported quantization {other} for {name}: linear layers must be Q4_0, Q4_1 or Q4_K"
+            )));
+        }
+    };
     Ok(Q4Linear::from_q4_1(n, k, &blocks))
 }
 
