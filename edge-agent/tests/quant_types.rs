@@ -1,7 +1,8 @@
-//! GGUF files with other 4-bit linear types import exactly: the default SmolLM2 file with its
-//! Q4_1 linear layers rewritten as Q4_0 (attention, gate and up) and Q4_K (down, whose rows of
-//! 1,536 fill whole super-blocks), as llama.cpp mixes them, then imported with f32 compute and
-//! compared with the plain f32 reference forward pass over the same file.
+//! GGUF files with other linear types import exactly: the default SmolLM2 file with its Q4_1
+//! linear layers rewritten (types mixed within one file, and within q|k|v and gate|up, as
+//! llama.cpp's mixtures do; the k-quants only on `ffn_down`, whose rows of 1,536 fill whole
+//! super-blocks), imported with f32 compute and compared with the plain f32 reference forward
+//! pass over the same file.
 //!
 //! The encoders below follow ggml's formats (not its rounding choices): what the test checks is
 //! that the import computes the function the file stores, whatever the values are.
@@ -60,12 +61,7 @@ fn q4_k(x: &[f32]) -> Vec<u8> {
         };
         let sc: Vec<u8> = scales.iter().map(|&s| grid(s, d).max(1)).collect();
         let m: Vec<u8> = mins.iter().map(|&v| grid(v, dmin)).collect();
-        let mut packed = [0u8; 12];
-        for j in 0..4 {
-            packed[j] = sc[j] | ((sc[j + 4] >> 4) << 6);
-            packed[j + 4] = m[j] | ((m[j + 4] >> 4) << 6);
-            packed[j + 8] = (sc[j + 4] & 0x0f) | ((m[j + 4] & 0x0f) << 4);
-        }
+        let packed = pack_scales(&sc, &m);
         let mut q = [0u8; 256];
         for (j, sub) in sb.chunks_exact(32).enumerate() {
             let (s, mn) = (
@@ -86,8 +82,177 @@ fn q4_k(x: &[f32]) -> Vec<u8> {
     out
 }
 
-/// The default GGUF with its linear layers re-encoded; returns the new file's path.
-fn requantized(dir: &std::path::Path) -> std::path::PathBuf {
+fn amax_signed(b: &[f32]) -> f32 {
+    b.iter()
+        .copied()
+        .fold(0.0f32, |m, v| if v.abs() > m.abs() { v } else { m })
+}
+
+fn inverse(d: f16) -> f32 {
+    if d.to_f32() != 0.0 {
+        1.0 / d.to_f32()
+    } else {
+        0.0
+    }
+}
+
+/// Q8_0: `d = amax / 127`.
+fn q8_0(x: &[f32]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for b in x.chunks_exact(32) {
+        let d = f16::from_f32(amax_signed(b).abs() / 127.0);
+        out.extend(d.to_le_bytes());
+        out.extend(
+            b.iter()
+                .map(|&v| (v * inverse(d)).round().clamp(-127.0, 127.0) as i8 as u8),
+        );
+    }
+    out
+}
+
+/// Q5_0 and Q5_1's shared tail: the fifth bits, then the nibbles as Q4_0.
+fn pack5(q: &[u8], out: &mut Vec<u8>) {
+    let qh = (0..32).fold(0u32, |h, j| h | (u32::from(q[j] >> 4) << j));
+    out.extend(qh.to_le_bytes());
+    out.extend((0..16).map(|j| (q[j] & 0x0f) | ((q[j + 16] & 0x0f) << 4)));
+}
+
+/// ggml's Q5_0: `d = max / −16`, `q = x/d + 16.5`.
+fn q5_0(x: &[f32]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for b in x.chunks_exact(32) {
+        let d = f16::from_f32(amax_signed(b) / -16.0);
+        let q: Vec<u8> = b
+            .iter()
+            .map(|&v| ((v * inverse(d) + 16.5) as i32).clamp(0, 31) as u8)
+            .collect();
+        out.extend(d.to_le_bytes());
+        pack5(&q, &mut out);
+    }
+    out
+}
+
+/// Q5_1: `d = (max − min) / 31`, `m = min`.
+fn q5_1(x: &[f32]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for b in x.chunks_exact(32) {
+        let lo = b.iter().copied().fold(f32::MAX, f32::min);
+        let hi = b.iter().copied().fold(f32::MIN, f32::max);
+        let (d, m) = (f16::from_f32((hi - lo) / 31.0), f16::from_f32(lo));
+        let q: Vec<u8> = b
+            .iter()
+            .map(|&v| ((v - m.to_f32()) * inverse(d)).round().clamp(0.0, 31.0) as u8)
+            .collect();
+        out.extend(d.to_le_bytes());
+        out.extend(m.to_le_bytes());
+        pack5(&q, &mut out);
+    }
+    out
+}
+
+/// Q6_K: per 16 values a scale on the int8 grid of the super-block's `d`, values 0..=63 − 32.
+fn q6_k(x: &[f32]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for sb in x.chunks_exact(256) {
+        let scales: Vec<f32> = sb
+            .chunks_exact(16)
+            .map(|s| amax_signed(s).abs() / 31.0)
+            .collect();
+        let d = f16::from_f32(scales.iter().copied().fold(0.0, f32::max) / 127.0);
+        let sc: Vec<i8> = scales
+            .iter()
+            .map(|&s| (s * inverse(d)).round().clamp(1.0, 127.0) as i8)
+            .collect();
+        let q: Vec<u8> = sb
+            .iter()
+            .enumerate()
+            .map(|(e, &v)| {
+                let step = d.to_f32() * f32::from(sc[e / 16]);
+                let q = if step != 0.0 { (v / step).round() } else { 0.0 };
+                (q.clamp(-32.0, 31.0) + 32.0) as u8
+            })
+            .collect();
+        let (mut ql, mut qh) = ([0u8; 128], [0u8; 64]);
+        for n in 0..2 {
+            for l in 0..32 {
+                let at = |t: usize| q[n * 128 + l + 32 * t];
+                ql[n * 64 + l] = (at(0) & 0x0f) | ((at(2) & 0x0f) << 4);
+                ql[n * 64 + l + 32] = (at(1) & 0x0f) | ((at(3) & 0x0f) << 4);
+                qh[n * 32 + l] =
+                    (at(0) >> 4) | ((at(1) >> 4) << 2) | ((at(2) >> 4) << 4) | ((at(3) >> 4) << 6);
+            }
+        }
+        out.extend(ql);
+        out.extend(qh);
+        out.extend(sc.iter().map(|&s| s as u8));
+        out.extend(d.to_le_bytes());
+    }
+    out
+}
+
+/// Q5_K: as [`q4_k`] with 32 levels and the fifth bits in `qh`.
+fn q5_k(x: &[f32]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for sb in x.chunks_exact(256) {
+        let (mut scales, mut mins) = ([0f32; 8], [0f32; 8]);
+        for (j, sub) in sb.chunks_exact(32).enumerate() {
+            let lo = sub.iter().copied().fold(0.0f32, f32::min);
+            let hi = sub.iter().copied().fold(f32::MIN, f32::max);
+            scales[j] = (hi - lo) / 31.0;
+            mins[j] = -lo;
+        }
+        let d = f16::from_f32(scales.iter().copied().fold(0.0, f32::max) / 63.0);
+        let dmin = f16::from_f32(mins.iter().copied().fold(0.0, f32::max) / 63.0);
+        let grid = |v: f32, step: f16| (v * inverse(step)).round().clamp(0.0, 63.0) as u8;
+        let sc: Vec<u8> = scales.iter().map(|&s| grid(s, d).max(1)).collect();
+        let m: Vec<u8> = mins.iter().map(|&v| grid(v, dmin)).collect();
+        let (mut ql, mut qh) = ([0u8; 128], [0u8; 32]);
+        for (j, sub) in sb.chunks_exact(32).enumerate() {
+            let (s, mn) = (
+                d.to_f32() * f32::from(sc[j]),
+                dmin.to_f32() * f32::from(m[j]),
+            );
+            for (l, &v) in sub.iter().enumerate() {
+                let q = ((v + mn) / s).round().clamp(0.0, 31.0) as u8;
+                let byte = &mut ql[(j / 2) * 32 + l];
+                *byte |= if j % 2 == 0 {
+                    q & 0x0f
+                } else {
+                    (q & 0x0f) << 4
+                };
+                qh[l] |= (q >> 4) << j;
+            }
+        }
+        out.extend(d.to_le_bytes());
+        out.extend(dmin.to_le_bytes());
+        out.extend(pack_scales(&sc, &m));
+        out.extend(qh);
+        out.extend(ql);
+    }
+    out
+}
+
+/// The 12 bytes of eight 6-bit scales and mins (Q4_K, Q5_K).
+fn pack_scales(sc: &[u8], m: &[u8]) -> [u8; 12] {
+    let mut packed = [0u8; 12];
+    for j in 0..4 {
+        packed[j] = sc[j] | ((sc[j + 4] >> 4) << 6);
+        packed[j + 4] = m[j] | ((m[j + 4] >> 4) << 6);
+        packed[j + 8] = (sc[j + 4] & 0x0f) | ((m[j + 4] & 0x0f) << 4);
+    }
+    packed
+}
+
+/// An encoder of f32 values into one GGUF type.
+type Encoder = fn(&[f32]) -> Vec<u8>;
+
+/// The default GGUF with each Q4_1 linear layer re-encoded as `choose(name)` says; returns the
+/// new file's path.
+fn requantized(
+    dir: &std::path::Path,
+    file: &str,
+    choose: impl Fn(&str) -> (GgmlType, Encoder),
+) -> std::path::PathBuf {
     let src = GgufFile::open(gguf_path()).unwrap();
     let mut w = Writer::default();
     for (k, v) in &src.metadata {
@@ -97,38 +262,39 @@ fn requantized(dir: &std::path::Path) -> std::path::PathBuf {
         let bytes = src.tensor_bytes(info).unwrap();
         let (ty, data) = if info.ty == GgmlType::Q4_1 {
             let x = dequantize(info.ty, bytes, info.n_elements() as usize).unwrap();
-            if info.name.ends_with("ffn_down.weight") {
-                (GgmlType::Q4_K, q4_k(&x))
-            } else {
-                (GgmlType::Q4_0, q4_0(&x))
-            }
+            let (ty, encode) = choose(&info.name);
+            (ty, encode(&x))
         } else {
             (info.ty, bytes.to_vec())
         };
         w = w.tensor(&info.name, &info.dims, ty, data);
     }
     std::fs::create_dir_all(dir).unwrap();
-    let path = dir.join("smollm2-q4_0-q4_k.gguf");
+    let path = dir.join(file);
     std::fs::write(&path, w.to_bytes()).unwrap();
     path
 }
 
-#[test]
-fn q4_0_and_q4_k_linear_layers_import_exactly() {
-    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("quant-types-{}", std::process::id()));
-    let path = requantized(&dir);
-    let gguf = GgufFile::open(&path).unwrap();
-    let count = |ty| gguf.tensors.iter().filter(|t| t.ty == ty).count();
-    assert_eq!((count(GgmlType::Q4_0), count(GgmlType::Q4_K)), (30 * 6, 30));
+/// Imports `path` (f32 compute) and checks every position's logits against the reference.
+fn imports_exactly(path: &std::path::Path, dir: &std::path::Path) {
+    let top1 = compare_import(path, dir, true);
+    assert_eq!(top1.0, top1.1);
+}
+
+/// Imports `path` with f32 compute (`exact`, every position's cosine checked) or as shipped
+/// (int8 activations inside `MatMulNBits`), and returns (top-1 agreements, positions) against
+/// the reference.
+fn compare_import(path: &std::path::Path, dir: &std::path::Path, exact: bool) -> (usize, usize) {
+    let gguf = GgufFile::open(path).unwrap();
     let package = dir.join("package");
+    let _ = std::fs::remove_dir_all(&package);
     import_gguf(
-        &path,
+        path,
         &package,
         &ImportOptions {
             split_points: vec![8],
             progress: false,
-            f32_compute: true,
+            f32_compute: exact,
             drafter: None,
         },
     )
@@ -163,6 +329,7 @@ fn q4_0_and_q4_k_linear_layers_import_exactly() {
     let expected = reference.logits(&tokens);
     let mut cache = KvCache::new(geometry, KvDtype::F32, tokens.len());
     let ours = model.forward(&tokens, 0, &mut cache, true).unwrap();
+    let mut agree = 0;
     for (p, want) in expected.iter().enumerate() {
         let row = &ours[p * vocab..(p + 1) * vocab];
         let (mut dot, mut na, mut nb) = (0.0f64, 0.0f64, 0.0f64);
@@ -172,9 +339,68 @@ fn q4_0_and_q4_k_linear_layers_import_exactly() {
             nb += f64::from(y) * f64::from(y);
         }
         let cosine = dot / (na.sqrt() * nb.sqrt());
-        assert!(cosine > 0.99999, "position {p}: cosine {cosine}");
+        assert!(
+            cosine > if exact { 0.99999 } else { 0.95 },
+            "{}: position {p}: cosine {cosine} (exact: {exact})",
+            path.display()
+        );
         let argmax = |v: &[f32]| (0..v.len()).fold(0, |b, i| if v[i] > v[b] { i } else { b });
-        assert_eq!(argmax(row), argmax(want), "position {p}");
+        agree += usize::from(argmax(row) == argmax(want));
     }
+    (agree, expected.len())
+}
+
+fn count(path: &std::path::Path, ty: GgmlType) -> usize {
+    let gguf = GgufFile::open(path).unwrap();
+    gguf.tensors.iter().filter(|t| t.ty == ty).count()
+}
+
+#[test]
+fn q4_0_and_q4_k_linear_layers_import_exactly() {
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("quant-types-4-{}", std::process::id()));
+    let path = requantized(&dir, "q4_0-q4_k.gguf", |name| {
+        if name.ends_with("ffn_down.weight") {
+            (GgmlType::Q4_K, q4_k as Encoder)
+        } else {
+            (GgmlType::Q4_0, q4_0 as Encoder)
+        }
+    });
+    assert_eq!(
+        (count(&path, GgmlType::Q4_0), count(&path, GgmlType::Q4_K)),
+        (30 * 6, 30)
+    );
+    imports_exactly(&path, &dir);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The 8-bit path: Q8_0, Q5_0 and Q5_1 within one q|k|v, Q5_0 beside Q4_0 in gate|up, Q6_K
+/// (blocks of 16) and Q5_K (with mins) as `ffn_down` in alternate layers.
+#[test]
+fn wider_types_and_mixtures_import_exactly() {
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("quant-types-8-{}", std::process::id()));
+    let path = requantized(&dir, "mixed.gguf", |name| {
+        let layer: usize = name.split('.').nth(1).unwrap().parse().unwrap();
+        let (ty, f): (GgmlType, Encoder) = match name.split('.').nth(2).unwrap() {
+            "attn_q" => (GgmlType::Q8_0, q8_0),
+            "attn_k" => (GgmlType::Q5_0, q5_0),
+            "attn_v" => (GgmlType::Q5_1, q5_1),
+            "attn_output" => (GgmlType::Q4_0, q4_0),
+            "ffn_gate" => (GgmlType::Q5_0, q5_0),
+            "ffn_up" => (GgmlType::Q4_0, q4_0),
+            "ffn_down" if layer.is_multiple_of(2) => (GgmlType::Q6_K, q6_k),
+            "ffn_down" => (GgmlType::Q5_K, q5_k),
+            other => panic!("unexpected tensor {other}"),
+        };
+        (ty, f)
+    });
+    assert_eq!(count(&path, GgmlType::Q6_K), 15);
+    assert_eq!(count(&path, GgmlType::Q5_K), 15);
+    imports_exactly(&path, &dir);
+    // As shipped (int8 activations; 8-bit blocks of 16 included), as close to the reference as
+    // the shipped Q4_1 graphs are (`model_vs_reference.rs`: cosine > 0.95).
+    let (agree, positions) = compare_import(&path, &dir, false);
+    assert!(agree * 10 >= positions * 9, "top-1 {agree}/{positions}");
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -15,7 +15,7 @@
 //! - Q6_K (210 bytes): `ql: [u8; 128]` (low 4 bits), `qh: [u8; 64]` (high 2 bits),
 //!   `scales: [i8; 16]`, `d: f16`; `w = d·sc·(q − 32)`.
 
-use super::quant::{Q41Block, QK};
+use super::quant::{Blocks8, Q41Block, QK};
 use super::{GgmlType, GgufError, Result};
 use half::f16;
 
@@ -177,6 +177,103 @@ pub(super) fn dequantize_k(ty: GgmlType, bytes: &[u8], out: &mut Vec<f32>) -> Re
         other => return Err(GgufError::UnsupportedType(other)),
     }
     Ok(())
+}
+
+/// Q3_K, Q5_K and Q6_K data as [`Blocks8`]: per sub-block (16 values for Q3_K and Q6_K, 32
+/// for Q5_K) the scale `d·sc` (an f16 times a small integer, exact in f32), Q5_K's min
+/// `−dmin·m`, and codes `q + 128 − zero`.
+pub(super) fn blocks8_k(ty: GgmlType, bytes: &[u8]) -> Result<Blocks8> {
+    match ty {
+        GgmlType::Q3_K => {
+            let mut out = Blocks8 {
+                block: 16,
+                d: Vec::new(),
+                m: None,
+                codes: Vec::new(),
+            };
+            for b in super_blocks(ty, bytes, 110)? {
+                let (hmask, qs) = (&b[0..32], &b[32..96]);
+                let d = f16_at(b, 108);
+                let scales = q3_k_scales(&b[96..108]);
+                // Sub-blocks in element order: per 128, per shift, the two halves of 16.
+                let mut is = 0;
+                let mut m = 1u8;
+                for q in qs.chunks_exact(32) {
+                    for shift in [0, 2, 4, 6] {
+                        for (half, part) in q.chunks_exact(16).enumerate() {
+                            out.d.push(d * f32::from(scales[is] - 32));
+                            is += 1;
+                            let hm = &hmask[half * 16..half * 16 + 16];
+                            out.codes.extend(part.iter().zip(hm).map(|(&x, &h)| {
+                                let high = if h & m != 0 { 4 } else { 0 };
+                                // q − 4 with q = low | high, biased to 128.
+                                ((x >> shift) & 3) + high + 124
+                            }));
+                        }
+                        m <<= 1;
+                    }
+                }
+            }
+            Ok(out)
+        }
+        GgmlType::Q5_K => {
+            let mut out = Blocks8 {
+                block: QK,
+                d: Vec::new(),
+                m: Some(Vec::new()),
+                codes: Vec::new(),
+            };
+            let mins = out.m.as_mut().expect("set above");
+            for b in super_blocks(ty, bytes, 176)? {
+                let (d, dmin) = (f16_at(b, 0), f16_at(b, 2));
+                let (scales, qh, ql) = (&b[4..16], &b[16..48], &b[48..176]);
+                let (mut u1, mut u2) = (1u8, 2u8);
+                for (chunk, q32) in ql.chunks_exact(32).enumerate() {
+                    for (sub, (u, high_nibble)) in [(u1, false), (u2, true)].into_iter().enumerate()
+                    {
+                        let (sc, mn) = scale_min_k4(2 * chunk + sub, scales);
+                        out.d.push(d * f32::from(sc));
+                        mins.push(-(dmin * f32::from(mn)));
+                        out.codes.extend(q32.iter().zip(qh).map(|(&x, &h)| {
+                            let low = if high_nibble { x >> 4 } else { x & 0x0f };
+                            low + if h & u != 0 { 16 } else { 0 } + 128
+                        }));
+                    }
+                    u1 <<= 2;
+                    u2 <<= 2;
+                }
+            }
+            Ok(out)
+        }
+        GgmlType::Q6_K => {
+            let mut out = Blocks8 {
+                block: 16,
+                d: Vec::new(),
+                m: None,
+                codes: Vec::new(),
+            };
+            for b in super_blocks(ty, bytes, 210)? {
+                let (ql, qh, sc) = (&b[0..128], &b[128..192], &b[192..208]);
+                let d = f16_at(b, 208);
+                // Sub-block e/16 holds elements e..e+16 in element order.
+                out.d.extend(sc.iter().map(|&s| d * f32::from(s as i8)));
+                for n in 0..2 {
+                    let (ql, qh) = (&ql[n * 64..], &qh[n * 32..]);
+                    let mut codes = [0u8; 128];
+                    for l in 0..32 {
+                        let q = |low: u8, shift: u8| (low | (((qh[l] >> shift) & 3) << 4)) + 96;
+                        codes[l] = q(ql[l] & 0x0f, 0);
+                        codes[l + 32] = q(ql[l + 32] & 0x0f, 2);
+                        codes[l + 64] = q(ql[l] >> 4, 4);
+                        codes[l + 96] = q(ql[l + 32] >> 4, 6);
+                    }
+                    out.codes.extend_from_slice(&codes);
+                }
+            }
+            Ok(out)
+        }
+        other => Err(GgufError::UnsupportedType(other)),
+    }
 }
 
 /// The 16 six-bit scales of a Q3_K super-block (biased by 32) from their 12 packed bytes.

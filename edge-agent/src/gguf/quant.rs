@@ -94,6 +94,79 @@ pub fn q8_0_blocks(bytes: &[u8]) -> Result<Vec<Q80Block>> {
         .collect())
 }
 
+/// Data of an 8-bit-or-narrower type as `w = d·(code − 128) + m` per block of `block` values
+/// (32, or 16 for Q6_K and Q3_K), every product and offset exact in f32: what an 8-bit
+/// `MatMulNBits` (zero point 128) plus a block-min correction computes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Blocks8 {
+    /// Values per block.
+    pub block: usize,
+    /// Per block.
+    pub d: Vec<f32>,
+    /// Per block of 32 values (zero for types without a min); `None` when every one is zero
+    /// by construction.
+    pub m: Option<Vec<f32>>,
+    /// `q + 128 − zero`, element order.
+    pub codes: Vec<u8>,
+}
+
+/// Q8_0, Q5_0, Q5_1 (and, in [`super::kquant`], Q3_K, Q5_K, Q6_K) as [`Blocks8`]; `None` for
+/// other types.
+pub fn blocks8(ty: GgmlType, bytes: &[u8]) -> Result<Option<Blocks8>> {
+    let legacy = |bytes_per: usize| check_blocks(ty, bytes, bytes_per);
+    let out = match ty {
+        GgmlType::Q8_0 => {
+            let blocks = q8_0_blocks(bytes)?;
+            Blocks8 {
+                block: QK,
+                d: blocks.iter().map(|b| b.d).collect(),
+                m: None,
+                codes: blocks
+                    .iter()
+                    .flat_map(|b| b.q.iter().map(|&q| (i16::from(q) + 128) as u8))
+                    .collect(),
+            }
+        }
+        GgmlType::Q5_0 => {
+            let n = legacy(22)?;
+            let mut out = Blocks8 {
+                block: QK,
+                d: Vec::with_capacity(n),
+                m: None,
+                codes: Vec::with_capacity(n * QK),
+            };
+            for b in bytes.chunks_exact(22) {
+                out.d.push(f16_at(b, 0));
+                out.codes
+                    .extend(unpack_q5(&b[2..6], &b[6..]).iter().map(|&q| q + 112));
+            }
+            out
+        }
+        GgmlType::Q5_1 => {
+            let n = legacy(24)?;
+            let (mut d, mut m, mut codes) = (
+                Vec::with_capacity(n),
+                Vec::with_capacity(n),
+                Vec::with_capacity(n * QK),
+            );
+            for b in bytes.chunks_exact(24) {
+                d.push(f16_at(b, 0));
+                m.push(f16_at(b, 2));
+                codes.extend(unpack_q5(&b[4..8], &b[8..]).iter().map(|&q| q + 128));
+            }
+            Blocks8 {
+                block: QK,
+                d,
+                m: Some(m),
+                codes,
+            }
+        }
+        GgmlType::Q3_K | GgmlType::Q5_K | GgmlType::Q6_K => super::kquant::blocks8_k(ty, bytes)?,
+        _ => return Ok(None),
+    };
+    Ok(Some(out))
+}
+
 /// Q4_0 data (18 bytes per block) as Q4_1-style blocks: `w = d·q − 8·d`.
 pub fn q4_0_blocks(bytes: &[u8]) -> Result<Vec<Q41Block>> {
     check_blocks(GgmlType::Q4_0, bytes, 18)?;

@@ -4,7 +4,7 @@
 //! two attentions: the tail of one layer (output projection, residual, MLP) and the head of the
 //! next (RMSNorm, packed q|k|v projection). Graph inputs and outputs are named by [`io`].
 
-use super::linear::{BLOCK, Q4Linear, Q8Linear};
+use super::linear::{BLOCK, Linear, Q4Linear, Q8Linear};
 use crate::onnx::{Attr, Dim, GraphBuilder, MS_DOMAIN};
 
 /// Names of graph inputs and outputs, shared with the runtime.
@@ -26,17 +26,18 @@ pub mod io {
     pub const LOGITS: &str = "logits";
 }
 
-/// Weights of one decoder layer.
+/// Weights of one decoder layer. A projection of several parts (q|k|v, gate|up) is stacked
+/// into one matmul per run of parts of one kind ([`Linear::fuse`]): one for a file of one type.
 #[derive(Debug, Clone)]
 pub struct LayerWeights {
     pub attn_norm: Vec<f32>,
     pub ffn_norm: Vec<f32>,
-    /// q|k|v stacked.
-    pub qkv: Q4Linear,
-    pub o: Q4Linear,
-    /// gate|up stacked.
-    pub gate_up: Q4Linear,
-    pub down: Q4Linear,
+    /// q|k|v.
+    pub qkv: Vec<Linear>,
+    pub o: Linear,
+    /// gate|up.
+    pub gate_up: Vec<Linear>,
+    pub down: Linear,
 }
 
 /// Dimensions the graphs need.
@@ -157,10 +158,61 @@ fn skip_rms_norm(
     (normed, sum)
 }
 
+/// `y = W·x` for the parts of one projection, concatenated; the block sums of `x` (`k`
+/// inputs) are computed once if a part needs them.
+fn project(
+    g: &mut GraphBuilder,
+    x: &str,
+    k: usize,
+    parts: &[Linear],
+    stem: &str,
+    level: i64,
+) -> String {
+    let needs_sums = parts.iter().any(|p| match p {
+        Linear::Q4(_) => true,
+        Linear::Q8(l) => l.mins.is_some(),
+    });
+    let sums = needs_sums.then(|| block_sums(g, x, k, level));
+    let outs: Vec<String> = parts
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let stem = if parts.len() == 1 {
+                stem.to_string()
+            } else {
+                format!("{stem}{i}")
+            };
+            match p {
+                Linear::Q4(w) => q4_matmul(g, x, sums.as_deref().expect("sums"), w, &stem, level),
+                Linear::Q8(w) => {
+                    let mm = q8_matmul(g, x, w, &stem, level);
+                    match w.mins_t() {
+                        Some(c) => {
+                            let nb = (w.k / BLOCK) as i64;
+                            let c = g.init_f32(&format!("{stem}_m"), &[nb, w.n as i64], &c);
+                            g.op(
+                                "Gemm",
+                                "",
+                                &[sums.as_deref().expect("sums"), &c, &mm],
+                                vec![],
+                            )
+                        }
+                        None => mm,
+                    }
+                }
+            }
+        })
+        .collect();
+    if outs.len() == 1 {
+        return outs.into_iter().next().expect("one part");
+    }
+    let refs: Vec<&str> = outs.iter().map(String::as_str).collect();
+    g.op("Concat", "", &refs, vec![Attr::Int("axis", -1)])
+}
+
 /// The qkv projection of `layer` on the (normed) `x`.
 fn qkv(g: &mut GraphBuilder, x: &str, layer: &LayerWeights, d: Dims) -> String {
-    let sums = block_sums(g, x, d.n_embd, d.accuracy_level);
-    q4_matmul(g, x, &sums, &layer.qkv, "qkv", d.accuracy_level)
+    project(g, x, d.n_embd, &layer.qkv, "qkv", d.accuracy_level)
 }
 
 /// Output projection, residual, MLP of `layer`; returns `(mlp_out, residual_mid)` whose sum is
@@ -172,11 +224,17 @@ fn layer_tail(
     layer: &LayerWeights,
     d: Dims,
 ) -> (String, String) {
-    let attn_sums = block_sums(g, attn, d.n_embd, d.accuracy_level);
-    let o = q4_matmul(g, attn, &attn_sums, &layer.o, "o", d.accuracy_level);
+    let level = d.accuracy_level;
+    let o = project(
+        g,
+        attn,
+        d.n_embd,
+        std::slice::from_ref(&layer.o),
+        "o",
+        level,
+    );
     let (x, mid) = skip_rms_norm(g, &o, residual, &layer.ffn_norm, d.eps);
-    let x_sums = block_sums(g, &x, d.n_embd, d.accuracy_level);
-    let gu = q4_matmul(g, &x, &x_sums, &layer.gate_up, "gate_up", d.accuracy_level);
+    let gu = project(g, &x, d.n_embd, &layer.gate_up, "gate_up", level);
     let split = g.init_i64("split", &[2], &[d.n_ff as i64, d.n_ff as i64]);
     let (gate, up) = (g.fresh("gate"), g.fresh("up"));
     g.node(
@@ -189,8 +247,14 @@ fn layer_tail(
     let sig = g.op("Sigmoid", "", &[&gate], vec![]);
     let silu = g.op("Mul", "", &[&gate, &sig], vec![]);
     let h = g.op("Mul", "", &[&silu, &up], vec![]);
-    let h_sums = block_sums(g, &h, d.n_ff, d.accuracy_level);
-    let down = q4_matmul(g, &h, &h_sums, &layer.down, "down", d.accuracy_level);
+    let down = project(
+        g,
+        &h,
+        d.n_ff,
+        std::slice::from_ref(&layer.down),
+        "down",
+        level,
+    );
     (down, mid)
 }
 
@@ -252,10 +316,10 @@ pub(crate) fn q8_matmul(
     stem: &str,
     level: i64,
 ) -> String {
-    let nb = (w.k / BLOCK) as i64;
+    let nb = (w.k / w.block) as i64;
     let b = g.init_u8(
         &format!("{stem}_q"),
-        &[w.n as i64, nb, BLOCK as i64],
+        &[w.n as i64, nb, w.block as i64],
         w.packed.clone(),
     );
     let s = g.init_f32(&format!("{stem}_d"), &[w.n as i64 * nb], &w.scales);
@@ -267,7 +331,7 @@ pub(crate) fn q8_matmul(
             Attr::Int("K", w.k as i64),
             Attr::Int("N", w.n as i64),
             Attr::Int("bits", 8),
-            Attr::Int("block_size", BLOCK as i64),
+            Attr::Int("block_size", w.block as i64),
             Attr::Int("accuracy_level", level),
         ],
     )

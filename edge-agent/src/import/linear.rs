@@ -12,6 +12,52 @@ pub const BLOCK: usize = 32;
 
 pub use crate::gguf::quant::{Q41Block as Q41, Q80Block as Q80};
 
+/// A linear layer as the graphs compute it: 4 bits (Q4_0, Q4_1, Q4_K) or 8 bits.
+#[derive(Debug, Clone)]
+pub enum Linear {
+    Q4(Q4Linear),
+    Q8(Q8Linear),
+}
+
+impl Linear {
+    pub fn n(&self) -> usize {
+        match self {
+            Linear::Q4(l) => l.n,
+            Linear::Q8(l) => l.n,
+        }
+    }
+
+    /// Stacks consecutive parts that one `MatMulNBits` can compute together (same bits and
+    /// block); the result's outputs, concatenated, are the parts' in order.
+    pub fn fuse(parts: Vec<Linear>) -> Vec<Linear> {
+        let mut out: Vec<Linear> = Vec::new();
+        for p in parts {
+            let merged = match (out.last(), &p) {
+                (Some(Linear::Q4(a)), Linear::Q4(b)) => {
+                    Some(Linear::Q4(Q4Linear::concat(&[a.clone(), b.clone()])))
+                }
+                (Some(Linear::Q8(a)), Linear::Q8(b)) if a.block == b.block => {
+                    Some(Linear::Q8(Q8Linear::concat(&[a.clone(), b.clone()])))
+                }
+                _ => None,
+            };
+            match merged {
+                Some(m) => *out.last_mut().expect("merged with the last") = m,
+                None => out.push(p),
+            }
+        }
+        out
+    }
+
+    /// The weight `W[row, col]` this layer computes with (for tests).
+    pub fn weight(&self, row: usize, col: usize) -> f32 {
+        match self {
+            Linear::Q4(l) => l.weight(row, col),
+            Linear::Q8(l) => l.weight(row, col),
+        }
+    }
+}
+
 /// A 4-bit linear layer `y = W·x` with `n` outputs and `k` inputs.
 #[derive(Debug, Clone)]
 pub struct Q4Linear {
@@ -94,15 +140,23 @@ impl Q4Linear {
     }
 }
 
-/// An 8-bit linear layer (Q8_0), e.g. the tied LM head.
+/// An 8-bit linear layer: Q8_0 (e.g. the tied LM head), or a narrower GGUF type widened to 8
+/// bits without changing a value (Q5_0, Q5_1, Q3_K, Q5_K, Q6_K: `MatMulNBits` has no 3-, 5- or
+/// 6-bit path).
 #[derive(Debug, Clone)]
 pub struct Q8Linear {
     pub n: usize,
     pub k: usize,
-    /// `[n, k/32, 32]`: `q + 128` as unsigned bytes (MatMulNBits' default zero point is 128).
+    /// Inputs per block: 32, or 16 (Q3_K, Q6_K).
+    pub block: usize,
+    /// `[n, k/block, block]`: `q + 128` as unsigned bytes (MatMulNBits' default zero point is
+    /// 128).
     pub packed: Vec<u8>,
-    /// `[n, k/32]`: the block scales `d`.
+    /// `[n, k/block]`: the block scales `d`.
     pub scales: Vec<f32>,
+    /// `[n, k/32]`: per-block mins (Q5_1, Q5_K), added as `Σ_b m_b·S_b(x)` like Q4_1's
+    /// correction.
+    pub mins: Option<Vec<f32>>,
 }
 
 impl Q8Linear {
@@ -112,12 +166,86 @@ impl Q8Linear {
         Q8Linear {
             n,
             k,
+            block: BLOCK,
             packed: blocks
                 .iter()
                 .flat_map(|b| b.q.iter().map(|&q| (q as i16 + 128) as u8))
                 .collect(),
             scales: blocks.iter().map(|b| b.d).collect(),
+            mins: None,
         }
+    }
+
+    /// The layer from a GGUF tensor's blocks in row order (`n` rows of `k` values).
+    pub fn from_blocks(n: usize, k: usize, b: crate::gguf::quant::Blocks8) -> Self {
+        assert_eq!(b.codes.len(), n * k, "value count");
+        assert_eq!(b.d.len(), n * k / b.block, "block count");
+        Q8Linear {
+            n,
+            k,
+            block: b.block,
+            packed: b.codes,
+            scales: b.d,
+            mins: b.m,
+        }
+    }
+
+    /// Stacks layers with the same input size and block into one (outputs concatenated); mins
+    /// of a part without them are zero.
+    pub fn concat(parts: &[Q8Linear]) -> Self {
+        let (k, block) = (parts[0].k, parts[0].block);
+        assert!(
+            parts.iter().all(|p| p.k == k && p.block == block),
+            "concat needs equal k and block"
+        );
+        let mins = parts.iter().any(|p| p.mins.is_some()).then(|| {
+            parts
+                .iter()
+                .flat_map(|p| {
+                    p.mins
+                        .clone()
+                        .unwrap_or_else(|| vec![0.0; p.n * p.k / BLOCK])
+                })
+                .collect()
+        });
+        Q8Linear {
+            n: parts.iter().map(|p| p.n).sum(),
+            k,
+            block,
+            packed: parts
+                .iter()
+                .flat_map(|p| p.packed.iter().copied())
+                .collect(),
+            scales: parts
+                .iter()
+                .flat_map(|p| p.scales.iter().copied())
+                .collect(),
+            mins,
+        }
+    }
+
+    /// The mins transposed to `[k/32, n]`, ready to multiply the block sums.
+    pub fn mins_t(&self) -> Option<Vec<f32>> {
+        let m = self.mins.as_ref()?;
+        let nb = self.k / BLOCK;
+        let mut t = vec![0.0; nb * self.n];
+        for row in 0..self.n {
+            for b in 0..nb {
+                t[b * self.n + row] = m[row * nb + b];
+            }
+        }
+        Some(t)
+    }
+
+    /// The weight `W[row, col]` this layer computes with (for tests).
+    pub fn weight(&self, row: usize, col: usize) -> f32 {
+        let code = self.packed[row * self.k + col];
+        let d = self.scales[(row * self.k + col) / self.block];
+        let m = self
+            .mins
+            .as_ref()
+            .map_or(0.0, |m| m[(row * self.k + col) / BLOCK]);
+        d * (f32::from(code) - 128.0) + m
     }
 
     /// Quantizes `x·W` weights (`w` is `[k, n]` row-major, as trained) to 8 bits per block of
@@ -147,14 +275,16 @@ impl Q8Linear {
         Q8Linear {
             n,
             k,
+            block: BLOCK,
             packed,
             scales,
+            mins: None,
         }
     }
 
     /// The weight restricted to output rows `rows`, in that order (the same bytes).
     pub fn select_rows(&self, rows: &[u32]) -> Q8Linear {
-        let nb = self.k / BLOCK;
+        let nb = self.k / self.block;
         let mut packed = Vec::with_capacity(rows.len() * self.k);
         let mut scales = Vec::with_capacity(rows.len() * nb);
         for &r in rows {
@@ -165,17 +295,23 @@ impl Q8Linear {
         Q8Linear {
             n: rows.len(),
             k: self.k,
+            block: self.block,
             packed,
             scales,
+            mins: self.mins.as_ref().map(|m| {
+                let nm = self.k / BLOCK;
+                rows.iter()
+                    .flat_map(|&r| m[r as usize * nm..(r as usize + 1) * nm].iter().copied())
+                    .collect()
+            }),
         }
     }
 
-    /// The weights as f32, `[n, k]` row-major (exact: `d·q`).
+    /// The weights as f32, `[n, k]` row-major (exact: `d·q + m`).
     pub fn dequantize(&self) -> Vec<f32> {
-        self.packed
-            .chunks_exact(BLOCK)
-            .zip(&self.scales)
-            .flat_map(|(q, &d)| q.iter().map(move |&b| d * (b as i16 - 128) as f32))
+        (0..self.n)
+            .flat_map(|row| (0..self.k).map(move |col| (row, col)))
+            .map(|(row, col)| self.weight(row, col))
             .collect()
     }
 }
@@ -295,5 +431,67 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn wider_types_widen_to_8_bits_without_changing_a_value() {
+        use crate::gguf::GgmlType;
+        use crate::gguf::quant::{blocks8, dequantize};
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut byte = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        };
+        for (ty, scale_at) in [
+            (GgmlType::Q8_0, &[0usize][..]),
+            (GgmlType::Q5_0, &[0]),
+            (GgmlType::Q5_1, &[0, 2]),
+            (GgmlType::Q3_K, &[108]),
+            (GgmlType::Q5_K, &[0, 2]),
+            (GgmlType::Q6_K, &[208]),
+        ] {
+            let (elems, bytes) = ty.block_layout().unwrap();
+            let blocks = 512 / elems;
+            let mut data: Vec<u8> = (0..blocks * bytes).map(|_| byte()).collect();
+            for (i, b) in data.chunks_exact_mut(bytes).enumerate() {
+                for &at in scale_at {
+                    let v = half::f16::from_f32(
+                        0.01 * (i as f32 + 1.0) * if at == 0 { 1.0 } else { -0.5 },
+                    );
+                    b[at..at + 2].copy_from_slice(&v.to_le_bytes());
+                }
+            }
+            let want = dequantize(ty, &data, 512).unwrap();
+            let lin = Q8Linear::from_blocks(2, 256, blocks8(ty, &data).unwrap().unwrap());
+            for (i, w) in want.iter().enumerate() {
+                assert_eq!(lin.weight(i / 256, i % 256), *w, "{ty} value {i}");
+            }
+            assert!(want.iter().any(|w| *w != 0.0));
+        }
+        assert!(blocks8(GgmlType::Q4_1, &[0; 20]).unwrap().is_none());
+        assert!(blocks8(GgmlType::Q6_K, &[0; 209]).is_err());
+    }
+
+    #[test]
+    fn fusing_stacks_runs_of_one_kind() {
+        let q4 = |n| Linear::Q4(Q4Linear::from_q4_1(n, 64, &vec![block(1); n * 2]));
+        let q8 = |n, block| {
+            Linear::Q8(Q8Linear {
+                n,
+                k: 64,
+                block,
+                packed: vec![130; n * 64],
+                scales: vec![1.0; n * 64 / block],
+                mins: None,
+            })
+        };
+        let f = Linear::fuse(vec![q4(2), q4(1), q8(1, 32), q8(2, 32), q8(1, 16), q4(1)]);
+        let shape: Vec<(bool, usize)> = f
+            .iter()
+            .map(|l| (matches!(l, Linear::Q4(_)), l.n()))
+            .collect();
+        assert_eq!(shape, [(true, 3), (false, 3), (false, 1), (true, 1)]);
     }
 }

@@ -14,7 +14,7 @@ use crate::gguf::hparams::LlamaHparams;
 use crate::gguf::quant::{q4_1_blocks, q8_0_blocks};
 use crate::gguf::{GgmlType, GgufFile};
 use graphs::{Dims, LayerWeights};
-use linear::{Q4Linear, Q8Linear};
+use linear::{Linear, Q4Linear, Q8Linear};
 use seam_shared::package::{
     self, Architecture, Drafter, FORMAT_VERSION, Manifest, Segment, Source, Weights,
 };
@@ -260,9 +260,11 @@ pub fn validate_split_points(points: &[u32], n_layer: u32) -> Result<Vec<u32>> {
     Ok(p)
 }
 
-/// A linear layer stored in 4 bits: Q4_1, or Q4_0 and Q4_K, which are the same function per
-/// block of 32 (Q4_0's offset `−8·d` and Q4_K's `−dmin·m` are the block's min).
-fn q4(gguf: &GgufFile, name: &str, n: usize, k: usize) -> Result<Q4Linear> {
+/// A linear layer as stored: Q4_1, Q4_0 and Q4_K in 4 bits (the same function per block of
+/// 32: Q4_0's offset `−8·d` and Q4_K's `−dmin·m` are the block's min); Q8_0 in 8 bits; Q5_0,
+/// Q5_1, Q3_K, Q5_K and Q6_K widened to 8 bits without changing a value (no 3-, 5- or 6-bit
+/// `MatMulNBits` exists).
+fn linear(gguf: &GgufFile, name: &str, n: usize, k: usize) -> Result<Linear> {
     let info = gguf.tensor(name)?;
     if info.dims != [k as u64, n as u64] {
         return Err(Error::Package(format!(
@@ -271,17 +273,20 @@ fn q4(gguf: &GgufFile, name: &str, n: usize, k: usize) -> Result<Q4Linear> {
         )));
     }
     let bytes = gguf.tensor_bytes(info)?;
-    let blocks = match info.ty {
-        GgmlType::Q4_1 => q4_1_blocks(bytes)?,
-        GgmlType::Q4_0 => crate::gguf::quant::q4_0_blocks(bytes)?,
-        GgmlType::Q4_K => crate::gguf::kquant::q4_k_blocks(bytes)?,
-        other => {
-            return Err(Error::Package(format!(
-                "unsupported quantization {other} for {name}: linear layers must be Q4_0, Q4_1 or Q4_K"
-            )));
-        }
+    let q4 = |blocks: Vec<crate::gguf::quant::Q41Block>| {
+        Ok(Linear::Q4(Q4Linear::from_q4_1(n, k, &blocks)))
     };
-    Ok(Q4Linear::from_q4_1(n, k, &blocks))
+    match info.ty {
+        GgmlType::Q4_1 => q4(q4_1_blocks(bytes)?),
+        GgmlType::Q4_0 => q4(crate::gguf::quant::q4_0_blocks(bytes)?),
+        GgmlType::Q4_K => q4(crate::gguf::kquant::q4_k_blocks(bytes)?),
+        other => match crate::gguf::quant::blocks8(other, bytes)? {
+            Some(b) => Ok(Linear::Q8(Q8Linear::from_blocks(n, k, b))),
+            None => Err(Error::Package(format!(
+                "unsupported quantization {other} for {name}: linear layers must be Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q8_0, Q3_K, Q5_K or Q6_K"
+            ))),
+        },
+    }
 }
 
 fn layer_weights(gguf: &GgufFile, hp: &LlamaHparams, i: usize) -> Result<LayerWeights> {
@@ -290,17 +295,17 @@ fn layer_weights(gguf: &GgufFile, hp: &LlamaHparams, i: usize) -> Result<LayerWe
     Ok(LayerWeights {
         attn_norm: gguf.tensor_f32(&t("attn_norm"))?,
         ffn_norm: gguf.tensor_f32(&t("ffn_norm"))?,
-        qkv: Q4Linear::concat(&[
-            q4(gguf, &t("attn_q"), e, e)?,
-            q4(gguf, &t("attn_k"), kv, e)?,
-            q4(gguf, &t("attn_v"), kv, e)?,
+        qkv: Linear::fuse(vec![
+            linear(gguf, &t("attn_q"), e, e)?,
+            linear(gguf, &t("attn_k"), kv, e)?,
+            linear(gguf, &t("attn_v"), kv, e)?,
         ]),
-        o: q4(gguf, &t("attn_output"), e, e)?,
-        gate_up: Q4Linear::concat(&[
-            q4(gguf, &t("ffn_gate"), f, e)?,
-            q4(gguf, &t("ffn_up"), f, e)?,
+        o: linear(gguf, &t("attn_output"), e, e)?,
+        gate_up: Linear::fuse(vec![
+            linear(gguf, &t("ffn_gate"), f, e)?,
+            linear(gguf, &t("ffn_up"), f, e)?,
         ]),
-        down: q4(gguf, &t("ffn_down"), e, f)?,
+        down: linear(gguf, &t("ffn_down"), e, f)?,
     })
 }
 
