@@ -38,40 +38,40 @@ fn q4_0(x: &[f32]) -> Vec<u8> {
     out
 }
 
-/// A Q4_K encoding: per sub-block of 32 a scale and a min on the 6-bit grid of the super-block's
-/// `d` and `dmin`, values rounded to 0..=15.
+/// One k-quant super-block with mins (Q4_K, Q5_K): per sub-block of 32 a scale and a min on
+/// the 6-bit grid of the super-block's `d` and `dmin`, values rounded to `0..=levels`. Returns
+/// `d`, `dmin`, the packed scales and mins, and the values in element order.
+fn k_quant(sb: &[f32], levels: f32) -> (f16, f16, [u8; 12], [u8; 256]) {
+    let (mut scales, mut mins) = ([0f32; 8], [0f32; 8]);
+    for (j, sub) in sb.chunks_exact(32).enumerate() {
+        let lo = sub.iter().copied().fold(0.0f32, f32::min);
+        let hi = sub.iter().copied().fold(f32::MIN, f32::max);
+        scales[j] = (hi - lo) / levels;
+        mins[j] = -lo;
+    }
+    let d = f16::from_f32(scales.iter().copied().fold(0.0, f32::max) / 63.0);
+    let dmin = f16::from_f32(mins.iter().copied().fold(0.0, f32::max) / 63.0);
+    let grid = |v: f32, step: f16| (v * inverse(step)).round().clamp(0.0, 63.0) as u8;
+    let sc: Vec<u8> = scales.iter().map(|&s| grid(s, d).max(1)).collect();
+    let m: Vec<u8> = mins.iter().map(|&v| grid(v, dmin)).collect();
+    let mut q = [0u8; 256];
+    for (j, sub) in sb.chunks_exact(32).enumerate() {
+        let (s, mn) = (
+            d.to_f32() * f32::from(sc[j]),
+            dmin.to_f32() * f32::from(m[j]),
+        );
+        for (i, &v) in sub.iter().enumerate() {
+            q[j * 32 + i] = ((v + mn) / s).round().clamp(0.0, levels) as u8;
+        }
+    }
+    (d, dmin, pack_scales(&sc, &m), q)
+}
+
+/// Q4_K: [`k_quant`] with 16 levels; per 64 values, the first 32 in low nibbles.
 fn q4_k(x: &[f32]) -> Vec<u8> {
     let mut out = Vec::with_capacity(x.len() / 256 * 144);
     for sb in x.chunks_exact(256) {
-        let (mut scales, mut mins) = ([0f32; 8], [0f32; 8]);
-        for (j, sub) in sb.chunks_exact(32).enumerate() {
-            let lo = sub.iter().copied().fold(0.0f32, f32::min);
-            let hi = sub.iter().copied().fold(f32::MIN, f32::max);
-            scales[j] = (hi - lo) / 15.0;
-            mins[j] = -lo;
-        }
-        let d = f16::from_f32(scales.iter().copied().fold(0.0, f32::max) / 63.0);
-        let dmin = f16::from_f32(mins.iter().copied().fold(0.0, f32::max) / 63.0);
-        let grid = |v: f32, step: f16| {
-            if step.to_f32() > 0.0 {
-                (v / step.to_f32()).round().clamp(0.0, 63.0) as u8
-            } else {
-                0
-            }
-        };
-        let sc: Vec<u8> = scales.iter().map(|&s| grid(s, d).max(1)).collect();
-        let m: Vec<u8> = mins.iter().map(|&v| grid(v, dmin)).collect();
-        let packed = pack_scales(&sc, &m);
-        let mut q = [0u8; 256];
-        for (j, sub) in sb.chunks_exact(32).enumerate() {
-            let (s, mn) = (
-                d.to_f32() * f32::from(sc[j]),
-                dmin.to_f32() * f32::from(m[j]),
-            );
-            for (i, &v) in sub.iter().enumerate() {
-                q[j * 32 + i] = ((v + mn) / s).round().clamp(0.0, 15.0) as u8;
-            }
-        }
+        let (d, dmin, packed, q) = k_quant(sb, 15.0);
         out.extend(d.to_le_bytes());
         out.extend(dmin.to_le_bytes());
         out.extend(packed);
@@ -190,42 +190,24 @@ fn q6_k(x: &[f32]) -> Vec<u8> {
     out
 }
 
-/// Q5_K: as [`q4_k`] with 32 levels and the fifth bits in `qh`.
+/// Q5_K: [`k_quant`] with 32 levels, the fifth bits in `qh`.
 fn q5_k(x: &[f32]) -> Vec<u8> {
     let mut out = Vec::new();
     for sb in x.chunks_exact(256) {
-        let (mut scales, mut mins) = ([0f32; 8], [0f32; 8]);
-        for (j, sub) in sb.chunks_exact(32).enumerate() {
-            let lo = sub.iter().copied().fold(0.0f32, f32::min);
-            let hi = sub.iter().copied().fold(f32::MIN, f32::max);
-            scales[j] = (hi - lo) / 31.0;
-            mins[j] = -lo;
-        }
-        let d = f16::from_f32(scales.iter().copied().fold(0.0, f32::max) / 63.0);
-        let dmin = f16::from_f32(mins.iter().copied().fold(0.0, f32::max) / 63.0);
-        let grid = |v: f32, step: f16| (v * inverse(step)).round().clamp(0.0, 63.0) as u8;
-        let sc: Vec<u8> = scales.iter().map(|&s| grid(s, d).max(1)).collect();
-        let m: Vec<u8> = mins.iter().map(|&v| grid(v, dmin)).collect();
+        let (d, dmin, packed, q) = k_quant(sb, 31.0);
         let (mut ql, mut qh) = ([0u8; 128], [0u8; 32]);
-        for (j, sub) in sb.chunks_exact(32).enumerate() {
-            let (s, mn) = (
-                d.to_f32() * f32::from(sc[j]),
-                dmin.to_f32() * f32::from(m[j]),
-            );
-            for (l, &v) in sub.iter().enumerate() {
-                let q = ((v + mn) / s).round().clamp(0.0, 31.0) as u8;
-                let byte = &mut ql[(j / 2) * 32 + l];
-                *byte |= if j % 2 == 0 {
-                    q & 0x0f
-                } else {
-                    (q & 0x0f) << 4
-                };
-                qh[l] |= (q >> 4) << j;
-            }
+        for (e, &v) in q.iter().enumerate() {
+            let (j, l) = (e / 32, e % 32);
+            ql[(j / 2) * 32 + l] |= if j % 2 == 0 {
+                v & 0x0f
+            } else {
+                (v & 0x0f) << 4
+            };
+            qh[l] |= (v >> 4) << j;
         }
         out.extend(d.to_le_bytes());
         out.extend(dmin.to_le_bytes());
-        out.extend(pack_scales(&sc, &m));
+        out.extend(packed);
         out.extend(qh);
         out.extend(ql);
     }
