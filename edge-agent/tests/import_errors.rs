@@ -54,8 +54,9 @@ fn another_architecture_is_named() {
 #[test]
 fn an_unsupported_quantization_is_named_with_its_tensor() {
     let mut bytes = real();
-    // Tensor info: name, n_dims u32, dims u64 × 2, type u32, offset u64. Q4_1 (3) → Q8_0 (8),
-    // which has the same number of blocks and fits inside the file, so only the importer objects.
+    // Tensor info: name, n_dims u32, dims u64 × 2, type u32, offset u64. Q4_1 (3) → Q2_K (10),
+    // whose fewer bytes fit inside the file, so only the importer objects (no linear layer is
+    // taken in Q2_K: its mins come per 16 values).
     let name = b"blk.0.ffn_down.weight";
     let at = find(&bytes, name) + name.len() + 4 + 16;
     assert_eq!(
@@ -63,10 +64,10 @@ fn an_unsupported_quantization_is_named_with_its_tensor() {
         3,
         "type field"
     );
-    bytes[at..at + 4].copy_from_slice(&8u32.to_le_bytes());
+    bytes[at..at + 4].copy_from_slice(&10u32.to_le_bytes());
     let err = import_error("quant", &bytes);
     assert!(
-        err.contains("Q8_0") && err.contains("blk.0.ffn_down.weight"),
+        err.contains("Q2_K") && err.contains("blk.0.ffn_down.weight"),
         "{err}"
     );
 }
