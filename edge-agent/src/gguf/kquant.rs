@@ -15,7 +15,7 @@
 //! - Q6_K (210 bytes): `ql: [u8; 128]` (low 4 bits), `qh: [u8; 64]` (high 2 bits),
 //!   `scales: [i8; 16]`, `d: f16`; `w = d·sc·(q − 32)`.
 
-use super::quant::{Blocks8, Q41Block, QK};
+use super::quant::{Blocks8, Q41Block, QK, check_blocks};
 use super::{GgmlType, GgufError, Result};
 use half::f16;
 
@@ -43,15 +43,7 @@ fn super_blocks(
     bytes: &[u8],
     block_bytes: usize,
 ) -> Result<std::slice::ChunksExact<'_, u8>> {
-    if !bytes.len().is_multiple_of(block_bytes) {
-        return Err(GgufError::BadBlockData {
-            ty,
-            reason: format!(
-                "{} bytes is not a multiple of the {block_bytes}-byte super-block",
-                bytes.len()
-            ),
-        });
-    }
+    check_blocks(ty, bytes, block_bytes)?;
     Ok(bytes.chunks_exact(block_bytes))
 }
 
@@ -100,78 +92,17 @@ pub(super) fn dequantize_k(ty: GgmlType, bytes: &[u8], out: &mut Vec<f32>) -> Re
                 }
             }
         }
-        GgmlType::Q3_K => {
-            for b in super_blocks(ty, bytes, 110)? {
-                let (hmask, qs, packed) = (&b[0..32], &b[32..96], &b[96..108]);
-                let d = f16_at(b, 108);
-                let scales = q3_k_scales(packed);
-                let mut is = 0;
-                let mut m = 1u8;
-                for q in qs.chunks_exact(32) {
-                    for shift in [0, 2, 4, 6] {
-                        for (half, part) in q.chunks_exact(16).enumerate() {
-                            let dl = d * f32::from(scales[is] - 32);
-                            is += 1;
-                            let hm = &hmask[half * 16..half * 16 + 16];
-                            out.extend(part.iter().zip(hm).map(|(&x, &h)| {
-                                let low = ((x >> shift) & 3) as i8;
-                                let high = if h & m != 0 { 0 } else { 4 };
-                                dl * f32::from(low - high)
-                            }));
-                        }
-                        m <<= 1;
-                    }
-                }
-            }
-        }
         GgmlType::Q4_K => {
             for blk in q4_k_blocks(bytes)? {
                 out.extend(blk.q.iter().map(|&q| blk.d * f32::from(q) + blk.m));
             }
         }
-        GgmlType::Q5_K => {
-            for b in super_blocks(ty, bytes, 176)? {
-                let (d, dmin) = (f16_at(b, 0), f16_at(b, 2));
-                let (scales, qh, ql) = (&b[4..16], &b[16..48], &b[48..176]);
-                let (mut u1, mut u2) = (1u8, 2u8);
-                for (chunk, q32) in ql.chunks_exact(32).enumerate() {
-                    let (sc1, m1) = scale_min_k4(2 * chunk, scales);
-                    let (sc2, m2) = scale_min_k4(2 * chunk + 1, scales);
-                    let (d1, m1) = (d * f32::from(sc1), dmin * f32::from(m1));
-                    let (d2, m2) = (d * f32::from(sc2), dmin * f32::from(m2));
-                    out.extend(q32.iter().zip(qh).map(|(&x, &h)| {
-                        let hi = if h & u1 != 0 { 16 } else { 0 };
-                        d1 * f32::from((x & 0x0f) + hi) - m1
-                    }));
-                    out.extend(q32.iter().zip(qh).map(|(&x, &h)| {
-                        let hi = if h & u2 != 0 { 16 } else { 0 };
-                        d2 * f32::from((x >> 4) + hi) - m2
-                    }));
-                    u1 <<= 2;
-                    u2 <<= 2;
-                }
-            }
-        }
-        GgmlType::Q6_K => {
-            for b in super_blocks(ty, bytes, 210)? {
-                let (ql, qh, sc) = (&b[0..128], &b[128..192], &b[192..208]);
-                let d = f16_at(b, 208);
-                for n in 0..2 {
-                    let (ql, qh, sc) = (&ql[n * 64..], &qh[n * 32..], &sc[n * 8..]);
-                    let mut y = [0f32; 128];
-                    for l in 0..32 {
-                        let is = l / 16;
-                        let q = |low: u8, shift: u8| {
-                            i32::from(low | (((qh[l] >> shift) & 3) << 4)) - 32
-                        };
-                        let s = |k: usize| d * f32::from(sc[is + k] as i8);
-                        y[l] = s(0) * q(ql[l] & 0x0f, 0) as f32;
-                        y[l + 32] = s(2) * q(ql[l + 32] & 0x0f, 2) as f32;
-                        y[l + 64] = s(4) * q(ql[l] >> 4, 4) as f32;
-                        y[l + 96] = s(6) * q(ql[l + 32] >> 4, 6) as f32;
-                    }
-                    out.extend_from_slice(&y);
-                }
+        // `d·(q − zero) + m` with ggml's products (`d·sc` first) in ggml's order.
+        GgmlType::Q3_K | GgmlType::Q5_K | GgmlType::Q6_K => {
+            let b = blocks8_k(ty, bytes)?;
+            for (i, (codes, &d)) in b.codes.chunks_exact(b.block).zip(&b.d).enumerate() {
+                let m = b.m.as_ref().map_or(0.0, |m| m[i * b.block / QK]);
+                out.extend(codes.iter().map(|&c| d * (f32::from(c) - 128.0) + m));
             }
         }
         other => return Err(GgufError::UnsupportedType(other)),

@@ -53,7 +53,7 @@ fn unpack_nibbles(qs: &[u8]) -> [u8; QK] {
     q
 }
 
-fn check_blocks(ty: GgmlType, bytes: &[u8], block_bytes: usize) -> Result<usize> {
+pub(super) fn check_blocks(ty: GgmlType, bytes: &[u8], block_bytes: usize) -> Result<usize> {
     if !bytes.len().is_multiple_of(block_bytes) {
         return Err(GgufError::BadBlockData {
             ty,

@@ -433,6 +433,8 @@ mod tests {
         }
     }
 
+    /// For Q8_0, Q5_0 and Q5_1 the decoder is written apart; the k-quants' decoder is this
+    /// 8-bit form, checked against llama.cpp's in `tests/tests/gguf_quants.rs`.
     #[test]
     fn wider_types_widen_to_8_bits_without_changing_a_value() {
         use crate::gguf::GgmlType;
