@@ -48,14 +48,6 @@ impl Linear {
         }
         out
     }
-
-    /// The weight `W[row, col]` this layer computes with (for tests).
-    pub fn weight(&self, row: usize, col: usize) -> f32 {
-        match self {
-            Linear::Q4(l) => l.weight(row, col),
-            Linear::Q8(l) => l.weight(row, col),
-        }
-    }
 }
 
 /// A 4-bit linear layer `y = W·x` with `n` outputs and `k` inputs.
