@@ -5,7 +5,7 @@
 //!
 //! `scripts/bench.sh` starts the worker and passes its address.
 
-mod speculation;
+pub mod speculation;
 
 use super::load_engine;
 use crate::link::gateway::{GatewayEndpoint, GatewayOptions, TransportChoice};

@@ -61,6 +61,11 @@ pub fn import(
             expected_tokens(&t.acceptance, 6),
             expected_tokens(&t.acceptance, 8)
         );
+        eprintln!(
+            "import: tokens per round trip with dynamic trees of {} nodes (held-out, greedy): {:.2}",
+            crate::runtime::draft::MAX_TREE_NODES,
+            t.tree_tokens
+        );
     }
     Ok(())
 }

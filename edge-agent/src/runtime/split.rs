@@ -7,8 +7,7 @@
 use super::draft::policy::{DraftPolicy, MAX_DRAFT, Plan, Source};
 use super::draft::tree::DraftTree;
 use super::draft::{
-    ALT_BRANCHES, ALT_LEN, MAX_TREE_NODES, head_chain, head_tree, keep_accepted, layer_states,
-    lookup, point_masses,
+    MAX_TREE_NODES, head_chain, head_tree, keep_accepted, layer_states, lookup, point_masses,
 };
 use super::engine::PREFILL_CHUNK;
 use super::kv_cache::KvCache;
@@ -349,12 +348,12 @@ impl<'a> SplitRun<'a> {
                 source: Source::Lookup,
                 drafts: k.min(room).min(from_lookup.len()),
             },
-            None => {
-                // Greedy requests with a head send trees: the alternatives ride along.
-                let trees = head && self.sampler.params().temperature == 0.0;
-                let extra = if trees { ALT_BRANCHES * ALT_LEN } else { 0 };
-                policy.choose(room, from_lookup.len(), head, extra)
-            }
+            // Greedy requests with a head send dynamic trees, sized after they are grown.
+            None if head && self.sampler.params().temperature == 0.0 => Plan {
+                source: Source::Head,
+                drafts: usize::from(!policy.probe_due() && room > 0),
+            },
+            None => policy.choose(room, from_lookup.len(), head, 0),
         };
         if plan.drafts == 0 {
             let sent = Instant::now();
@@ -368,7 +367,11 @@ impl<'a> SplitRun<'a> {
             }
             return Ok(());
         }
-        from_lookup.truncate(plan.drafts);
+        // A tree takes the whole lookup run beside the head's nodes; a chain is the plan's.
+        let tree = head && spec.fixed.is_none() && self.sampler.params().temperature == 0.0;
+        if !tree {
+            from_lookup.truncate(plan.drafts);
+        }
         self.speculate(token, position, plan, from_lookup)
     }
 
@@ -396,23 +399,21 @@ impl<'a> SplitRun<'a> {
         // A fixed draft length asks for chains of exactly that length.
         let adaptive = matches!(&self.speculation, Some((s, _)) if s.fixed.is_none());
         let feature = self.feature.clone().unwrap_or_default();
+        let mut expected = None;
         let (tree, dists, main, lookup_nodes) = if !sampled && head && adaptive {
-            let main_len = match plan.source {
-                Source::Head => plan.drafts,
-                Source::Lookup => ALT_LEN.min(plan.drafts),
-            };
-            let (mut tree, main) = head_tree(self.model, &feature, token, main_len, &self.stop)?;
             // Every node takes a position of the session until the verdict.
             let room = self.limit.saturating_sub(position + 1).min(MAX_TREE_NODES);
-            if tree.len() > room {
-                let tokens: Vec<u32> = main.iter().map(|&n| tree.tokens[n]).collect();
-                let main = (0..tokens.len()).collect();
-                (DraftTree::chain(&tokens), Vec::new(), main, Vec::new())
-            } else {
-                from_lookup.truncate(room - tree.len());
-                let nodes = tree.insert_path(&from_lookup);
-                (tree, Vec::new(), main, nodes)
-            }
+            let policy = &self.speculation.as_ref().expect("speculating").1;
+            let limit = policy.tree_growth(room);
+            let grown = head_tree(self.model, &feature, token, limit, &self.stop)?;
+            let sums = grown.expected();
+            let policy = &self.speculation.as_ref().expect("speculating").1;
+            let n = policy.tree_nodes(&sums, room.saturating_sub(from_lookup.len()));
+            expected = Some(sums[n]);
+            let (mut tree, main) = grown.tree(n);
+            from_lookup.truncate(room - tree.len());
+            let nodes = tree.insert_path(&from_lookup);
+            (tree, Vec::new(), main, nodes)
         } else if plan.source == Source::Head {
             let chain = head_chain(
                 self.model,
@@ -440,6 +441,7 @@ impl<'a> SplitRun<'a> {
             (DraftTree::chain(&from_lookup), dists, Vec::new(), nodes)
         };
         let k = tree.len();
+        let layer_started = Instant::now();
         let (hidden, tree_kv) = layer_states(
             self.model,
             &mut self.cache,
@@ -450,6 +452,7 @@ impl<'a> SplitRun<'a> {
         )?;
         // What drafting cost the device: the proposals and the drafts' share of the layer pass.
         let draft_time = started.elapsed();
+        let layer_time = layer_started.elapsed();
         self.step_id += 1;
         let request = StepRequest {
             session_id: self.session.clone(),
@@ -484,7 +487,16 @@ impl<'a> SplitRun<'a> {
         let depth = tree.depths().into_iter().max().unwrap_or(0);
         let lookup = (lookup_nodes.len(), along(&lookup_nodes));
         self.stats.record(k, depth, accepted, lookup);
-        if let Some((_, policy)) = &mut self.speculation {
+        if let (Some((_, policy)), Some(expected)) = (&mut self.speculation, expected) {
+            let step_s = step_time.as_secs_f64();
+            policy.observe_tree(k, expected, accepted, step_s, layer_time.as_secs_f64());
+            if !main.is_empty() {
+                policy.record(Source::Head, main.len(), along(&main));
+            }
+            if !lookup_nodes.is_empty() {
+                policy.record(Source::Lookup, lookup_nodes.len(), lookup.1);
+            }
+        } else if let Some((_, policy)) = &mut self.speculation {
             // The policy sets the main chain's length: charge the whole cost to it.
             let per_draft = draft_time.as_secs_f64() / main.len().max(1) as f64;
             if main.is_empty() {

@@ -5,7 +5,7 @@
 use crate::error::{Error, Result};
 use crate::runtime::kv_cache::{KvCache, KvDtype, KvGeometry};
 use crate::runtime::model::{Model, Sequence};
-use crate::runtime::sampler::argmax;
+use crate::runtime::sampler::{Sampler, SamplingParams, argmax};
 
 /// Prose is read in windows of this many tokens.
 pub const WINDOW: usize = 256;
@@ -229,6 +229,97 @@ pub fn add_chat(
         progress((b + 1) * CHAT_BATCH.min(batch.len()), prompts.len());
     }
     Ok(generated)
+}
+
+/// Lets the model write `count` user requests of its own (sampled, batched): each continues
+/// `prefix` (a chat opening up to the user's turn) until an `end` token or `max_new` tokens.
+/// Returns the requests' tokens, without the end token; with a fixed seed, the same ones.
+pub fn sample_prompts(
+    model: &mut Model,
+    prefix: &[u32],
+    count: usize,
+    max_new: usize,
+    end: &[u32],
+    seed: u64,
+    mut progress: impl FnMut(usize, usize),
+) -> Result<Vec<Vec<u32>>> {
+    let all = model.layers();
+    let mut out = Vec::with_capacity(count);
+    let mut drawn = 0;
+    let params = |i: usize| SamplingParams {
+        temperature: 1.0,
+        top_p: 0.95,
+        seed: seed.wrapping_add(i as u64),
+    };
+    // Some requests run past the limit: draw at most twice as many as asked for.
+    while out.len() < count && drawn < 2 * count {
+        let n = CHAT_BATCH.min(count - out.len());
+        let mut caches = (0..n)
+            .map(|_| KvCache::try_new(geometry(model), KvDtype::Int8, prefix.len() + max_new))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let mut samplers = (0..n)
+            .map(|i| Sampler::new(params(drawn + i)))
+            .collect::<Result<Vec<_>>>()?;
+        let rows: Vec<u32> = (0..n).flat_map(|_| prefix.iter().copied()).collect();
+        let mut seqs: Vec<Sequence<'_>> = caches
+            .iter_mut()
+            .map(|c| Sequence::new(0, prefix.len(), c))
+            .collect();
+        let h = model.run_layers_batch(all.clone(), model.embed(&rows)?, &mut seqs)?;
+        drop(seqs);
+        let d = model.n_embd();
+        let vocab = model.arch().vocab_size as usize;
+        let last: Vec<f32> = (0..n)
+            .flat_map(|i| h[((i + 1) * prefix.len() - 1) * d..(i + 1) * prefix.len() * d].to_vec())
+            .collect();
+        let mut logits = model.logits(&last)?;
+        let mut texts: Vec<Vec<u32>> = vec![Vec::new(); n];
+        let mut open: Vec<usize> = (0..n).collect();
+        for c in caches.iter_mut() {
+            c.commit(prefix.len())?;
+        }
+        for step in 0..max_new {
+            let pos = prefix.len() + step;
+            let mut next = Vec::with_capacity(open.len());
+            let mut still = Vec::with_capacity(open.len());
+            for (j, &i) in open.iter().enumerate() {
+                let t = samplers[i].sample(&logits[j * vocab..(j + 1) * vocab], pos as u64);
+                if !end.contains(&t) {
+                    texts[i].push(t);
+                    next.push(t);
+                    still.push(i);
+                }
+            }
+            open = still;
+            if open.is_empty() || step + 1 == max_new {
+                break;
+            }
+            let mut seqs: Vec<Sequence<'_>> = caches
+                .iter_mut()
+                .enumerate()
+                .filter(|(i, _)| open.contains(i))
+                .map(|(_, c)| Sequence::new(pos, 1, c))
+                .collect();
+            let h = model.run_layers_batch(all.clone(), model.embed(&next)?, &mut seqs)?;
+            for s in seqs.iter_mut() {
+                s.cache.commit(pos + 1)?;
+            }
+            drop(seqs);
+            logits = model.logits(&h)?;
+        }
+        // A request cut off at `max_new` tokens (still open) is not a whole request.
+        let whole = |(i, t): &(usize, Vec<u32>)| !t.is_empty() && !open.contains(i);
+        out.extend(texts.into_iter().enumerate().filter(whole).map(|(_, t)| t));
+        drawn += n;
+        progress(out.len(), count);
+    }
+    if out.is_empty() && count > 0 {
+        return Err(Error::InvalidArgument(
+            "the model wrote no request that ends within the limit".into(),
+        ));
+    }
+    out.truncate(count);
+    Ok(out)
 }
 
 /// One answer being decoded: from the prompt's last position on.

@@ -10,12 +10,16 @@
 pub mod data;
 pub mod graph;
 pub mod train;
+pub mod treesim;
 
+use crate::commands::bench_split::AGREEMENT_PROMPTS;
+use crate::commands::bench_split::speculation::REUSE_PROMPTS;
 use crate::error::{Error, Result};
 use crate::import::graphs::Dims;
 use crate::import::linear::Q8Linear;
 use crate::onnx::session_from_memory;
 use crate::perception::dataset::read_examples;
+use crate::runtime::draft::MAX_TREE_NODES;
 use crate::runtime::engine::{GenerateRequest, render_prompt};
 use crate::runtime::model::{LoadOptions, Model};
 use crate::runtime::sampler::argmax;
@@ -88,6 +92,8 @@ pub struct TrainedDrafter {
     pub coverage: f64,
     /// Conditional acceptance at draft positions 1..=EVAL_DEPTH.
     pub acceptance: Vec<f64>,
+    /// Tokens per round trip with dynamic trees of [`MAX_TREE_NODES`] nodes.
+    pub tree_tokens: f64,
     pub seconds_data: f64,
     pub seconds_train: f64,
 }
@@ -116,19 +122,35 @@ pub fn train_drafter(
     let ids = encode(&model, &prose)?;
     let usable = ids.len().saturating_sub(PROSE_HELDOUT);
     let prose_ids = &ids[..usable.min(opts.prose_tokens)];
-    // A third of the prompts are labelled texts (short requests), a third ask about sentences
-    // of the prose (summaries, rewrites: answers that reuse the prompt), a third are open
-    // questions about things the prose names (explanations, advice, verse: long free answers).
-    // Held-out prompts come from the other labelled file and from the prose's held-out tail.
+    // Half of the prompts are requests the model writes itself when given the opening of a
+    // chat up to the user's turn: varied, and what users of an assistant ask. Of the other
+    // half, a third are labelled texts (short requests), a third ask about sentences of the
+    // prose (summaries, rewrites: answers that reuse the prompt), a third are open questions
+    // about things the prose names (explanations, advice, verse). Held-out prompts come from
+    // other draws, the other labelled file and the prose's held-out tail.
     let (train_text, heldout_text) = split_prose(&prose);
+    let written = self_written(
+        &mut model,
+        opts.chat_prompts / 2 + opts.heldout / 2,
+        opts.seed,
+        &mut *progress,
+    )?;
+    let (train_written, heldout_written) =
+        written.split_at(written.len().saturating_sub(opts.heldout / 2));
     let mix = |total: usize| (total - 2 * (total / 3), total / 3);
-    let (labelled, third) = mix(opts.chat_prompts);
-    let mut train_prompts = labelled_prompts(&opts.prompts, labelled, opts.seed)?;
+    let (labelled, third) = mix(opts.chat_prompts - train_written.len());
+    let mut train_prompts = train_written.to_vec();
+    train_prompts.extend(labelled_prompts(&opts.prompts, labelled, opts.seed)?);
     train_prompts.extend(prose_prompts(train_text, third, opts.seed));
     let train_things = things(train_text);
     train_prompts.extend(topic_prompts(&train_things, third, opts.seed));
-    let (labelled, third) = mix(opts.heldout);
-    let mut heldout_prompts = labelled_prompts(&opts.heldout_prompts, labelled, opts.seed)?;
+    let (labelled, third) = mix(opts.heldout - heldout_written.len());
+    let mut heldout_prompts = heldout_written.to_vec();
+    heldout_prompts.extend(labelled_prompts(
+        &opts.heldout_prompts,
+        labelled,
+        opts.seed,
+    )?);
     heldout_prompts.extend(prose_prompts(heldout_text, third, opts.seed));
     // Held-out questions are about things the trained-on part never names.
     let mut heldout_things = things(heldout_text);
@@ -196,6 +218,8 @@ pub fn train_drafter(
     let seconds_train = train_started.elapsed().as_secs_f64();
     let graph = graph::drafter_graph(&weights, output_norm, &rows, dims);
     let acceptance = chain_acceptance(&graph, &shortlist, &heldout, EVAL_DEPTH)?;
+    let tree_tokens =
+        treesim::tree_tokens(&model, &graph, &shortlist, &heldout, &[MAX_TREE_NODES])?[0];
     Ok(TrainedDrafter {
         graph,
         shortlist,
@@ -203,6 +227,7 @@ pub fn train_drafter(
         heldout_positions: heldout.positions(),
         coverage,
         acceptance,
+        tree_tokens,
         seconds_data,
         seconds_train,
     })
@@ -215,6 +240,75 @@ fn encode(model: &Model, text: &str) -> Result<Vec<u32>> {
         .map_err(|e| Error::Tokenizer(e.to_string()))?
         .get_ids()
         .to_vec())
+}
+
+/// `count` distinct requests the model writes itself after the opening of a chat (its system
+/// turn and the start of the user's), without those the benchmarks measure on.
+fn self_written(
+    model: &mut Model,
+    count: usize,
+    seed: u64,
+    progress: Progress<'_>,
+) -> Result<Vec<String>> {
+    let opening = render_prompt(&request(String::new()));
+    let user = "<|im_start|>user\n";
+    let cut = opening.find(user).map_or(opening.len(), |i| i + user.len());
+    let prefix = encode(model, &opening[..cut])?;
+    let end = {
+        let a = model.arch();
+        let mut s = a.stop_tokens.clone();
+        s.push(a.eos_token);
+        s
+    };
+    let measured: Vec<&str> = AGREEMENT_PROMPTS
+        .iter()
+        .chain(REUSE_PROMPTS.iter())
+        .copied()
+        .collect();
+    // Draw more than needed: duplicates and fragments are dropped.
+    let drawn = data::sample_prompts(
+        model,
+        &prefix,
+        count + count / 4,
+        48,
+        &end,
+        seed,
+        |n, of| progress(&format!("drafter data: writing requests {n}/{of}")),
+    )?;
+    let mut seen = std::collections::HashSet::new();
+    let mut out = Vec::with_capacity(count);
+    for ids in drawn {
+        let text = model
+            .tokenizer()
+            .decode(&ids, true)
+            .map_err(|e| Error::Tokenizer(e.to_string()))?;
+        let text = text.trim().to_string();
+        if (8..=300).contains(&text.len())
+            && !measured.contains(&text.as_str())
+            && seen.insert(text.clone())
+        {
+            out.push(text);
+        }
+        if out.len() == count {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+fn request(prompt: String) -> GenerateRequest {
+    GenerateRequest {
+        history: Vec::new(),
+        system: None,
+        prompt,
+        chat: true,
+        max_tokens: 1,
+        sampling: Default::default(),
+        stop: Vec::new(),
+        deadline: None,
+        draft_tokens: None,
+        context_overflow: None,
+    }
 }
 
 /// `count` distinct texts of a `text<TAB>label` file (a seeded choice).
@@ -315,21 +409,7 @@ fn topic_prompts(things: &[&str], count: usize, seed: u64) -> Vec<String> {
 fn chat_tokens(model: &Model, texts: &[String]) -> Result<Vec<Vec<u32>>> {
     texts
         .iter()
-        .map(|t| {
-            let req = GenerateRequest {
-                history: Vec::new(),
-                system: None,
-                prompt: t.clone(),
-                chat: true,
-                max_tokens: 1,
-                sampling: Default::default(),
-                stop: Vec::new(),
-                deadline: None,
-                draft_tokens: None,
-                context_overflow: None,
-            };
-            encode(model, &render_prompt(&req))
-        })
+        .map(|t| encode(model, &render_prompt(&request(t.clone()))))
         .collect()
 }
 

@@ -7,6 +7,7 @@
 //! worker verifies them with.
 
 pub mod drafter;
+pub mod grow;
 pub mod lookup;
 pub mod policy;
 pub mod tree;
@@ -15,6 +16,7 @@ use super::kv_cache::KvCache;
 use super::model::{Model, Sequence, TreeKv, TreeRows};
 use super::sampler::{Sampler, argmax, draw, draws, uniform};
 use crate::error::{Error, Result};
+use grow::{Candidate, Grown};
 use seam_shared::proto::common::SparseDistribution;
 use tree::DraftTree;
 
@@ -80,68 +82,69 @@ pub fn head_chain(
 
 /// Most nodes of a draft tree (the worker's default `max_draft_tokens`).
 pub const MAX_TREE_NODES: usize = 16;
-/// Alternatives to the head's first choice at the root of a tree, and their length.
-pub const ALT_BRANCHES: usize = 2;
-pub const ALT_LEN: usize = 2;
 
-/// A draft tree from the draft head: its `1 + ALT_BRANCHES` most likely tokens after `token`,
-/// the first extended greedily to `main_len` drafts and the others to `ALT_LEN`, each branch
-/// feeding the head its own estimates; branches stop after an end-of-turn draft. Returns the
-/// tree and the nodes of the main branch.
+/// Grows a dynamic draft tree after `token` (settled at the row after `feature`'s) from the
+/// draft head, a depth at a time (see [`grow`]); end-of-turn drafts are not expanded, and
+/// growth stops once no new node could be among the `limit` most likely.
 pub fn head_tree(
     model: &mut Model,
     feature: &[f32],
     token: u32,
-    main_len: usize,
+    limit: usize,
     stop: &[u32],
-) -> Result<(DraftTree, Vec<usize>)> {
-    let mut tree = DraftTree::default();
-    let mut main = Vec::new();
-    if main_len == 0 {
-        return Ok((tree, main));
-    }
-    let e = model.embed(&[token])?;
-    let out = drafter(model)?.run(feature, &e)?;
-    let shortlist = drafter(model)?.shortlist().to_vec();
-    // (node, the head's estimate of its state's predecessor, drafts still to add)
-    let mut active: Vec<(usize, Vec<f32>, usize)> = Vec::new();
-    for (rank, idx) in top_k(&out.logits, 1 + ALT_BRANCHES).into_iter().enumerate() {
-        let tok = shortlist[idx];
-        let node = tree.insert_path(&[tok])[0];
-        let len = if rank == 0 {
-            main_len
-        } else {
-            ALT_LEN.min(main_len)
-        };
-        if rank == 0 {
-            main.push(node);
+) -> Result<Grown> {
+    let d = model.n_embd();
+    let mut candidates: Vec<Candidate> = Vec::new();
+    // Rows to expand: (candidate, the head's estimate of the state before it, its token).
+    let mut frontier: Vec<(Option<usize>, Vec<f32>, u32)> = vec![(None, feature.to_vec(), token)];
+    for depth in 1..=grow::DEPTH {
+        if frontier.is_empty() || limit == 0 {
+            break;
         }
-        if len > 1 && !stop.contains(&tok) {
-            active.push((node, out.features.clone(), len - 1));
-        }
-    }
-    while !active.is_empty() {
-        let tokens: Vec<u32> = active.iter().map(|a| tree.tokens[a.0]).collect();
-        let features: Vec<f32> = active.iter().flat_map(|a| a.1.iter().copied()).collect();
+        let tokens: Vec<u32> = frontier.iter().map(|f| f.2).collect();
+        let features: Vec<f32> = frontier.iter().flat_map(|f| f.1.iter().copied()).collect();
         let e = model.embed(&tokens)?;
-        let out = drafter(model)?.run(&features, &e)?;
-        let (d, width) = (model.n_embd(), shortlist.len());
-        let mut next = Vec::with_capacity(active.len());
-        for (j, (node, _, left)) in active.into_iter().enumerate() {
-            let tok = shortlist[argmax(&out.logits[j * width..(j + 1) * width]) as usize];
-            let child = tree.len();
-            tree.tokens.push(tok);
-            tree.parents.push(Some(node));
-            if main.last() == Some(&node) {
-                main.push(child);
-            }
-            if left > 1 && !stop.contains(&tok) {
-                next.push((child, out.features[j * d..(j + 1) * d].to_vec(), left - 1));
+        let head = drafter(model)?;
+        let out = head.run(&features, &e)?;
+        let shortlist = head.shortlist();
+        let width = shortlist.len();
+        let mut fresh: Vec<(usize, usize)> = Vec::new();
+        for (j, (parent, _, _)) in frontier.iter().enumerate() {
+            let row = &out.logits[j * width..(j + 1) * width];
+            let base = parent.map_or(0.0, |p| candidates[p].logp);
+            let lp = grow::log_softmax(row);
+            for k in top_k(row, grow::CHILDREN) {
+                candidates.push(Candidate {
+                    parent: *parent,
+                    token: shortlist[k],
+                    logp: base + lp[k],
+                    depth,
+                });
+                fresh.push((candidates.len() - 1, j));
             }
         }
-        active = next;
+        fresh.retain(|&(i, _)| !stop.contains(&candidates[i].token));
+        fresh.sort_by(|a, b| candidates[b.0].logp.total_cmp(&candidates[a.0].logp));
+        fresh.truncate(grow::BEAM);
+        // A child is never more likely than its parent: past `limit` better nodes, stop.
+        if let Some(&(best, _)) = fresh.first() {
+            let better = candidates
+                .iter()
+                .filter(|c| c.logp > candidates[best].logp)
+                .count();
+            if better >= limit {
+                break;
+            }
+        }
+        frontier = fresh
+            .into_iter()
+            .map(|(i, j)| {
+                let f = out.features[j * d..(j + 1) * d].to_vec();
+                (Some(i), f, candidates[i].token)
+            })
+            .collect();
     }
-    Ok((tree, main))
+    Ok(Grown::new(candidates))
 }
 
 fn drafter(model: &mut Model) -> Result<&mut drafter::Drafter> {
@@ -151,7 +154,7 @@ fn drafter(model: &mut Model) -> Result<&mut drafter::Drafter> {
 }
 
 /// Indices of the `n` largest values, largest first.
-fn top_k(values: &[f32], n: usize) -> Vec<usize> {
+pub fn top_k(values: &[f32], n: usize) -> Vec<usize> {
     let mut idx: Vec<usize> = (0..values.len()).collect();
     let n = n.min(values.len());
     if n == 0 {

@@ -11,6 +11,12 @@
 //! to propose one. `base` is measured by an occasional round trip without drafts, `node` from the
 //! drafting ones. The policy picks the source and `k` with the most tokens per second,
 //! `E(k) / T(k)`.
+//!
+//! Greedy requests send dynamic trees instead ([`super::grow`]): the head's probabilities rank
+//! the candidate nodes and estimate what the first `n` of them settle, `S(n)`. The policy keeps
+//! how far to trust that estimate (drafts that stood over drafts the head expected, decayed) and
+//! picks the `n` with the most tokens per second, `(1 + c·S(n)) / (base + n · (node + layer))`,
+//! `layer` being the device's time per node in the layer pass.
 
 /// Largest draft length considered.
 pub const MAX_DRAFT: usize = 12;
@@ -23,6 +29,10 @@ const DECAY: f64 = 0.95;
 const TIME_SMOOTHING: f64 = 0.25;
 /// Drafting round trips between two round trips without drafts (which measure `base`).
 const PROBE_EVERY: u32 = 16;
+/// Fewest nodes a tree is grown for.
+pub const MIN_GROWTH: usize = 6;
+/// Weight of the prior trust in the head's estimate for trees (as drafts expected).
+const TREE_PRIOR: f64 = 4.0;
 /// Prior acceptance of lookup drafts at every position.
 pub const LOOKUP_PRIOR: f64 = 0.6;
 
@@ -107,6 +117,13 @@ pub struct DraftPolicy {
     /// Drafting round trips since the last one without drafts.
     since_probe: u32,
     max: usize,
+    /// Trees: decayed sums of drafts that stood and of drafts the head expected to stand.
+    tree_stood: f64,
+    tree_expected: f64,
+    /// Trees: the device's time per node of the layer pass, seconds.
+    layer_s: f64,
+    /// Trees: moving average of the nodes sent.
+    tree_sent: f64,
 }
 
 /// A decision for the next round trip.
@@ -128,7 +145,77 @@ impl DraftPolicy {
             draft_s: 0.0,
             since_probe: 0,
             max: max.min(MAX_DRAFT),
+            tree_stood: TREE_PRIOR,
+            tree_expected: TREE_PRIOR,
+            layer_s: 0.0,
+            tree_sent: 0.0,
         }
+    }
+
+    /// How many nodes a tree is grown for, with `room` at most: twice what recent trees sent
+    /// (at least [`MIN_GROWTH`]), since growing what will not be sent costs device time.
+    pub fn tree_growth(&self, room: usize) -> usize {
+        ((2.0 * self.tree_sent).ceil() as usize)
+            .max(MIN_GROWTH)
+            .min(room)
+    }
+
+    /// Whether the next round trip should go without drafts, to measure `base` (see
+    /// [`DraftPolicy::choose`]).
+    pub fn probe_due(&self) -> bool {
+        self.step_s > 0.0 && (self.base_s <= 0.0 || self.since_probe >= PROBE_EVERY)
+    }
+
+    /// How far the head's own estimate of the drafts that stand is borne out.
+    pub fn tree_calibration(&self) -> f64 {
+        self.tree_stood / self.tree_expected.max(1e-9)
+    }
+
+    /// How many nodes of a grown tree to send, `expected[n]` being the head's estimate of the
+    /// drafts the first `n` settle (`expected[0] == 0`), with `room` nodes at most. Before the
+    /// round trip is timed, up to four, to measure.
+    pub fn tree_nodes(&self, expected: &[f64], room: usize) -> usize {
+        let cap = room.min(expected.len().saturating_sub(1));
+        if self.step_s <= 0.0 || self.base_s <= 0.0 {
+            return cap.min(4);
+        }
+        let c = self.tree_calibration();
+        let per_node = self.node_s + self.layer_s;
+        (0..=cap)
+            .map(|n| {
+                (
+                    n,
+                    (1.0 + c * expected[n]) / (self.base_s + n as f64 * per_node),
+                )
+            })
+            .fold(
+                (0, 0.0),
+                |best, (n, rate)| if rate > best.1 { (n, rate) } else { best },
+            )
+            .0
+    }
+
+    /// Records a tree's verification: `nodes` sent, of which the head expected `expected` to
+    /// stand and `accepted` did, the round trip's time and the device's layer pass time.
+    pub fn observe_tree(
+        &mut self,
+        nodes: usize,
+        expected: f64,
+        accepted: usize,
+        step_s: f64,
+        layer_s: f64,
+    ) {
+        self.tree_sent = smooth(self.tree_sent, nodes as f64);
+        if nodes > 0 {
+            self.tree_stood = self.tree_stood * DECAY + accepted as f64;
+            self.tree_expected = self.tree_expected * DECAY + expected;
+            self.layer_s = smooth(self.layer_s, layer_s / (nodes + 1) as f64);
+        }
+        let plan = Plan {
+            source: Source::Head,
+            drafts: 0,
+        };
+        self.observe(plan, nodes, 0, step_s, 0.0);
     }
 
     pub fn acceptance(&self, source: Source) -> &Acceptance {
@@ -355,6 +442,52 @@ mod tests {
         dear.observe(head(4), 8, 2, 0.120, 0.0005);
         assert!(cheap.choose(100, 0, true, 4).drafts > dear.choose(100, 0, true, 4).drafts);
         assert_eq!(dear.choose(100, 0, true, 4).drafts, 0);
+    }
+
+    fn timed_tree_policy(base: f64, node: f64) -> DraftPolicy {
+        let mut p = DraftPolicy::new(&[0.5], MAX_DRAFT);
+        p.observe_tree(0, 0.0, 0, base, 0.0);
+        p.observe_tree(4, 2.0, 2, base + 4.0 * node, 0.0);
+        p
+    }
+
+    #[test]
+    fn trees_grow_while_a_node_settles_more_than_it_costs() {
+        // The head expects 0.6, 0.2, 0.1, 0.01 drafts from its next nodes.
+        let expected = [0.0, 0.6, 0.8, 0.9, 0.91];
+        let cheap = timed_tree_policy(0.040, 0.001);
+        assert_eq!(cheap.tree_nodes(&expected, 16), 3);
+        // 20 ms a node: only the first pays.
+        let dear = timed_tree_policy(0.040, 0.020);
+        assert_eq!(dear.tree_nodes(&expected, 16), 1);
+        assert_eq!(cheap.tree_nodes(&expected, 2), 2);
+        // Untimed: a few, to measure.
+        let fresh = DraftPolicy::new(&[0.5], MAX_DRAFT);
+        assert_eq!(fresh.tree_nodes(&expected, 16), 4);
+        assert!(!fresh.probe_due());
+    }
+
+    #[test]
+    fn a_head_that_promises_more_than_stands_gets_smaller_trees() {
+        let expected = [0.0, 0.5, 0.8, 0.9, 0.95, 0.99];
+        let mut over = timed_tree_policy(0.040, 0.004);
+        let trusted = over.tree_nodes(&expected, 16);
+        for _ in 0..40 {
+            over.observe_tree(4, 2.0, 0, 0.056, 0.0);
+        }
+        assert!(over.tree_calibration() < 0.1, "{}", over.tree_calibration());
+        assert!(over.tree_nodes(&expected, 16) < trusted);
+    }
+
+    #[test]
+    fn trees_are_grown_for_twice_what_recent_ones_sent() {
+        let mut p = DraftPolicy::new(&[0.5], MAX_DRAFT);
+        assert_eq!(p.tree_growth(16), MIN_GROWTH);
+        for _ in 0..30 {
+            p.observe_tree(6, 2.0, 2, 0.05, 0.0);
+        }
+        assert_eq!(p.tree_growth(16), 12);
+        assert_eq!(p.tree_growth(9), 9);
     }
 
     #[test]
