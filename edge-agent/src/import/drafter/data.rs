@@ -246,10 +246,11 @@ pub fn sample_prompts(
     let all = model.layers();
     let mut out = Vec::with_capacity(count);
     let mut drawn = 0;
+    // Request `i` draws from its own stream; streams of nearby seeds do not overlap.
     let params = |i: usize| SamplingParams {
         temperature: 1.0,
         top_p: 0.95,
-        seed: seed.wrapping_add(i as u64),
+        seed: seed.wrapping_mul(0x9e37_79b9_7f4a_7c15).wrapping_add(i as u64),
     };
     // Some requests run past the limit: draw at most twice as many as asked for.
     while out.len() < count && drawn < 2 * count {
