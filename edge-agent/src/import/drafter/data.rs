@@ -250,7 +250,9 @@ pub fn sample_prompts(
     let params = |i: usize| SamplingParams {
         temperature: 1.0,
         top_p: 0.95,
-        seed: seed.wrapping_mul(0x9e37_79b9_7f4a_7c15).wrapping_add(i as u64),
+        seed: seed
+            .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+            .wrapping_add(i as u64),
     };
     // Some requests run past the limit: draw at most twice as many as asked for.
     while out.len() < count && drawn < 2 * count {
