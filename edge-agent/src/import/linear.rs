@@ -94,18 +94,9 @@ impl Q4Linear {
         Q4Linear {
             n: parts.iter().map(|p| p.n).sum(),
             k,
-            packed: parts
-                .iter()
-                .flat_map(|p| p.packed.iter().copied())
-                .collect(),
-            scales: parts
-                .iter()
-                .flat_map(|p| p.scales.iter().copied())
-                .collect(),
-            correction: parts
-                .iter()
-                .flat_map(|p| p.correction.iter().copied())
-                .collect(),
+            packed: cat(parts, |p| &p.packed),
+            scales: cat(parts, |p| &p.scales),
+            correction: cat(parts, |p| &p.correction),
         }
     }
 
@@ -204,14 +195,8 @@ impl Q8Linear {
             n: parts.iter().map(|p| p.n).sum(),
             k,
             block,
-            packed: parts
-                .iter()
-                .flat_map(|p| p.packed.iter().copied())
-                .collect(),
-            scales: parts
-                .iter()
-                .flat_map(|p| p.scales.iter().copied())
-                .collect(),
+            packed: cat(parts, |p| &p.packed),
+            scales: cat(parts, |p| &p.scales),
             mins,
         }
     }
@@ -306,6 +291,14 @@ impl Q8Linear {
             .map(|(row, col)| self.weight(row, col))
             .collect()
     }
+}
+
+/// One field of every part, concatenated in order.
+fn cat<P, T: Copy>(parts: &[P], field: impl Fn(&P) -> &[T]) -> Vec<T> {
+    parts
+        .iter()
+        .flat_map(|p| field(p).iter().copied())
+        .collect()
 }
 
 #[cfg(test)]

@@ -334,6 +334,9 @@ impl<'a> SplitRun<'a> {
             return Ok(());
         };
         let head = spec.head && self.feature.is_some() && self.model.drafter().is_some();
+        // Greedy requests with a head and no fixed length send dynamic trees, sized after they
+        // are grown; the whole lookup run rides beside the head's nodes.
+        let tree = head && spec.fixed.is_none() && self.sampler.params().temperature == 0.0;
         let proposal = lookup::propose(&self.history, room.min(spec.max_drafts));
         let mut from_lookup = proposal.map(|p| p.drafts).unwrap_or_default();
         if let Some(end) = from_lookup.iter().position(|t| self.stop.contains(t)) {
@@ -348,8 +351,7 @@ impl<'a> SplitRun<'a> {
                 source: Source::Lookup,
                 drafts: k.min(room).min(from_lookup.len()),
             },
-            // Greedy requests with a head send dynamic trees, sized after they are grown.
-            None if head && self.sampler.params().temperature == 0.0 => Plan {
+            None if tree => Plan {
                 source: Source::Head,
                 drafts: usize::from(!policy.probe_due() && room > 0),
             },
@@ -367,12 +369,10 @@ impl<'a> SplitRun<'a> {
             }
             return Ok(());
         }
-        // A tree takes the whole lookup run beside the head's nodes; a chain is the plan's.
-        let tree = head && spec.fixed.is_none() && self.sampler.params().temperature == 0.0;
         if !tree {
             from_lookup.truncate(plan.drafts);
         }
-        self.speculate(token, position, plan, from_lookup)
+        self.speculate(token, position, plan, tree, from_lookup)
     }
 
     /// Appends settled tokens: accepted drafts, then the worker's token.
@@ -383,32 +383,29 @@ impl<'a> SplitRun<'a> {
         self.history.push(next);
     }
 
-    /// One verification round trip: drafts after `token` as `plan` says (greedy requests with
-    /// a draft head send a tree: the head's branches plus the lookup run), ships them with
-    /// their layer-K states, keeps what the worker accepts and rolls the rest back.
+    /// One verification round trip: drafts after `token` as `plan` says, or with `trees` a
+    /// dynamic tree from the head plus the lookup run; ships them with their layer-K states,
+    /// keeps what the worker accepts and rolls the rest back.
     fn speculate(
         &mut self,
         token: u32,
         position: usize,
         plan: Plan,
+        trees: bool,
         mut from_lookup: Vec<u32>,
     ) -> Result<()> {
         let started = Instant::now();
         let sampled = self.sampler.params().temperature > 0.0;
-        let head = self.feature.is_some() && self.model.drafter().is_some();
-        // A fixed draft length asks for chains of exactly that length.
-        let adaptive = matches!(&self.speculation, Some((s, _)) if s.fixed.is_none());
         let feature = self.feature.clone().unwrap_or_default();
         let mut expected = None;
-        let (tree, dists, main, lookup_nodes) = if !sampled && head && adaptive {
+        let (tree, dists, main, lookup_nodes) = if trees {
             // Every node takes a position of the session until the verdict.
             let room = self.limit.saturating_sub(position + 1).min(MAX_TREE_NODES);
-            let policy = &self.speculation.as_ref().expect("speculating").1;
-            let limit = policy.tree_growth(room);
+            let policy = || &self.speculation.as_ref().expect("speculating").1;
+            let limit = policy().tree_growth(room);
             let grown = head_tree(self.model, &feature, token, limit, &self.stop)?;
             let sums = grown.expected();
-            let policy = &self.speculation.as_ref().expect("speculating").1;
-            let n = policy.tree_nodes(&sums, room.saturating_sub(from_lookup.len()));
+            let n = policy().tree_nodes(&sums, room.saturating_sub(from_lookup.len()));
             expected = Some(sums[n]);
             let (mut tree, main) = grown.tree(n);
             from_lookup.truncate(room - tree.len());

@@ -132,6 +132,7 @@ pub fn train_drafter(
     let written = self_written(
         &mut model,
         opts.chat_prompts / 2 + opts.heldout / 2,
+        &stop,
         opts.seed,
         &mut *progress,
     )?;
@@ -218,8 +219,14 @@ pub fn train_drafter(
     let seconds_train = train_started.elapsed().as_secs_f64();
     let graph = graph::drafter_graph(&weights, output_norm, &rows, dims);
     let acceptance = chain_acceptance(&graph, &shortlist, &heldout, EVAL_DEPTH)?;
-    let tree_tokens =
-        treesim::tree_tokens(&model, &graph, &shortlist, &heldout, &[MAX_TREE_NODES])?[0];
+    let tree_tokens = treesim::tree_tokens(
+        &model,
+        &graph,
+        &shortlist,
+        &heldout,
+        &stop,
+        &[MAX_TREE_NODES],
+    )?[0];
     Ok(TrainedDrafter {
         graph,
         shortlist,
@@ -247,6 +254,7 @@ fn encode(model: &Model, text: &str) -> Result<Vec<u32>> {
 fn self_written(
     model: &mut Model,
     count: usize,
+    end: &[u32],
     seed: u64,
     progress: Progress<'_>,
 ) -> Result<Vec<String>> {
@@ -254,27 +262,15 @@ fn self_written(
     let user = "<|im_start|>user\n";
     let cut = opening.find(user).map_or(opening.len(), |i| i + user.len());
     let prefix = encode(model, &opening[..cut])?;
-    let end = {
-        let a = model.arch();
-        let mut s = a.stop_tokens.clone();
-        s.push(a.eos_token);
-        s
-    };
     let measured: Vec<&str> = AGREEMENT_PROMPTS
         .iter()
         .chain(REUSE_PROMPTS.iter())
         .copied()
         .collect();
     // Draw more than needed: duplicates and fragments are dropped.
-    let drawn = data::sample_prompts(
-        model,
-        &prefix,
-        count + count / 4,
-        48,
-        &end,
-        seed,
-        |n, of| progress(&format!("drafter data: writing requests {n}/{of}")),
-    )?;
+    let drawn = data::sample_prompts(model, &prefix, count + count / 4, 48, end, seed, |n, of| {
+        progress(&format!("drafter data: writing requests {n}/{of}"))
+    })?;
     let mut seen = std::collections::HashSet::new();
     let mut out = Vec::with_capacity(count);
     for ids in drawn {

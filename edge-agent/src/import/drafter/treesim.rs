@@ -15,12 +15,14 @@ use ort::value::TensorRef;
 /// Rows run through the head at once.
 const CHUNK: usize = 1024;
 
-/// Mean tokens per round trip with trees of each size in `sizes`.
+/// Mean tokens per round trip with trees of each size in `sizes`; as on the device, drafts in
+/// `stop` (end of turn) are not expanded.
 pub fn tree_tokens(
     model: &Model,
     graph_bytes: &[u8],
     shortlist: &[u32],
     heldout: &Corpus,
+    stop: &[u32],
     sizes: &[usize],
 ) -> Result<Vec<f64>> {
     let d = heldout.d;
@@ -41,7 +43,7 @@ pub fn tree_tokens(
             (i, None, f, heldout.tokens[s + 1])
         })
         .collect();
-    for depth in 1..=grow::DEPTH {
+    for _ in 0..grow::DEPTH {
         let mut fresh: Vec<Vec<(usize, Vec<f32>)>> = vec![Vec::new(); starts.len()];
         for chunk in frontier.chunks(CHUNK) {
             let n = chunk.len();
@@ -63,7 +65,6 @@ pub fn tree_tokens(
                         parent,
                         token: shortlist[k],
                         logp: base + lp[k],
-                        depth,
                     });
                     let at = candidates[i].len() - 1;
                     fresh[i].push((at, next[j * d..(j + 1) * d].to_vec()));
@@ -72,6 +73,7 @@ pub fn tree_tokens(
         }
         frontier.clear();
         for (i, mut f) in fresh.into_iter().enumerate() {
+            f.retain(|(c, _)| !stop.contains(&candidates[i][*c].token));
             f.sort_by(|a, b| candidates[i][b.0].logp.total_cmp(&candidates[i][a.0].logp));
             for (c, feature) in f.into_iter().take(grow::BEAM) {
                 frontier.push((i, Some(c), feature, candidates[i][c].token));

@@ -22,7 +22,6 @@ pub struct Candidate {
     pub token: u32,
     /// Natural log of the head's probability of the path from the root to this node.
     pub logp: f64,
-    pub depth: usize,
 }
 
 /// The candidates of a grown tree, most likely path first (parents always before children).
@@ -106,12 +105,11 @@ pub fn log_softmax(row: &[f32]) -> Vec<f64> {
 mod tests {
     use super::*;
 
-    fn cand(parent: Option<usize>, token: u32, p: f64, depth: usize) -> Candidate {
+    fn cand(parent: Option<usize>, token: u32, p: f64) -> Candidate {
         Candidate {
             parent,
             token,
             logp: p.ln(),
-            depth,
         }
     }
 
@@ -119,11 +117,11 @@ mod tests {
     fn nodes_come_by_path_probability_with_parents_first() {
         // Root children a (0.6), b (0.3); a's children c (0.6·0.9), d (0.6·0.1); b's e (0.3·0.5).
         let grown = Grown::new(vec![
-            cand(None, 1, 0.6, 1),
-            cand(None, 2, 0.3, 1),
-            cand(Some(0), 3, 0.54, 2),
-            cand(Some(0), 4, 0.06, 2),
-            cand(Some(1), 5, 0.15, 2),
+            cand(None, 1, 0.6),
+            cand(None, 2, 0.3),
+            cand(Some(0), 3, 0.54),
+            cand(Some(0), 4, 0.06),
+            cand(Some(1), 5, 0.15),
         ]);
         let tokens: Vec<u32> = grown.order.iter().map(|c| c.token).collect();
         assert_eq!(tokens, [1, 3, 2, 5, 4]);
@@ -139,7 +137,7 @@ mod tests {
 
     #[test]
     fn a_child_as_likely_as_its_parent_stays_after_it() {
-        let grown = Grown::new(vec![cand(None, 7, 0.5, 1), cand(Some(0), 8, 0.5, 2)]);
+        let grown = Grown::new(vec![cand(None, 7, 0.5), cand(Some(0), 8, 0.5)]);
         let (tree, main) = grown.tree(2);
         assert_eq!(tree.parents, [None, Some(0)]);
         assert_eq!(main, [0, 1]);
@@ -148,7 +146,7 @@ mod tests {
     #[test]
     fn a_child_whose_parent_was_dropped_is_dropped() {
         // Inconsistent input (a child more likely than its parent) cannot orphan a node.
-        let grown = Grown::new(vec![cand(None, 1, 0.2, 1), cand(Some(0), 2, 0.9, 2)]);
+        let grown = Grown::new(vec![cand(None, 1, 0.2), cand(Some(0), 2, 0.9)]);
         assert_eq!(grown.order.len(), 1);
         assert_eq!(grown.tree(5).0.tokens, [1]);
     }

@@ -97,7 +97,7 @@ pub fn head_tree(
     let mut candidates: Vec<Candidate> = Vec::new();
     // Rows to expand: (candidate, the head's estimate of the state before it, its token).
     let mut frontier: Vec<(Option<usize>, Vec<f32>, u32)> = vec![(None, feature.to_vec(), token)];
-    for depth in 1..=grow::DEPTH {
+    for _ in 0..grow::DEPTH {
         if frontier.is_empty() || limit == 0 {
             break;
         }
@@ -118,7 +118,6 @@ pub fn head_tree(
                     parent: *parent,
                     token: shortlist[k],
                     logp: base + lp[k],
-                    depth,
                 });
                 fresh.push((candidates.len() - 1, j));
             }
