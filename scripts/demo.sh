@@ -35,7 +35,7 @@ echo "gateway listening on $gateway_addr (gRPC on TCP, QUIC on UDP, mTLS), /metr
 decisions=$(mktemp -t seam-decisions.XXXXXX)
 SEAM_LOGS+=("$decisions")
 start_server addr "$edge" serve --model "$pkg" "${encoder[@]}" --decisions "$decisions" \
-  --listen 127.0.0.1:0 "${GATEWAY_FLAGS[@]}" --split 8 --wire int8 --link-report-ms 2000 \
+  --listen 127.0.0.1:0 "${GATEWAY_FLAGS[@]}" --split 8 --link-report-ms 2000 \
   --http 127.0.0.1:0 --metrics-listen 127.0.0.1:0
 edge_log=${SEAM_LOGS[-2]}
 http_addr=$(sed -n 's/^listening http //p' "${SEAM_LOGS[-1]}")

@@ -115,7 +115,7 @@ impl Executor {
                             tree_kv: TreeKv::default(),
                         })
                     }
-                    Ok(Checkout::Replay(r)) => job.reply.send(r),
+                    Ok(Checkout::Replay(r)) => job.reply.send(*r),
                     Err(e) => {
                         let kv_len = table.kv_len(&job.plan.session);
                         self.refuse(job, &e, kv_len);
@@ -280,6 +280,7 @@ impl Executor {
                 data: block.iter().flat_map(|x| x.to_le_bytes()).collect(),
                 scales: vec![],
                 group_size: 0,
+                half_scales: Default::default(),
             });
             let base = row0 + plan.rows - k - 1;
             row0 += plan.rows;

@@ -84,7 +84,7 @@ pub enum Checkout {
         drafts: bool,
     },
     /// The step was already answered (a retransmission): send this again.
-    Replay(StepResponse),
+    Replay(Box<StepResponse>),
 }
 
 /// A step's request to check a session out.
@@ -293,7 +293,7 @@ impl SessionTable {
         if c.step_id == s.last_step_id
             && let Some(r) = &s.last_response
         {
-            return Ok(Checkout::Replay(r.clone()));
+            return Ok(Checkout::Replay(Box::new(r.clone())));
         }
         if c.step_id <= s.last_step_id {
             return Err(Error::FailedPrecondition(format!(

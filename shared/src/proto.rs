@@ -57,6 +57,7 @@ mod tests {
                 data: vec![1u8, 2, 3, 4, 5, 6, 7, 8].into(),
                 scales: vec![0.5, 0.25],
                 group_size: 0,
+                half_scales: Default::default(),
             }),
             draft_tokens: vec![42],
             rollback_to: Some(0),

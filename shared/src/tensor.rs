@@ -1,5 +1,5 @@
 //! The tensor codec of the wire (`seam.common.v1.Tensor`): f32, f16, and int8 with one scale per
-//! row or per group of a row.
+//! row (f32) or per group of a row (f16 scales, f32 where a scale exceeds the f16 range).
 //!
 //! Encoding is total for finite input. Decoding is the only way in for outside bytes and checks
 //! everything before use: a set dtype, a shape of known rank whose element count fits the limit
@@ -19,14 +19,19 @@ pub enum WireDtype {
     F32,
     /// 2 bytes per element (IEEE half, round to nearest).
     F16,
-    /// 1 byte per element plus one f32 scale per `group` elements of a row (`group == 0`: one per
-    /// row). Symmetric: `x ≈ q * scale`, `q` in `[-127, 127]`.
+    /// 1 byte per element plus a scale per `group` elements of a row (f16; the last group of a
+    /// row may be shorter) or, with `group == 0`, one f32 scale per row. Symmetric:
+    /// `x ≈ q * scale`, `q` in `[-127, 127]`.
     Int8 { group: usize },
 }
 
 impl WireDtype {
-    /// int8 with one scale per row, the default for hidden states.
+    /// int8 with one scale per row.
     pub const INT8_ROW: WireDtype = WireDtype::Int8 { group: 0 };
+    /// The default for hidden states: int8 with an f16 scale per 64 values. On SmolLM2-135M's
+    /// 576-wide layer-8 states it keeps perplexity within 0.1% of local where one scale per row
+    /// does not (a few outlier channels set the row's scale), at 594 bytes a row (0.258× f32).
+    pub const DEFAULT: WireDtype = WireDtype::Int8 { group: 64 };
 
     /// Bytes of `rows × cols` elements on the wire (data and scales, without protobuf framing).
     pub fn payload_bytes(self, rows: usize, cols: usize) -> usize {
@@ -34,7 +39,7 @@ impl WireDtype {
             WireDtype::F32 => rows * cols * 4,
             WireDtype::F16 => rows * cols * 2,
             WireDtype::Int8 { group: 0 } => rows * cols + rows * 4,
-            WireDtype::Int8 { group } => rows * cols + rows * cols.div_ceil(group) * 4,
+            WireDtype::Int8 { group } => rows * cols + rows * cols.div_ceil(group) * 2,
         }
     }
 }
@@ -112,31 +117,76 @@ pub fn encode(data: &[f32], cols: usize, dtype: WireDtype) -> Result<Tensor> {
                 .flat_map(|&x| f16::from_f32(x).to_le_bytes())
                 .collect();
         }
+        WireDtype::Int8 { group: 0 } => {
+            t.dtype = DType::Int8 as i32;
+            let mut q = vec![0u8; data.len()];
+            t.scales = data
+                .chunks_exact(cols)
+                .zip(q.chunks_exact_mut(cols))
+                .map(|(x, q)| quantize(x, q, exact_scale(x)))
+                .collect();
+            t.data = q.into();
+        }
         WireDtype::Int8 { group } => {
-            let g = if group == 0 { cols } else { group };
-            if !cols.is_multiple_of(g) {
-                return Err(Error::TensorInvalid(format!(
-                    "rows of {cols} cannot be split in groups of {g}"
-                )));
-            }
             t.dtype = DType::Int8 as i32;
             t.group_size = group as u32;
             let mut q = vec![0u8; data.len()];
-            t.scales = data
-                .chunks_exact(g)
-                .zip(q.chunks_exact_mut(g))
-                .map(|(x, q)| quantize(x, q))
-                .collect();
+            let groups = data
+                .chunks_exact(cols)
+                .zip(q.chunks_exact_mut(cols))
+                .flat_map(|(x, q)| x.chunks(group).zip(q.chunks_mut(group)));
+            let mut half = Vec::with_capacity(rows * cols.div_ceil(group));
+            // Some scale beyond the f16 range: every scale of this tensor goes as f32.
+            let mut wide: Option<Vec<f32>> = None;
+            for (x, q) in groups {
+                let exact = exact_scale(x);
+                let scale = match (&mut wide, half_scale(exact)) {
+                    (None, Some(h)) => {
+                        half.push(h);
+                        h.to_f32()
+                    }
+                    (None, None) => {
+                        let mut w: Vec<f32> = half.iter().map(|h| h.to_f32()).collect();
+                        w.push(exact);
+                        wide = Some(w);
+                        exact
+                    }
+                    (Some(w), _) => {
+                        w.push(exact);
+                        exact
+                    }
+                };
+                quantize(x, q, scale);
+            }
+            match wide {
+                Some(w) => t.scales = w,
+                None => t.half_scales = half.iter().flat_map(|h| h.to_le_bytes()).collect(),
+            }
             t.data = q.into();
         }
     }
     Ok(t)
 }
 
-/// Quantizes one group; returns its scale.
-fn quantize(x: &[f32], out: &mut [u8]) -> f32 {
-    let max = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-    let scale = max / 127.0;
+/// The scale that maps a group's largest magnitude to 127.
+fn exact_scale(x: &[f32]) -> f32 {
+    x.iter().fold(0.0f32, |m, v| m.max(v.abs())) / 127.0
+}
+
+/// `scale` as the nearest f16 not below it (so no value of the group is clipped), or `None`
+/// beyond the f16 range.
+fn half_scale(scale: f32) -> Option<f16> {
+    let h = f16::from_f32(scale);
+    let h = if h.to_f32() < scale {
+        f16::from_bits(h.to_bits() + 1)
+    } else {
+        h
+    };
+    h.is_finite().then_some(h)
+}
+
+/// Quantizes one group with `scale` (at least its largest magnitude / 127); returns the scale.
+fn quantize(x: &[f32], out: &mut [u8], scale: f32) -> f32 {
     if scale == 0.0 || !scale.is_normal() {
         out.fill(0);
         return 0.0;
@@ -193,7 +243,9 @@ pub fn decode(t: &Tensor, cols: Option<usize>, max_elements: usize) -> Result<Ro
             elements * elem_bytes
         ));
     }
-    if dtype != DType::Int8 && (!t.scales.is_empty() || t.group_size != 0) {
+    if dtype != DType::Int8
+        && (!t.scales.is_empty() || !t.half_scales.is_empty() || t.group_size != 0)
+    {
         return bad(format!("{dtype:?} tensors carry no scales or group size"));
     }
     let data: Vec<f32> = match dtype {
@@ -210,24 +262,40 @@ pub fn decode(t: &Tensor, cols: Option<usize>, max_elements: usize) -> Result<Ro
         _ => {
             let g = match t.group_size as usize {
                 0 => width,
-                g if width.is_multiple_of(g) => g,
-                g => return bad(format!("group size {g} does not divide rows of {width}")),
+                g if g <= width => g,
+                g => return bad(format!("group size {g} is wider than rows of {width}")),
             };
-            if t.scales.len() != elements / g {
+            let expected = rows * width.div_ceil(g);
+            let scales: Vec<f32> = match (t.scales.is_empty(), t.half_scales.is_empty()) {
+                (false, true) => t.scales.clone(),
+                (true, false) if t.half_scales.len().is_multiple_of(2) => t
+                    .half_scales
+                    .chunks_exact(2)
+                    .map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32())
+                    .collect(),
+                (true, false) => return bad("half_scales hold an odd number of bytes".into()),
+                (false, false) => return bad("both scales and half_scales are set".into()),
+                (true, true) => return bad("int8 tensor without scales".into()),
+            };
+            if scales.len() != expected {
                 return bad(format!(
-                    "{} scales for {elements} values in groups of {g} (expected {})",
-                    t.scales.len(),
-                    elements / g
+                    "{} scales for {rows} rows of {width} values in groups of {g} (expected \
+                     {expected})",
+                    scales.len()
                 ));
             }
-            if let Some(s) = t.scales.iter().find(|s| !s.is_finite() || **s < 0.0) {
+            if let Some(s) = scales.iter().find(|s| !s.is_finite() || **s < 0.0) {
                 return bad(format!("scale {s} is not finite and non-negative"));
             }
-            t.data
-                .chunks_exact(g)
-                .zip(&t.scales)
-                .flat_map(|(q, &s)| q.iter().map(move |&b| f32::from(b as i8) * s))
-                .collect()
+            let mut scale = scales.iter();
+            let mut out = Vec::with_capacity(elements);
+            for row in t.data.chunks_exact(width) {
+                for q in row.chunks(g) {
+                    let s = *scale.next().expect("scale count checked above");
+                    out.extend(q.iter().map(|&b| f32::from(b as i8) * s));
+                }
+            }
+            out
         }
     };
     if let Some(i) = data.iter().position(|x| !x.is_finite()) {

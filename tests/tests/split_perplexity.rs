@@ -2,11 +2,12 @@
 //! `seam-worker` against the same command run locally, on the prose of the edge runtime's
 //! perplexity test.
 //!
-//! Measured on the graphs that compute the GGUF function exactly (f32 matmuls): the shipped
-//! graphs quantize activations to int8 inside `MatMulNBits`, so any change to their inputs flips
-//! some of those roundings and moves perplexity by about ±0.15% on a few windows whatever the
-//! change (see `edge-agent/tests/perplexity.rs`). With the f32 wire the split computes exactly
-//! what the device would, so its perplexity is the local one to the last digit.
+//! Measured on the shipped graphs (int8 activations inside `MatMulNBits`, as devices run them).
+//! With the f32 wire the split computes exactly what the device would, so its perplexity is the
+//! local one to the last digit. The default wire (int8 with an f16 scale per 64 values) stays
+//! within +0.1%; int8 with one scale per row does not on this model (+0.4% over 24 windows: a few
+//! outlier channels of the layer-8 state set each row's scale), which is why it is not the
+//! default.
 
 use seam_edge::test_util::{asset, package_dir_for};
 use seam_tests::{WorkerProcess, edge_bin};
@@ -35,20 +36,19 @@ fn perplexity(package: &Path, extra: &[&str]) -> f64 {
 }
 
 #[test]
-fn the_int8_wire_costs_at_most_a_tenth_of_a_percent_and_the_f32_wire_nothing() {
-    let package = package_dir_for(true);
+fn the_default_wire_costs_at_most_a_tenth_of_a_percent_and_the_f32_wire_nothing() {
+    let package = package_dir_for(false);
     let worker = WorkerProcess::start_worker(&package, &[]);
     let local = perplexity(&package, &[]);
-    let split = |wire: &str| {
-        perplexity(
-            &package,
-            &["--worker", &worker.addr, "--split", "8", "--wire", wire],
-        )
+    let split = |wire: &[&str]| {
+        let mut args = vec!["--worker", &worker.addr, "--split", "8"];
+        args.extend(wire);
+        perplexity(&package, &args)
     };
-    let (f32_wire, int8_wire) = (split("f32"), split("int8"));
-    let change = int8_wire / local - 1.0;
+    let (f32_wire, default_wire) = (split(&["--wire", "f32"]), split(&[]));
+    let change = default_wire / local - 1.0;
     eprintln!(
-        "perplexity over {WINDOWS} windows: local {local:.4}, split f32 wire {f32_wire:.4}, split int8 wire {int8_wire:.4} ({:+.3}%)",
+        "perplexity over {WINDOWS} windows: local {local:.4}, split f32 wire {f32_wire:.4}, split default wire {default_wire:.4} ({:+.3}%)",
         change * 100.0
     );
     // A 135M model on news prose: a broken split lands in the hundreds or more.
@@ -59,7 +59,7 @@ fn the_int8_wire_costs_at_most_a_tenth_of_a_percent_and_the_f32_wire_nothing() {
     );
     assert!(
         change <= 0.001,
-        "the int8 wire changes perplexity by {:+.4}%",
+        "the default wire changes perplexity by {:+.4}%",
         change * 100.0
     );
 }

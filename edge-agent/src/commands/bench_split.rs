@@ -77,8 +77,8 @@ pub struct SplitBenchArgs {
 const WIRES: [WireDtype; 4] = [
     WireDtype::F32,
     WireDtype::F16,
-    WireDtype::Int8 { group: 144 },
     WireDtype::INT8_ROW,
+    WireDtype::DEFAULT,
 ];
 
 const PROSE: &str = "The history of the city begins with a small settlement on the river, where \
@@ -127,7 +127,7 @@ pub fn run(dir: &Path, args: &SplitBenchArgs) -> anyhow::Result<()> {
     let split = super::SplitArgs {
         worker: Some(args.worker.clone()),
         split: args.split,
-        wire: WireDtype::INT8_ROW,
+        wire: WireDtype::DEFAULT,
         device_id: "bench".into(),
         no_speculative: false,
         draft_tokens: None,
@@ -257,11 +257,11 @@ impl SplitBench {
         let mut routes: Vec<(Option<WireDtype>, Option<u32>, bool)> =
             std::iter::once((None, Some(0), false))
                 .chain(WIRES.iter().map(|&w| (Some(w), Some(0), false)))
-                .chain([(Some(WireDtype::INT8_ROW), None, false)])
+                .chain([(Some(WireDtype::DEFAULT), None, false)])
                 .collect();
         if self.gateway.is_some() {
-            routes.push((Some(WireDtype::INT8_ROW), Some(0), true));
-            routes.push((Some(WireDtype::INT8_ROW), None, true));
+            routes.push((Some(WireDtype::DEFAULT), Some(0), true));
+            routes.push((Some(WireDtype::DEFAULT), None, true));
         }
         let mut best = vec![0.0f64; routes.len()];
         let mut last: Vec<Option<GenerateStats>> = vec![None; routes.len()];
@@ -549,7 +549,7 @@ fn send_rows(
     let hidden = tensor::encode(
         &states[range.start * d..range.end * d],
         d,
-        WireDtype::INT8_ROW,
+        WireDtype::DEFAULT,
     )?;
     let r = link.step(StepRequest {
         session_id: session_id.to_string(),

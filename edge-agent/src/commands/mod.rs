@@ -94,8 +94,9 @@ pub struct SplitArgs {
     /// Split layer K (one of the package's split points; default: the smallest).
     #[arg(long)]
     pub split: Option<u32>,
-    /// How hidden states travel: int8 (a scale per row), int8/G (a scale per G values), f16, f32.
-    #[arg(long, default_value = "int8")]
+    /// How hidden states travel: int8/G (an f16 scale per G values), int8 (an f32 scale per
+    /// row), f16, f32.
+    #[arg(long, default_value_t = seam_shared::tensor::WireDtype::DEFAULT)]
     pub wire: seam_shared::tensor::WireDtype,
     /// Identity reported to the worker.
     #[arg(long, default_value = "local-device")]

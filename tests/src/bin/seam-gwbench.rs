@@ -64,6 +64,7 @@ fn step(session: &str, id: u64, bytes: usize) -> StepRequest {
             data: vec![1u8; bytes].into(),
             scales: vec![0.01],
             group_size: 0,
+            half_scales: Default::default(),
         }),
         ..Default::default()
     }

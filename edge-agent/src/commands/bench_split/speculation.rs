@@ -91,8 +91,8 @@ impl SplitBench {
                     context_overflow: None,
                 };
                 local.add(&self.generate(&req(None), None)?.0);
-                plain.add(&self.generate(&req(Some(0)), Some(WireDtype::INT8_ROW))?.0);
-                spec.add(&self.generate(&req(None), Some(WireDtype::INT8_ROW))?.0);
+                plain.add(&self.generate(&req(Some(0)), Some(WireDtype::DEFAULT))?.0);
+                spec.add(&self.generate(&req(None), Some(WireDtype::DEFAULT))?.0);
             }
             eprintln!();
             let base = plain.tokens_per_s();
