@@ -332,6 +332,19 @@ fn compare_import(path: &std::path::Path, dir: &std::path::Path, exact: bool) ->
     (agree, expected.len())
 }
 
+/// The package's record of its linear layers: (GGUF type, tensors, stored, widened), and the
+/// line `model inspect` prints of it.
+fn recorded_types(dir: &std::path::Path) -> (Vec<(String, u32, String, bool)>, String) {
+    let package = seam_shared::package::Package::open(dir.join("package")).unwrap();
+    let w = &package.manifest().weights;
+    let types = w
+        .linear_types
+        .iter()
+        .map(|t| (t.gguf.clone(), t.tensors, t.stored.clone(), t.widened))
+        .collect();
+    (types, seam_edge::commands::model::linear_summary(w))
+}
+
 fn count(path: &std::path::Path, ty: GgmlType) -> usize {
     let gguf = GgufFile::open(path).unwrap();
     gguf.tensors.iter().filter(|t| t.ty == ty).count()
@@ -353,6 +366,18 @@ fn q4_0_and_q4_k_linear_layers_import_exactly() {
         (30 * 6, 30)
     );
     imports_exactly(&path, &dir);
+    let (types, summary) = recorded_types(&dir);
+    assert_eq!(
+        types,
+        [
+            ("q4_0".into(), 180, "4-bit".into(), false),
+            ("q4_k".into(), 30, "4-bit".into(), false)
+        ]
+    );
+    assert_eq!(
+        summary,
+        "q4_0 (180 tensors, 4-bit) + q4_k (30 tensors, 4-bit)"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -380,6 +405,23 @@ fn wider_types_and_mixtures_import_exactly() {
     assert_eq!(count(&path, GgmlType::Q6_K), 15);
     assert_eq!(count(&path, GgmlType::Q5_K), 15);
     imports_exactly(&path, &dir);
+    let (types, summary) = recorded_types(&dir);
+    let widened = |t: &str, n| (t.to_string(), n, "8-bit".to_string(), true);
+    assert_eq!(
+        types,
+        [
+            ("q4_0".into(), 60, "4-bit".into(), false),
+            widened("q5_0", 60),
+            widened("q5_1", 30),
+            widened("q5_k", 15),
+            widened("q6_k", 15),
+            ("q8_0".into(), 30, "8-bit".into(), false),
+        ]
+    );
+    assert!(
+        summary.contains("q6_k (15 tensors, widened to 8-bit: no exact 6-bit MatMulNBits)"),
+        "{summary}"
+    );
     // As shipped (int8 activations; 8-bit blocks of 16 included), as close to the reference as
     // the shipped Q4_1 graphs are (`model_vs_reference.rs`: cosine > 0.95).
     let (agree, positions) = compare_import(&path, &dir, false);

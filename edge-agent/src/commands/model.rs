@@ -95,7 +95,10 @@ pub fn inspect(dir: &Path) -> anyhow::Result<()> {
     );
     println!(
         "weights   linear {} · head/embedding {} · {} compute · kv cache {}",
-        m.weights.linear, m.weights.head, m.weights.compute, m.kv_dtype
+        linear_summary(&m.weights),
+        m.weights.head,
+        m.weights.compute,
+        m.kv_dtype
     );
     println!("splits    {:?}", m.split_points);
     for s in &m.segments {
@@ -130,6 +133,32 @@ pub fn inspect(dir: &Path) -> anyhow::Result<()> {
         .sum();
     println!("files     {} ({:.1} MB)", m.files.len(), total as f64 / 1e6);
     Ok(())
+}
+
+/// The linear layers' GGUF types and how the graphs keep each, e.g. `q4_k (154 tensors, 4-bit)
+/// + q6_k (26 tensors, widened to 8-bit: no exact 6-bit MatMulNBits)`.
+pub fn linear_summary(w: &seam_shared::package::Weights) -> String {
+    if w.linear_types.is_empty() {
+        return w.linear.clone();
+    }
+    w.linear_types
+        .iter()
+        .map(|t| {
+            let bits = t.gguf.chars().nth(1).filter(char::is_ascii_digit);
+            match (t.widened, bits) {
+                (true, Some(b)) => format!(
+                    "{} ({} tensors, widened to {}: no exact {b}-bit MatMulNBits)",
+                    t.gguf, t.tensors, t.stored
+                ),
+                (true, None) => format!(
+                    "{} ({} tensors, widened to {})",
+                    t.gguf, t.tensors, t.stored
+                ),
+                (false, _) => format!("{} ({} tensors, {})", t.gguf, t.tensors, t.stored),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" + ")
 }
 
 /// `seam-edge model import-encoder`.

@@ -16,7 +16,7 @@ use crate::gguf::{GgmlType, GgufFile};
 use graphs::{Dims, LayerWeights};
 use linear::{Linear, Q4Linear, Q8Linear};
 use seam_shared::package::{
-    self, Architecture, Drafter, FORMAT_VERSION, Manifest, Segment, Source, Weights,
+    self, Architecture, Drafter, FORMAT_VERSION, LinearType, Manifest, Segment, Source, Weights,
 };
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -149,6 +149,7 @@ pub fn import_gguf(gguf_path: &Path, out: &Path, opts: &ImportOptions) -> Result
         .ok()
         .map(str::to_string)
         .unwrap_or_else(|| file_stem(gguf_path));
+    let linear_types = linear_types(&gguf, hp.n_layer);
     let mut manifest = Manifest {
         format_version: FORMAT_VERSION,
         name,
@@ -176,7 +177,12 @@ pub fn import_gguf(gguf_path: &Path, out: &Path, opts: &ImportOptions) -> Result
             stop_tokens,
         },
         weights: Weights {
-            linear: "q4_1".into(),
+            linear: linear_types
+                .iter()
+                .map(|t| t.gguf.as_str())
+                .collect::<Vec<_>>()
+                .join("+"),
+            linear_types,
             head: "q8_0".into(),
             compute: if opts.f32_compute { "f32" } else { "int8" }.into(),
         },
@@ -260,10 +266,64 @@ pub fn validate_split_points(points: &[u32], n_layer: u32) -> Result<Vec<u32>> {
     Ok(p)
 }
 
-/// A linear layer as stored: Q4_1, Q4_0 and Q4_K in 4 bits (the same function per block of
-/// 32: Q4_0's offset `−8·d` and Q4_K's `−dmin·m` are the block's min); Q8_0 in 8 bits; Q5_0,
-/// Q5_1, Q3_K, Q5_K and Q6_K widened to 8 bits without changing a value (no 3-, 5- or 6-bit
-/// `MatMulNBits` exists).
+/// How the graphs keep a GGUF type of linear layer: Q4_1, Q4_0 and Q4_K in 4 bits (the same
+/// function per block of 32: Q4_0's offset `−8·d` and Q4_K's `−dmin·m` are the block's min);
+/// Q8_0 in 8 bits; Q5_0, Q5_1, Q3_K, Q5_K and Q6_K widened to 8 bits without changing a value
+/// (no 3-, 5- or 6-bit `MatMulNBits` exists). `None`: not a type linear layers may have.
+fn storage(ty: GgmlType) -> Option<(u32, bool)> {
+    match ty {
+        GgmlType::Q4_1 | GgmlType::Q4_0 | GgmlType::Q4_K => Some((4, false)),
+        GgmlType::Q8_0 => Some((8, false)),
+        GgmlType::Q5_0 | GgmlType::Q5_1 | GgmlType::Q3_K | GgmlType::Q5_K | GgmlType::Q6_K => {
+            Some((8, true))
+        }
+        _ => None,
+    }
+}
+
+/// The GGUF types of the linear layers of `n_layer` layers, how many tensors of each and how
+/// the graphs keep them.
+fn linear_types(gguf: &GgufFile, n_layer: usize) -> Vec<LinearType> {
+    let mut counts: BTreeMap<String, (u32, GgmlType)> = BTreeMap::new();
+    for info in &gguf.tensors {
+        let in_layer = (0..n_layer).any(|i| info.name.starts_with(&format!("blk.{i}.")));
+        if in_layer
+            && LINEAR_NAMES
+                .iter()
+                .any(|n| info.name.ends_with(&format!(".{n}.weight")))
+        {
+            counts
+                .entry(info.ty.to_string().to_lowercase())
+                .or_insert((0, info.ty))
+                .0 += 1;
+        }
+    }
+    counts
+        .into_iter()
+        .filter_map(|(gguf, (tensors, ty))| {
+            let (bits, widened) = storage(ty)?;
+            Some(LinearType {
+                gguf,
+                tensors,
+                stored: format!("{bits}-bit"),
+                widened,
+            })
+        })
+        .collect()
+}
+
+/// The linear layers of a decoder layer, by GGUF tensor name.
+const LINEAR_NAMES: [&str; 7] = [
+    "attn_q",
+    "attn_k",
+    "attn_v",
+    "attn_output",
+    "ffn_gate",
+    "ffn_up",
+    "ffn_down",
+];
+
+/// A linear layer as stored (see [`storage`]).
 fn linear(gguf: &GgufFile, name: &str, n: usize, k: usize) -> Result<Linear> {
     let info = gguf.tensor(name)?;
     if info.dims != [k as u64, n as u64] {
@@ -276,15 +336,20 @@ fn linear(gguf: &GgufFile, name: &str, n: usize, k: usize) -> Result<Linear> {
     let q4 = |blocks: Vec<crate::gguf::quant::Q41Block>| {
         Ok(Linear::Q4(Q4Linear::from_q4_1(n, k, &blocks)))
     };
-    match info.ty {
-        GgmlType::Q4_1 => q4(q4_1_blocks(bytes)?),
-        GgmlType::Q4_0 => q4(crate::gguf::quant::q4_0_blocks(bytes)?),
-        GgmlType::Q4_K => q4(crate::gguf::kquant::q4_k_blocks(bytes)?),
-        other => match crate::gguf::quant::blocks8(other, bytes)? {
+    let unsupported = || {
+        Error::Package(format!(
+            "unsupported quantization {} for {name}: linear layers must be Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q8_0, Q3_K, Q5_K or Q6_K",
+            info.ty
+        ))
+    };
+    match (info.ty, storage(info.ty)) {
+        (_, None) => Err(unsupported()),
+        (GgmlType::Q4_1, _) => q4(q4_1_blocks(bytes)?),
+        (GgmlType::Q4_0, _) => q4(crate::gguf::quant::q4_0_blocks(bytes)?),
+        (GgmlType::Q4_K, _) => q4(crate::gguf::kquant::q4_k_blocks(bytes)?),
+        (other, Some(_)) => match crate::gguf::quant::blocks8(other, bytes)? {
             Some(b) => Ok(Linear::Q8(Q8Linear::from_blocks(n, k, b))),
-            None => Err(Error::Package(format!(
-                "unsupported quantization {other} for {name}: linear layers must be Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q8_0, Q3_K, Q5_K or Q6_K"
-            ))),
+            None => Err(unsupported()),
         },
     }
 }

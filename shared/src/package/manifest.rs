@@ -83,13 +83,30 @@ pub struct Architecture {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Weights {
-    /// Linear layers, e.g. `q4_1`.
+    /// GGUF types of the linear layers, e.g. `q4_1` or `q4_k+q6_k`.
     pub linear: String,
+    /// How each GGUF type of the linear layers is kept in the graphs (older packages: empty).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub linear_types: Vec<LinearType>,
     /// LM head and token embedding, e.g. `q8_0`.
     pub head: String,
     /// How the quantized matmuls compute: `int8` (activations quantized per block to int8,
     /// as llama.cpp does; fast) or `f32` (exact function of the weights; slow, for checks).
     pub compute: String,
+}
+
+/// One GGUF type of a package's linear layers and how the graphs keep it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LinearType {
+    /// The GGUF type, e.g. `q6_k`.
+    pub gguf: String,
+    /// Linear weight tensors of that type.
+    pub tensors: u32,
+    /// What the graphs hold: `4-bit` or `8-bit` blocks for `MatMulNBits` (exact either way);
+    /// `widened` when that is more bits than the GGUF type has.
+    pub stored: String,
+    pub widened: bool,
 }
 
 /// The draft head (EAGLE-style), trained at import on the model's own states: from the

@@ -13,8 +13,8 @@ pub use encoder_manifest::{
     encoder_digest,
 };
 pub use manifest::{
-    Architecture, Drafter, ENCODER_FORMAT_VERSION, FORMAT_VERSION, Manifest, Segment, Source,
-    Weights,
+    Architecture, Drafter, ENCODER_FORMAT_VERSION, FORMAT_VERSION, LinearType, Manifest, Segment,
+    Source, Weights,
 };
 
 use serde::Serialize;

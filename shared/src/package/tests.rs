@@ -27,6 +27,7 @@ fn tiny_manifest(files: BTreeMap<String, String>) -> Manifest {
         },
         weights: Weights {
             linear: "q4_1".into(),
+            linear_types: vec![],
             head: "q8_0".into(),
             compute: "int8".into(),
         },
