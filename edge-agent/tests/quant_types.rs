@@ -332,6 +332,22 @@ fn compare_import(path: &std::path::Path, dir: &std::path::Path, exact: bool) ->
     (agree, expected.len())
 }
 
+fn f16s(x: &[f32]) -> Vec<u8> {
+    x.iter()
+        .flat_map(|&v| f16::from_f32(v).to_le_bytes())
+        .collect()
+}
+
+fn bf16s(x: &[f32]) -> Vec<u8> {
+    x.iter()
+        .flat_map(|&v| half::bf16::from_f32(v).to_le_bytes())
+        .collect()
+}
+
+fn f32s(x: &[f32]) -> Vec<u8> {
+    x.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
 /// The package's record of its linear layers: (GGUF type, tensors, stored, widened), and the
 /// line `model inspect` prints of it.
 fn recorded_types(dir: &std::path::Path) -> (Vec<(String, u32, String, bool)>, String) {
@@ -426,5 +442,72 @@ fn wider_types_and_mixtures_import_exactly() {
     // the shipped Q4_1 graphs are (`model_vs_reference.rs`: cosine > 0.95).
     let (agree, positions) = compare_import(&path, &dir, false);
     assert!(agree * 10 >= positions * 9, "top-1 {agree}/{positions}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Float linear layers (F16 and BF16 widened to f32, F32 as is) beside 4-bit ones in one q|k|v.
+#[test]
+fn float_linear_layers_import_exactly() {
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("quant-types-f-{}", std::process::id()));
+    let path = requantized(&dir, "floats.gguf", |name| {
+        match name.split('.').nth(2).unwrap() {
+            "attn_k" => (GgmlType::F16, f16s as Encoder),
+            "attn_v" => (GgmlType::BF16, bf16s),
+            "attn_output" => (GgmlType::F32, f32s),
+            _ => (GgmlType::Q4_0, q4_0),
+        }
+    });
+    assert_eq!(count(&path, GgmlType::BF16), 30);
+    imports_exactly(&path, &dir);
+    let (types, summary) = recorded_types(&dir);
+    assert_eq!(
+        types,
+        [
+            ("bf16".into(), 30, "f32".into(), true),
+            ("f16".into(), 30, "f32".into(), true),
+            ("f32".into(), 30, "f32".into(), false),
+            ("q4_0".into(), 120, "4-bit".into(), false),
+        ]
+    );
+    assert!(
+        summary.starts_with("bf16 (30 tensors, widened to f32: no exact 16-bit float MatMulNBits)"),
+        "{summary}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A type linear layers cannot have is refused, naming the type and the tensor.
+#[test]
+fn other_linear_types_are_refused_by_name() {
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("quant-types-q2-{}", std::process::id()));
+    let path = requantized(&dir, "q2_k.gguf", |name| {
+        if name == "blk.0.ffn_down.weight" {
+            // Q2_K: 84 bytes per 256 values.
+            (
+                GgmlType::Q2_K,
+                (|x: &[f32]| vec![0u8; x.len() / 256 * 84]) as Encoder,
+            )
+        } else {
+            (GgmlType::Q4_0, q4_0)
+        }
+    });
+    let err = import_gguf(
+        &path,
+        &dir.join("package"),
+        &ImportOptions {
+            split_points: vec![8],
+            progress: false,
+            f32_compute: true,
+            drafter: None,
+        },
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("Q2_K") && err.contains("blk.0.ffn_down.weight"),
+        "{err}"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }

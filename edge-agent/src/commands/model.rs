@@ -144,18 +144,16 @@ pub fn linear_summary(w: &seam_shared::package::Weights) -> String {
     w.linear_types
         .iter()
         .map(|t| {
-            let bits = t.gguf.chars().nth(1).filter(char::is_ascii_digit);
-            match (t.widened, bits) {
-                (true, Some(b)) => format!(
-                    "{} ({} tensors, widened to {}: no exact {b}-bit MatMulNBits)",
-                    t.gguf, t.tensors, t.stored
-                ),
-                (true, None) => format!(
-                    "{} ({} tensors, widened to {})",
-                    t.gguf, t.tensors, t.stored
-                ),
-                (false, _) => format!("{} ({} tensors, {})", t.gguf, t.tensors, t.stored),
-            }
+            let what = if t.widened {
+                let path = match t.gguf.strip_prefix('q').and_then(|r| r.chars().next()) {
+                    Some(b) => format!("{b}-bit MatMulNBits"),
+                    None => "16-bit float MatMulNBits".into(),
+                };
+                format!("widened to {}: no exact {path}", t.stored)
+            } else {
+                t.stored.clone()
+            };
+            format!("{} ({} tensors, {what})", t.gguf, t.tensors)
         })
         .collect::<Vec<_>>()
         .join(" + ")

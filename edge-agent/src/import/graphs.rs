@@ -171,6 +171,7 @@ fn project(
     let needs_sums = parts.iter().any(|p| match p {
         Linear::Q4(_) => true,
         Linear::Q8(l) => l.mins.is_some(),
+        Linear::F32(_) => false,
     });
     let sums = needs_sums.then(|| block_sums(g, x, k, level));
     let outs: Vec<String> = parts
@@ -184,6 +185,14 @@ fn project(
             };
             match p {
                 Linear::Q4(w) => q4_matmul(g, x, sums.as_deref().expect("sums"), w, &stem, level),
+                Linear::F32(w) => {
+                    let t = g.init_f32(
+                        &format!("{stem}_w"),
+                        &[w.k as i64, w.n as i64],
+                        &w.transposed(),
+                    );
+                    g.op("MatMul", "", &[x, &t], vec![])
+                }
                 Linear::Q8(w) => {
                     let mm = q8_matmul(g, x, w, &stem, level);
                     match w.mins_t() {

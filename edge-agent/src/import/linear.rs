@@ -12,11 +12,13 @@ pub const BLOCK: usize = 32;
 
 pub use crate::gguf::quant::{Q41Block as Q41, Q80Block as Q80};
 
-/// A linear layer as the graphs compute it: 4 bits (Q4_0, Q4_1, Q4_K) or 8 bits.
+/// A linear layer as the graphs compute it: 4 bits (Q4_0, Q4_1, Q4_K), 8 bits, or f32 (F32,
+/// and F16 and BF16 widened: `MatMulNBits` has no 16-bit float path).
 #[derive(Debug, Clone)]
 pub enum Linear {
     Q4(Q4Linear),
     Q8(Q8Linear),
+    F32(F32Linear),
 }
 
 impl Linear {
@@ -24,6 +26,7 @@ impl Linear {
         match self {
             Linear::Q4(l) => l.n,
             Linear::Q8(l) => l.n,
+            Linear::F32(l) => l.n,
         }
     }
 
@@ -39,6 +42,13 @@ impl Linear {
                 (Some(Linear::Q8(a)), Linear::Q8(b)) if a.block == b.block => {
                     Some(Linear::Q8(Q8Linear::concat(&[a.clone(), b.clone()])))
                 }
+                (Some(Linear::F32(a)), Linear::F32(b)) if a.k == b.k => {
+                    Some(Linear::F32(F32Linear {
+                        n: a.n + b.n,
+                        k: a.k,
+                        w: cat(&[a.clone(), b.clone()], |p| &p.w),
+                    }))
+                }
                 _ => None,
             };
             match merged {
@@ -47,6 +57,28 @@ impl Linear {
             }
         }
         out
+    }
+}
+
+/// A linear layer `y = W·x` in f32 with `n` outputs and `k` inputs.
+#[derive(Debug, Clone)]
+pub struct F32Linear {
+    pub n: usize,
+    pub k: usize,
+    /// `[n, k]`, row-major: the GGUF layout.
+    pub w: Vec<f32>,
+}
+
+impl F32Linear {
+    /// `W` transposed to `[k, n]`, the right operand of `MatMul`.
+    pub fn transposed(&self) -> Vec<f32> {
+        let mut t = vec![0.0; self.n * self.k];
+        for (row, w) in self.w.chunks_exact(self.k).enumerate() {
+            for (col, &v) in w.iter().enumerate() {
+                t[col * self.n + row] = v;
+            }
+        }
+        t
     }
 }
 
@@ -474,11 +506,39 @@ mod tests {
                 mins: None,
             })
         };
-        let f = Linear::fuse(vec![q4(2), q4(1), q8(1, 32), q8(2, 32), q8(1, 16), q4(1)]);
-        let shape: Vec<(bool, usize)> = f
-            .iter()
-            .map(|l| (matches!(l, Linear::Q4(_)), l.n()))
-            .collect();
-        assert_eq!(shape, [(true, 3), (false, 3), (false, 1), (true, 1)]);
+        let f32 = |n| {
+            Linear::F32(F32Linear {
+                n,
+                k: 64,
+                w: (0..n * 64).map(|i| i as f32).collect(),
+            })
+        };
+        let f = Linear::fuse(vec![
+            q4(2),
+            q4(1),
+            q8(1, 32),
+            q8(2, 32),
+            q8(1, 16),
+            q4(1),
+            f32(1),
+            f32(2),
+        ]);
+        let kind = |l: &Linear| match l {
+            Linear::Q4(_) => "q4",
+            Linear::Q8(_) => "q8",
+            Linear::F32(_) => "f32",
+        };
+        let shape: Vec<(&str, usize)> = f.iter().map(|l| (kind(l), l.n())).collect();
+        assert_eq!(
+            shape,
+            [("q4", 3), ("q8", 3), ("q8", 1), ("q4", 1), ("f32", 3)]
+        );
+        // Rows stacked in order; the transpose puts row r's value at column r.
+        let Linear::F32(w) = &f[4] else {
+            unreachable!()
+        };
+        assert_eq!(w.w[64], 0.0);
+        assert_eq!(w.transposed()[1], 0.0);
+        assert_eq!(w.transposed()[3 * 5 + 2], 64.0 + 5.0);
     }
 }

@@ -14,7 +14,7 @@ use crate::gguf::hparams::LlamaHparams;
 use crate::gguf::quant::{q4_1_blocks, q8_0_blocks};
 use crate::gguf::{GgmlType, GgufFile};
 use graphs::{Dims, LayerWeights};
-use linear::{Linear, Q4Linear, Q8Linear};
+use linear::{F32Linear, Linear, Q4Linear, Q8Linear};
 use seam_shared::package::{
     self, Architecture, Drafter, FORMAT_VERSION, LinearType, Manifest, Segment, Source, Weights,
 };
@@ -266,17 +266,20 @@ pub fn validate_split_points(points: &[u32], n_layer: u32) -> Result<Vec<u32>> {
     Ok(p)
 }
 
-/// How the graphs keep a GGUF type of linear layer: Q4_1, Q4_0 and Q4_K in 4 bits (the same
-/// function per block of 32: Q4_0's offset `−8·d` and Q4_K's `−dmin·m` are the block's min);
-/// Q8_0 in 8 bits; Q5_0, Q5_1, Q3_K, Q5_K and Q6_K widened to 8 bits without changing a value
-/// (no 3-, 5- or 6-bit `MatMulNBits` exists). `None`: not a type linear layers may have.
-fn storage(ty: GgmlType) -> Option<(u32, bool)> {
+/// How the graphs keep a GGUF type of linear layer, and whether that is wider than the type:
+/// Q4_1, Q4_0 and Q4_K in 4 bits (the same function per block of 32: Q4_0's offset `−8·d` and
+/// Q4_K's `−dmin·m` are the block's min); Q8_0 in 8 bits; Q5_0, Q5_1, Q3_K, Q5_K and Q6_K
+/// widened to 8 bits without changing a value (no 3-, 5- or 6-bit `MatMulNBits` exists); F32
+/// as f32, F16 and BF16 widened to f32 (exact). `None`: not a type linear layers may have.
+fn storage(ty: GgmlType) -> Option<(&'static str, bool)> {
     match ty {
-        GgmlType::Q4_1 | GgmlType::Q4_0 | GgmlType::Q4_K => Some((4, false)),
-        GgmlType::Q8_0 => Some((8, false)),
+        GgmlType::Q4_1 | GgmlType::Q4_0 | GgmlType::Q4_K => Some(("4-bit", false)),
+        GgmlType::Q8_0 => Some(("8-bit", false)),
         GgmlType::Q5_0 | GgmlType::Q5_1 | GgmlType::Q3_K | GgmlType::Q5_K | GgmlType::Q6_K => {
-            Some((8, true))
+            Some(("8-bit", true))
         }
+        GgmlType::F32 => Some(("f32", false)),
+        GgmlType::F16 | GgmlType::BF16 => Some(("f32", true)),
         _ => None,
     }
 }
@@ -301,11 +304,11 @@ fn linear_types(gguf: &GgufFile, n_layer: usize) -> Vec<LinearType> {
     counts
         .into_iter()
         .filter_map(|(gguf, (tensors, ty))| {
-            let (bits, widened) = storage(ty)?;
+            let (stored, widened) = storage(ty)?;
             Some(LinearType {
                 gguf,
                 tensors,
-                stored: format!("{bits}-bit"),
+                stored: stored.into(),
                 widened,
             })
         })
@@ -338,7 +341,7 @@ fn linear(gguf: &GgufFile, name: &str, n: usize, k: usize) -> Result<Linear> {
     };
     let unsupported = || {
         Error::Package(format!(
-            "unsupported quantization {} for {name}: linear layers must be Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q8_0, Q3_K, Q5_K or Q6_K",
+            "unsupported quantization {} for {name}: linear layers must be Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q8_0, Q3_K, Q5_K, Q6_K, F32, F16 or BF16",
             info.ty
         ))
     };
@@ -347,6 +350,11 @@ fn linear(gguf: &GgufFile, name: &str, n: usize, k: usize) -> Result<Linear> {
         (GgmlType::Q4_1, _) => q4(q4_1_blocks(bytes)?),
         (GgmlType::Q4_0, _) => q4(crate::gguf::quant::q4_0_blocks(bytes)?),
         (GgmlType::Q4_K, _) => q4(crate::gguf::kquant::q4_k_blocks(bytes)?),
+        (GgmlType::F32 | GgmlType::F16 | GgmlType::BF16, _) => Ok(Linear::F32(F32Linear {
+            n,
+            k,
+            w: crate::gguf::quant::dequantize(info.ty, bytes, n * k)?,
+        })),
         (other, Some(_)) => match crate::gguf::quant::blocks8(other, bytes)? {
             Some(b) => Ok(Linear::Q8(Q8Linear::from_blocks(n, k, b))),
             None => Err(unsupported()),
