@@ -57,6 +57,8 @@ pub struct DrafterOptions {
     pub batch: usize,
     pub shortlist: usize,
     pub hidden: usize,
+    /// Weight of the model's distribution against its greedy token in the head's loss.
+    pub soft: f64,
     pub seed: u64,
 }
 
@@ -75,6 +77,7 @@ impl DrafterOptions {
             batch: 256,
             shortlist: 8192,
             hidden: 1024,
+            soft: 0.5,
             seed: 0x5ea_d4af7,
         }
     }
@@ -213,6 +216,7 @@ pub fn train_drafter(
             batch: opts.batch,
             lr: 1e-3,
             seed: opts.seed,
+            soft: opts.soft,
         },
         |s, n, loss| progress(&format!("drafter training: step {s}/{n}, loss {loss:.3}")),
     )?;

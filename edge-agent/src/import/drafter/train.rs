@@ -11,8 +11,11 @@
 //! ```
 //!
 //! and the model's own final norm and LM head rows of the shortlist turn `y` into draft logits.
-//! The loss is the cross-entropy of those logits against the full model's greedy token plus a
-//! feature term `|unit(y) − unit(f_t)|`. Every step unrolls the head over [`UNROLL`]
+//! The loss is the cross-entropy of those logits against the full model's greedy token and
+//! against the model's own distribution (its [`TEACHER_TOP`] most likely shortlist tokens,
+//! read out of the stored final-layer states through the same rows: distillation, which ranks
+//! the alternatives a draft tree branches into), mixed by [`TrainOptions::soft`], plus a feature
+//! term `|unit(y) − unit(f_t)|`. Every step unrolls the head over [`UNROLL`]
 //! consecutive positions, feeding its own estimate back as the next `a`, as it drafts chains.
 //!
 //! Deterministic for a seed: weights start from a seeded generator, batches are drawn from
@@ -60,6 +63,9 @@ pub struct TrainOptions {
     pub batch: usize,
     pub lr: f64,
     pub seed: u64,
+    /// Weight of the cross-entropy against the model's distribution (the rest against its
+    /// greedy token).
+    pub soft: f64,
 }
 
 /// What the model contributes to the loss: its final-norm gain and the LM-head rows of the
@@ -125,6 +131,7 @@ pub fn train(
         .broadcast_mul(&gain)?
         .t()?
         .contiguous()?;
+    let teacher = teacher_top(corpus, &head_t, &dev)?;
     let mut batches = StdRng::seed_from_u64(opts.seed ^ 0x9e37_79b9_7f4a_7c15);
     let net = Net {
         w_in: w_in.as_tensor(),
@@ -149,7 +156,10 @@ pub fn train(
             let uy = unit(&y)?;
             let logits = uy.matmul(&head_t)?;
             let (targets, mask) = corpus.targets_at(&picks, u + 1);
-            let ce = masked_cross_entropy(&logits, &targets, &mask, &dev)?;
+            let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
+            let hard = masked_cross_entropy(&logp, &targets, &mask, &dev)?;
+            let soft = teacher.cross_entropy(&logp, &picks, u + 1, &dev)?;
+            let ce = ((hard * (1.0 - opts.soft))? + (soft * opts.soft)?)?;
             let f = gather(&corpus.features, &picks, u + 1, d, &dev)?;
             let feat = (uy - &f)?.abs()?.mean_all()?;
             let loss = (ce + (feat * FEATURE_WEIGHT)?)?;
@@ -181,6 +191,95 @@ pub fn train(
         w_up: out(net.w_up)?,
         w_down: out(net.w_down)?,
     })
+}
+
+/// Tokens of the model's distribution the head learns at each position.
+pub const TEACHER_TOP: usize = 16;
+
+/// The model's [`TEACHER_TOP`] most likely shortlist tokens at every position of a corpus and
+/// their probabilities, renormalised over those tokens.
+struct Teacher {
+    /// `[positions, TEACHER_TOP]` shortlist indices.
+    index: Vec<u32>,
+    /// `[positions, TEACHER_TOP]`, each row summing to 1.
+    prob: Vec<f32>,
+}
+
+impl Teacher {
+    /// Mean over the rows `pick + offset` of `−Σ p_teacher · log p_head`.
+    fn cross_entropy(
+        &self,
+        logp: &Tensor,
+        picks: &[usize],
+        offset: usize,
+        dev: &Device,
+    ) -> Result<Tensor> {
+        let rows = |table: &[f32]| -> Vec<f32> {
+            picks
+                .iter()
+                .flat_map(|&p| {
+                    let r = p + offset;
+                    table[r * TEACHER_TOP..(r + 1) * TEACHER_TOP]
+                        .iter()
+                        .copied()
+                })
+                .collect()
+        };
+        let index: Vec<u32> = picks
+            .iter()
+            .flat_map(|&p| {
+                let r = p + offset;
+                self.index[r * TEACHER_TOP..(r + 1) * TEACHER_TOP]
+                    .iter()
+                    .copied()
+            })
+            .collect();
+        let n = picks.len();
+        let index = Tensor::from_vec(index, (n, TEACHER_TOP), dev)?;
+        let prob = Tensor::from_vec(rows(&self.prob), (n, TEACHER_TOP), dev)?;
+        Ok(((logp.gather(&index, 1)? * prob)?.sum_all()? * (-1.0 / n as f64))?)
+    }
+}
+
+/// The teacher's distribution at every position of `corpus`: its stored final-layer states
+/// (unit rms, so the final norm is the gain already folded into `head_t`) through the readout.
+fn teacher_top(corpus: &Corpus, head_t: &Tensor, dev: &Device) -> Result<Teacher> {
+    let (d, n) = (corpus.d, corpus.positions());
+    let mut index = Vec::with_capacity(n * TEACHER_TOP);
+    let mut prob = Vec::with_capacity(n * TEACHER_TOP);
+    const CHUNK: usize = 2048;
+    for start in (0..n).step_by(CHUNK) {
+        let end = (start + CHUNK).min(n);
+        let f = Tensor::from_slice(&corpus.features[start * d..end * d], (end - start, d), dev)?;
+        for row in unit(&f)?.matmul(head_t)?.to_vec2::<f32>()? {
+            let (i, p) = top_probabilities(&row, TEACHER_TOP);
+            index.extend(i);
+            prob.extend(p);
+        }
+    }
+    Ok(Teacher { index, prob })
+}
+
+/// The `k` largest logits' indices (largest first) and their softmax renormalised over those
+/// `k`; a row shorter than `k` is padded with its first index at probability 0.
+fn top_probabilities(logits: &[f32], k: usize) -> (Vec<u32>, Vec<f32>) {
+    let desc = |a: &u32, b: &u32| logits[*b as usize].total_cmp(&logits[*a as usize]);
+    let mut order: Vec<u32> = (0..logits.len() as u32).collect();
+    if k < order.len() {
+        order.select_nth_unstable_by(k - 1, desc);
+        order.truncate(k);
+    }
+    order.sort_unstable_by(desc);
+    let max = logits[order[0] as usize];
+    let e: Vec<f32> = order
+        .iter()
+        .map(|&i| (logits[i as usize] - max).exp())
+        .collect();
+    let z: f32 = e.iter().sum();
+    let mut prob: Vec<f32> = e.iter().map(|v| v / z).collect();
+    prob.resize(k, 0.0);
+    order.resize(k, order[0]);
+    (order, prob)
 }
 
 /// Learning-rate factor: a short warm-up, then cosine decay to a tenth.
@@ -220,15 +319,14 @@ fn unit(x: &Tensor) -> Result<Tensor> {
     Ok(x.broadcast_div(&(ms + UNIT_EPS)?.sqrt()?)?)
 }
 
-/// Mean over the rows where `mask` is 1 of `−log softmax(logits)[target]`.
+/// Mean over the rows where `mask` is 1 of `−logp[target]`.
 fn masked_cross_entropy(
-    logits: &Tensor,
+    logp: &Tensor,
     targets: &[u32],
     mask: &[f32],
     dev: &Device,
 ) -> Result<Tensor> {
     let n = targets.len();
-    let logp = candle_nn::ops::log_softmax(logits, D::Minus1)?;
     let idx = Tensor::from_slice(targets, (n, 1), dev)?;
     let picked = logp.gather(&idx, 1)?.squeeze(1)?;
     let m = Tensor::from_slice(mask, n, dev)?;
@@ -254,6 +352,23 @@ impl From<candle_core::Error> for Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_teacher_keeps_its_most_likely_tokens_with_renormalised_probabilities() {
+        let logits = [0.0, 3.0, 1.0, 3.0f32.ln() + 3.0, -5.0];
+        let (index, prob) = top_probabilities(&logits, 3);
+        assert_eq!(index, [3, 1, 2]);
+        // e^(ln 3 + 3) : e^3 : e^1 = 3 : 1 : e^-2.
+        let z = 4.0 + (-2.0f32).exp();
+        for (p, want) in prob.iter().zip([3.0 / z, 1.0 / z, (-2.0f32).exp() / z]) {
+            assert!((p - want).abs() < 1e-6, "{prob:?}");
+        }
+        // A shortlist shorter than k is padded at probability 0.
+        let (index, prob) = top_probabilities(&[1.0, 2.0], 3);
+        assert_eq!(index, [1, 0, 1]);
+        assert_eq!(prob[2], 0.0);
+        assert!((prob.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+    }
 
     #[test]
     fn the_schedule_warms_up_then_decays_to_a_tenth() {
