@@ -511,3 +511,80 @@ fn other_linear_types_are_refused_by_name() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// The default GGUF (its linear layers as they are) with the token embedding re-encoded by
+/// `embedding` and, with `head`, an untied `output.weight` (the same values) encoded by it.
+fn rewritten_head(
+    dir: &std::path::Path,
+    file: &str,
+    embedding: (GgmlType, Encoder),
+    head: Option<(GgmlType, Encoder)>,
+) -> std::path::PathBuf {
+    let src = GgufFile::open(gguf_path()).unwrap();
+    let mut w = Writer::default();
+    for (k, v) in &src.metadata {
+        w = w.kv(k, v.clone());
+    }
+    for info in &src.tensors {
+        let bytes = src.tensor_bytes(info).unwrap();
+        if info.name != "token_embd.weight" {
+            w = w.tensor(&info.name, &info.dims, info.ty, bytes.to_vec());
+            continue;
+        }
+        let x = dequantize(info.ty, bytes, info.n_elements() as usize).unwrap();
+        w = w.tensor(&info.name, &info.dims, embedding.0, (embedding.1)(&x));
+        if let Some((ty, encode)) = head {
+            w = w.tensor("output.weight", &info.dims, ty, encode(&x));
+        }
+    }
+    std::fs::create_dir_all(dir).unwrap();
+    let path = dir.join(file);
+    std::fs::write(&path, w.to_bytes()).unwrap();
+    path
+}
+
+fn head_and_embedding(dir: &std::path::Path) -> (String, String) {
+    let package = seam_shared::package::Package::open(dir.join("package")).unwrap();
+    let w = &package.manifest().weights;
+    (w.head.clone(), w.embedding.clone())
+}
+
+/// The embedding in any type whose blocks tile a row (decoded row by row), the head in 8 bits
+/// (Q5_0 widened), tied or untied.
+#[test]
+fn embedding_and_head_types_import_exactly() {
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("quant-types-head-{}", std::process::id()));
+    // Tied: one Q5_0 table is the embedding and the head.
+    let path = rewritten_head(&dir, "tied-q5_0.gguf", (GgmlType::Q5_0, q5_0), None);
+    imports_exactly(&path, &dir);
+    assert_eq!(head_and_embedding(&dir), ("q5_0".into(), "q5_0".into()));
+    // Untied: a Q4_0 embedding (no 8-bit form needed: it is only looked up) and a Q8_0 head.
+    let path = rewritten_head(
+        &dir,
+        "untied.gguf",
+        (GgmlType::Q4_0, q4_0),
+        Some((GgmlType::Q8_0, q8_0)),
+    );
+    imports_exactly(&path, &dir);
+    assert_eq!(head_and_embedding(&dir), ("q8_0".into(), "q4_0".into()));
+    // A 4-bit head has no exact 8-bit form without a min: refused by type and tensor.
+    let path = rewritten_head(&dir, "tied-q4_0.gguf", (GgmlType::Q4_0, q4_0), None);
+    let err = import_gguf(
+        &path,
+        &dir.join("refused"),
+        &ImportOptions {
+            split_points: vec![8],
+            progress: false,
+            f32_compute: true,
+            drafter: None,
+        },
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("Q4_0") && err.contains("token_embd.weight") && err.contains("LM head"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

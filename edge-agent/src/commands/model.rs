@@ -94,9 +94,10 @@ pub fn inspect(dir: &Path) -> anyhow::Result<()> {
         a.context_length
     );
     println!(
-        "weights   linear {} · head/embedding {} · {} compute · kv cache {}",
+        "weights   linear {} · head {} · embedding {} · {} compute · kv cache {}",
         linear_summary(&m.weights),
         m.weights.head,
+        m.weights.embedding,
         m.weights.compute,
         m.kv_dtype
     );

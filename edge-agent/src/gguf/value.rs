@@ -124,6 +124,14 @@ impl GgmlType {
         }
     }
 
+    /// The type named as [`fmt::Display`] writes it, in any case (`q8_0`, `Q6_K`, `bf16`).
+    pub fn from_name(name: &str) -> Option<Self> {
+        [0u32, 1, 2, 3, 6, 7, 8, 10, 11, 12, 13, 14, 30]
+            .into_iter()
+            .map(Self::from_id)
+            .find(|t| t.to_string().eq_ignore_ascii_case(name))
+    }
+
     /// The ggml type id.
     pub fn id(self) -> u32 {
         match self {

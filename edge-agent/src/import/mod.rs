@@ -11,7 +11,7 @@ pub mod linear;
 
 use crate::error::{Error, Result};
 use crate::gguf::hparams::LlamaHparams;
-use crate::gguf::quant::{q4_1_blocks, q8_0_blocks};
+use crate::gguf::quant::q4_1_blocks;
 use crate::gguf::{GgmlType, GgufFile};
 use graphs::{Dims, LayerWeights};
 use linear::{F32Linear, Linear, Q4Linear, Q8Linear};
@@ -118,13 +118,17 @@ pub fn import_gguf(gguf_path: &Path, out: &Path, opts: &ImportOptions) -> Result
         });
     }
 
-    let (embd_info, head) = head_weights(&gguf, &hp)?;
+    let (embd_info, head, head_type) = head_weights(&gguf, &hp)?;
     let output_norm = gguf.tensor_f32("output_norm.weight")?;
     let head_file = write(
         "graphs/head.onnx".into(),
         &graphs::head_graph(&output_norm, &head, dims),
     )?;
-    let embedding = write("embedding.q8_0".into(), gguf.tensor_bytes(embd_info)?)?;
+    let embedding_type = embd_info.ty.to_string().to_lowercase();
+    let embedding = write(
+        format!("embedding.{embedding_type}"),
+        gguf.tensor_bytes(embd_info)?,
+    )?;
 
     let tokenizer_json = crate::tokenizer_build::tokenizer_json(&gguf)?;
     let tokenizer_text =
@@ -183,7 +187,8 @@ pub fn import_gguf(gguf_path: &Path, out: &Path, opts: &ImportOptions) -> Result
                 .collect::<Vec<_>>()
                 .join("+"),
             linear_types,
-            head: "q8_0".into(),
+            head: head_type.to_string().to_lowercase(),
+            embedding: embedding_type,
             compute: if opts.f32_compute { "f32" } else { "int8" }.into(),
         },
         split_points: splits,
@@ -383,19 +388,16 @@ fn layer_weights(gguf: &GgufFile, hp: &LlamaHparams, i: usize) -> Result<LayerWe
 }
 
 /// The Q8_0 embedding table and the LM head (tied to it unless `output.weight` exists).
+/// The token embedding (kept as the GGUF stores it: the runtime decodes a row per token, so
+/// any type whose blocks tile a row works) and the LM head (`output.weight`, or the embedding
+/// when tied) in 8 bits: Q8_0 as stored, Q5_0, Q3_K and Q6_K widened without changing a value.
 fn head_weights<'a>(
     gguf: &'a GgufFile,
     hp: &LlamaHparams,
-) -> Result<(&'a crate::gguf::TensorInfo, Q8Linear)> {
+) -> Result<(&'a crate::gguf::TensorInfo, Q8Linear, GgmlType)> {
     let embd = gguf.tensor("token_embd.weight")?;
     let head = gguf.tensor("output.weight").unwrap_or(embd);
     for info in [embd, head] {
-        if info.ty != GgmlType::Q8_0 {
-            return Err(Error::Package(format!(
-                "unsupported quantization {:?} for {}: the embedding and head must be Q8_0",
-                info.ty, info.name
-            )));
-        }
         if info.dims != [hp.n_embd as u64, hp.vocab_size as u64] {
             return Err(Error::Package(format!(
                 "{} has shape {:?}, expected [{}, {}]",
@@ -403,8 +405,29 @@ fn head_weights<'a>(
             )));
         }
     }
-    let blocks = q8_0_blocks(gguf.tensor_bytes(head)?)?;
-    Ok((embd, Q8Linear::from_q8_0(hp.vocab_size, hp.n_embd, &blocks)))
+    match embd.ty.block_layout() {
+        Some((elems, _)) if hp.n_embd.is_multiple_of(elems) => {}
+        _ => {
+            return Err(Error::Package(format!(
+                "unsupported type {} for {}: an embedding row of {} values must be whole blocks of a known type",
+                embd.ty, embd.name, hp.n_embd
+            )));
+        }
+    }
+    let unsupported = || {
+        Error::Package(format!(
+            "unsupported quantization {} for {}: the LM head must be Q8_0, Q5_0, Q3_K or Q6_K",
+            head.ty, head.name
+        ))
+    };
+    let blocks = crate::gguf::quant::blocks8(head.ty, gguf.tensor_bytes(head)?)?
+        .filter(|b| b.m.is_none())
+        .ok_or_else(unsupported)?;
+    Ok((
+        embd,
+        Q8Linear::from_blocks(hp.vocab_size, hp.n_embd, blocks),
+        head.ty,
+    ))
 }
 
 fn file_stem(p: &Path) -> String {

@@ -7,6 +7,7 @@ use super::draft::tree::DraftTree;
 use super::kv_cache::KvCache;
 use super::rope::Rope;
 use crate::error::{Error, Result};
+use crate::gguf::GgmlType;
 use crate::import::graphs::io;
 use crate::import::linear::BLOCK;
 use crate::onnx::session_from_file;
@@ -129,7 +130,10 @@ pub struct Model {
     package: Package,
     arch: Architecture,
     tokenizer: tokenizers::Tokenizer,
+    /// The token embedding table as the GGUF stores it: `vocab` rows of `embedding_row` bytes.
     embedding: Vec<u8>,
+    embedding_type: GgmlType,
+    embedding_row: usize,
     segments: Vec<LoadedSegment>,
     head: Option<Session>,
     /// The package's draft head, when it has one and it was asked for.
@@ -163,10 +167,26 @@ impl Model {
             .map_err(|e| Error::Tokenizer(e.to_string()))?;
         let emb_path = package.path(&m.embedding);
         let embedding = std::fs::read(&emb_path).map_err(|e| Error::io(&emb_path, e))?;
-        let expected = arch.vocab_size as usize * arch.n_embd as usize / BLOCK * Q8_0_BLOCK_BYTES;
+        let embedding_type = GgmlType::from_name(&m.weights.embedding)
+            .filter(|t| t.block_layout().is_some())
+            .ok_or_else(|| {
+                Error::Package(format!(
+                    "unknown embedding type {:?} in the manifest",
+                    m.weights.embedding
+                ))
+            })?;
+        let (elems, bytes) = embedding_type.block_layout().expect("checked above");
+        let d = arch.n_embd as usize;
+        if !d.is_multiple_of(elems) {
+            return Err(Error::Package(format!(
+                "embedding rows of {d} values are not whole {embedding_type} blocks of {elems}"
+            )));
+        }
+        let embedding_row = d / elems * bytes;
+        let expected = arch.vocab_size as usize * embedding_row;
         if embedding.len() != expected {
             return Err(Error::Package(format!(
-                "{} has {} bytes, expected {expected} for a Q8_0 table of {}×{}",
+                "{} has {} bytes, expected {expected} for a {embedding_type} table of {}×{}",
                 m.embedding,
                 embedding.len(),
                 arch.vocab_size,
@@ -231,6 +251,8 @@ impl Model {
             arch,
             tokenizer,
             embedding,
+            embedding_type,
+            embedding_row,
             segments,
             head,
             drafter,
@@ -269,10 +291,9 @@ impl Model {
         self.arch.n_embd as usize
     }
 
-    /// Embedding rows of `tokens` (exact Q8_0 dequantisation), `[S, n_embd]`.
+    /// Embedding rows of `tokens` (exact dequantisation of the stored type), `[S, n_embd]`.
     pub fn embed(&self, tokens: &[u32]) -> Result<Vec<f32>> {
         let d = self.n_embd();
-        let row_bytes = d / BLOCK * Q8_0_BLOCK_BYTES;
         let mut out = Vec::with_capacity(tokens.len() * d);
         for &t in tokens {
             if t >= self.arch.vocab_size {
@@ -281,10 +302,14 @@ impl Model {
                     self.arch.vocab_size
                 )));
             }
-            let row = &self.embedding[t as usize * row_bytes..][..row_bytes];
-            for block in row.chunks_exact(Q8_0_BLOCK_BYTES) {
-                let scale = f16_to_f32(u16::from_le_bytes([block[0], block[1]]));
-                out.extend(block[2..].iter().map(|&q| scale * (q as i8) as f32));
+            let row = &self.embedding[t as usize * self.embedding_row..][..self.embedding_row];
+            if self.embedding_type == GgmlType::Q8_0 {
+                for block in row.chunks_exact(Q8_0_BLOCK_BYTES) {
+                    let scale = f16_to_f32(u16::from_le_bytes([block[0], block[1]]));
+                    out.extend(block[2..].iter().map(|&q| scale * (q as i8) as f32));
+                }
+            } else {
+                out.extend(crate::gguf::quant::dequantize(self.embedding_type, row, d)?);
             }
         }
         Ok(out)

@@ -88,11 +88,19 @@ pub struct Weights {
     /// How each GGUF type of the linear layers is kept in the graphs (older packages: empty).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub linear_types: Vec<LinearType>,
-    /// LM head and token embedding, e.g. `q8_0`.
+    /// LM head, e.g. `q8_0` (kept in 8 bits: Q8_0, or Q5_0, Q3_K, Q6_K widened).
     pub head: String,
+    /// GGUF type of the token embedding table, stored as the GGUF has it and decoded row by
+    /// row (packages before this field: `q8_0`).
+    #[serde(default = "q8_0")]
+    pub embedding: String,
     /// How the quantized matmuls compute: `int8` (activations quantized per block to int8,
     /// as llama.cpp does; fast) or `f32` (exact function of the weights; slow, for checks).
     pub compute: String,
+}
+
+fn q8_0() -> String {
+    "q8_0".into()
 }
 
 /// One GGUF type of a package's linear layers and how the graphs keep it.

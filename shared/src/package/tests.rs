@@ -29,6 +29,7 @@ fn tiny_manifest(files: BTreeMap<String, String>) -> Manifest {
             linear: "q4_1".into(),
             linear_types: vec![],
             head: "q8_0".into(),
+            embedding: "q8_0".into(),
             compute: "int8".into(),
         },
         split_points: vec![1],
