@@ -17,8 +17,9 @@ GWBENCH := target/release/seam-gwbench
 # llama.cpp's benchmark, built from source (PyPI sdist) by scripts/llamacpp.sh; only the
 # benchmarks need it.
 LLAMA_BENCH := .seam/tools/llama.cpp/bin/llama-bench
+LLAMA_PERPLEXITY := .seam/tools/llama.cpp/bin/llama-perplexity
 
-.PHONY: setup build demo test bench bench-decode bench-speculation bench-conversation bench-memory lint package fuzz soak
+.PHONY: setup build demo test bench bench-decode bench-speculation bench-conversation bench-memory lint package fuzz soak check-models
 
 ## setup: install ONNX Runtime and the default model assets into .seam/ (idempotent)
 setup:
@@ -104,7 +105,14 @@ bench-speculation: package
 bench-conversation: package
 	@./scripts/bench-conversation.sh $(EDGE) $(PKG)
 
-$(LLAMA_BENCH):
+## check-models: the default GGUF requantized by llama.cpp's llama-quantize into Q4_0, Q4_1,
+## Q5_0, Q5_1, Q8_0, Q4_K_M, Q5_K_M, Q6_K and F16 (TYPES="..." to choose), each imported and its
+## perplexity compared with llama-perplexity's on the same file and text (WINDOWS windows of 512,
+## default 16); fails if one differs by more than 0.5%
+check-models: setup build $(LLAMA_PERPLEXITY)
+	@./scripts/check-models.sh $(EDGE) $(GGUF) .seam/tools/llama.cpp/bin $(PROSE) target/check-models $(or $(WINDOWS),16) $(TYPES)
+
+$(LLAMA_BENCH) $(LLAMA_PERPLEXITY):
 	./scripts/llamacpp.sh .seam/tools/llama.cpp
 
 lint:

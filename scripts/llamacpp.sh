@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Builds llama.cpp's llama-bench (CPU only) into OUT_DIR/bin/llama-bench, so `make bench` can
-# measure llama.cpp on the same GGUF in the same run as our edge decoder. Idempotent: does
-# nothing if OUT_DIR/bin/llama-bench exists. llama.cpp's source comes from PyPI (the
+# Builds llama.cpp's llama-bench, llama-quantize and llama-perplexity (CPU only) into
+# OUT_DIR/bin/, so `make bench` can measure llama.cpp on the same GGUF in the same run as our edge
+# decoder and `make check-models` can requantize the default GGUF into each type and compare
+# perplexities. Idempotent: does nothing if all three exist in OUT_DIR/bin. llama.cpp's source comes from PyPI (the
 # llama-cpp-python sdist vendors it under vendor/llama.cpp), cmake from a PyPI wheel if none is
 # on PATH, so no download site is needed. Everything stays under OUT_DIR.
 #
@@ -9,7 +10,10 @@
 set -euo pipefail
 [ $# -eq 1 ] || { echo "usage: $0 OUT_DIR" >&2; exit 2; }
 out=$1
-[ -x "$out/bin/llama-bench" ] && exit 0
+tools=(llama-bench llama-quantize llama-perplexity)
+missing=0
+for t in "${tools[@]}"; do [ -x "$out/bin/$t" ] || missing=1; done
+[ "$missing" = 0 ] && exit 0
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
 
@@ -19,7 +23,7 @@ sha256=832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e
 sdist="$out/dl/llama_cpp_python-$version.tar.gz"
 src="$out/src/llama_cpp_python-$version/vendor/llama.cpp"
 
-echo "llamacpp: building llama.cpp's llama-bench (llama-cpp-python $version sdist) into $out; this takes several minutes" >&2
+echo "llamacpp: building llama.cpp's ${tools[*]} (llama-cpp-python $version sdist) into $out; this takes several minutes" >&2
 
 if [ ! -s "$sdist" ]; then
   # --no-binary only for this package: `--no-binary :all:` would also build pip's isolated
@@ -34,7 +38,9 @@ if [ ! -f "$src/CMakeLists.txt" ]; then
   mkdir -p "$out/src"
   tar -xzf "$sdist" -C "$out/src"
 fi
-[ -f "$src/tools/llama-bench/llama-bench.cpp" ] || { echo "llamacpp: no llama-bench source in $sdist" >&2; exit 1; }
+for t in llama-bench quantize perplexity; do
+  [ -d "$src/tools/$t" ] || { echo "llamacpp: no tools/$t source in $sdist" >&2; exit 1; }
+done
 
 if command -v cmake >/dev/null 2>&1; then
   cmake=cmake
@@ -57,9 +63,11 @@ build="$out/build"
   -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF \
   -DLLAMA_BUILD_APP=OFF -DLLAMA_BUILD_TOOLS=ON -DLLAMA_BUILD_COMMON=ON \
   -DGGML_CUDA=OFF -DGGML_VULKAN=OFF -DGGML_METAL=OFF >&2
-nice -n 10 "$cmake" --build "$build" --target llama-bench -j2 >&2
+nice -n 10 "$cmake" --build "$build" --target "${tools[@]}" -j2 >&2
 
 mkdir -p "$out/bin"
-cp "$build/bin/llama-bench" "$out/bin/llama-bench.part"
-mv "$out/bin/llama-bench.part" "$out/bin/llama-bench"
-echo "llamacpp: ok ($out/bin/llama-bench)" >&2
+for t in "${tools[@]}"; do
+  cp "$build/bin/$t" "$out/bin/$t.part"
+  mv "$out/bin/$t.part" "$out/bin/$t"
+done
+echo "llamacpp: ok ($out/bin: ${tools[*]})" >&2

@@ -385,7 +385,7 @@ impl SplitBench {
 
     /// The worker's decode steps/s with `n` sessions stepping at once, each on its own thread as
     /// `n` devices would: a prompt of [`PROMPT_ROWS`] rows, then one row per step (real layer-K
-    /// states of prose, teacher-forced, int8 wire).
+    /// states of prose, teacher-forced, the default wire).
     fn worker_throughput(&mut self, args: &SplitBenchArgs) -> anyhow::Result<()> {
         let layer = self.layer;
         let rows = PROMPT_ROWS + args.steps;

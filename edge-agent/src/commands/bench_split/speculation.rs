@@ -53,11 +53,14 @@ impl Totals {
 
 impl SplitBench {
     /// Local, per-token split and speculative split on the open chat prompts and the
-    /// prompts that reuse their words (int8 wire), interleaved per prompt.
+    /// prompts that reuse their words (the default wire), interleaved per prompt.
     pub(super) fn speculation(&mut self, args: &SplitBenchArgs) -> anyhow::Result<()> {
         println!(
-            "Speculative split at layer {} over {} (greedy, chat template, up to {} tokens per answer, int8 wire)",
-            self.layer, args.link, args.decode
+            "Speculative split at layer {} over {} (greedy, chat template, up to {} tokens per answer, {} wire)",
+            self.layer,
+            args.link,
+            args.decode,
+            WireDtype::DEFAULT
         );
         println!();
         println!(

@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# Every GGUF type users bring, checked against llama.cpp on the same file: the default GGUF is
+# requantized by llama.cpp's own llama-quantize (--allow-requantize) into each TYPE, imported by
+# `seam-edge model import` (shipped graphs, no draft head), and scored by
+#   EDGE perplexity --model PKG --file TEXT --ctx 512 --max-windows WINDOWS --json
+# and by
+#   LLAMA_BIN/llama-perplexity -m FILE -f TEXT -c 512 --chunks WINDOWS -t 2
+# (both score the second half of each 512-token window). Prints a Markdown table: per type, the
+# GGUF types of the linear layers as our manifest records them, package and GGUF bytes, our
+# perplexity, llama.cpp's, and the relative difference; exits 1 if any differs by more than
+# 0.5%. Files go under OUT (kept, so a rerun skips what is there).
+#
+#   usage: scripts/check-models.sh EDGE GGUF LLAMA_BIN TEXT OUT [WINDOWS [TYPE...]]
+#          (make check-models; TYPES="Q8_0 Q6_K" to choose)
+set -euo pipefail
+[ $# -ge 5 ] || { echo "usage: $0 EDGE GGUF LLAMA_BIN TEXT OUT [WINDOWS [TYPE...]]" >&2; exit 2; }
+edge=$1
+gguf=$2
+llama_bin=$3
+text=$4
+out=$5
+windows=${6:-16}
+shift $(($# < 6 ? $# : 6))
+types=("$@")
+[ ${#types[@]} -gt 0 ] || types=(Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 Q4_K_M Q5_K_M Q6_K F16)
+[[ $windows =~ ^[1-9][0-9]*$ ]] || { echo "WINDOWS must be a positive integer" >&2; exit 2; }
+for t in llama-quantize llama-perplexity; do
+  [ -x "$llama_bin/$t" ] || { echo "no $llama_bin/$t: run ./scripts/llamacpp.sh .seam/tools/llama.cpp" >&2; exit 1; }
+done
+[ -f "$gguf" ] || { echo "no GGUF at $gguf" >&2; exit 1; }
+mkdir -p "$out"
+
+run() { # name log command...: runs it, shows its log only if it fails
+  local name=$1 log=$2
+  shift 2
+  if ! "$@" >"$log" 2>&1; then
+    echo "check-models: $name failed:" >&2
+    tail -20 "$log" >&2
+    exit 1
+  fi
+}
+
+rows=()
+worst=0
+for ty in "${types[@]}"; do
+  file="$out/$ty.gguf"
+  pkg="$out/$ty.pkg"
+  echo "check-models: $ty" >&2
+  [ -s "$file" ] || run "llama-quantize $ty" "$out/$ty.quantize.log" \
+    "$llama_bin/llama-quantize" --allow-requantize "$gguf" "$file.part" "$ty" 2
+  [ -s "$file" ] || mv "$file.part" "$file"
+  [ -f "$pkg/manifest.toml" ] || run "import $ty" "$out/$ty.import.log" \
+    "$edge" model import --gguf "$file" --out "$pkg" --split-points 8
+  run "our perplexity ($ty)" "$out/$ty.ours.json" \
+    "$edge" perplexity --model "$pkg" --file "$text" --ctx 512 --max-windows "$windows" --json
+  ours=$(sed -n 's/.*"perplexity":\([0-9.]*\).*/\1/p' "$out/$ty.ours.json" | head -1)
+  run "llama-perplexity ($ty)" "$out/$ty.llama.log" \
+    "$llama_bin/llama-perplexity" -m "$file" -f "$text" -c 512 --chunks "$windows" -t 2
+  theirs=$(sed -n 's/.*Final estimate: PPL = \([0-9.]*\).*/\1/p' "$out/$ty.llama.log" | tail -1)
+  [ -n "$ours" ] && [ -n "$theirs" ] || { echo "check-models: no perplexity for $ty" >&2; exit 1; }
+  linear=$("$edge" model inspect "$pkg" | sed -n 's/^weights   linear \(.*\) · head \([^ ]*\) · embedding \([^ ]*\) .*/\1 · head \2 · embedding \3/p')
+  pkg_mb=$(du -sm "$pkg" | cut -f1)
+  gguf_mb=$(( $(stat -c %s "$file") / 1000000 ))
+  diff=$(awk -v a="$ours" -v b="$theirs" 'BEGIN { printf "%+.2f", (a / b - 1) * 100 }')
+  worst=$(awk -v w="$worst" -v d="$diff" 'BEGIN { d = d < 0 ? -d : d; print (d > w ? d : w) }')
+  rows+=("| $ty | $linear | $gguf_mb | $pkg_mb | $ours | $theirs | $diff% |")
+done
+
+echo
+echo "Perplexity over the first $windows windows of 512 tokens of $(basename "$text") (second halves scored):"
+echo
+echo "| type | linear layers as kept (ours) | GGUF MB | package MB | ours | llama.cpp | ours vs llama.cpp |"
+echo "|---|---|---|---|---|---|---|"
+printf '%s\n' "${rows[@]}"
+echo
+if awk -v w="$worst" 'BEGIN { exit !(w > 0.5) }'; then
+  echo "check-models: a type differs from llama.cpp by more than 0.5% (largest $worst%)" >&2
+  exit 1
+fi
+echo "check-models: every type within 0.5% of llama.cpp (largest difference $worst%)"
