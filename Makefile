@@ -106,7 +106,7 @@ bench-conversation: package
 	@./scripts/bench-conversation.sh $(EDGE) $(PKG)
 
 ## check-models: the default GGUF requantized by llama.cpp's llama-quantize into Q4_0, Q4_1,
-## Q5_0, Q5_1, Q8_0, Q4_K_M, Q5_K_M, Q6_K and F16 (TYPES="..." to choose), each imported and its
+## Q5_0, Q5_1, Q8_0, Q4_K_M, Q5_K_M and Q6_K (TYPES="..." to choose), each imported and its
 ## perplexity compared with llama-perplexity's on the same file and text (WINDOWS windows of 512,
 ## default 16); fails if one differs by more than 0.5%
 check-models: setup build $(LLAMA_PERPLEXITY)

@@ -5,10 +5,12 @@
 #   EDGE perplexity --model PKG --file TEXT --ctx 512 --max-windows WINDOWS --json
 # and by
 #   LLAMA_BIN/llama-perplexity -m FILE -f TEXT -c 512 --chunks WINDOWS -t 2
-# (both score the second half of each 512-token window). Prints a Markdown table: per type, the
-# GGUF types of the linear layers as our manifest records them, package and GGUF bytes, our
-# perplexity, llama.cpp's, and the relative difference; exits 1 if any differs by more than
-# 0.5%. Files go under OUT (kept, so a rerun skips what is there).
+# (both score the second half of each 512-token window), and by our f32-compute graphs (the exact
+# function of the file's weights, activations unquantized) as the reference both are off from.
+# Prints a Markdown table: per type, the GGUF types of the linear layers as our manifest records
+# them, GGUF and package bytes, the exact perplexity, ours, llama.cpp's, and ours vs llama.cpp;
+# exits 1 if any differs by more than 0.5%. Files go under OUT (kept, so a rerun skips what is
+# there). F16 and BF16 files are not in the default list: their LM head has no 8-bit form yet.
 #
 #   usage: scripts/check-models.sh EDGE GGUF LLAMA_BIN TEXT OUT [WINDOWS [TYPE...]]
 #          (make check-models; TYPES="Q8_0 Q6_K" to choose)
@@ -22,7 +24,7 @@ out=$5
 windows=${6:-16}
 shift $(($# < 6 ? $# : 6))
 types=("$@")
-[ ${#types[@]} -gt 0 ] || types=(Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 Q4_K_M Q5_K_M Q6_K F16)
+[ ${#types[@]} -gt 0 ] || types=(Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 Q4_K_M Q5_K_M Q6_K)
 [[ $windows =~ ^[1-9][0-9]*$ ]] || { echo "WINDOWS must be a positive integer" >&2; exit 2; }
 for t in llama-quantize llama-perplexity; do
   [ -x "$llama_bin/$t" ] || { echo "no $llama_bin/$t: run ./scripts/llamacpp.sh .seam/tools/llama.cpp" >&2; exit 1; }
@@ -51,9 +53,15 @@ for ty in "${types[@]}"; do
   [ -s "$file" ] || mv "$file.part" "$file"
   [ -f "$pkg/manifest.toml" ] || run "import $ty" "$out/$ty.import.log" \
     "$edge" model import --gguf "$file" --out "$pkg" --split-points 8
+  [ -f "$pkg.f32/manifest.toml" ] || run "import $ty (f32 compute)" "$out/$ty.import-f32.log" \
+    "$edge" model import --gguf "$file" --out "$pkg.f32" --split-points 8 --f32-compute
+  run "exact perplexity ($ty)" "$out/$ty.exact.json" \
+    "$edge" perplexity --model "$pkg.f32" --file "$text" --ctx 512 --max-windows "$windows" --json
+  exact=$(printf '%.4f' "$(sed -n 's/.*"perplexity":\([0-9.]*\).*/\1/p' "$out/$ty.exact.json" | head -1)")
   run "our perplexity ($ty)" "$out/$ty.ours.json" \
     "$edge" perplexity --model "$pkg" --file "$text" --ctx 512 --max-windows "$windows" --json
   ours=$(sed -n 's/.*"perplexity":\([0-9.]*\).*/\1/p' "$out/$ty.ours.json" | head -1)
+  ours=$(printf '%.4f' "$ours")
   run "llama-perplexity ($ty)" "$out/$ty.llama.log" \
     "$llama_bin/llama-perplexity" -m "$file" -f "$text" -c 512 --chunks "$windows" -t 2
   theirs=$(sed -n 's/.*Final estimate: PPL = \([0-9.]*\).*/\1/p' "$out/$ty.llama.log" | tail -1)
@@ -63,14 +71,14 @@ for ty in "${types[@]}"; do
   gguf_mb=$(( $(stat -c %s "$file") / 1000000 ))
   diff=$(awk -v a="$ours" -v b="$theirs" 'BEGIN { printf "%+.2f", (a / b - 1) * 100 }')
   worst=$(awk -v w="$worst" -v d="$diff" 'BEGIN { d = d < 0 ? -d : d; print (d > w ? d : w) }')
-  rows+=("| $ty | $linear | $gguf_mb | $pkg_mb | $ours | $theirs | $diff% |")
+  rows+=("| $ty | $linear | $gguf_mb | $pkg_mb | $exact | $ours | $theirs | $diff% |")
 done
 
 echo
 echo "Perplexity over the first $windows windows of 512 tokens of $(basename "$text") (second halves scored):"
 echo
-echo "| type | linear layers as kept (ours) | GGUF MB | package MB | ours | llama.cpp | ours vs llama.cpp |"
-echo "|---|---|---|---|---|---|---|"
+echo "| type | linear layers as kept (ours) | GGUF MB | package MB | exact (f32) | ours | llama.cpp | ours vs llama.cpp |"
+echo "|---|---|---|---|---|---|---|---|"
 printf '%s\n' "${rows[@]}"
 echo
 if awk -v w="$worst" 'BEGIN { exit !(w > 0.5) }'; then
