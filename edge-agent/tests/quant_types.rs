@@ -477,6 +477,22 @@ fn float_linear_layers_import_exactly() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// The error importing `path` into `out` gives.
+fn import_error(path: &std::path::Path, out: &std::path::Path) -> String {
+    import_gguf(
+        path,
+        out,
+        &ImportOptions {
+            split_points: vec![8],
+            progress: false,
+            f32_compute: true,
+            drafter: None,
+        },
+    )
+    .unwrap_err()
+    .to_string()
+}
+
 /// A type linear layers cannot have is refused, naming the type and the tensor.
 #[test]
 fn other_linear_types_are_refused_by_name() {
@@ -493,18 +509,7 @@ fn other_linear_types_are_refused_by_name() {
             (GgmlType::Q4_0, q4_0)
         }
     });
-    let err = import_gguf(
-        &path,
-        &dir.join("package"),
-        &ImportOptions {
-            split_points: vec![8],
-            progress: false,
-            f32_compute: true,
-            drafter: None,
-        },
-    )
-    .unwrap_err()
-    .to_string();
+    let err = import_error(&path, &dir.join("package"));
     assert!(
         err.contains("Q2_K") && err.contains("blk.0.ffn_down.weight"),
         "{err}"
@@ -570,18 +575,7 @@ fn embedding_and_head_types_import_exactly() {
     assert_eq!(head_and_embedding(&dir), ("q8_0".into(), "q4_0".into()));
     // A 4-bit head has no exact 8-bit form without a min: refused by type and tensor.
     let path = rewritten_head(&dir, "tied-q4_0.gguf", (GgmlType::Q4_0, q4_0), None);
-    let err = import_gguf(
-        &path,
-        &dir.join("refused"),
-        &ImportOptions {
-            split_points: vec![8],
-            progress: false,
-            f32_compute: true,
-            drafter: None,
-        },
-    )
-    .unwrap_err()
-    .to_string();
+    let err = import_error(&path, &dir.join("refused"));
     assert!(
         err.contains("Q4_0") && err.contains("token_embd.weight") && err.contains("LM head"),
         "{err}"
