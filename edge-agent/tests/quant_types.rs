@@ -228,12 +228,12 @@ fn pack_scales(sc: &[u8], m: &[u8]) -> [u8; 12] {
 /// An encoder of f32 values into one GGUF type.
 type Encoder = fn(&[f32]) -> Vec<u8>;
 
-/// The default GGUF with each Q4_1 linear layer re-encoded as `choose(name)` says; returns the
-/// new file's path.
-fn requantized(
+/// The default GGUF with every tensor passed through `each(info, bytes, writer)`, which adds
+/// what the new file holds in its place; returns the new file's path.
+fn rewritten(
     dir: &std::path::Path,
     file: &str,
-    choose: impl Fn(&str) -> (GgmlType, Encoder),
+    each: impl Fn(&seam_edge::gguf::TensorInfo, &[u8], Writer) -> Writer,
 ) -> std::path::PathBuf {
     let src = GgufFile::open(gguf_path()).unwrap();
     let mut w = Writer::default();
@@ -241,20 +241,34 @@ fn requantized(
         w = w.kv(k, v.clone());
     }
     for info in &src.tensors {
-        let bytes = src.tensor_bytes(info).unwrap();
-        let (ty, data) = if info.ty == GgmlType::Q4_1 {
-            let x = dequantize(info.ty, bytes, info.n_elements() as usize).unwrap();
-            let (ty, encode) = choose(&info.name);
-            (ty, encode(&x))
-        } else {
-            (info.ty, bytes.to_vec())
-        };
-        w = w.tensor(&info.name, &info.dims, ty, data);
+        w = each(info, src.tensor_bytes(info).unwrap(), w);
     }
     std::fs::create_dir_all(dir).unwrap();
     let path = dir.join(file);
     std::fs::write(&path, w.to_bytes()).unwrap();
     path
+}
+
+/// The values of a tensor.
+fn values(info: &seam_edge::gguf::TensorInfo, bytes: &[u8]) -> Vec<f32> {
+    dequantize(info.ty, bytes, info.n_elements() as usize).unwrap()
+}
+
+/// The default GGUF with each Q4_1 linear layer re-encoded as `choose(name)` says; returns the
+/// new file's path.
+fn requantized(
+    dir: &std::path::Path,
+    file: &str,
+    choose: impl Fn(&str) -> (GgmlType, Encoder),
+) -> std::path::PathBuf {
+    rewritten(dir, file, |info, bytes, w| {
+        if info.ty == GgmlType::Q4_1 {
+            let (ty, encode) = choose(&info.name);
+            w.tensor(&info.name, &info.dims, ty, encode(&values(info, bytes)))
+        } else {
+            w.tensor(&info.name, &info.dims, info.ty, bytes.to_vec())
+        }
+    })
 }
 
 /// Imports `path` (f32 compute) and checks every position's logits against the reference.
@@ -525,27 +539,17 @@ fn rewritten_head(
     embedding: (GgmlType, Encoder),
     head: Option<(GgmlType, Encoder)>,
 ) -> std::path::PathBuf {
-    let src = GgufFile::open(gguf_path()).unwrap();
-    let mut w = Writer::default();
-    for (k, v) in &src.metadata {
-        w = w.kv(k, v.clone());
-    }
-    for info in &src.tensors {
-        let bytes = src.tensor_bytes(info).unwrap();
+    rewritten(dir, file, |info, bytes, w| {
         if info.name != "token_embd.weight" {
-            w = w.tensor(&info.name, &info.dims, info.ty, bytes.to_vec());
-            continue;
+            return w.tensor(&info.name, &info.dims, info.ty, bytes.to_vec());
         }
-        let x = dequantize(info.ty, bytes, info.n_elements() as usize).unwrap();
-        w = w.tensor(&info.name, &info.dims, embedding.0, (embedding.1)(&x));
-        if let Some((ty, encode)) = head {
-            w = w.tensor("output.weight", &info.dims, ty, encode(&x));
+        let x = values(info, bytes);
+        let w = w.tensor(&info.name, &info.dims, embedding.0, (embedding.1)(&x));
+        match head {
+            Some((ty, encode)) => w.tensor("output.weight", &info.dims, ty, encode(&x)),
+            None => w,
         }
-    }
-    std::fs::create_dir_all(dir).unwrap();
-    let path = dir.join(file);
-    std::fs::write(&path, w.to_bytes()).unwrap();
-    path
+    })
 }
 
 fn head_and_embedding(dir: &std::path::Path) -> (String, String) {

@@ -117,50 +117,33 @@ pub fn encode(data: &[f32], cols: usize, dtype: WireDtype) -> Result<Tensor> {
                 .flat_map(|&x| f16::from_f32(x).to_le_bytes())
                 .collect();
         }
-        WireDtype::Int8 { group: 0 } => {
-            t.dtype = DType::Int8 as i32;
-            let mut q = vec![0u8; data.len()];
-            t.scales = data
-                .chunks_exact(cols)
-                .zip(q.chunks_exact_mut(cols))
-                .map(|(x, q)| quantize(x, q, exact_scale(x)))
-                .collect();
-            t.data = q.into();
-        }
         WireDtype::Int8 { group } => {
             t.dtype = DType::Int8 as i32;
             t.group_size = group as u32;
+            let g = if group == 0 { cols } else { group };
+            let groups = || data.chunks_exact(cols).flat_map(move |row| row.chunks(g));
+            let exact: Vec<f32> = groups().map(exact_scale).collect();
+            // Per group the scales go as f16, unless one is beyond the f16 range; per row as f32.
+            let half = (group != 0)
+                .then(|| {
+                    exact
+                        .iter()
+                        .map(|&s| half_scale(s))
+                        .collect::<Option<Vec<_>>>()
+                })
+                .flatten();
+            let scales: Vec<f32> = match &half {
+                Some(h) => h.iter().map(|h| h.to_f32()).collect(),
+                None => exact,
+            };
             let mut q = vec![0u8; data.len()];
-            let groups = data
-                .chunks_exact(cols)
-                .zip(q.chunks_exact_mut(cols))
-                .flat_map(|(x, q)| x.chunks(group).zip(q.chunks_mut(group)));
-            let mut half = Vec::with_capacity(rows * cols.div_ceil(group));
-            // Some scale beyond the f16 range: every scale of this tensor goes as f32.
-            let mut wide: Option<Vec<f32>> = None;
-            for (x, q) in groups {
-                let exact = exact_scale(x);
-                let scale = match (&mut wide, half_scale(exact)) {
-                    (None, Some(h)) => {
-                        half.push(h);
-                        h.to_f32()
-                    }
-                    (None, None) => {
-                        let mut w: Vec<f32> = half.iter().map(|h| h.to_f32()).collect();
-                        w.push(exact);
-                        wide = Some(w);
-                        exact
-                    }
-                    (Some(w), _) => {
-                        w.push(exact);
-                        exact
-                    }
-                };
+            let out = q.chunks_exact_mut(cols).flat_map(|row| row.chunks_mut(g));
+            for ((x, q), &scale) in groups().zip(out).zip(&scales) {
                 quantize(x, q, scale);
             }
-            match wide {
-                Some(w) => t.scales = w,
-                None => t.half_scales = half.iter().flat_map(|h| h.to_le_bytes()).collect(),
+            match half {
+                Some(h) => t.half_scales = h.iter().flat_map(|h| h.to_le_bytes()).collect(),
+                None => t.scales = scales,
             }
             t.data = q.into();
         }
@@ -168,9 +151,11 @@ pub fn encode(data: &[f32], cols: usize, dtype: WireDtype) -> Result<Tensor> {
     Ok(t)
 }
 
-/// The scale that maps a group's largest magnitude to 127.
+/// The scale that maps a group's largest magnitude to 127 (0 where that is not a normal float:
+/// the group is sent as zeros).
 fn exact_scale(x: &[f32]) -> f32 {
-    x.iter().fold(0.0f32, |m, v| m.max(v.abs())) / 127.0
+    let scale = x.iter().fold(0.0f32, |m, v| m.max(v.abs())) / 127.0;
+    if scale.is_normal() { scale } else { 0.0 }
 }
 
 /// `scale` as the nearest f16 not below it (so no value of the group is clipped), or `None`
@@ -185,17 +170,16 @@ fn half_scale(scale: f32) -> Option<f16> {
     h.is_finite().then_some(h)
 }
 
-/// Quantizes one group with `scale` (at least its largest magnitude / 127); returns the scale.
-fn quantize(x: &[f32], out: &mut [u8], scale: f32) -> f32 {
-    if scale == 0.0 || !scale.is_normal() {
+/// Quantizes one group with `scale` (0, or at least its largest magnitude / 127).
+fn quantize(x: &[f32], out: &mut [u8], scale: f32) {
+    if scale == 0.0 {
         out.fill(0);
-        return 0.0;
+        return;
     }
     let inv = 1.0 / scale;
     for (o, &v) in out.iter_mut().zip(x) {
         *o = ((v * inv).round().clamp(-127.0, 127.0) as i8) as u8;
     }
-    scale
 }
 
 /// Checks and decodes `t` as rows of `cols` values (`cols = None`: any width), refusing more

@@ -294,12 +294,15 @@ fn storage(ty: GgmlType) -> Option<(&'static str, bool)> {
 fn linear_types(gguf: &GgufFile, n_layer: usize) -> Vec<LinearType> {
     let mut counts: BTreeMap<String, (u32, GgmlType)> = BTreeMap::new();
     for info in &gguf.tensors {
-        let in_layer = (0..n_layer).any(|i| info.name.starts_with(&format!("blk.{i}.")));
-        if in_layer
-            && LINEAR_NAMES
-                .iter()
-                .any(|n| info.name.ends_with(&format!(".{n}.weight")))
-        {
+        // `blk.{layer}.{linear}.weight`
+        let linear = info
+            .name
+            .strip_prefix("blk.")
+            .and_then(|r| r.split_once('.'))
+            .filter(|(layer, _)| layer.parse::<usize>().is_ok_and(|l| l < n_layer))
+            .and_then(|(_, rest)| rest.strip_suffix(".weight"))
+            .is_some_and(|name| LINEAR_NAMES.contains(&name));
+        if linear {
             counts
                 .entry(info.ty.to_string().to_lowercase())
                 .or_insert((0, info.ty))

@@ -9,7 +9,6 @@ use super::rope::Rope;
 use crate::error::{Error, Result};
 use crate::gguf::GgmlType;
 use crate::import::graphs::io;
-use crate::import::linear::BLOCK;
 use crate::onnx::session_from_file;
 use ort::session::Session;
 use ort::value::TensorRef;
@@ -151,9 +150,6 @@ impl std::fmt::Debug for Model {
             .finish_non_exhaustive()
     }
 }
-
-/// Bytes of one Q8_0 block: f16 scale + 32 int8.
-const Q8_0_BLOCK_BYTES: usize = 2 + BLOCK;
 
 impl Model {
     /// Opens and verifies the package in `dir` and builds its sessions.
@@ -303,14 +299,7 @@ impl Model {
                 )));
             }
             let row = &self.embedding[t as usize * self.embedding_row..][..self.embedding_row];
-            if self.embedding_type == GgmlType::Q8_0 {
-                for block in row.chunks_exact(Q8_0_BLOCK_BYTES) {
-                    let scale = f16_to_f32(u16::from_le_bytes([block[0], block[1]]));
-                    out.extend(block[2..].iter().map(|&q| scale * (q as i8) as f32));
-                }
-            } else {
-                out.extend(crate::gguf::quant::dequantize(self.embedding_type, row, d)?);
-            }
+            out.extend(crate::gguf::quant::dequantize(self.embedding_type, row, d)?);
         }
         Ok(out)
     }
@@ -594,40 +583,5 @@ fn split_qkv(
         q[r * qw..(r + 1) * qw].copy_from_slice(&src[..qw]);
         k[r * kw..(r + 1) * kw].copy_from_slice(&src[qw..qw + kw]);
         v[r * kw..(r + 1) * kw].copy_from_slice(&src[qw + kw..]);
-    }
-}
-
-/// IEEE half → f32 (GGUF block scales).
-pub fn f16_to_f32(h: u16) -> f32 {
-    let sign = ((h >> 15) as u32) << 31;
-    let exp = ((h >> 10) & 0x1f) as u32;
-    let mant = (h & 0x3ff) as u32;
-    let bits = match (exp, mant) {
-        (0, 0) => sign,
-        (0, m) => {
-            // subnormal: normalise
-            let shift = m.leading_zeros() - 21;
-            let m = (m << shift) & 0x3ff;
-            sign | ((113 - shift) << 23) | (m << 13)
-        }
-        (0x1f, m) => sign | 0x7f80_0000 | (m << 13),
-        (e, m) => sign | ((e + 112) << 23) | (m << 13),
-    };
-    f32::from_bits(bits)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::f16_to_f32;
-
-    #[test]
-    fn half_conversion_matches_known_values() {
-        assert_eq!(f16_to_f32(0x3c00), 1.0);
-        assert_eq!(f16_to_f32(0xc000), -2.0);
-        assert_eq!(f16_to_f32(0x3555), 0.333_251_95);
-        assert_eq!(f16_to_f32(0x0001), 5.960_464_5e-8);
-        assert_eq!(f16_to_f32(0x7bff), 65504.0);
-        assert!(f16_to_f32(0x7c00).is_infinite());
-        assert_eq!(f16_to_f32(0x8000).to_bits(), (-0.0f32).to_bits());
     }
 }

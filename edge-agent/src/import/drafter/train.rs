@@ -214,31 +214,24 @@ impl Teacher {
         offset: usize,
         dev: &Device,
     ) -> Result<Tensor> {
-        let rows = |table: &[f32]| -> Vec<f32> {
-            picks
-                .iter()
-                .flat_map(|&p| {
-                    let r = p + offset;
-                    table[r * TEACHER_TOP..(r + 1) * TEACHER_TOP]
-                        .iter()
-                        .copied()
-                })
-                .collect()
-        };
-        let index: Vec<u32> = picks
-            .iter()
-            .flat_map(|&p| {
-                let r = p + offset;
-                self.index[r * TEACHER_TOP..(r + 1) * TEACHER_TOP]
-                    .iter()
-                    .copied()
-            })
-            .collect();
         let n = picks.len();
-        let index = Tensor::from_vec(index, (n, TEACHER_TOP), dev)?;
-        let prob = Tensor::from_vec(rows(&self.prob), (n, TEACHER_TOP), dev)?;
+        let index = Tensor::from_vec(rows(&self.index, picks, offset), (n, TEACHER_TOP), dev)?;
+        let prob = Tensor::from_vec(rows(&self.prob, picks, offset), (n, TEACHER_TOP), dev)?;
         Ok(((logp.gather(&index, 1)? * prob)?.sum_all()? * (-1.0 / n as f64))?)
     }
+}
+
+/// Rows `pick + offset` of a `[positions, TEACHER_TOP]` table, flat.
+fn rows<T: Copy>(table: &[T], picks: &[usize], offset: usize) -> Vec<T> {
+    picks
+        .iter()
+        .flat_map(|&p| {
+            let r = p + offset;
+            table[r * TEACHER_TOP..(r + 1) * TEACHER_TOP]
+                .iter()
+                .copied()
+        })
+        .collect()
 }
 
 /// The teacher's distribution at every position of `corpus`: its stored final-layer states
