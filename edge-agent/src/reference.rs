@@ -1,4 +1,4 @@
-//! A plainly written f32 llama forward pass, used by tests as an independent reference.
+//! A plainly written f32 llama/qwen2 forward pass, used by tests as an independent reference.
 //!
 //! Every weight is dequantized to f32 once; [`ReferenceModel::logits`] recomputes the whole
 //! sequence from scratch (no KV cache), with O(n²) causal attention and plain loops. It is
@@ -16,6 +16,8 @@ struct Layer {
     wq: Vec<f32>,
     wk: Vec<f32>,
     wv: Vec<f32>,
+    /// q, k, v biases (qwen2).
+    biases: Option<[Vec<f32>; 3]>,
     wo: Vec<f32>,
     ffn_norm: Vec<f32>,
     gate: Vec<f32>,
@@ -72,16 +74,37 @@ fn silu(x: f32) -> f32 {
     x / (1.0 + (-x).exp())
 }
 
-/// Rotates pairs `(2i, 2i+1)` of every head by `pos · theta^(-2i / head_dim)`
-/// (llama.cpp "normal" rope, which GGUF llama Q/K weights are permuted for).
-fn rope(x: &mut [f32], pos: usize, head_dim: usize, theta: f32) {
+/// How a head's values pair up and turn.
+struct RopeSpec<'a> {
+    theta: f32,
+    /// Linear scaling: positions are multiplied by this.
+    scale: f32,
+    /// Per-pair frequency divisors (empty: none).
+    factors: &'a [f32],
+    /// Pairs `(i, i + head_dim/2)` (llama.cpp NEOX rope, qwen2) instead of `(2i, 2i+1)`
+    /// (llama.cpp "normal" rope, which GGUF llama Q/K weights are permuted for).
+    neox: bool,
+}
+
+/// Rotates pair `i` of every head by `pos · scale · theta^(-2i / head_dim) / factor_i`.
+fn rope(x: &mut [f32], pos: usize, head_dim: usize, spec: &RopeSpec<'_>) {
+    let half = head_dim / 2;
     for head in x.chunks_exact_mut(head_dim) {
-        for i in 0..head_dim / 2 {
-            let freq = (theta as f64).powf(-2.0 * i as f64 / head_dim as f64);
+        for i in 0..half {
+            let mut freq = (spec.theta as f64).powf(-2.0 * i as f64 / head_dim as f64);
+            freq *= spec.scale as f64;
+            if let Some(&f) = spec.factors.get(i) {
+                freq /= f as f64;
+            }
             let (sin, cos) = (pos as f64 * freq).sin_cos();
-            let (a, b) = (head[2 * i], head[2 * i + 1]);
-            head[2 * i] = a * cos as f32 - b * sin as f32;
-            head[2 * i + 1] = a * sin as f32 + b * cos as f32;
+            let (ia, ib) = if spec.neox {
+                (i, i + half)
+            } else {
+                (2 * i, 2 * i + 1)
+            };
+            let (a, b) = (head[ia], head[ib]);
+            head[ia] = a * cos as f32 - b * sin as f32;
+            head[ib] = a * sin as f32 + b * cos as f32;
         }
     }
 }
@@ -108,6 +131,12 @@ impl ReferenceModel {
                     wq: w("attn_q")?,
                     wk: w("attn_k")?,
                     wv: w("attn_v")?,
+                    biases: if hparams.family.qkv_bias() {
+                        let b = |name: &str| f.tensor_f32(&format!("blk.{l}.{name}.bias"));
+                        Some([b("attn_q")?, b("attn_k")?, b("attn_v")?])
+                    } else {
+                        None
+                    },
                     wo: w("attn_output")?,
                     ffn_norm: w("ffn_norm")?,
                     gate: w("ffn_gate")?,
@@ -154,6 +183,18 @@ impl ReferenceModel {
         let (e, hd) = (hp.n_embd, hp.head_dim);
         let group = hp.n_head / hp.n_head_kv;
         let scale = 1.0 / (hd as f32).sqrt();
+        let spec = RopeSpec {
+            theta: hp.rope_theta,
+            scale: hp.rope_freq_scale,
+            factors: &hp.rope_freq_factors,
+            neox: hp.family.neox_rope(),
+        };
+        let add = |mut y: Vec<f32>, b: Option<&Vec<f32>>| {
+            if let Some(b) = b {
+                y.iter_mut().zip(b).for_each(|(y, b)| *y += b);
+            }
+            y
+        };
         let mut xs: Vec<Vec<f32>> = tokens
             .iter()
             .map(|&t| {
@@ -170,12 +211,14 @@ impl ReferenceModel {
             let (mut qs, mut ks, mut vs) = (Vec::new(), Vec::new(), Vec::new());
             for (pos, x) in xs.iter().enumerate() {
                 let h = rms_norm(x, &layer.attn_norm, hp.rms_eps);
-                let (mut q, mut k) = (matvec(&layer.wq, &h), matvec(&layer.wk, &h));
-                rope(&mut q, pos, hd, hp.rope_theta);
-                rope(&mut k, pos, hd, hp.rope_theta);
+                let b = layer.biases.as_ref();
+                let mut q = add(matvec(&layer.wq, &h), b.map(|b| &b[0]));
+                let mut k = add(matvec(&layer.wk, &h), b.map(|b| &b[1]));
+                rope(&mut q, pos, hd, &spec);
+                rope(&mut k, pos, hd, &spec);
                 qs.push(q);
                 ks.push(k);
-                vs.push(matvec(&layer.wv, &h));
+                vs.push(add(matvec(&layer.wv, &h), b.map(|b| &b[2])));
             }
             for (pos, x) in xs.iter_mut().enumerate() {
                 let mut attn = vec![0.0f32; hp.n_head * hd];
@@ -224,13 +267,31 @@ mod tests {
 
     #[test]
     fn rope_rotates_pairs_by_position() {
+        let plain = RopeSpec {
+            theta: 10_000.0,
+            scale: 1.0,
+            factors: &[],
+            neox: false,
+        };
         let mut x = vec![1.0, 0.0, 1.0, 0.0];
-        rope(&mut x, 0, 4, 10_000.0);
+        rope(&mut x, 0, 4, &plain);
         assert_eq!(x, vec![1.0, 0.0, 1.0, 0.0]);
-        rope(&mut x, 1, 4, 10_000.0);
+        rope(&mut x, 1, 4, &plain);
         assert!((x[0] - 1f32.cos()).abs() < 1e-6 && (x[1] - 1f32.sin()).abs() < 1e-6);
         let a = 0.01f32;
         assert!((x[2] - a.cos()).abs() < 1e-6 && (x[3] - a.sin()).abs() < 1e-6);
+        // NEOX pairs value i with i + 2; scaling by 1/2 and a factor of 4 on pair 1.
+        let neox = RopeSpec {
+            theta: 10_000.0,
+            scale: 0.5,
+            factors: &[1.0, 4.0],
+            neox: true,
+        };
+        let mut x = vec![1.0, 1.0, 0.0, 0.0];
+        rope(&mut x, 2, 4, &neox);
+        let b = 0.01f32 / 4.0;
+        assert!((x[0] - 1f32.cos()).abs() < 1e-6 && (x[2] - 1f32.sin()).abs() < 1e-6);
+        assert!((x[1] - b.cos()).abs() < 1e-6 && (x[3] - b.sin()).abs() < 1e-6);
     }
 
     #[test]

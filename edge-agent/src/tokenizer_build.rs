@@ -7,6 +7,8 @@
 //! |---------------------|---------------------------------------------------------------|
 //! | `smollm`            | `Sequence[Digits(individual_digits), ByteLevel(no prefix)]`   |
 //! | `gpt2`, `default`   | `ByteLevel(no prefix)`                                        |
+//! | `qwen2`             | `Sequence[Split(Qwen2's regex, isolated), ByteLevel(no regex)]` |
+//! | `llama-bpe`         | `Sequence[Split(Llama 3's regex, isolated), ByteLevel(no regex)]` |
 //!
 //! Anything else is an error rather than a tokenizer that silently splits text differently.
 //! The output loads with `tokenizers::Tokenizer::from_bytes` (0.20 and later: merges are
@@ -36,8 +38,22 @@ fn pre_tokenizer(pre: &str) -> Result<Json> {
             "pretokenizers": [{ "type": "Digits", "individual_digits": true }, byte_level]
         })),
         "gpt2" | "default" => Ok(byte_level),
+        // The two differ only in how many digits stay together.
+        "qwen2" | "llama-bpe" => {
+            let digits = if pre == "qwen2" { "" } else { "{1,3}" };
+            let regex = format!(
+                r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{{L}}\p{{N}}]?\p{{L}}+|\p{{N}}{digits}| ?[^\s\p{{L}}\p{{N}}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+            );
+            Ok(json!({
+                "type": "Sequence",
+                "pretokenizers": [
+                    { "type": "Split", "pattern": { "Regex": regex }, "behavior": "Isolated", "invert": false },
+                    { "type": "ByteLevel", "add_prefix_space": false, "trim_offsets": false, "use_regex": false }
+                ]
+            }))
+        }
         other => Err(err(format!(
-            "unsupported tokenizer.ggml.pre {other:?} (supported: \"smollm\", \"gpt2\", \"default\")"
+            "unsupported tokenizer.ggml.pre {other:?} (supported: \"smollm\", \"gpt2\", \"default\", \"qwen2\", \"llama-bpe\")"
         ))),
     }
 }
@@ -201,14 +217,47 @@ mod tests {
             e.to_string(),
             "tokenizer: unsupported tokenizer.ggml.model \"llama\" (supported: \"gpt2\")"
         );
-        let e = tokenizer_json(&tiny("gpt2", "qwen2", &[])).unwrap_err();
+        let e = tokenizer_json(&tiny("gpt2", "deepseek-llm", &[])).unwrap_err();
         assert!(
             e.to_string()
-                .contains("unsupported tokenizer.ggml.pre \"qwen2\""),
+                .contains("unsupported tokenizer.ggml.pre \"deepseek-llm\""),
             "{e}"
         );
         assert!(tokenizer_json(&tiny("gpt2", "gpt2", &["ab"])).is_err());
         assert!(tokenizer_json(&tiny("gpt2", "gpt2", &["a b c"])).is_err());
+    }
+
+    /// The pieces `pre` splits `text` into, with byte-level symbols mapped back to text.
+    fn pieces(pre: &str, text: &str) -> Vec<String> {
+        use tokenizers::tokenizer::PreTokenizer;
+        let p: tokenizers::PreTokenizerWrapper =
+            serde_json::from_value(pre_tokenizer(pre).unwrap()).unwrap();
+        let mut s = tokenizers::PreTokenizedString::from(text);
+        p.pre_tokenize(&mut s).unwrap();
+        s.get_splits(
+            tokenizers::OffsetReferential::Original,
+            tokenizers::OffsetType::Byte,
+        )
+        .into_iter()
+        .map(|(_, (a, b), _)| text[a..b].to_string())
+        .collect()
+    }
+
+    #[test]
+    fn qwen2_and_llama3_split_digits_and_contractions_as_their_regexes_say() {
+        let text = "We'll pay 12345 now.\n\n  Ok";
+        assert_eq!(
+            pieces("qwen2", text),
+            [
+                "We", "'ll", " pay", " ", "1", "2", "3", "4", "5", " now", ".\n\n", " ", " Ok"
+            ]
+        );
+        assert_eq!(
+            pieces("llama-bpe", text),
+            [
+                "We", "'ll", " pay", " ", "123", "45", " now", ".\n\n", " ", " Ok"
+            ]
+        );
     }
 
     #[test]

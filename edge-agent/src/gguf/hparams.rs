@@ -1,13 +1,44 @@
-//! Hyperparameters of a llama-architecture GGUF, validated against its tensors.
+//! Hyperparameters of a llama-family GGUF (`llama`, `qwen2`), validated against its tensors.
 
-use super::{GgufError, GgufFile, Result};
+use super::{GgmlType, GgufError, GgufFile, Result};
 
 /// Architectures whose GGUF keys and tensor layout [`LlamaHparams`] understands.
-pub const SUPPORTED_ARCHITECTURES: &[&str] = &["llama"];
+pub const SUPPORTED_ARCHITECTURES: &[&str] = &["llama", "qwen2"];
+
+/// The decoder families read from `general.architecture`. Both are pre-norm RMSNorm decoders
+/// with SwiGLU MLPs and grouped-query attention; they differ where [`Family`]'s methods say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    Llama,
+    Qwen2,
+}
+
+impl Family {
+    pub fn name(self) -> &'static str {
+        match self {
+            Family::Llama => "llama",
+            Family::Qwen2 => "qwen2",
+        }
+    }
+
+    /// The q, k and v projections carry biases (`blk.N.attn_{q,k,v}.bias`).
+    pub fn qkv_bias(self) -> bool {
+        self == Family::Qwen2
+    }
+
+    /// Rotary pairs are the two halves of a head (llama.cpp's NEOX rope), not adjacent values.
+    /// llama's converter permutes the q/k rows of its GGUF so that adjacent values pair up;
+    /// qwen2's keeps the original rows.
+    pub fn neox_rope(self) -> bool {
+        self == Family::Qwen2
+    }
+}
 
 /// Llama hyperparameters read from `<arch>.*` metadata keys.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LlamaHparams {
+    /// `general.architecture`.
+    pub family: Family,
     /// Number of transformer blocks (`block_count`).
     pub n_layer: usize,
     /// Hidden size (`embedding_length`).
@@ -22,6 +53,12 @@ pub struct LlamaHparams {
     pub head_dim: usize,
     /// RoPE base frequency (`rope.freq_base`, default 10000).
     pub rope_theta: f32,
+    /// Linear RoPE scaling: positions are multiplied by this (`1 / rope.scaling.factor` when
+    /// `rope.scaling.type` is `linear`, else 1).
+    pub rope_freq_scale: f32,
+    /// Per-pair divisors of the rotary frequencies (`rope_freqs.weight`, `head_dim / 2`
+    /// values: how llama.cpp's converter writes Llama 3's RoPE scaling); empty: none.
+    pub rope_freq_factors: Vec<f32>,
     /// RMSNorm epsilon (`attention.layer_norm_rms_epsilon`).
     pub rms_eps: f32,
     /// Vocabulary size (`vocab_size`, else the length of `tokenizer.ggml.tokens`).
@@ -40,9 +77,11 @@ impl LlamaHparams {
     /// Reads and validates the hyperparameters, including every tensor shape they imply.
     pub fn from_gguf(f: &GgufFile) -> Result<Self> {
         let arch = f.get_str("general.architecture")?;
-        if !SUPPORTED_ARCHITECTURES.contains(&arch) {
-            return Err(GgufError::UnsupportedArchitecture(arch.to_string()));
-        }
+        let family = match arch {
+            "llama" => Family::Llama,
+            "qwen2" => Family::Qwen2,
+            other => return Err(GgufError::UnsupportedArchitecture(other.to_string())),
+        };
         let key = |k: &str| format!("{arch}.{k}");
         let usize_of = |k: &str| f.get_u32(&key(k)).map(|v| v as usize);
         let n_embd = usize_of("embedding_length")?;
@@ -96,7 +135,51 @@ impl LlamaHparams {
             Some(_) => f.get_f32(&key("rope.freq_base"))?,
             None => 10_000.0,
         };
+        let rope_freq_scale = match f.get(&key("rope.scaling.type")) {
+            None => 1.0,
+            Some(_) => match f.get_str(&key("rope.scaling.type"))? {
+                "none" => 1.0,
+                "linear" => {
+                    let factor = f.get_f32(&key("rope.scaling.factor"))?;
+                    if !(factor.is_finite() && factor > 0.0) {
+                        return bad(format!(
+                            "rope.scaling.factor {factor} must be finite and positive"
+                        ));
+                    }
+                    1.0 / factor
+                }
+                other => {
+                    return bad(format!(
+                        "RoPE scaling {other:?} is not supported (supported: \"none\", \"linear\", and Llama 3's rope_freqs.weight)"
+                    ));
+                }
+            },
+        };
+        let rope_freq_factors = match f.tensor("rope_freqs.weight") {
+            Err(_) => Vec::new(),
+            Ok(t) => {
+                if t.dims != [head_dim as u64 / 2] || t.ty != GgmlType::F32 {
+                    return Err(GgufError::BadTensor {
+                        name: t.name.clone(),
+                        reason: format!(
+                            "{} {:?}, expected F32 [{}] (one factor per rotary pair)",
+                            t.ty,
+                            t.dims,
+                            head_dim / 2
+                        ),
+                    });
+                }
+                let factors = f.tensor_f32("rope_freqs.weight")?;
+                if let Some(v) = factors.iter().find(|v| !(v.is_finite() && **v > 0.0)) {
+                    return bad(format!(
+                        "rope_freqs.weight holds {v}: factors must be finite and positive"
+                    ));
+                }
+                factors
+            }
+        };
         let hp = LlamaHparams {
+            family,
             n_layer: usize_of("block_count")?,
             n_embd,
             n_ff: usize_of("feed_forward_length")?,
@@ -104,6 +187,8 @@ impl LlamaHparams {
             n_head_kv,
             head_dim,
             rope_theta,
+            rope_freq_scale,
+            rope_freq_factors,
             rms_eps: f.get_f32(&key("attention.layer_norm_rms_epsilon"))?,
             vocab_size,
             context_length: usize_of("context_length")?,
@@ -155,6 +240,11 @@ impl LlamaHparams {
             out.push(("output.weight".into(), vec![e, v]));
         }
         for l in 0..self.n_layer {
+            if self.family.qkv_bias() {
+                for (name, n) in [("attn_q", q), ("attn_k", kv), ("attn_v", kv)] {
+                    out.push((format!("blk.{l}.{name}.bias"), vec![n]));
+                }
+            }
             for (name, dims) in [
                 ("attn_norm", vec![e]),
                 ("attn_q", vec![e, q]),
@@ -201,16 +291,38 @@ mod tests {
     use super::*;
 
     fn tiny(arch: &str, n_head_kv: u32, q_out: u64) -> Vec<u8> {
+        tiny_with(arch, n_head_kv, q_out, |w| w)
+    }
+
+    /// A one-layer model of width 4 (2 heads of 2) with zero weights; `extra` adds keys or
+    /// tensors. Keys are under `arch` (unknown architectures get llama's).
+    fn tiny_with(
+        arch: &str,
+        n_head_kv: u32,
+        q_out: u64,
+        extra: impl FnOnce(Writer) -> Writer,
+    ) -> Vec<u8> {
+        let p = if SUPPORTED_ARCHITECTURES.contains(&arch) {
+            arch
+        } else {
+            "llama"
+        };
         let mut w = Writer::default()
             .kv("general.architecture", Value::String(arch.into()))
-            .kv("llama.block_count", Value::U32(1))
-            .kv("llama.embedding_length", Value::U32(4))
-            .kv("llama.feed_forward_length", Value::U32(8))
-            .kv("llama.attention.head_count", Value::U32(2))
-            .kv("llama.attention.head_count_kv", Value::U32(n_head_kv))
-            .kv("llama.attention.layer_norm_rms_epsilon", Value::F32(1e-5))
-            .kv("llama.context_length", Value::U32(16))
-            .kv("llama.vocab_size", Value::U32(3));
+            .kv(&format!("{p}.block_count"), Value::U32(1))
+            .kv(&format!("{p}.embedding_length"), Value::U32(4))
+            .kv(&format!("{p}.feed_forward_length"), Value::U32(8))
+            .kv(&format!("{p}.attention.head_count"), Value::U32(2))
+            .kv(
+                &format!("{p}.attention.head_count_kv"),
+                Value::U32(n_head_kv),
+            )
+            .kv(
+                &format!("{p}.attention.layer_norm_rms_epsilon"),
+                Value::F32(1e-5),
+            )
+            .kv(&format!("{p}.context_length"), Value::U32(16))
+            .kv(&format!("{p}.vocab_size"), Value::U32(3));
         let f32s = |n: u64| vec![0u8; n as usize * 4];
         for (name, dims) in [("token_embd", vec![4, 3]), ("output_norm", vec![4])] {
             w = w.tensor(
@@ -238,7 +350,89 @@ mod tests {
                 f32s(dims.iter().product()),
             );
         }
-        w.to_bytes()
+        extra(w).to_bytes()
+    }
+
+    fn qkv_biases(w: Writer) -> Writer {
+        w.tensor("blk.0.attn_q.bias", &[4], GgmlType::F32, vec![0; 16])
+            .tensor("blk.0.attn_k.bias", &[2], GgmlType::F32, vec![0; 8])
+            .tensor("blk.0.attn_v.bias", &[2], GgmlType::F32, vec![0; 8])
+    }
+
+    #[test]
+    fn reads_a_tiny_qwen2_with_its_biases() {
+        let hp = LlamaHparams::from_gguf(
+            &GgufFile::parse(tiny_with("qwen2", 1, 4, qkv_biases)).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(hp.family, Family::Qwen2);
+        assert!(hp.family.qkv_bias() && hp.family.neox_rope());
+        let err =
+            LlamaHparams::from_gguf(&GgufFile::parse(tiny("qwen2", 1, 4)).unwrap()).unwrap_err();
+        assert!(
+            err.to_string().contains("blk.0.attn_q.bias"),
+            "a qwen2 file without biases: {err}"
+        );
+    }
+
+    #[test]
+    fn reads_rope_scaling() {
+        let factors: Vec<u8> = [1.0f32, 8.0].iter().flat_map(|v| v.to_le_bytes()).collect();
+        // Two heads of width 2: one rotary pair.
+        let hp = LlamaHparams::from_gguf(
+            &GgufFile::parse(tiny_with("llama", 1, 4, |w| {
+                w.tensor(
+                    "rope_freqs.weight",
+                    &[1],
+                    GgmlType::F32,
+                    factors[4..].to_vec(),
+                )
+                .kv("llama.rope.scaling.type", Value::String("linear".into()))
+                .kv("llama.rope.scaling.factor", Value::F32(4.0))
+            }))
+            .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            (hp.rope_freq_scale, hp.rope_freq_factors),
+            (0.25, vec![8.0])
+        );
+        let err = LlamaHparams::from_gguf(
+            &GgufFile::parse(tiny_with("llama", 1, 4, |w| {
+                w.tensor("rope_freqs.weight", &[2], GgmlType::F32, factors.clone())
+            }))
+            .unwrap(),
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("one factor per rotary pair"),
+            "{err}"
+        );
+        let err = LlamaHparams::from_gguf(
+            &GgufFile::parse(tiny_with("llama", 1, 4, |w| {
+                w.kv("llama.rope.scaling.type", Value::String("yarn".into()))
+            }))
+            .unwrap(),
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("RoPE scaling \"yarn\" is not supported"),
+            "{err}"
+        );
+        let err = LlamaHparams::from_gguf(
+            &GgufFile::parse(tiny_with("llama", 1, 4, |w| {
+                w.tensor(
+                    "rope_freqs.weight",
+                    &[1],
+                    GgmlType::F32,
+                    0f32.to_le_bytes().to_vec(),
+                )
+            }))
+            .unwrap(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("finite and positive"), "{err}");
     }
 
     #[test]
@@ -272,10 +466,10 @@ mod tests {
     #[test]
     fn rejects_other_architectures_and_bad_dims() {
         let err =
-            LlamaHparams::from_gguf(&GgufFile::parse(tiny("qwen2", 1, 4)).unwrap()).unwrap_err();
+            LlamaHparams::from_gguf(&GgufFile::parse(tiny("mamba", 1, 4)).unwrap()).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "unsupported architecture \"qwen2\" (supported: \"llama\")"
+            "unsupported architecture \"mamba\" (supported: \"llama\", \"qwen2\")"
         );
         let err =
             LlamaHparams::from_gguf(&GgufFile::parse(tiny("llama", 1, 6)).unwrap()).unwrap_err();
@@ -297,6 +491,7 @@ mod tests {
         let f = GgufFile::open(real_gguf_path()).unwrap();
         let hp = LlamaHparams::from_gguf(&f).unwrap();
         let want = LlamaHparams {
+            family: Family::Llama,
             n_layer: 30,
             n_embd: 576,
             n_ff: 1536,
@@ -304,6 +499,8 @@ mod tests {
             n_head_kv: 3,
             head_dim: 64,
             rope_theta: 100_000.0,
+            rope_freq_scale: 1.0,
+            rope_freq_factors: Vec::new(),
             rms_eps: 1e-5,
             vocab_size: 49152,
             context_length: 8192,

@@ -34,6 +34,8 @@ pub struct LayerWeights {
     pub ffn_norm: Vec<f32>,
     /// q|k|v.
     pub qkv: Vec<Linear>,
+    /// Biases of q|k|v (qwen2), added after the projection.
+    pub qkv_bias: Option<Vec<f32>>,
     pub o: Linear,
     /// gate|up.
     pub gate_up: Vec<Linear>,
@@ -221,7 +223,14 @@ fn project(
 
 /// The qkv projection of `layer` on the (normed) `x`.
 fn qkv(g: &mut GraphBuilder, x: &str, layer: &LayerWeights, d: Dims) -> String {
-    project(g, x, d.n_embd, &layer.qkv, "qkv", d.accuracy_level)
+    let y = project(g, x, d.n_embd, &layer.qkv, "qkv", d.accuracy_level);
+    match &layer.qkv_bias {
+        Some(b) => {
+            let b = g.init_f32("qkv_b", &[b.len() as i64], b);
+            g.op("Add", "", &[&y, &b], vec![])
+        }
+        None => y,
+    }
 }
 
 /// Output projection, residual, MLP of `layer`; returns `(mlp_out, residual_mid)` whose sum is

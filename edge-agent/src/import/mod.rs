@@ -165,7 +165,7 @@ pub fn import_gguf(gguf_path: &Path, out: &Path, opts: &ImportOptions) -> Result
             sha256: source_sha,
         },
         architecture: Architecture {
-            family: "llama".into(),
+            family: hp.family.name().into(),
             n_layer: hp.n_layer as u32,
             n_embd: hp.n_embd as u32,
             n_ff: hp.n_ff as u32,
@@ -175,6 +175,8 @@ pub fn import_gguf(gguf_path: &Path, out: &Path, opts: &ImportOptions) -> Result
             vocab_size: hp.vocab_size as u32,
             context_length: hp.context_length as u32,
             rope_theta: hp.rope_theta,
+            rope_freq_scale: hp.rope_freq_scale,
+            rope_freq_factors: hp.rope_freq_factors.clone(),
             rms_eps: hp.rms_eps,
             bos_token: hp.bos_token_id.unwrap_or(0),
             eos_token: eos,
@@ -336,6 +338,18 @@ const LINEAR_NAMES: [&str; 7] = [
 
 /// A linear layer as stored (see [`storage`]).
 fn linear(gguf: &GgufFile, name: &str, n: usize, k: usize) -> Result<Linear> {
+    linear_rows(gguf, name, n, k, None)
+}
+
+/// [`linear`] with its output rows reordered: row `r` of the result is row `rows[r]` of the
+/// file's. Rows are whole blocks, so this moves bytes and changes no value.
+fn linear_rows(
+    gguf: &GgufFile,
+    name: &str,
+    n: usize,
+    k: usize,
+    rows: Option<&[usize]>,
+) -> Result<Linear> {
     let info = gguf.tensor(name)?;
     if info.dims != [k as u64, n as u64] {
         return Err(Error::Package(format!(
@@ -343,7 +357,20 @@ fn linear(gguf: &GgufFile, name: &str, n: usize, k: usize) -> Result<Linear> {
             info.dims
         )));
     }
-    let bytes = gguf.tensor_bytes(info)?;
+    let stored = gguf.tensor_bytes(info)?;
+    let reordered;
+    let bytes = match rows {
+        None => stored,
+        Some(rows) => {
+            let row = stored.len() / n;
+            reordered = rows
+                .iter()
+                .flat_map(|&r| &stored[r * row..][..row])
+                .copied()
+                .collect::<Vec<u8>>();
+            &reordered[..]
+        }
+    };
     let q4 = |blocks: Vec<crate::gguf::quant::Q41Block>| {
         Ok(Linear::Q4(Q4Linear::from_q4_1(n, k, &blocks)))
     };
@@ -370,17 +397,55 @@ fn linear(gguf: &GgufFile, name: &str, n: usize, k: usize) -> Result<Linear> {
     }
 }
 
+/// The order of q/k rows that turns NEOX rotary pairs (value `j` with `j + head_dim/2` of
+/// each head) into the adjacent pairs (`2j`, `2j + 1`) the runtime rotates: row `2j + a` of a
+/// head is the file's row `j + a·head_dim/2`. q and k are reordered alike, so their products
+/// (attention scores) are unchanged.
+pub fn adjacent_pairs(n_heads: usize, head_dim: usize) -> Vec<usize> {
+    let half = head_dim / 2;
+    (0..n_heads * head_dim)
+        .map(|r| {
+            let (head, j) = (r / head_dim, r % head_dim);
+            head * head_dim + j / 2 + (j % 2) * half
+        })
+        .collect()
+}
+
 fn layer_weights(gguf: &GgufFile, hp: &LlamaHparams, i: usize) -> Result<LayerWeights> {
     let t = |s: &str| format!("blk.{i}.{s}.weight");
     let (e, f, kv) = (hp.n_embd, hp.n_ff, hp.n_head_kv * hp.head_dim);
+    let (q_rows, k_rows) = if hp.family.neox_rope() {
+        (
+            Some(adjacent_pairs(hp.n_head, hp.head_dim)),
+            Some(adjacent_pairs(hp.n_head_kv, hp.head_dim)),
+        )
+    } else {
+        (None, None)
+    };
+    let qkv_bias = if hp.family.qkv_bias() {
+        let bias = |s: &str, rows: Option<&[usize]>| -> Result<Vec<f32>> {
+            let b = gguf.tensor_f32(&format!("blk.{i}.{s}.bias"))?;
+            Ok(match rows {
+                Some(rows) => rows.iter().map(|&r| b[r]).collect(),
+                None => b,
+            })
+        };
+        let mut b = bias("attn_q", q_rows.as_deref())?;
+        b.extend(bias("attn_k", k_rows.as_deref())?);
+        b.extend(bias("attn_v", None)?);
+        Some(b)
+    } else {
+        None
+    };
     Ok(LayerWeights {
         attn_norm: gguf.tensor_f32(&t("attn_norm"))?,
         ffn_norm: gguf.tensor_f32(&t("ffn_norm"))?,
         qkv: Linear::fuse(vec![
-            linear(gguf, &t("attn_q"), e, e)?,
-            linear(gguf, &t("attn_k"), kv, e)?,
+            linear_rows(gguf, &t("attn_q"), e, e, q_rows.as_deref())?,
+            linear_rows(gguf, &t("attn_k"), kv, e, k_rows.as_deref())?,
             linear(gguf, &t("attn_v"), kv, e)?,
         ]),
+        qkv_bias,
         o: linear(gguf, &t("attn_output"), e, e)?,
         gate_up: Linear::fuse(vec![
             linear(gguf, &t("ffn_gate"), f, e)?,

@@ -237,9 +237,11 @@ impl Model {
             )
         };
         tracing::debug!(?huge_pages, "weights backed by huge pages");
-        let rope = Rope::new(
+        let rope = Rope::scaled(
             arch.head_dim as usize,
             arch.rope_theta as f64,
+            arch.rope_freq_scale as f64,
+            &arch.rope_freq_factors,
             arch.context_length as usize,
         )?;
         Ok(Model {

@@ -1,7 +1,9 @@
 //! Rotary position embedding, llama.cpp "normal" (interleaved-pair) mode.
 //!
 //! For each pair `i in 0..head_dim/2`, `(x[2i], x[2i+1])` is rotated by the angle
-//! `pos * theta^(-2i/head_dim)`. Angles are computed in f64 and stored as f32 cos/sin tables.
+//! `pos · scale · theta^(-2i/head_dim) / factor_i` (`scale` and `factor` from RoPE scaling,
+//! both 1 without it, as llama.cpp computes them). Angles are computed in f64 and stored as f32
+//! cos/sin tables.
 
 use super::kv_cache::KvError;
 
@@ -10,7 +12,8 @@ use super::kv_cache::KvError;
 #[derive(Debug, Clone)]
 pub struct Rope {
     head_dim: usize,
-    theta: f64,
+    /// Angle per position of each pair.
+    freqs: Vec<f64>,
     max_positions: usize,
     /// `[pos][head_dim / 2]`
     cos: Vec<f32>,
@@ -22,25 +25,53 @@ impl Rope {
     /// Builds tables for `head_dim` (even, > 0) and base `theta` (finite, > 0), e.g.
     /// `Rope::new(64, 1e5, 8192)` for SmolLM2-135M.
     pub fn new(head_dim: usize, theta: f64, max_positions: usize) -> Result<Rope, KvError> {
+        Rope::scaled(head_dim, theta, 1.0, &[], max_positions)
+    }
+
+    /// [`Rope::new`] with RoPE scaling: positions multiplied by `scale` (linear scaling) and
+    /// pair `i`'s frequency divided by `factors[i]` (Llama 3; empty: none).
+    pub fn scaled(
+        head_dim: usize,
+        theta: f64,
+        scale: f64,
+        factors: &[f32],
+        max_positions: usize,
+    ) -> Result<Rope, KvError> {
         if head_dim == 0 || !head_dim.is_multiple_of(2) {
             return Err(KvError::BadRope("head_dim must be even and non-zero"));
         }
         if !(theta.is_finite() && theta > 0.0) {
             return Err(KvError::BadRope("theta must be finite and positive"));
         }
+        if !(scale.is_finite() && scale > 0.0) {
+            return Err(KvError::BadRope("scale must be finite and positive"));
+        }
         let half = head_dim / 2;
+        if !factors.is_empty()
+            && (factors.len() != half || factors.iter().any(|f| !(f.is_finite() && *f > 0.0)))
+        {
+            return Err(KvError::BadRope(
+                "frequency factors must be one finite positive value per pair",
+            ));
+        }
+        let freqs: Vec<f64> = (0..half)
+            .map(|i| {
+                let f = theta.powf(-2.0 * i as f64 / head_dim as f64) * scale;
+                factors.get(i).map_or(f, |&d| f / d as f64)
+            })
+            .collect();
         let mut cos = Vec::with_capacity(max_positions * half);
         let mut sin = Vec::with_capacity(max_positions * half);
         for pos in 0..max_positions {
-            for i in 0..half {
-                let (s, c) = angle(pos, i, head_dim, theta).sin_cos();
+            for f in &freqs {
+                let (s, c) = (pos as f64 * f).sin_cos();
                 cos.push(c as f32);
                 sin.push(s as f32);
             }
         }
         Ok(Rope {
             head_dim,
-            theta,
+            freqs,
             max_positions,
             cos,
             sin,
@@ -90,8 +121,8 @@ impl Rope {
             } else {
                 cos_buf.clear();
                 sin_buf.clear();
-                for i in 0..half {
-                    let (sn, cs) = angle(pos, i, head_dim, self.theta).sin_cos();
+                for f in &self.freqs {
+                    let (sn, cs) = (pos as f64 * f).sin_cos();
                     cos_buf.push(cs as f32);
                     sin_buf.push(sn as f32);
                 }
@@ -107,11 +138,6 @@ impl Rope {
         }
         Ok(())
     }
-}
-
-/// Rotation angle of pair `i` at `pos`, in f64.
-fn angle(pos: usize, i: usize, head_dim: usize, theta: f64) -> f64 {
-    pos as f64 * theta.powf(-2.0 * i as f64 / head_dim as f64)
 }
 
 #[cfg(test)]
@@ -166,6 +192,36 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn scaling_divides_each_pair_frequency() {
+        // Scaled by 1/4 with factors: pair i turns like the unscaled pair at pos / (4 f_i).
+        let (hd, theta) = (8, 1e4);
+        let factors = [1.0f32, 2.0, 8.0, 1.0];
+        let plain = Rope::new(hd, theta, 64).unwrap();
+        let scaled = Rope::scaled(hd, theta, 0.25, &factors, 16).unwrap();
+        for pos in [0usize, 8, 16, 64, 640] {
+            let orig = data(hd, pos as u32);
+            let mut x = orig.clone();
+            scaled.apply(&mut x, 1, hd, pos).unwrap();
+            for (i, f) in factors.iter().enumerate() {
+                let mut pair = [0.0f32; 8];
+                pair[2 * i..2 * i + 2].copy_from_slice(&orig[2 * i..2 * i + 2]);
+                // An integer position the plain rope turns the same amount: pos / (4 f).
+                let div = 4 * *f as usize;
+                if !pos.is_multiple_of(div) {
+                    continue;
+                }
+                plain.apply(&mut pair, 1, hd, pos / div).unwrap();
+                for j in 2 * i..2 * i + 2 {
+                    assert!((x[j] - pair[j]).abs() < 1e-5, "pos {pos} pair {i}");
+                }
+            }
+        }
+        assert!(Rope::scaled(8, theta, 1.0, &[1.0, 2.0], 4).is_err());
+        assert!(Rope::scaled(8, theta, 1.0, &[1.0, 2.0, 0.0, 1.0], 4).is_err());
+        assert!(Rope::scaled(8, theta, f64::INFINITY, &[], 4).is_err());
     }
 
     #[test]

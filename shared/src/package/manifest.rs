@@ -56,11 +56,24 @@ pub struct Source {
     pub sha256: String,
 }
 
+/// Decoder families a package may hold.
+pub const SUPPORTED_FAMILIES: &[&str] = &["llama", "qwen2"];
+
+fn one() -> f32 {
+    1.0
+}
+
+fn is_one(v: &f32) -> bool {
+    *v == 1.0
+}
+
 /// Llama-family decoder dimensions.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Architecture {
-    /// Architecture family; only `llama` for now.
+    /// Architecture family: `llama` or `qwen2` (whose q/k/v biases live in the graphs and whose
+    /// q/k rows the import reorders for the runtime's adjacent-pair rope: the runtime treats
+    /// both alike).
     pub family: String,
     pub n_layer: u32,
     pub n_embd: u32,
@@ -71,6 +84,13 @@ pub struct Architecture {
     pub vocab_size: u32,
     pub context_length: u32,
     pub rope_theta: f32,
+    /// Linear RoPE scaling: rotary positions are multiplied by this.
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub rope_freq_scale: f32,
+    /// Per-pair divisors of the rotary frequencies (Llama 3's RoPE scaling), `head_dim / 2`
+    /// of them; empty: none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rope_freq_factors: Vec<f32>,
     pub rms_eps: f32,
     pub bos_token: u32,
     pub eos_token: u32,
@@ -166,7 +186,7 @@ impl Manifest {
             ));
         }
         let a = &self.architecture;
-        if a.family != "llama" {
+        if !SUPPORTED_FAMILIES.contains(&a.family.as_str()) {
             return Err(format!(
                 "architecture.family `{}` is not supported",
                 a.family
@@ -191,6 +211,20 @@ impl Manifest {
         }
         if !a.head_dim.is_multiple_of(2) {
             return Err("architecture.head_dim must be even (rotary pairs)".into());
+        }
+        if !(a.rope_freq_scale.is_finite() && a.rope_freq_scale > 0.0) {
+            return Err("architecture.rope_freq_scale must be finite and positive".into());
+        }
+        if !a.rope_freq_factors.is_empty()
+            && (a.rope_freq_factors.len() as u32 != a.head_dim / 2
+                || a.rope_freq_factors
+                    .iter()
+                    .any(|f| !(f.is_finite() && *f > 0.0)))
+        {
+            return Err(format!(
+                "architecture.rope_freq_factors must be {} finite positive values (one per rotary pair)",
+                a.head_dim / 2
+            ));
         }
         if !(a.rope_theta.is_finite()
             && a.rope_theta > 0.0

@@ -20,6 +20,8 @@ fn tiny_manifest(files: BTreeMap<String, String>) -> Manifest {
             vocab_size: 10,
             context_length: 64,
             rope_theta: 10000.0,
+            rope_freq_scale: 1.0,
+            rope_freq_factors: vec![],
             rms_eps: 1e-5,
             bos_token: 1,
             eos_token: 2,
@@ -138,7 +140,21 @@ fn validation_names_the_problem() {
     m.files.insert("../escape".into(), "ab".repeat(32));
     assert!(m.validate().unwrap_err().contains("inside the package"));
 
-    let mut m = ok;
+    let mut m = ok.clone();
+    m.architecture.rope_freq_factors = vec![1.0, 8.0, 0.0];
+    assert!(
+        m.validate()
+            .unwrap_err()
+            .contains("2 finite positive values")
+    );
+    m.architecture.rope_freq_factors = vec![1.0, 8.0];
+    m.validate().unwrap();
+    m.architecture.rope_freq_scale = 0.0;
+    assert!(m.validate().unwrap_err().contains("rope_freq_scale"));
+
+    let mut m = ok.clone();
+    m.architecture.family = "qwen2".into();
+    m.validate().unwrap();
     m.architecture.family = "mamba".into();
     assert!(m.validate().unwrap_err().contains("mamba"));
 }
