@@ -12,6 +12,11 @@
 # exits 1 if any differs by more than 0.5%. Files go under OUT (kept, so a rerun skips what is
 # there). F16 and BF16 files are not in the default list: their LM head has no 8-bit form yet.
 #
+# Other architectures are checked the same way on files written by llama.cpp's own GGUF writer
+# (`tests/python/write_gguf.py`, in .seam/py): `qwen2-from-llama` (the default model's weights
+# as qwen2: q/k rows in NEOX order, random q/k/v biases), `qwen2-random` and `llama-rope-scaled`
+# (small random-weight models; the latter with linear and per-pair RoPE scaling).
+#
 #   usage: scripts/check-models.sh EDGE GGUF LLAMA_BIN TEXT OUT [WINDOWS [TYPE...]]
 #          (make check-models; TYPES="Q8_0 Q6_K" to choose)
 set -euo pipefail
@@ -24,7 +29,8 @@ out=$5
 windows=${6:-16}
 shift $(($# < 6 ? $# : 6))
 types=("$@")
-[ ${#types[@]} -gt 0 ] || types=(Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 Q4_K_M Q5_K_M Q6_K)
+[ ${#types[@]} -gt 0 ] || types=(Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 Q4_K_M Q5_K_M Q6_K qwen2-from-llama qwen2-random llama-rope-scaled)
+py=${PY:-.seam/py/bin/python}
 [[ $windows =~ ^[1-9][0-9]*$ ]] || { echo "WINDOWS must be a positive integer" >&2; exit 2; }
 for t in llama-quantize llama-perplexity; do
   [ -x "$llama_bin/$t" ] || { echo "no $llama_bin/$t: run ./scripts/llamacpp.sh .seam/tools/llama.cpp" >&2; exit 1; }
@@ -48,13 +54,23 @@ for ty in "${types[@]}"; do
   file="$out/$ty.gguf"
   pkg="$out/$ty.pkg"
   echo "check-models: $ty" >&2
-  [ -s "$file" ] || run "llama-quantize $ty" "$out/$ty.quantize.log" \
-    "$llama_bin/llama-quantize" --allow-requantize "$gguf" "$file.part" "$ty" 2
+  split=8
+  case $ty in
+    qwen2-random | llama-rope-scaled) split=1 ;;
+  esac
+  case $ty in
+    qwen2-from-llama | qwen2-random | llama-rope-scaled)
+      [ -s "$file" ] || run "write_gguf.py $ty" "$out/$ty.write.log" \
+        "$py" tests/python/write_gguf.py "$ty" "$gguf" "$file.part" ;;
+    *)
+      [ -s "$file" ] || run "llama-quantize $ty" "$out/$ty.quantize.log" \
+        "$llama_bin/llama-quantize" --allow-requantize "$gguf" "$file.part" "$ty" 2 ;;
+  esac
   [ -s "$file" ] || mv "$file.part" "$file"
   [ -f "$pkg/manifest.toml" ] || run "import $ty" "$out/$ty.import.log" \
-    "$edge" model import --gguf "$file" --out "$pkg" --split-points 8
+    "$edge" model import --gguf "$file" --out "$pkg" --split-points "$split"
   [ -f "$pkg.f32/manifest.toml" ] || run "import $ty (f32 compute)" "$out/$ty.import-f32.log" \
-    "$edge" model import --gguf "$file" --out "$pkg.f32" --split-points 8 --f32-compute
+    "$edge" model import --gguf "$file" --out "$pkg.f32" --split-points "$split" --f32-compute
   run "exact perplexity ($ty)" "$out/$ty.exact.json" \
     "$edge" perplexity --model "$pkg.f32" --file "$text" --ctx 512 --max-windows "$windows" --json
   exact=$(printf '%.4f' "$(sed -n 's/.*"perplexity":\([0-9.]*\).*/\1/p' "$out/$ty.exact.json" | head -1)")

@@ -165,3 +165,82 @@ pub fn encoder_package_dir() -> PathBuf {
     EncoderPackage::open_kind(&dir).expect("the test encoder package verifies");
     dir
 }
+
+/// The prompt [`compare_with_reference`] scores.
+pub const REFERENCE_PROMPT: &str = "The capital of France is Paris, and the capital of Italy is";
+
+/// Imports the GGUF at `gguf` into `package` (replaced), with f32 compute (`exact`: every
+/// position's logits within cosine 0.99999 of the reference) or as shipped (int8 activations
+/// inside `MatMulNBits`: cosine 0.95), runs `text` through it and through the plain f32
+/// reference forward pass ([`crate::reference`]) over the same file, and returns (top-1
+/// agreements, positions). Split at layer 8, or half way in smaller models.
+pub fn compare_with_reference(
+    gguf: &Path,
+    package: &Path,
+    exact: bool,
+    text: &str,
+) -> (usize, usize) {
+    use crate::gguf::GgufFile;
+    use crate::reference::ReferenceModel;
+    use crate::runtime::kv_cache::{KvCache, KvDtype, KvGeometry};
+    use crate::runtime::model::{LoadOptions, Model};
+    let file = GgufFile::open(gguf).unwrap();
+    let reference = ReferenceModel::from_gguf(&file).unwrap();
+    let _ = std::fs::remove_dir_all(package);
+    import_gguf(
+        gguf,
+        package,
+        &ImportOptions {
+            split_points: vec![8.min(reference.hparams.n_layer as u32 / 2)],
+            progress: false,
+            f32_compute: exact,
+            drafter: None,
+        },
+    )
+    .unwrap();
+    let mut model = Model::load(
+        package,
+        &LoadOptions {
+            threads: 2,
+            ..LoadOptions::default()
+        },
+    )
+    .unwrap();
+    let a = model.arch();
+    let (vocab, geometry) = (
+        a.vocab_size as usize,
+        KvGeometry {
+            n_layers: a.n_layer as usize,
+            n_kv_heads: a.n_head_kv as usize,
+            head_dim: a.head_dim as usize,
+        },
+    );
+    let tokens = model
+        .tokenizer()
+        .encode(text, false)
+        .unwrap()
+        .get_ids()
+        .to_vec();
+    let expected = reference.logits(&tokens);
+    let mut cache = KvCache::new(geometry, KvDtype::F32, tokens.len());
+    let ours = model.forward(&tokens, 0, &mut cache, true).unwrap();
+    let mut agree = 0;
+    for (p, want) in expected.iter().enumerate() {
+        let row = &ours[p * vocab..(p + 1) * vocab];
+        let (mut dot, mut na, mut nb) = (0.0f64, 0.0f64, 0.0f64);
+        for (&x, &y) in row.iter().zip(want) {
+            dot += f64::from(x) * f64::from(y);
+            na += f64::from(x) * f64::from(x);
+            nb += f64::from(y) * f64::from(y);
+        }
+        let cosine = dot / (na.sqrt() * nb.sqrt());
+        assert!(
+            cosine > if exact { 0.99999 } else { 0.95 },
+            "{}: position {p}: cosine {cosine} (exact: {exact})",
+            gguf.display()
+        );
+        let argmax = |v: &[f32]| (0..v.len()).fold(0, |b, i| if v[i] > v[b] { i } else { b });
+        agree += usize::from(argmax(row) == argmax(want));
+    }
+    (agree, expected.len())
+}

@@ -12,10 +12,7 @@ use seam_edge::gguf::quant::dequantize;
 use seam_edge::gguf::testutil::Writer;
 use seam_edge::gguf::{GgmlType, GgufFile};
 use seam_edge::import::{ImportOptions, import_gguf};
-use seam_edge::reference::ReferenceModel;
-use seam_edge::runtime::kv_cache::{KvCache, KvDtype, KvGeometry};
-use seam_edge::runtime::model::{LoadOptions, Model};
-use seam_edge::test_util::gguf_path;
+use seam_edge::test_util::{REFERENCE_PROMPT, compare_with_reference, gguf_path};
 
 /// ggml's Q4_0: `d = max / −8` (the signed value of largest magnitude), `q = x/d + 8.5`.
 fn q4_0(x: &[f32]) -> Vec<u8> {
@@ -277,73 +274,10 @@ fn imports_exactly(path: &std::path::Path, dir: &std::path::Path) {
     assert_eq!(top1.0, top1.1);
 }
 
-/// Imports `path` with f32 compute (`exact`, every position's cosine checked) or as shipped
-/// (int8 activations inside `MatMulNBits`), and returns (top-1 agreements, positions) against
-/// the reference.
+/// Imports `path` with f32 compute (`exact`) or as shipped, and returns (top-1 agreements,
+/// positions) against the reference.
 fn compare_import(path: &std::path::Path, dir: &std::path::Path, exact: bool) -> (usize, usize) {
-    let gguf = GgufFile::open(path).unwrap();
-    let package = dir.join("package");
-    let _ = std::fs::remove_dir_all(&package);
-    import_gguf(
-        path,
-        &package,
-        &ImportOptions {
-            split_points: vec![8],
-            progress: false,
-            f32_compute: exact,
-            drafter: None,
-        },
-    )
-    .unwrap();
-    let reference = ReferenceModel::from_gguf(&gguf).unwrap();
-    let mut model = Model::load(
-        &package,
-        &LoadOptions {
-            threads: 2,
-            ..LoadOptions::default()
-        },
-    )
-    .unwrap();
-    let a = model.arch();
-    let (vocab, geometry) = (
-        a.vocab_size as usize,
-        KvGeometry {
-            n_layers: a.n_layer as usize,
-            n_kv_heads: a.n_head_kv as usize,
-            head_dim: a.head_dim as usize,
-        },
-    );
-    let tokens = model
-        .tokenizer()
-        .encode(
-            "The capital of France is Paris, and the capital of Italy is",
-            false,
-        )
-        .unwrap()
-        .get_ids()
-        .to_vec();
-    let expected = reference.logits(&tokens);
-    let mut cache = KvCache::new(geometry, KvDtype::F32, tokens.len());
-    let ours = model.forward(&tokens, 0, &mut cache, true).unwrap();
-    let mut agree = 0;
-    for (p, want) in expected.iter().enumerate() {
-        let row = &ours[p * vocab..(p + 1) * vocab];
-        let (mut dot, mut na, mut nb) = (0.0f64, 0.0f64, 0.0f64);
-        for (&x, &y) in row.iter().zip(want) {
-            dot += f64::from(x) * f64::from(y);
-            na += f64::from(x) * f64::from(x);
-            nb += f64::from(y) * f64::from(y);
-        }
-        let cosine = dot / (na.sqrt() * nb.sqrt());
-        assert!(
-            cosine > if exact { 0.99999 } else { 0.95 },
-            "{}: position {p}: cosine {cosine} (exact: {exact})",
-            path.display()
-        );
-        let argmax = |v: &[f32]| (0..v.len()).fold(0, |b, i| if v[i] > v[b] { i } else { b });
-        agree += usize::from(argmax(row) == argmax(want));
-    }
-    (agree, expected.len())
+    compare_with_reference(path, &dir.join("package"), exact, REFERENCE_PROMPT)
 }
 
 fn f16s(x: &[f32]) -> Vec<u8> {

@@ -1,0 +1,71 @@
+//! Other architectures and RoPE scalings: small random-weight GGUF files written by llama.cpp's
+//! own writer (`gguf` from PyPI, in `.seam/py`; `tests/python/write_gguf.py`) import exactly
+//! against the plain f32 reference forward pass over the same file. Their perplexity against
+//! llama.cpp's on the same files is checked by `make check-models`.
+
+use seam_edge::test_util::{asset, compare_with_reference, gguf_path, workspace_root};
+use seam_shared::package::Package;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Writes a `kind` file (see `write_gguf.py`) with the default GGUF's tokenizer into `dir`.
+fn write(kind: &str, dir: &Path) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    let out = dir.join(format!("{kind}.gguf"));
+    let run = Command::new(asset("py/bin/python"))
+        .arg(workspace_root().join("tests/python/write_gguf.py"))
+        .arg(kind)
+        .arg(gguf_path())
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "write_gguf.py {kind}: {}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    out
+}
+
+/// About 90 tokens of prose: enough positions for the rotary angles to matter.
+fn prose() -> String {
+    let text = std::fs::read_to_string(asset("assets/prose/lee_background.txt")).unwrap();
+    text.chars().take(400).collect()
+}
+
+fn tmp(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}-{}", std::process::id()))
+}
+
+#[test]
+fn a_random_qwen2_imports_exactly() {
+    let dir = tmp("arch-qwen2");
+    let path = write("qwen2-random", &dir);
+    let package = dir.join("package");
+    let (agree, positions) = compare_with_reference(&path, &package, true, &prose());
+    assert_eq!(agree, positions);
+    assert!(positions > 60, "{positions} positions");
+    let manifest = Package::open(&package).unwrap().manifest().clone();
+    assert_eq!(manifest.architecture.family, "qwen2");
+    // As shipped (int8 activations), as close as the other types' shipped graphs.
+    let (agree, positions) = compare_with_reference(&path, &package, false, &prose());
+    assert!(agree * 10 >= positions * 9, "top-1 {agree}/{positions}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn llama_rope_scaling_imports_exactly() {
+    let dir = tmp("arch-rope");
+    let path = write("llama-rope-scaled", &dir);
+    let package = dir.join("package");
+    let (agree, positions) = compare_with_reference(&path, &package, true, &prose());
+    assert_eq!(agree, positions);
+    let a = Package::open(&package)
+        .unwrap()
+        .manifest()
+        .architecture
+        .clone();
+    assert_eq!((a.rope_freq_scale, a.rope_freq_factors.len()), (0.5, 16));
+    assert!(a.rope_freq_factors.iter().all(|f| (1.0..=8.0).contains(f)));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
