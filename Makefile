@@ -18,6 +18,7 @@ GWBENCH := target/release/seam-gwbench
 # benchmarks need it.
 LLAMA_BENCH := .seam/tools/llama.cpp/bin/llama-bench
 LLAMA_PERPLEXITY := .seam/tools/llama.cpp/bin/llama-perplexity
+LLAMA_COMPLETION := .seam/tools/llama.cpp/bin/llama-completion
 
 .PHONY: setup build demo test bench bench-decode bench-speculation bench-conversation bench-memory lint package fuzz soak check-models
 
@@ -106,13 +107,15 @@ bench-conversation: package
 	@./scripts/bench-conversation.sh $(EDGE) $(PKG)
 
 ## check-models: the default GGUF requantized by llama.cpp's llama-quantize into Q4_0, Q4_1,
-## Q5_0, Q5_1, Q8_0, Q4_K_M, Q5_K_M and Q6_K (TYPES="..." to choose), each imported and its
-## perplexity compared with llama-perplexity's on the same file and text (WINDOWS windows of 512,
-## default 16); fails if one differs by more than 0.5%
-check-models: setup build $(LLAMA_PERPLEXITY)
+## Q5_0, Q5_1, Q8_0, Q4_K_M, Q5_K_M, Q6_K, F16 and BF16, plus qwen2 and RoPE-scaled llama files
+## written by llama.cpp's gguf writer (TYPES="..." to choose), each imported and its perplexity
+## compared with llama-perplexity's on the same file and text (WINDOWS windows of 512, default
+## 16) and its greedy answers with llama-completion's; fails if a perplexity differs by more
+## than 0.5%
+check-models: setup build $(LLAMA_PERPLEXITY) $(LLAMA_COMPLETION)
 	@./scripts/check-models.sh $(EDGE) $(GGUF) .seam/tools/llama.cpp/bin $(PROSE) target/check-models $(or $(WINDOWS),16) $(TYPES)
 
-$(LLAMA_BENCH) $(LLAMA_PERPLEXITY):
+$(LLAMA_BENCH) $(LLAMA_PERPLEXITY) $(LLAMA_COMPLETION):
 	./scripts/llamacpp.sh .seam/tools/llama.cpp
 
 lint:

@@ -10,7 +10,7 @@
 # Prints a Markdown table: per type, the GGUF types of the linear layers as our manifest records
 # them, GGUF and package bytes, the exact perplexity, ours, llama.cpp's, and ours vs llama.cpp;
 # exits 1 if any differs by more than 0.5%. Files go under OUT (kept, so a rerun skips what is
-# there). F16 and BF16 files are not in the default list: their LM head has no 8-bit form yet.
+# there). Greedy answers to a few prompts are compared too (llama-completion --temp 0).
 #
 # Other architectures are checked the same way on files written by llama.cpp's own GGUF writer
 # (`tests/python/write_gguf.py`, in .seam/py): `qwen2-from-llama` (the default model's weights
@@ -29,10 +29,10 @@ out=$5
 windows=${6:-16}
 shift $(($# < 6 ? $# : 6))
 types=("$@")
-[ ${#types[@]} -gt 0 ] || types=(Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 Q4_K_M Q5_K_M Q6_K qwen2-from-llama qwen2-random llama-rope-scaled)
+[ ${#types[@]} -gt 0 ] || types=(Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 Q4_K_M Q5_K_M Q6_K F16 BF16 qwen2-from-llama qwen2-random llama-rope-scaled)
 py=${PY:-.seam/py/bin/python}
 [[ $windows =~ ^[1-9][0-9]*$ ]] || { echo "WINDOWS must be a positive integer" >&2; exit 2; }
-for t in llama-quantize llama-perplexity; do
+for t in llama-quantize llama-perplexity llama-completion; do
   [ -x "$llama_bin/$t" ] || { echo "no $llama_bin/$t: run ./scripts/llamacpp.sh .seam/tools/llama.cpp" >&2; exit 1; }
 done
 [ -f "$gguf" ] || { echo "no GGUF at $gguf" >&2; exit 1; }
@@ -46,6 +46,57 @@ run() { # name log command...: runs it, shows its log only if it fails
     tail -20 "$log" >&2
     exit 1
   fi
+}
+
+# Greedy answers compared per type: raw text, chat turns (special tokens in the text) and code.
+prompts=(
+  "The history of the printing press"
+  "In mathematics, a prime number is"
+  "The best way to learn a new language is"
+  "Photosynthesis is the process by which"
+  "Once upon a time, in a small village by the sea,"
+  $'<|im_start|>user\nWhat causes the seasons on Earth?<|im_end|>\n<|im_start|>assistant\n'
+  $'<|im_start|>user\nGive me three tips for better sleep.<|im_end|>\n<|im_start|>assistant\n'
+  $'def is_palindrome(s):\n'
+)
+answer_tokens=48
+
+answer() { # name stem command...: the command's stdout into stem.txt, its log into stem.log
+  local name=$1 stem=$2
+  shift 2
+  if ! "$@" >"$stem.txt" 2>"$stem.log"; then
+    echo "check-models: $name failed:" >&2
+    tail -20 "$stem.log" >&2
+    exit 1
+  fi
+}
+
+# greedy NAME FILE PKG: "identical/prompts · agreed share": our greedy answer (shipped graphs,
+# int8 KV cache) against llama-completion's (--temp 0) on the same file, and the share of
+# llama.cpp's answer text both give before they first differ, averaged over the prompts.
+greedy() {
+  local name=$1 file=$2 pkg=$3 i
+  for i in "${!prompts[@]}"; do
+    answer "our greedy answer ($name, prompt $i)" "$out/$name.greedy$i.ours" \
+      "$edge" generate --model "$pkg" --max-tokens "$answer_tokens" --threads 2 "${prompts[$i]}"
+    answer "llama-completion ($name, prompt $i)" "$out/$name.greedy$i.llama" \
+      "$llama_bin/llama-completion" -m "$file" -p "${prompts[$i]}" -n "$answer_tokens" --temp 0 \
+      -no-cnv --no-display-prompt --no-warmup -t 2 -c 512
+  done
+  python3 - "$out" "$name" "${#prompts[@]}" <<'PY'
+import sys
+out, name, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+same, shares = 0, []
+for i in range(n):
+    a = open(f"{out}/{name}.greedy{i}.ours.txt").read().rstrip()
+    b = open(f"{out}/{name}.greedy{i}.llama.txt").read().rstrip()
+    k = 0
+    while k < min(len(a), len(b)) and a[k] == b[k]:
+        k += 1
+    same += a == b
+    shares.append(k / max(len(b), 1))
+print(f"{same}/{n} · {100 * sum(shares) / n:.0f}%")
+PY
 }
 
 rows=()
@@ -87,14 +138,15 @@ for ty in "${types[@]}"; do
   gguf_mb=$(( $(stat -c %s "$file") / 1000000 ))
   diff=$(awk -v a="$ours" -v b="$theirs" 'BEGIN { printf "%+.2f", (a / b - 1) * 100 }')
   worst=$(awk -v w="$worst" -v d="$diff" 'BEGIN { d = d < 0 ? -d : d; print (d > w ? d : w) }')
-  rows+=("| $ty | $linear | $gguf_mb | $pkg_mb | $exact | $ours | $theirs | $diff% |")
+  agreement=$(greedy "$ty" "$file" "$pkg")
+  rows+=("| $ty | $linear | $gguf_mb | $pkg_mb | $exact | $ours | $theirs | $diff% | $agreement |")
 done
 
 echo
 echo "Perplexity over the first $windows windows of 512 tokens of $(basename "$text") (second halves scored):"
 echo
-echo "| type | linear layers as kept (ours) | GGUF MB | package MB | exact (f32) | ours | llama.cpp | ours vs llama.cpp |"
-echo "|---|---|---|---|---|---|---|---|"
+echo "| type | linear layers as kept (ours) | GGUF MB | package MB | exact (f32) | ours | llama.cpp | ours vs llama.cpp | greedy: identical · agreed share |"
+echo "|---|---|---|---|---|---|---|---|---|"
 printf '%s\n' "${rows[@]}"
 echo
 if awk -v w="$worst" 'BEGIN { exit !(w > 0.5) }'; then

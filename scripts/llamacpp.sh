@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Builds llama.cpp's llama-bench, llama-quantize and llama-perplexity (CPU only) into
+# Builds llama.cpp's llama-bench, llama-quantize, llama-perplexity, llama-completion and llama-tokenize (CPU only) into
 # OUT_DIR/bin/, so `make bench` can measure llama.cpp on the same GGUF in the same run as our edge
 # decoder and `make check-models` can requantize the default GGUF into each type and compare
-# perplexities. Idempotent: does nothing if all three exist in OUT_DIR/bin. llama.cpp's source comes from PyPI (the
+# perplexities and greedy answers. Idempotent: does nothing if all of them exist in OUT_DIR/bin. llama.cpp's source comes from PyPI (the
 # llama-cpp-python sdist vendors it under vendor/llama.cpp), cmake from a PyPI wheel if none is
 # on PATH, so no download site is needed. Everything stays under OUT_DIR.
 #
@@ -10,7 +10,7 @@
 set -euo pipefail
 [ $# -eq 1 ] || { echo "usage: $0 OUT_DIR" >&2; exit 2; }
 out=$1
-tools=(llama-bench llama-quantize llama-perplexity)
+tools=(llama-bench llama-quantize llama-perplexity llama-completion llama-tokenize)
 missing=0
 for t in "${tools[@]}"; do [ -x "$out/bin/$t" ] || missing=1; done
 [ "$missing" = 0 ] && exit 0
@@ -38,7 +38,7 @@ if [ ! -f "$src/CMakeLists.txt" ]; then
   mkdir -p "$out/src"
   tar -xzf "$sdist" -C "$out/src"
 fi
-for t in llama-bench quantize perplexity; do
+for t in llama-bench quantize perplexity completion tokenize; do
   [ -d "$src/tools/$t" ] || { echo "llamacpp: no tools/$t source in $sdist" >&2; exit 1; }
 done
 

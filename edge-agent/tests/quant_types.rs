@@ -493,7 +493,7 @@ fn head_and_embedding(dir: &std::path::Path) -> (String, String) {
 }
 
 /// The embedding in any type whose blocks tile a row (decoded row by row), the head in 8 bits
-/// (Q5_0 widened), tied or untied.
+/// (Q5_0 widened) or f32 (F16 widened), tied or untied.
 #[test]
 fn embedding_and_head_types_import_exactly() {
     let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
@@ -511,6 +511,10 @@ fn embedding_and_head_types_import_exactly() {
     );
     imports_exactly(&path, &dir);
     assert_eq!(head_and_embedding(&dir), ("q8_0".into(), "q4_0".into()));
+    // A float table (F16, as llama-quantize's F16 files keep it) is a float head, widened to f32.
+    let path = rewritten_head(&dir, "tied-f16.gguf", (GgmlType::F16, f16s), None);
+    imports_exactly(&path, &dir);
+    assert_eq!(head_and_embedding(&dir), ("f16".into(), "f16".into()));
     // A 4-bit head has no exact 8-bit form without a min: refused by type and tensor.
     let path = rewritten_head(&dir, "tied-q4_0.gguf", (GgmlType::Q4_0, q4_0), None);
     let err = import_error(&path, &dir.join("refused"));

@@ -316,12 +316,19 @@ pub fn post_graph(layer: &LayerWeights, index: usize, d: Dims) -> Vec<u8> {
     g.finish(&format!("end of layer {index}"))
 }
 
-/// Final RMSNorm and the 8-bit LM head: `hidden → logits`.
-pub fn head_graph(output_norm: &[f32], head: &Q8Linear, d: Dims) -> Vec<u8> {
+/// Final RMSNorm and the LM head (8-bit, or f32 for a float head): `hidden → logits`.
+pub fn head_graph(output_norm: &[f32], head: &Linear, d: Dims) -> Vec<u8> {
     let mut g = GraphBuilder::new("head");
     let h = g.input_f32(io::HIDDEN, &act(d.n_embd));
     let x = rms_norm(&mut g, &h, output_norm, d.eps);
-    let logits = q8_matmul(&mut g, &x, head, "head", d.accuracy_level);
+    let logits = project(
+        &mut g,
+        &x,
+        d.n_embd,
+        std::slice::from_ref(head),
+        "head",
+        d.accuracy_level,
+    );
     g.output_f32(&logits, io::LOGITS, &act(d.vocab));
     g.finish("final norm and LM head")
 }

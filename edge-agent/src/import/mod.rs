@@ -223,7 +223,15 @@ pub fn import_gguf(gguf_path: &Path, out: &Path, opts: &ImportOptions) -> Result
                 last = std::time::Instant::now();
             }
         };
-        let t = drafter::train_drafter(out, &output_norm, &head, dims, opts_d, &mut progress)?;
+        // The head reads its drafts out through the LM head's rows in 8 bits; a float head is
+        // rounded for it (drafts are proposals the full model checks: rounding costs
+        // acceptance, never exactness).
+        let head8 = match &head {
+            Linear::Q8(h) => h.clone(),
+            Linear::F32(h) => Q8Linear::quantize(&h.transposed(), h.k, h.n),
+            Linear::Q4(_) => unreachable!("a 4-bit LM head is refused by head_weights"),
+        };
+        let t = drafter::train_drafter(out, &output_norm, &head8, dims, opts_d, &mut progress)?;
         if opts.progress {
             eprintln!();
         }
@@ -455,14 +463,14 @@ fn layer_weights(gguf: &GgufFile, hp: &LlamaHparams, i: usize) -> Result<LayerWe
     })
 }
 
-/// The Q8_0 embedding table and the LM head (tied to it unless `output.weight` exists).
 /// The token embedding (kept as the GGUF stores it: the runtime decodes a row per token, so
 /// any type whose blocks tile a row works) and the LM head (`output.weight`, or the embedding
-/// when tied) in 8 bits: Q8_0 as stored, Q5_0, Q3_K and Q6_K widened without changing a value.
+/// when tied) in 8 bits (Q8_0 as stored, Q5_0, Q3_K and Q6_K widened without changing a
+/// value) or in f32 (F32, and F16 and BF16 widened exactly).
 fn head_weights<'a>(
     gguf: &'a GgufFile,
     hp: &LlamaHparams,
-) -> Result<(&'a crate::gguf::TensorInfo, Q8Linear, GgmlType)> {
+) -> Result<(&'a crate::gguf::TensorInfo, Linear, GgmlType)> {
     let embd = gguf.tensor("token_embd.weight")?;
     let head = gguf.tensor("output.weight").unwrap_or(embd);
     for info in [embd, head] {
@@ -484,18 +492,26 @@ fn head_weights<'a>(
     }
     let unsupported = || {
         Error::Package(format!(
-            "unsupported quantization {} for {}: the LM head must be Q8_0, Q5_0, Q3_K or Q6_K",
+            "unsupported quantization {} for {}: the LM head must be Q8_0, Q5_0, Q3_K, Q6_K, F32, F16 or BF16",
             head.ty, head.name
         ))
     };
-    let blocks = crate::gguf::quant::blocks8(head.ty, gguf.tensor_bytes(head)?)?
-        .filter(|b| b.m.is_none())
-        .ok_or_else(unsupported)?;
-    Ok((
-        embd,
-        Q8Linear::from_blocks(hp.vocab_size, hp.n_embd, blocks),
-        head.ty,
-    ))
+    let (n, k) = (hp.vocab_size, hp.n_embd);
+    let bytes = gguf.tensor_bytes(head)?;
+    let linear = match head.ty {
+        GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => Linear::F32(F32Linear {
+            n,
+            k,
+            w: crate::gguf::quant::dequantize(head.ty, bytes, n * k)?,
+        }),
+        ty => {
+            let blocks = crate::gguf::quant::blocks8(ty, bytes)?
+                .filter(|b| b.m.is_none())
+                .ok_or_else(unsupported)?;
+            Linear::Q8(Q8Linear::from_blocks(n, k, blocks))
+        }
+    };
+    Ok((embd, linear, head.ty))
 }
 
 fn file_stem(p: &Path) -> String {
