@@ -1,4 +1,5 @@
-//! A plainly written f32 llama/qwen2 forward pass, used by tests as an independent reference.
+//! A plainly written f32 llama/qwen2/gemma3 forward pass, used by tests as an independent
+//! reference.
 //!
 //! Every weight is dequantized to f32 once; [`ReferenceModel::logits`] recomputes the whole
 //! sequence from scratch (no KV cache), with O(n²) causal attention and plain loops. It is
@@ -18,6 +19,8 @@ struct Layer {
     wv: Vec<f32>,
     /// q, k, v biases (qwen2).
     biases: Option<[Vec<f32>; 3]>,
+    /// Gemma: per-head q and k norm gains, and the attention-output and MLP-output norm gains.
+    gemma: Option<[Vec<f32>; 4]>,
     wo: Vec<f32>,
     ffn_norm: Vec<f32>,
     gate: Vec<f32>,
@@ -72,6 +75,12 @@ fn rms_norm(x: &[f32], w: &[f32], eps: f32) -> Vec<f32> {
 
 fn silu(x: f32) -> f32 {
     x / (1.0 + (-x).exp())
+}
+
+/// GELU, tanh form (as ggml computes it for Gemma).
+fn gelu(x: f32) -> f32 {
+    let c = (2.0f32 / std::f32::consts::PI).sqrt();
+    0.5 * x * (1.0 + (c * (x + 0.044715 * x * x * x)).tanh())
 }
 
 /// How a head's values pair up and turn.
@@ -131,6 +140,16 @@ impl ReferenceModel {
                     wq: w("attn_q")?,
                     wk: w("attn_k")?,
                     wv: w("attn_v")?,
+                    gemma: if hparams.family.gemma() {
+                        Some([
+                            w("attn_q_norm")?,
+                            w("attn_k_norm")?,
+                            w("post_attention_norm")?,
+                            w("post_ffw_norm")?,
+                        ])
+                    } else {
+                        None
+                    },
                     biases: if hparams.family.qkv_bias() {
                         let b = |name: &str| f.tensor_f32(&format!("blk.{l}.{name}.bias"));
                         Some([b("attn_q")?, b("attn_k")?, b("attn_v")?])
@@ -183,11 +202,30 @@ impl ReferenceModel {
         let (e, hd) = (hp.n_embd, hp.head_dim);
         let group = hp.n_head / hp.n_head_kv;
         let scale = 1.0 / (hd as f32).sqrt();
-        let spec = RopeSpec {
+        let global = RopeSpec {
             theta: hp.rope_theta,
             scale: hp.rope_freq_scale,
             factors: &hp.rope_freq_factors,
             neox: hp.family.neox_rope(),
+        };
+        // Gemma 3's local layers: their own base, no scaling.
+        let local = RopeSpec {
+            theta: hp.rope_theta_swa,
+            scale: 1.0,
+            factors: &[],
+            neox: hp.family.neox_rope(),
+        };
+        let embed_scale = if hp.family.gemma() {
+            (e as f32).sqrt()
+        } else {
+            1.0
+        };
+        let per_head_norm = |x: &mut Vec<f32>, w: &[f32]| {
+            let normed: Vec<f32> = x
+                .chunks_exact(hd)
+                .flat_map(|head| rms_norm(head, w, hp.rms_eps))
+                .collect();
+            *x = normed;
         };
         let add = |mut y: Vec<f32>, b: Option<&Vec<f32>>| {
             if let Some(b) = b {
@@ -204,18 +242,27 @@ impl ReferenceModel {
                     "token id {t} outside vocabulary of {}",
                     hp.vocab_size
                 );
-                self.token_embd[t * e..(t + 1) * e].to_vec()
+                self.token_embd[t * e..(t + 1) * e]
+                    .iter()
+                    .map(|v| v * embed_scale)
+                    .collect()
             })
             .collect();
-        for layer in &self.layers {
+        for (l, layer) in self.layers.iter().enumerate() {
+            let is_local = hp.is_local(l);
+            let spec = if is_local { &local } else { &global };
             let (mut qs, mut ks, mut vs) = (Vec::new(), Vec::new(), Vec::new());
             for (pos, x) in xs.iter().enumerate() {
                 let h = rms_norm(x, &layer.attn_norm, hp.rms_eps);
                 let b = layer.biases.as_ref();
                 let mut q = add(matvec(&layer.wq, &h), b.map(|b| &b[0]));
                 let mut k = add(matvec(&layer.wk, &h), b.map(|b| &b[1]));
-                rope(&mut q, pos, hd, &spec);
-                rope(&mut k, pos, hd, &spec);
+                if let Some(g) = &layer.gemma {
+                    per_head_norm(&mut q, &g[0]);
+                    per_head_norm(&mut k, &g[1]);
+                }
+                rope(&mut q, pos, hd, spec);
+                rope(&mut k, pos, hd, spec);
                 qs.push(q);
                 ks.push(k);
                 vs.push(add(matvec(&layer.wv, &h), b.map(|b| &b[2])));
@@ -225,8 +272,12 @@ impl ReferenceModel {
                 for head in 0..hp.n_head {
                     let kv = head / group;
                     let q = &qs[pos][head * hd..(head + 1) * hd];
-                    let seen: Vec<usize> =
-                        (0..=pos).filter(|&j| j == pos || visible(pos, j)).collect();
+                    // A local layer sees the last `sliding_window` positions (llama.cpp's
+                    // standard window: pos - j < window).
+                    let seen: Vec<usize> = (0..=pos)
+                        .filter(|&j| j == pos || visible(pos, j))
+                        .filter(|&j| !is_local || pos - j < hp.sliding_window)
+                        .collect();
                     let mut scores: Vec<f32> = seen
                         .iter()
                         .map(|&j| dot(q, &ks[j][kv * hd..(kv + 1) * hd]) * scale)
@@ -239,16 +290,24 @@ impl ReferenceModel {
                         }
                     }
                 }
-                for (xi, a) in x.iter_mut().zip(matvec(&layer.wo, &attn)) {
+                let mut o = matvec(&layer.wo, &attn);
+                if let Some(g) = &layer.gemma {
+                    o = rms_norm(&o, &g[2], hp.rms_eps);
+                }
+                for (xi, a) in x.iter_mut().zip(o) {
                     *xi += a;
                 }
                 let h = rms_norm(x, &layer.ffn_norm, hp.rms_eps);
                 let act: Vec<f32> = matvec(&layer.gate, &h)
                     .into_iter()
                     .zip(matvec(&layer.up, &h))
-                    .map(|(g, u)| silu(g) * u)
+                    .map(|(g, u)| if layer.gemma.is_some() { gelu(g) } else { silu(g) } * u)
                     .collect();
-                for (xi, d) in x.iter_mut().zip(matvec(&layer.down, &act)) {
+                let mut down = matvec(&layer.down, &act);
+                if let Some(g) = &layer.gemma {
+                    down = rms_norm(&down, &g[3], hp.rms_eps);
+                }
+                for (xi, d) in x.iter_mut().zip(down) {
                     *xi += d;
                 }
             }

@@ -69,3 +69,29 @@ fn llama_rope_scaling_imports_exactly() {
     assert!(a.rope_freq_factors.iter().all(|f| (1.0..=8.0).contains(f)));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn a_random_gemma3_imports_exactly() {
+    let dir = tmp("arch-gemma3");
+    let path = write("gemma3-random", &dir);
+    let package = dir.join("package");
+    let (agree, positions) = compare_with_reference(&path, &package, true, &prose());
+    assert_eq!(agree, positions);
+    let a = Package::open(&package)
+        .unwrap()
+        .manifest()
+        .architecture
+        .clone();
+    assert_eq!(a.family, "gemma3");
+    // Every other layer is local (pattern 2), the window caps the context, heads are wider
+    // than n_embd / n_head.
+    assert_eq!(
+        (a.local_layers.clone(), a.rope_theta_local, a.context_length),
+        (vec![0, 2], Some(500.0), 512)
+    );
+    assert_eq!((a.n_head * a.head_dim, a.n_embd), (192, 128));
+    assert!((a.embedding_scale - 128f32.sqrt()).abs() < 1e-6);
+    let (agree, positions) = compare_with_reference(&path, &package, false, &prose());
+    assert!(agree * 10 >= positions * 9, "top-1 {agree}/{positions}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -7,6 +7,10 @@
     write_gguf.py llama-rope-scaled BASE OUT [SEED]
         A small random-weight llama model with linear RoPE scaling (factor 2) and per-pair
         frequency factors (`rope_freqs.weight`, as the converter writes Llama 3's scaling).
+    write_gguf.py gemma3-random BASE OUT [SEED]
+        A small random-weight gemma3 model: heads wider than n_embd / n_head, per-head q/k norms,
+        post-attention and post-MLP norms, GELU, local layers (every other one: sliding window
+        512, their own RoPE base) and global ones.
     write_gguf.py qwen2-from-llama BASE OUT [SEED]
         BASE's own weights (a llama GGUF) as a qwen2 file: its q/k rows put back into NEOX
         order (undoing the llama converter's permutation) and random q/k/v biases added, so the
@@ -44,7 +48,7 @@ def tokenizer_keys(name):
     return name.startswith("tokenizer.")
 
 
-def add_hparams(w, arch, vocab, theta):
+def add_hparams(w, arch, vocab, theta, head_dim):
     u32 = lambda k, v: w.add_key_value(f"{arch}.{k}", v, GGUFValueType.UINT32)
     u32("block_count", LAYERS)
     u32("context_length", 2048)
@@ -53,7 +57,13 @@ def add_hparams(w, arch, vocab, theta):
     u32("attention.head_count", HEADS)
     u32("attention.head_count_kv", KV_HEADS)
     u32("vocab_size", vocab)
-    u32("rope.dimension_count", HEAD_DIM)
+    u32("rope.dimension_count", head_dim)
+    if arch == "gemma3":
+        u32("attention.key_length", head_dim)
+        u32("attention.value_length", head_dim)
+        u32("attention.sliding_window", 512)
+        u32("attention.sliding_window_pattern", 2)
+        w.add_key_value("gemma3.rope.freq_base_swa", 500.0, GGUFValueType.FLOAT32)
     w.add_key_value(f"{arch}.rope.freq_base", theta, GGUFValueType.FLOAT32)
     w.add_key_value(f"{arch}.attention.layer_norm_rms_epsilon", 1e-6, GGUFValueType.FLOAT32)
 
@@ -75,7 +85,9 @@ def random_model(base, out, seed, arch):
     vocab = len(reader.fields["tokenizer.ggml.tokens"].data)
     w = GGUFWriter(out, arch)
     w.add_key_value("general.name", f"random {arch} (seed {seed})", GGUFValueType.STRING)
-    add_hparams(w, arch, vocab, 1000.0 if arch == "llama" else 100000.0)
+    # Gemma's heads are wider than n_embd / n_head.
+    head_dim = 48 if arch == "gemma3" else HEAD_DIM
+    add_hparams(w, arch, vocab, 1000.0 if arch == "llama" else 100000.0, head_dim)
     copy_keys(reader, w, tokenizer_keys)
     if arch == "llama":
         w.add_key_value("llama.rope.scaling.type", "linear", GGUFValueType.STRING)
@@ -90,7 +102,7 @@ def random_model(base, out, seed, arch):
 
     add(w, "token_embd.weight", 0.3 * rng.standard_normal((vocab, EMBD)), T.Q8_0)
     add(w, "output_norm.weight", norm(EMBD), T.F32)
-    kv = KV_HEADS * HEAD_DIM
+    q, kv = HEADS * head_dim, KV_HEADS * head_dim
     types = {
         "attn_q": T.Q8_0, "attn_k": T.Q4_0, "attn_v": T.Q5_0, "attn_output": T.F16,
         "ffn_gate": T.Q4_0, "ffn_up": T.Q8_0, "ffn_down": T.Q4_0,
@@ -100,15 +112,20 @@ def random_model(base, out, seed, arch):
         add(w, p + "attn_norm.weight", norm(EMBD), T.F32)
         add(w, p + "ffn_norm.weight", norm(EMBD), T.F32)
         for name, (n_out, n_in) in {
-            "attn_q": (EMBD, EMBD), "attn_k": (kv, EMBD), "attn_v": (kv, EMBD),
-            "attn_output": (EMBD, EMBD), "ffn_gate": (FF, EMBD), "ffn_up": (FF, EMBD),
+            "attn_q": (q, EMBD), "attn_k": (kv, EMBD), "attn_v": (kv, EMBD),
+            "attn_output": (EMBD, q), "ffn_gate": (FF, EMBD), "ffn_up": (FF, EMBD),
             "ffn_down": (EMBD, FF),
         }.items():
             add(w, p + name + ".weight", linear(n_out, n_in), types[name])
         if arch == "qwen2":
             # Large enough to move attention (qwen2's own key biases are large).
-            for name, n in (("attn_q", EMBD), ("attn_k", kv), ("attn_v", kv)):
+            for name, n in (("attn_q", q), ("attn_k", kv), ("attn_v", kv)):
                 add(w, p + name + ".bias", 0.5 * rng.standard_normal(n), T.F32)
+        if arch == "gemma3":
+            add(w, p + "attn_q_norm.weight", norm(head_dim), T.F32)
+            add(w, p + "attn_k_norm.weight", norm(head_dim), T.F32)
+            add(w, p + "post_attention_norm.weight", norm(EMBD), T.F32)
+            add(w, p + "post_ffw_norm.weight", norm(EMBD), T.F32)
     return finish(w, out, arch)
 
 
@@ -162,6 +179,8 @@ def main():
     seed = int(sys.argv[4]) if len(sys.argv) == 5 else 7
     if kind == "qwen2-random":
         report = random_model(base, out, seed, "qwen2")
+    elif kind == "gemma3-random":
+        report = random_model(base, out, seed, "gemma3")
     elif kind == "llama-rope-scaled":
         report = random_model(base, out, seed, "llama")
     elif kind == "qwen2-from-llama":

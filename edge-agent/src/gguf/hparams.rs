@@ -1,9 +1,10 @@
-//! Hyperparameters of a llama-family GGUF (`llama`, `qwen2`), validated against its tensors.
+//! Hyperparameters of a llama-family GGUF (`llama`, `qwen2`, `gemma3`), validated against its
+//! tensors.
 
 use super::{GgmlType, GgufError, GgufFile, Result};
 
 /// Architectures whose GGUF keys and tensor layout [`LlamaHparams`] understands.
-pub const SUPPORTED_ARCHITECTURES: &[&str] = &["llama", "qwen2"];
+pub const SUPPORTED_ARCHITECTURES: &[&str] = &["llama", "qwen2", "gemma3"];
 
 /// The decoder families read from `general.architecture`. Both are pre-norm RMSNorm decoders
 /// with SwiGLU MLPs and grouped-query attention; they differ where [`Family`]'s methods say.
@@ -11,6 +12,7 @@ pub const SUPPORTED_ARCHITECTURES: &[&str] = &["llama", "qwen2"];
 pub enum Family {
     Llama,
     Qwen2,
+    Gemma3,
 }
 
 impl Family {
@@ -18,7 +20,16 @@ impl Family {
         match self {
             Family::Llama => "llama",
             Family::Qwen2 => "qwen2",
+            Family::Gemma3 => "gemma3",
         }
+    }
+
+    /// Gemma's layer: RMSNorm of each head's q and k (`attn_q_norm`, `attn_k_norm`), RMSNorm
+    /// of the attention and MLP outputs before each joins the residual
+    /// (`post_attention_norm`, `post_ffw_norm`), a GELU-gated MLP, and token embeddings scaled
+    /// by `sqrt(n_embd)`.
+    pub fn gemma(self) -> bool {
+        self == Family::Gemma3
     }
 
     /// The q, k and v projections carry biases (`blk.N.attn_{q,k,v}.bias`).
@@ -30,7 +41,7 @@ impl Family {
     /// llama's converter permutes the q/k rows of its GGUF so that adjacent values pair up;
     /// qwen2's keeps the original rows.
     pub fn neox_rope(self) -> bool {
-        self == Family::Qwen2
+        matches!(self, Family::Qwen2 | Family::Gemma3)
     }
 }
 
@@ -59,6 +70,14 @@ pub struct LlamaHparams {
     /// Per-pair divisors of the rotary frequencies (`rope_freqs.weight`, `head_dim / 2`
     /// values: how llama.cpp's converter writes Llama 3's RoPE scaling); empty: none.
     pub rope_freq_factors: Vec<f32>,
+    /// Sliding-window attention (`attention.sliding_window`, gemma3): local layers see the
+    /// last this many positions; 0: every layer sees the whole context.
+    pub sliding_window: usize,
+    /// Every this many layers, the last is global and the others local (gemma3: 6, or
+    /// `attention.sliding_window_pattern`).
+    pub swa_pattern: usize,
+    /// RoPE base of the local layers (`rope.freq_base_swa`, default 10000).
+    pub rope_theta_swa: f32,
     /// RMSNorm epsilon (`attention.layer_norm_rms_epsilon`).
     pub rms_eps: f32,
     /// Vocabulary size (`vocab_size`, else the length of `tokenizer.ggml.tokens`).
@@ -80,6 +99,7 @@ impl LlamaHparams {
         let family = match arch {
             "llama" => Family::Llama,
             "qwen2" => Family::Qwen2,
+            "gemma3" => Family::Gemma3,
             other => return Err(GgufError::UnsupportedArchitecture(other.to_string())),
         };
         let key = |k: &str| format!("{arch}.{k}");
@@ -178,6 +198,33 @@ impl LlamaHparams {
                 factors
             }
         };
+        let (mut sliding_window, mut swa_pattern, mut rope_theta_swa) = (0, 0, rope_theta);
+        if family == Family::Gemma3 {
+            if let Some(w) = f.get_u32_opt(&key("attention.sliding_window"))? {
+                sliding_window = w as usize;
+            }
+            swa_pattern = match f.get(&key("attention.sliding_window_pattern")) {
+                None => 6,
+                Some(_) => match f.get_u32(&key("attention.sliding_window_pattern")) {
+                    Ok(n) if n > 0 => n as usize,
+                    _ => {
+                        return bad(
+                            "attention.sliding_window_pattern must be a positive integer (per-layer arrays are not supported)"
+                                .into(),
+                        );
+                    }
+                },
+            };
+            rope_theta_swa = match f.get(&key("rope.freq_base_swa")) {
+                Some(_) => f.get_f32(&key("rope.freq_base_swa"))?,
+                None => 10_000.0,
+            };
+            if f.get(&key("final_logit_softcapping")).is_some()
+                && f.get_f32(&key("final_logit_softcapping"))? != 0.0
+            {
+                return bad("final logit soft-capping is not supported".into());
+            }
+        }
         let hp = LlamaHparams {
             family,
             n_layer: usize_of("block_count")?,
@@ -189,6 +236,9 @@ impl LlamaHparams {
             rope_theta,
             rope_freq_scale,
             rope_freq_factors,
+            sliding_window,
+            swa_pattern,
+            rope_theta_swa,
             rms_eps: f.get_f32(&key("attention.layer_norm_rms_epsilon"))?,
             vocab_size,
             context_length: usize_of("context_length")?,
@@ -216,7 +266,9 @@ impl LlamaHparams {
         if !(hp.rms_eps.is_finite()
             && hp.rms_eps > 0.0
             && hp.rope_theta.is_finite()
-            && hp.rope_theta > 0.0)
+            && hp.rope_theta > 0.0
+            && hp.rope_theta_swa.is_finite()
+            && hp.rope_theta_swa > 0.0)
         {
             return bad(format!(
                 "rms_eps {} and rope_theta {} must be finite and positive",
@@ -245,6 +297,17 @@ impl LlamaHparams {
                     out.push((format!("blk.{l}.{name}.bias"), vec![n]));
                 }
             }
+            if self.family.gemma() {
+                let hd = self.head_dim as u64;
+                for (name, n) in [
+                    ("attn_q_norm", hd),
+                    ("attn_k_norm", hd),
+                    ("post_attention_norm", e),
+                    ("post_ffw_norm", e),
+                ] {
+                    out.push((format!("blk.{l}.{name}.weight"), vec![n]));
+                }
+            }
             for (name, dims) in [
                 ("attn_norm", vec![e]),
                 ("attn_q", vec![e, q]),
@@ -260,6 +323,11 @@ impl LlamaHparams {
             }
         }
         out
+    }
+
+    /// Whether `layer` attends over a sliding window (and turns with [`Self::rope_theta_swa`]).
+    pub fn is_local(&self, layer: usize) -> bool {
+        self.sliding_window > 0 && layer % self.swa_pattern < self.swa_pattern - 1
     }
 
     fn check_shapes(&self, f: &GgufFile) -> Result<()> {
@@ -469,7 +537,7 @@ mod tests {
             LlamaHparams::from_gguf(&GgufFile::parse(tiny("mamba", 1, 4)).unwrap()).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "unsupported architecture \"mamba\" (supported: \"llama\", \"qwen2\")"
+            "unsupported architecture \"mamba\" (supported: \"llama\", \"qwen2\", \"gemma3\")"
         );
         let err =
             LlamaHparams::from_gguf(&GgufFile::parse(tiny("llama", 1, 6)).unwrap()).unwrap_err();
@@ -501,6 +569,9 @@ mod tests {
             rope_theta: 100_000.0,
             rope_freq_scale: 1.0,
             rope_freq_factors: Vec::new(),
+            sliding_window: 0,
+            swa_pattern: 0,
+            rope_theta_swa: 100_000.0,
             rms_eps: 1e-5,
             vocab_size: 49152,
             context_length: 8192,

@@ -101,7 +101,7 @@ pub enum GgufError {
         reason: String,
     },
     /// `general.architecture` is not one this code implements.
-    #[error("unsupported architecture {0:?} (supported: \"llama\", \"qwen2\")")]
+    #[error("unsupported architecture {0:?} (supported: \"llama\", \"qwen2\", \"gemma3\")")]
     UnsupportedArchitecture(String),
     /// Hyperparameters that contradict each other or the tensors.
     #[error("invalid hyperparameters: {0}")]

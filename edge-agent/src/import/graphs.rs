@@ -14,7 +14,8 @@ pub mod io {
     pub const HIDDEN: &str = "hidden";
     /// Residual stream before the previous layer's attention, `[S, n_embd]`.
     pub const RESIDUAL: &str = "residual";
-    /// Attention output of the previous layer before its output projection, `[S, n_embd]`.
+    /// Attention output of the previous layer before its output projection,
+    /// `[S, n_head·head_dim]`.
     pub const ATTN: &str = "attn";
     /// Packed q|k|v projections of a layer, `[S, (n_head + 2·n_head_kv)·head_dim]`.
     pub const QKV: &str = "qkv";
@@ -36,6 +37,11 @@ pub struct LayerWeights {
     pub qkv: Vec<Linear>,
     /// Biases of q|k|v (qwen2), added after the projection.
     pub qkv_bias: Option<Vec<f32>>,
+    /// RMSNorm gains of each head's q and of each head's k (gemma), after the projection.
+    pub qk_norm: Option<(Vec<f32>, Vec<f32>)>,
+    /// RMSNorm gains of the attention output and of the MLP output before each joins the
+    /// residual stream (gemma).
+    pub post_norms: Option<(Vec<f32>, Vec<f32>)>,
     pub o: Linear,
     /// gate|up.
     pub gate_up: Vec<Linear>,
@@ -48,6 +54,11 @@ pub struct Dims {
     pub n_embd: usize,
     pub n_ff: usize,
     pub qkv: usize,
+    pub n_head: usize,
+    pub n_head_kv: usize,
+    pub head_dim: usize,
+    /// The MLP's gate is GELU (tanh form, gemma) rather than SiLU.
+    pub gelu: bool,
     pub vocab: usize,
     pub eps: f32,
     /// MatMulNBits `accuracy_level`: 4 = int8 activations (fast), 0 = f32 (exact).
@@ -223,14 +234,36 @@ fn project(
 
 /// The qkv projection of `layer` on the (normed) `x`.
 fn qkv(g: &mut GraphBuilder, x: &str, layer: &LayerWeights, d: Dims) -> String {
-    let y = project(g, x, d.n_embd, &layer.qkv, "qkv", d.accuracy_level);
-    match &layer.qkv_bias {
-        Some(b) => {
-            let b = g.init_f32("qkv_b", &[b.len() as i64], b);
-            g.op("Add", "", &[&y, &b], vec![])
-        }
-        None => y,
+    let mut y = project(g, x, d.n_embd, &layer.qkv, "qkv", d.accuracy_level);
+    if let Some(b) = &layer.qkv_bias {
+        let b = g.init_f32("qkv_b", &[b.len() as i64], b);
+        y = g.op("Add", "", &[&y, &b], vec![]);
     }
+    if let Some((qn, kn)) = &layer.qk_norm {
+        let (qw, kw) = (d.n_head * d.head_dim, d.n_head_kv * d.head_dim);
+        let split = g.init_i64("qkv_split", &[3], &[qw as i64, kw as i64, kw as i64]);
+        let (q, k, v) = (g.fresh("q"), g.fresh("k"), g.fresh("v"));
+        g.node(
+            "Split",
+            "",
+            &[&y, &split],
+            &[&q, &k, &v],
+            vec![Attr::Int("axis", -1)],
+        );
+        let q = head_norm(g, &q, d.n_head, qn, d);
+        let k = head_norm(g, &k, d.n_head_kv, kn, d);
+        y = g.op("Concat", "", &[&q, &k, &v], vec![Attr::Int("axis", -1)]);
+    }
+    y
+}
+
+/// RMSNorm over each head of `x` (`[S, heads·head_dim]`) with the gains `w` (`[head_dim]`).
+fn head_norm(g: &mut GraphBuilder, x: &str, heads: usize, w: &[f32], d: Dims) -> String {
+    let by_head = g.init_i64("heads", &[3], &[0, heads as i64, d.head_dim as i64]);
+    let x3 = g.op("Reshape", "", &[x, &by_head], vec![]);
+    let normed = rms_norm(g, &x3, w, d.eps);
+    let flat = g.init_i64("rows", &[2], &[0, (heads * d.head_dim) as i64]);
+    g.op("Reshape", "", &[&normed, &flat], vec![])
 }
 
 /// Output projection, residual, MLP of `layer`; returns `(mlp_out, residual_mid)` whose sum is
@@ -243,14 +276,17 @@ fn layer_tail(
     d: Dims,
 ) -> (String, String) {
     let level = d.accuracy_level;
-    let o = project(
+    let mut o = project(
         g,
         attn,
-        d.n_embd,
+        d.n_head * d.head_dim,
         std::slice::from_ref(&layer.o),
         "o",
         level,
     );
+    if let Some((post_attn, _)) = &layer.post_norms {
+        o = rms_norm(g, &o, post_attn, d.eps);
+    }
     let (x, mid) = skip_rms_norm(g, &o, residual, &layer.ffn_norm, d.eps);
     let gu = project(g, &x, d.n_embd, &layer.gate_up, "gate_up", level);
     let split = g.init_i64("split", &[2], &[d.n_ff as i64, d.n_ff as i64]);
@@ -262,10 +298,15 @@ fn layer_tail(
         &[&gate, &up],
         vec![Attr::Int("axis", -1)],
     );
-    let sig = g.op("Sigmoid", "", &[&gate], vec![]);
-    let silu = g.op("Mul", "", &[&gate, &sig], vec![]);
-    let h = g.op("Mul", "", &[&silu, &up], vec![]);
-    let down = project(
+    let act = if d.gelu {
+        // 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))), as ggml's GELU.
+        g.op("FastGelu", MS_DOMAIN, &[&gate], vec![])
+    } else {
+        let sig = g.op("Sigmoid", "", &[&gate], vec![]);
+        g.op("Mul", "", &[&gate, &sig], vec![])
+    };
+    let h = g.op("Mul", "", &[&act, &up], vec![]);
+    let mut down = project(
         g,
         &h,
         d.n_ff,
@@ -273,6 +314,9 @@ fn layer_tail(
         "down",
         level,
     );
+    if let Some((_, post_ffn)) = &layer.post_norms {
+        down = rms_norm(g, &down, post_ffn, d.eps);
+    }
     (down, mid)
 }
 
@@ -293,7 +337,7 @@ pub fn pre_graph(layer: &LayerWeights, index: usize, d: Dims) -> Vec<u8> {
 pub fn mid_graph(prev: &LayerWeights, next: &LayerWeights, index: usize, d: Dims) -> Vec<u8> {
     let mut g = GraphBuilder::new(format!("mid_{index}"));
     let residual = g.input_f32(io::RESIDUAL, &act(d.n_embd));
-    let attn = g.input_f32(io::ATTN, &act(d.n_embd));
+    let attn = g.input_f32(io::ATTN, &act(d.n_head * d.head_dim));
     let (down, mid) = layer_tail(&mut g, &residual, &attn, prev, d);
     let (x, out) = skip_rms_norm(&mut g, &down, &mid, &next.attn_norm, d.eps);
     let q = qkv(&mut g, &x, next, d);
@@ -309,7 +353,7 @@ pub fn mid_graph(prev: &LayerWeights, next: &LayerWeights, index: usize, d: Dims
 pub fn post_graph(layer: &LayerWeights, index: usize, d: Dims) -> Vec<u8> {
     let mut g = GraphBuilder::new(format!("post_{index}"));
     let residual = g.input_f32(io::RESIDUAL, &act(d.n_embd));
-    let attn = g.input_f32(io::ATTN, &act(d.n_embd));
+    let attn = g.input_f32(io::ATTN, &act(d.n_head * d.head_dim));
     let (down, mid) = layer_tail(&mut g, &residual, &attn, layer, d);
     let out = g.op("Add", "", &[&down, &mid], vec![]);
     g.output_f32(&out, io::HIDDEN_OUT, &act(d.n_embd));

@@ -59,6 +59,10 @@ pub fn import_gguf(gguf_path: &Path, out: &Path, opts: &ImportOptions) -> Result
         n_embd: hp.n_embd,
         n_ff: hp.n_ff,
         qkv: (hp.n_head + 2 * hp.n_head_kv) * hp.head_dim,
+        n_head: hp.n_head,
+        n_head_kv: hp.n_head_kv,
+        head_dim: hp.head_dim,
+        gelu: hp.family.gemma(),
         vocab: hp.vocab_size,
         eps: hp.rms_eps,
         accuracy_level: if opts.f32_compute { 0 } else { 4 },
@@ -144,7 +148,10 @@ pub fn import_gguf(gguf_path: &Path, out: &Path, opts: &ImportOptions) -> Result
         .enumerate()
         .filter(|(i, t)| {
             *i as u32 != eos
-                && matches!(**t, "<|endoftext|>" | "<|im_end|>" | "<|eot_id|>" | "</s>")
+                && matches!(
+                    **t,
+                    "<|endoftext|>" | "<|im_end|>" | "<|eot_id|>" | "</s>" | "<end_of_turn>"
+                )
         })
         .map(|(i, _)| i as u32)
         .collect();
@@ -173,10 +180,25 @@ pub fn import_gguf(gguf_path: &Path, out: &Path, opts: &ImportOptions) -> Result
             n_head_kv: hp.n_head_kv as u32,
             head_dim: hp.head_dim as u32,
             vocab_size: hp.vocab_size as u32,
-            context_length: hp.context_length as u32,
+            // Local layers attend over the last `sliding_window` positions: a context no longer
+            // than the window keeps that exact while every layer attends over all of it.
+            context_length: match hp.sliding_window {
+                0 => hp.context_length,
+                w => hp.context_length.min(w),
+            } as u32,
             rope_theta: hp.rope_theta,
             rope_freq_scale: hp.rope_freq_scale,
             rope_freq_factors: hp.rope_freq_factors.clone(),
+            local_layers: (0..hp.n_layer)
+                .filter(|&l| hp.is_local(l))
+                .map(|l| l as u32)
+                .collect(),
+            rope_theta_local: (hp.sliding_window > 0).then_some(hp.rope_theta_swa),
+            embedding_scale: if hp.family.gemma() {
+                (hp.n_embd as f32).sqrt()
+            } else {
+                1.0
+            },
             rms_eps: hp.rms_eps,
             bos_token: hp.bos_token_id.unwrap_or(0),
             eos_token: eos,
@@ -333,7 +355,7 @@ fn linear_types(gguf: &GgufFile, n_layer: usize) -> Vec<LinearType> {
         .collect()
 }
 
-/// The linear layers of a decoder layer, by GGUF tensor name.
+/// The linear layers of a decoder layer, by GGUF tensor name (norm gains are not linear).
 const LINEAR_NAMES: [&str; 7] = [
     "attn_q",
     "attn_k",
@@ -421,7 +443,12 @@ pub fn adjacent_pairs(n_heads: usize, head_dim: usize) -> Vec<usize> {
 
 fn layer_weights(gguf: &GgufFile, hp: &LlamaHparams, i: usize) -> Result<LayerWeights> {
     let t = |s: &str| format!("blk.{i}.{s}.weight");
-    let (e, f, kv) = (hp.n_embd, hp.n_ff, hp.n_head_kv * hp.head_dim);
+    let (e, f, q, kv) = (
+        hp.n_embd,
+        hp.n_ff,
+        hp.n_head * hp.head_dim,
+        hp.n_head_kv * hp.head_dim,
+    );
     let (q_rows, k_rows) = if hp.family.neox_rope() {
         (
             Some(adjacent_pairs(hp.n_head, hp.head_dim)),
@@ -445,16 +472,35 @@ fn layer_weights(gguf: &GgufFile, hp: &LlamaHparams, i: usize) -> Result<LayerWe
     } else {
         None
     };
+    let (qk_norm, post_norms) = if hp.family.gemma() {
+        // A head's gains follow its values into the reordered rows.
+        let within = adjacent_pairs(1, hp.head_dim);
+        let head_gains = |s: &str| -> Result<Vec<f32>> {
+            let w = gguf.tensor_f32(&t(s))?;
+            Ok(within.iter().map(|&r| w[r]).collect())
+        };
+        (
+            Some((head_gains("attn_q_norm")?, head_gains("attn_k_norm")?)),
+            Some((
+                gguf.tensor_f32(&t("post_attention_norm"))?,
+                gguf.tensor_f32(&t("post_ffw_norm"))?,
+            )),
+        )
+    } else {
+        (None, None)
+    };
     Ok(LayerWeights {
         attn_norm: gguf.tensor_f32(&t("attn_norm"))?,
         ffn_norm: gguf.tensor_f32(&t("ffn_norm"))?,
         qkv: Linear::fuse(vec![
-            linear_rows(gguf, &t("attn_q"), e, e, q_rows.as_deref())?,
+            linear_rows(gguf, &t("attn_q"), q, e, q_rows.as_deref())?,
             linear_rows(gguf, &t("attn_k"), kv, e, k_rows.as_deref())?,
             linear(gguf, &t("attn_v"), kv, e)?,
         ]),
         qkv_bias,
-        o: linear(gguf, &t("attn_output"), e, e)?,
+        qk_norm,
+        post_norms,
+        o: linear(gguf, &t("attn_output"), e, q)?,
         gate_up: Linear::fuse(vec![
             linear(gguf, &t("ffn_gate"), f, e)?,
             linear(gguf, &t("ffn_up"), f, e)?,

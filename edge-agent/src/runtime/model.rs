@@ -138,6 +138,8 @@ pub struct Model {
     /// The package's draft head, when it has one and it was asked for.
     drafter: Option<Drafter>,
     rope: Rope,
+    /// The rope of the local layers (gemma3) and which layers those are.
+    local_rope: Option<(Rope, Vec<bool>)>,
     threads: usize,
     load_time: Duration,
 }
@@ -244,6 +246,23 @@ impl Model {
             &arch.rope_freq_factors,
             arch.context_length as usize,
         )?;
+        let local_rope = match arch.rope_theta_local {
+            Some(theta) if !arch.local_layers.is_empty() => {
+                let mut local = vec![false; arch.n_layer as usize];
+                for &l in &arch.local_layers {
+                    local[l as usize] = true;
+                }
+                Some((
+                    Rope::new(
+                        arch.head_dim as usize,
+                        theta as f64,
+                        arch.context_length as usize,
+                    )?,
+                    local,
+                ))
+            }
+            _ => None,
+        };
         Ok(Model {
             package,
             arch,
@@ -255,6 +274,7 @@ impl Model {
             head,
             drafter,
             rope,
+            local_rope,
             threads: threads.max(1),
             load_time: started.elapsed(),
         })
@@ -302,6 +322,10 @@ impl Model {
             }
             let row = &self.embedding[t as usize * self.embedding_row..][..self.embedding_row];
             out.extend(crate::gguf::quant::dequantize(self.embedding_type, row, d)?);
+        }
+        let scale = self.arch.embedding_scale;
+        if scale != 1.0 {
+            out.iter_mut().for_each(|v| *v *= scale);
         }
         Ok(out)
     }
@@ -395,6 +419,10 @@ impl Model {
                 copy_output(&out, io::QKV, &mut qkv)?;
             }
             for layer in seg.start..seg.end {
+                let rope = match &self.local_rope {
+                    Some((local, which)) if which[layer as usize] => local,
+                    _ => &self.rope,
+                };
                 split_qkv(&qkv, s, qw, kw, &mut q, &mut k, &mut v);
                 let cl = (layer - first_layer) as usize;
                 let mut row = 0;
@@ -402,8 +430,8 @@ impl Model {
                     let nodes = sq.tree.as_ref().map_or(0, |t| t.tree.len());
                     let (r0, r1) = (row, row + sq.rows - nodes);
                     let (qs, ks) = (&mut q[r0 * qw..r1 * qw], &mut k[r0 * kw..r1 * kw]);
-                    self.rope.apply(qs, nh, hd, sq.pos + sq.rope_shift)?;
-                    self.rope.apply(ks, nkv, hd, sq.pos + sq.rope_shift)?;
+                    rope.apply(qs, nh, hd, sq.pos + sq.rope_shift)?;
+                    rope.apply(ks, nkv, hd, sq.pos + sq.rope_shift)?;
                     sq.cache.write(cl, sq.pos, ks, &v[r0 * kw..r1 * kw])?;
                     let out = &mut attn[r0 * qw..r1 * qw];
                     attention(qs, sq.cache, cl, sq.pos, nh, out, self.threads)?;
@@ -416,7 +444,7 @@ impl Model {
                         };
                         let dims = (nh, nkv, hd, self.threads);
                         tree_attention(
-                            &self.rope, dims, tree_rows, t, sq.cache, &mut q, &mut k, &v, &mut attn,
+                            rope, dims, tree_rows, t, sq.cache, &mut q, &mut k, &v, &mut attn,
                         )?;
                     }
                     row = r1 + nodes;
@@ -424,7 +452,7 @@ impl Model {
                 let graph = &mut seg.graphs[(layer - seg.start) as usize + 1];
                 let out = graph.run(ort::inputs![
                     io::RESIDUAL => TensorRef::from_array_view((shape, &h[..]))?,
-                    io::ATTN => TensorRef::from_array_view((shape, &attn[..]))?,
+                    io::ATTN => TensorRef::from_array_view(([s, qw], &attn[..]))?,
                 ])?;
                 if layer + 1 < seg.end {
                     copy_output(&out, io::RESIDUAL_OUT, &mut h)?;

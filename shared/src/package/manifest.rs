@@ -57,7 +57,7 @@ pub struct Source {
 }
 
 /// Decoder families a package may hold.
-pub const SUPPORTED_FAMILIES: &[&str] = &["llama", "qwen2"];
+pub const SUPPORTED_FAMILIES: &[&str] = &["llama", "qwen2", "gemma3"];
 
 fn one() -> f32 {
     1.0
@@ -71,9 +71,9 @@ fn is_one(v: &f32) -> bool {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Architecture {
-    /// Architecture family: `llama` or `qwen2` (whose q/k/v biases live in the graphs and whose
-    /// q/k rows the import reorders for the runtime's adjacent-pair rope: the runtime treats
-    /// both alike).
+    /// Architecture family: `llama`, `qwen2` or `gemma3`. What sets them apart lives in the
+    /// graphs (biases, norms, activations), in the q/k rows the import reorders for the
+    /// runtime's adjacent-pair rope, and in the fields below; the runtime treats all alike.
     pub family: String,
     pub n_layer: u32,
     pub n_embd: u32,
@@ -91,6 +91,17 @@ pub struct Architecture {
     /// of them; empty: none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rope_freq_factors: Vec<f32>,
+    /// Layers that attend over a sliding window and turn with [`Self::rope_theta_local`]
+    /// (gemma3's local layers); the package's context is capped at the window, so attending
+    /// over all of it is exact.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub local_layers: Vec<u32>,
+    /// RoPE base of [`Self::local_layers`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rope_theta_local: Option<f32>,
+    /// Token embeddings are multiplied by this (gemma: `sqrt(n_embd)`).
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub embedding_scale: f32,
     pub rms_eps: f32,
     pub bos_token: u32,
     pub eos_token: u32,
@@ -206,8 +217,22 @@ impl Manifest {
                 return Err(format!("architecture.{name} must be positive"));
             }
         }
-        if a.n_head * a.head_dim != a.n_embd || !a.n_head.is_multiple_of(a.n_head_kv) {
-            return Err("architecture: n_head * head_dim must equal n_embd and n_head must be a multiple of n_head_kv".into());
+        if !a.n_head.is_multiple_of(a.n_head_kv) {
+            return Err("architecture: n_head must be a multiple of n_head_kv".into());
+        }
+        if let Some(l) = a.local_layers.iter().find(|&&l| l >= a.n_layer) {
+            return Err(format!(
+                "architecture.local_layers: layer {l} is outside the {} layers",
+                a.n_layer
+            ));
+        }
+        if !a.local_layers.is_empty()
+            && !a.rope_theta_local.is_some_and(|t| t.is_finite() && t > 0.0)
+        {
+            return Err("architecture.rope_theta_local must be finite and positive when there are local layers".into());
+        }
+        if !(a.embedding_scale.is_finite() && a.embedding_scale > 0.0) {
+            return Err("architecture.embedding_scale must be finite and positive".into());
         }
         if !a.head_dim.is_multiple_of(2) {
             return Err("architecture.head_dim must be even (rotary pairs)".into());

@@ -22,6 +22,9 @@ fn tiny_manifest(files: BTreeMap<String, String>) -> Manifest {
             rope_theta: 10000.0,
             rope_freq_scale: 1.0,
             rope_freq_factors: vec![],
+            local_layers: vec![],
+            rope_theta_local: None,
+            embedding_scale: 1.0,
             rms_eps: 1e-5,
             bos_token: 1,
             eos_token: 2,
@@ -151,6 +154,14 @@ fn validation_names_the_problem() {
     m.validate().unwrap();
     m.architecture.rope_freq_scale = 0.0;
     assert!(m.validate().unwrap_err().contains("rope_freq_scale"));
+
+    let mut m = ok.clone();
+    m.architecture.local_layers = vec![0];
+    assert!(m.validate().unwrap_err().contains("rope_theta_local"));
+    m.architecture.rope_theta_local = Some(1e4);
+    m.validate().unwrap();
+    m.architecture.local_layers = vec![99];
+    assert!(m.validate().unwrap_err().contains("layer 99"));
 
     let mut m = ok.clone();
     m.architecture.family = "qwen2".into();
