@@ -15,7 +15,8 @@
 # Other architectures are checked the same way on files written by llama.cpp's own GGUF writer
 # (`tests/python/write_gguf.py`, in .seam/py): `qwen2-from-llama` (the default model's weights
 # as qwen2: q/k rows in NEOX order, random q/k/v biases), `qwen2-random` and `llama-rope-scaled`
-# (small random-weight models; the latter with linear and per-pair RoPE scaling).
+# (small random-weight models; the latter with linear and per-pair RoPE scaling), `gemma3-random`;
+# and `gemma3-270m`, a real Q4_K_M file (Gemma 3 270M from PyPI, scripts/fetch-gemma3.sh).
 #
 #   usage: scripts/check-models.sh EDGE GGUF LLAMA_BIN TEXT OUT [WINDOWS [TYPE...]]
 #          (make check-models; TYPES="Q8_0 Q6_K" to choose)
@@ -29,7 +30,7 @@ out=$5
 windows=${6:-16}
 shift $(($# < 6 ? $# : 6))
 types=("$@")
-[ ${#types[@]} -gt 0 ] || types=(Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 Q4_K_M Q5_K_M Q6_K F16 BF16 qwen2-from-llama qwen2-random llama-rope-scaled)
+[ ${#types[@]} -gt 0 ] || types=(Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 Q4_K_M Q5_K_M Q6_K F16 BF16 qwen2-from-llama qwen2-random llama-rope-scaled gemma3-random gemma3-270m)
 py=${PY:-.seam/py/bin/python}
 [[ $windows =~ ^[1-9][0-9]*$ ]] || { echo "WINDOWS must be a positive integer" >&2; exit 2; }
 for t in llama-quantize llama-perplexity llama-completion; do
@@ -71,14 +72,18 @@ answer() { # name stem command...: the command's stdout into stem.txt, its log i
   fi
 }
 
-# greedy NAME FILE PKG: "identical/prompts · agreed share": our greedy answer (shipped graphs,
-# int8 KV cache) against llama-completion's (--temp 0) on the same file, and the share of
-# llama.cpp's answer text both give before they first differ, averaged over the prompts.
+# greedy NAME FILE PKG: our greedy answers (shipped graphs, int8 KV cache) against
+# llama-completion's (--temp 0) on the same file: "identical/prompts · agreed share", the share
+# of the answer text both give before they first differ, averaged over the prompts; then the
+# agreed share of ours and of llama.cpp's with the exact function's answers (f32-compute graphs,
+# f32 KV cache), which says whose arithmetic moved the answer.
 greedy() {
   local name=$1 file=$2 pkg=$3 i
   for i in "${!prompts[@]}"; do
     answer "our greedy answer ($name, prompt $i)" "$out/$name.greedy$i.ours" \
       "$edge" generate --model "$pkg" --max-tokens "$answer_tokens" --threads 2 "${prompts[$i]}"
+    answer "exact greedy answer ($name, prompt $i)" "$out/$name.greedy$i.exact" \
+      "$edge" generate --model "$pkg.f32" --kv f32 --max-tokens "$answer_tokens" --threads 2 "${prompts[$i]}"
     answer "llama-completion ($name, prompt $i)" "$out/$name.greedy$i.llama" \
       "$llama_bin/llama-completion" -m "$file" -p "${prompts[$i]}" -n "$answer_tokens" --temp 0 \
       -no-cnv --no-display-prompt --no-warmup -t 2 -c 512
@@ -86,16 +91,21 @@ greedy() {
   python3 - "$out" "$name" "${#prompts[@]}" <<'PY'
 import sys
 out, name, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
-same, shares = 0, []
-for i in range(n):
-    a = open(f"{out}/{name}.greedy{i}.ours.txt").read().rstrip()
-    b = open(f"{out}/{name}.greedy{i}.llama.txt").read().rstrip()
+def answer(i, who):
+    return open(f"{out}/{name}.greedy{i}.{who}.txt").read().rstrip()
+
+def share(a, b):
     k = 0
     while k < min(len(a), len(b)) and a[k] == b[k]:
         k += 1
-    same += a == b
-    shares.append(k / max(len(b), 1))
-print(f"{same}/{n} · {100 * sum(shares) / n:.0f}%")
+    return k / max(len(b), 1)
+
+mean = lambda xs: f"{100 * sum(xs) / n:.0f}%"
+same = sum(answer(i, "ours") == answer(i, "llama") for i in range(n))
+vs_llama = [share(answer(i, "ours"), answer(i, "llama")) for i in range(n)]
+ours_exact = [share(answer(i, "ours"), answer(i, "exact")) for i in range(n)]
+llama_exact = [share(answer(i, "llama"), answer(i, "exact")) for i in range(n)]
+print(f"{same}/{n} · {mean(vs_llama)} | {mean(ours_exact)} | {mean(llama_exact)}")
 PY
 }
 
@@ -107,12 +117,14 @@ for ty in "${types[@]}"; do
   echo "check-models: $ty" >&2
   split=8
   case $ty in
-    qwen2-random | llama-rope-scaled) split=1 ;;
+    qwen2-random | llama-rope-scaled | gemma3-random) split=1 ;;
   esac
   case $ty in
-    qwen2-from-llama | qwen2-random | llama-rope-scaled)
+    qwen2-from-llama | qwen2-random | llama-rope-scaled | gemma3-random)
       [ -s "$file" ] || run "write_gguf.py $ty" "$out/$ty.write.log" \
         "$py" tests/python/write_gguf.py "$ty" "$gguf" "$file.part" ;;
+    gemma3-270m)
+      [ -s "$file" ] || run "fetch-gemma3.sh" "$out/$ty.fetch.log" ./scripts/fetch-gemma3.sh "$file.part" ;;
     *)
       [ -s "$file" ] || run "llama-quantize $ty" "$out/$ty.quantize.log" \
         "$llama_bin/llama-quantize" --allow-requantize "$gguf" "$file.part" "$ty" 2 ;;
@@ -143,10 +155,12 @@ for ty in "${types[@]}"; do
 done
 
 echo
-echo "Perplexity over the first $windows windows of 512 tokens of $(basename "$text") (second halves scored):"
+echo "Perplexity over the first $windows windows of 512 tokens of $(basename "$text") (second halves scored;"
+echo "a tokenizer that adds BOS starts each window with it, as llama-perplexity does). Greedy: ${#prompts[@]}"
+echo "prompts, $answer_tokens tokens; agreed = share of the answer text before the first difference:"
 echo
-echo "| type | linear layers as kept (ours) | GGUF MB | package MB | exact (f32) | ours | llama.cpp | ours vs llama.cpp | greedy: identical · agreed share |"
-echo "|---|---|---|---|---|---|---|---|---|"
+echo "| type | linear layers as kept (ours) | GGUF MB | package MB | exact (f32) | ours | llama.cpp | ours vs llama.cpp | greedy ours vs llama.cpp: identical · agreed | ours vs exact | llama.cpp vs exact |"
+echo "|---|---|---|---|---|---|---|---|---|---|---|"
 printf '%s\n' "${rows[@]}"
 echo
 if awk -v w="$worst" 'BEGIN { exit !(w > 0.5) }'; then

@@ -3,6 +3,7 @@
 //! end-of-turn tokens, stop strings, max tokens, the deadline or cancellation.
 
 use super::budget::{KvBudget, Reservation};
+use super::chat_format::ChatFormat;
 use super::context::{Fitted, Overflow, fit};
 use super::continuation::{Continuation, LocalRun, Resilient, Stage, allocate, recoverable};
 use super::draft::policy::MAX_DRAFT;
@@ -241,13 +242,19 @@ impl Engine {
         &self.budget
     }
 
-    /// The token ids of a request's full prompt text.
+    /// The chat markup of the loaded model.
+    pub fn chat_format(&self) -> ChatFormat {
+        ChatFormat::of(self.model.package().manifest().chat_template.as_deref())
+    }
+
+    /// The token ids of a request's full prompt text (after the BOS token for a tokenizer that
+    /// adds one, as Gemma's does).
     pub fn prompt_tokens(&self, req: &GenerateRequest) -> Result<Vec<u32>> {
-        let text = render_prompt(req);
+        let text = render_prompt(req, self.chat_format());
         let enc = self
             .model
             .tokenizer()
-            .encode(text.as_str(), false)
+            .encode(text.as_str(), true)
             .map_err(|e| Error::Tokenizer(e.to_string()))?;
         Ok(enc.get_ids().to_vec())
     }
@@ -255,13 +262,13 @@ impl Engine {
     /// Tokens of the prompt's system part: the start that truncation and sliding keep (0 when
     /// the prompt has none, or its tokens do not begin with the system part's own).
     fn system_tokens(&self, req: &GenerateRequest, tokens: &[u32]) -> Result<usize> {
-        let Some(text) = render_system(req) else {
+        let Some(text) = render_system(req, self.chat_format()) else {
             return Ok(0);
         };
         let enc = self
             .model
             .tokenizer()
-            .encode(text.as_str(), false)
+            .encode(text.as_str(), true)
             .map_err(|e| Error::Tokenizer(e.to_string()))?;
         let ids = enc.get_ids();
         Ok(if tokens.starts_with(ids) {
@@ -741,24 +748,29 @@ pub fn validate(req: &GenerateRequest, context: u32, overflow: Overflow) -> Resu
     req.sampling.validate()
 }
 
-/// The text the model sees.
-pub fn render_prompt(req: &GenerateRequest) -> String {
+/// The text the model sees, chat turns in `format`'s markup.
+pub fn render_prompt(req: &GenerateRequest, format: ChatFormat) -> String {
     if req.chat {
-        let mut text = render_system(req).unwrap_or_default();
-        for turn in &req.history {
-            let role = match turn.speaker {
-                Speaker::User => "user",
-                Speaker::Assistant => "assistant",
-            };
-            text.push_str(&format!("<|im_start|>{role}\n{}<|im_end|>\n", turn.text));
+        let system = render_system(req, format);
+        let mut continues = system.is_some();
+        let mut text = system.unwrap_or_default();
+        let turns = req
+            .history
+            .iter()
+            .map(|t| (t.speaker == Speaker::User, t.text.as_str()))
+            .chain(std::iter::once((true, req.prompt.as_str())));
+        for (user, t) in turns {
+            // Gemma's system part opens a user turn: a first assistant turn closes it.
+            if continues && !user {
+                text.push_str(&format.turn(true, "", true));
+            }
+            text.push_str(&format.turn(user, t, continues));
+            continues = false;
         }
-        text.push_str(&format!(
-            "<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n",
-            req.prompt
-        ));
+        text.push_str(format.answer_opening());
         text
     } else {
-        match render_system(req) {
+        match render_system(req, format) {
             Some(s) => format!("{s}{}", req.prompt),
             None => req.prompt.clone(),
         }
@@ -766,13 +778,9 @@ pub fn render_prompt(req: &GenerateRequest) -> String {
 }
 
 /// The system part at the start of the rendered prompt, if any.
-fn render_system(req: &GenerateRequest) -> Option<String> {
+fn render_system(req: &GenerateRequest, format: ChatFormat) -> Option<String> {
     if req.chat {
-        let system = req
-            .system
-            .as_deref()
-            .unwrap_or("You are a helpful AI assistant named SmolLM, trained by Hugging Face");
-        Some(format!("<|im_start|>system\n{system}<|im_end|>\n"))
+        format.system(req.system.as_deref())
     } else {
         req.system.as_ref().map(|s| format!("{s}\n"))
     }

@@ -2,6 +2,7 @@
 
 pub mod attention;
 pub mod budget;
+pub mod chat_format;
 pub mod context;
 mod continuation;
 pub mod cpu;

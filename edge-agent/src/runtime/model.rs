@@ -288,6 +288,12 @@ impl Model {
         &self.arch
     }
 
+    /// The BOS token the tokenizer puts in front of a text (Gemma), if it does.
+    pub fn added_bos(&self) -> Option<u32> {
+        let e = self.tokenizer.encode("", true).ok()?;
+        e.get_ids().first().copied()
+    }
+
     pub fn tokenizer(&self) -> &tokenizers::Tokenizer {
         &self.tokenizer
     }

@@ -1,5 +1,6 @@
 //! Perplexity over non-overlapping windows of `ctx` tokens, each window scoring its second
-//! half (as llama.cpp's perplexity tool does, so figures compare); or over the whole text in
+//! half and, for a model whose tokenizer adds a BOS token, starting with it in place of the
+//! window's first token (as llama.cpp's perplexity tool does, so figures compare); or over the whole text in
 //! one pass through a sliding window of `ctx` cache slots (what `--context-overflow
 //! sliding_window` runs), scoring every token after the first `ctx / 2`.
 
@@ -35,7 +36,7 @@ pub fn perplexity(
     let first = ctx / 2;
     let (mut nll, mut count) = (0.0f64, 0usize);
     for w in 0..windows {
-        let window = &tokens[w * ctx..(w + 1) * ctx];
+        let window = &window_tokens(model, tokens, w, ctx);
         cache.truncate(0)?;
         let logits = model.forward(window, 0, &mut cache, true)?;
         cache.commit(ctx)?;
@@ -55,6 +56,15 @@ pub fn perplexity(
         ctx,
         kv: kv.to_string(),
     })
+}
+
+/// Window `w` of `ctx` tokens, its first replaced by BOS when the tokenizer adds one.
+pub fn window_tokens(model: &Model, tokens: &[u32], w: usize, ctx: usize) -> Vec<u32> {
+    let mut window = tokens[w * ctx..(w + 1) * ctx].to_vec();
+    if let Some(bos) = model.added_bos() {
+        window[0] = bos;
+    }
+    window
 }
 
 /// Scores the first `max_windows × ctx` tokens (all without a limit) in one pass through a KV

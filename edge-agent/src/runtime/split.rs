@@ -670,7 +670,7 @@ pub fn split_perplexity(
     let first = ctx / 2;
     let (mut nll, mut count, mut step_id) = (0.0f64, 0usize, 0u64);
     for w in 0..windows {
-        let window = &tokens[w * ctx..(w + 1) * ctx];
+        let window = &super::perplexity::window_tokens(model, tokens, w, ctx);
         cache.truncate(0)?;
         let h = model.embed(window)?;
         let h = model.run_layers(0..layer, h, 0, &mut cache)?;

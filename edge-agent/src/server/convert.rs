@@ -317,7 +317,10 @@ mod tests {
                 }
             ]
         );
-        let text = crate::runtime::engine::render_prompt(&g);
+        let text = crate::runtime::engine::render_prompt(
+            &g,
+            crate::runtime::chat_format::ChatFormat::ChatMl,
+        );
         let order = [
             "Be brief.",
             "user\nHi",

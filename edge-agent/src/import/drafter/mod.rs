@@ -19,6 +19,7 @@ use crate::import::graphs::Dims;
 use crate::import::linear::Q8Linear;
 use crate::onnx::session_from_memory;
 use crate::perception::dataset::read_examples;
+use crate::runtime::chat_format::ChatFormat;
 use crate::runtime::draft::MAX_TREE_NODES;
 use crate::runtime::engine::{GenerateRequest, render_prompt};
 use crate::runtime::model::{LoadOptions, Model};
@@ -262,8 +263,9 @@ fn self_written(
     seed: u64,
     progress: Progress<'_>,
 ) -> Result<Vec<String>> {
-    let opening = render_prompt(&request(String::new()));
-    let user = "<|im_start|>user\n";
+    let format = chat_format(model);
+    let opening = render_prompt(&request(String::new()), format);
+    let user = format.user_opening();
     let cut = opening.find(user).map_or(opening.len(), |i| i + user.len());
     let prefix = encode(model, &opening[..cut])?;
     let measured: Vec<&str> = AGREEMENT_PROMPTS
@@ -294,6 +296,10 @@ fn self_written(
         }
     }
     Ok(out)
+}
+
+fn chat_format(model: &Model) -> ChatFormat {
+    ChatFormat::of(model.package().manifest().chat_template.as_deref())
 }
 
 fn request(prompt: String) -> GenerateRequest {
@@ -409,7 +415,12 @@ fn topic_prompts(things: &[&str], count: usize, seed: u64) -> Vec<String> {
 fn chat_tokens(model: &Model, texts: &[String]) -> Result<Vec<Vec<u32>>> {
     texts
         .iter()
-        .map(|t| encode(model, &render_prompt(&request(t.clone()))))
+        .map(|t| {
+            encode(
+                model,
+                &render_prompt(&request(t.clone()), chat_format(model)),
+            )
+        })
         .collect()
 }
 

@@ -20,8 +20,8 @@ const CPG: usize = GROUP / VL;
 const _: () = assert!(GROUP.is_multiple_of(2 * VL));
 /// Most query vectors per block: their accumulators must fit the 16 vector registers.
 const MAX_NQ: usize = 6;
-/// Most chunks per head row: head dimensions up to 128.
-pub(super) const MAX_CHUNKS: usize = 16;
+/// Most chunks per head row: head dimensions up to 256 (Gemma 3).
+pub(super) const MAX_CHUNKS: usize = 32;
 
 /// 8 f32 lanes, aligned so their loads fold into arithmetic instructions.
 #[derive(Clone, Copy, Default)]
