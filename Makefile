@@ -20,7 +20,7 @@ LLAMA_BENCH := .seam/tools/llama.cpp/bin/llama-bench
 LLAMA_PERPLEXITY := .seam/tools/llama.cpp/bin/llama-perplexity
 LLAMA_COMPLETION := .seam/tools/llama.cpp/bin/llama-completion
 
-.PHONY: setup build demo test bench bench-decode bench-speculation bench-conversation bench-memory lint package fuzz soak check-models
+.PHONY: setup build demo test bench bench-decode bench-speculation bench-conversation bench-memory lint package fuzz soak check-models bench-types
 
 ## setup: install ONNX Runtime and the default model assets into .seam/ (idempotent)
 setup:
@@ -114,6 +114,11 @@ bench-conversation: package
 ## than 0.5%
 check-models: setup build $(LLAMA_PERPLEXITY) $(LLAMA_COMPLETION)
 	@./scripts/check-models.sh $(EDGE) $(GGUF) .seam/tools/llama.cpp/bin $(PROSE) target/check-models $(or $(WINDOWS),16) $(TYPES)
+
+## bench-types: decode and prefill tokens/s vs llama.cpp per GGUF type (1 and 2 threads), on the
+## files and packages check-models left in target/check-models (TYPES=, ROUNDS=, default 2)
+bench-types: build $(LLAMA_BENCH)
+	@./scripts/speed-per-type.sh $(EDGE) $(LLAMA_BENCH) target/check-models $(or $(ROUNDS),2) $(TYPES)
 
 $(LLAMA_BENCH) $(LLAMA_PERPLEXITY) $(LLAMA_COMPLETION):
 	./scripts/llamacpp.sh .seam/tools/llama.cpp

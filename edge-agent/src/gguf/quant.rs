@@ -395,4 +395,63 @@ mod tests {
             assert_eq!(blk.d * f32::from(*q) + blk.m, w[i]);
         }
     }
+
+    const BLOCK_TYPES: [GgmlType; 13] = [
+        GgmlType::F32,
+        GgmlType::F16,
+        GgmlType::BF16,
+        GgmlType::Q4_0,
+        GgmlType::Q4_1,
+        GgmlType::Q5_0,
+        GgmlType::Q5_1,
+        GgmlType::Q8_0,
+        GgmlType::Q2_K,
+        GgmlType::Q3_K,
+        GgmlType::Q4_K,
+        GgmlType::Q5_K,
+        GgmlType::Q6_K,
+    ];
+
+    proptest::proptest! {
+        /// Every block type: whole blocks decode to their element count; a buffer cut short or
+        /// overlong by any amount, or an element count that is not whole blocks, is refused
+        /// (never a panic), by the decoder and by each import path that reads that type.
+        #[test]
+        fn truncated_and_overlong_blocks_are_refused(
+            which in 0..BLOCK_TYPES.len(),
+            blocks in 1usize..4,
+            delta in -40i64..40,
+            fill in proptest::prelude::any::<u8>(),
+        ) {
+            let ty = BLOCK_TYPES[which];
+            let (elems, bytes) = ty.block_layout().unwrap();
+            let n = blocks * elems;
+            // A fill byte that makes f16 scales finite, so whole blocks decode.
+            let data = vec![fill & 0x3b; blocks * bytes];
+            let decoded = dequantize(ty, &data, n).unwrap();
+            proptest::prop_assert_eq!(decoded.len(), n);
+            let len = (data.len() as i64 + delta).max(0) as usize;
+            let mut other = data.clone();
+            other.resize(len, fill & 0x3b);
+            if len != data.len() {
+                proptest::prop_assert!(dequantize(ty, &other, n).is_err());
+                if !len.is_multiple_of(bytes) {
+                    if blocks8(ty, &data).unwrap().is_some() {
+                        proptest::prop_assert!(blocks8(ty, &other).is_err());
+                    }
+                    match ty {
+                        GgmlType::Q4_0 => proptest::prop_assert!(q4_0_blocks(&other).is_err()),
+                        GgmlType::Q4_1 => proptest::prop_assert!(q4_1_blocks(&other).is_err()),
+                        GgmlType::Q4_K => proptest::prop_assert!(
+                            crate::gguf::kquant::q4_k_blocks(&other).is_err()
+                        ),
+                        _ => {}
+                    }
+                }
+            }
+            if elems > 1 {
+                proptest::prop_assert!(dequantize(ty, &data, n - 1).is_err());
+            }
+        }
+    }
 }
