@@ -9,8 +9,8 @@
 # function of the file's weights, activations unquantized) as the reference both are off from.
 # Prints a Markdown table: per type, the GGUF types of the linear layers as our manifest records
 # them, GGUF and package bytes, the exact perplexity, ours, llama.cpp's, and ours vs llama.cpp;
-# exits 1 if any differs by more than 0.5%. Files go under OUT (kept, so a rerun skips what is
-# there). Greedy answers to a few prompts are compared too (llama-completion --temp 0).
+# exits 1 if any differs by more than 0.5%. Files, packages, scores and answers go under OUT
+# (kept, so a rerun skips what is there: remove OUT, or a type's files, to redo them). Greedy answers to a few prompts are compared too (llama-completion --temp 0).
 #
 # Other architectures are checked the same way on files written by llama.cpp's own GGUF writer
 # (`tests/python/write_gguf.py`, in .seam/py): `qwen2-from-llama` (the default model's weights
@@ -62,14 +62,24 @@ prompts=(
 )
 answer_tokens=48
 
-answer() { # name stem command...: the command's stdout into stem.txt, its log into stem.log
+answer() { # name stem command...: the command's stdout into stem.txt (kept), its log into stem.log
   local name=$1 stem=$2
   shift 2
-  if ! "$@" >"$stem.txt" 2>"$stem.log"; then
+  [ -f "$stem.txt" ] && return
+  if ! "$@" >"$stem.part" 2>"$stem.log"; then
     echo "check-models: $name failed:" >&2
     tail -20 "$stem.log" >&2
     exit 1
   fi
+  mv "$stem.part" "$stem.txt"
+}
+
+score() { # name out command...: like run, but kept: a rerun reuses a finished score
+  local name=$1 out=$2
+  shift 2
+  [ -s "$out" ] && return
+  run "$name" "$out.part" "$@"
+  mv "$out.part" "$out"
 }
 
 # greedy NAME FILE PKG: our greedy answers (shipped graphs, int8 KV cache) against
@@ -95,6 +105,8 @@ def answer(i, who):
     return open(f"{out}/{name}.greedy{i}.{who}.txt").read().rstrip()
 
 def share(a, b):
+    if a == b:
+        return 1.0
     k = 0
     while k < min(len(a), len(b)) and a[k] == b[k]:
         k += 1
@@ -134,14 +146,14 @@ for ty in "${types[@]}"; do
     "$edge" model import --gguf "$file" --out "$pkg" --split-points "$split"
   [ -f "$pkg.f32/manifest.toml" ] || run "import $ty (f32 compute)" "$out/$ty.import-f32.log" \
     "$edge" model import --gguf "$file" --out "$pkg.f32" --split-points "$split" --f32-compute
-  run "exact perplexity ($ty)" "$out/$ty.exact.json" \
+  score "exact perplexity ($ty)" "$out/$ty.exact.json" \
     "$edge" perplexity --model "$pkg.f32" --file "$text" --ctx 512 --max-windows "$windows" --json
   exact=$(printf '%.4f' "$(sed -n 's/.*"perplexity":\([0-9.]*\).*/\1/p' "$out/$ty.exact.json" | head -1)")
-  run "our perplexity ($ty)" "$out/$ty.ours.json" \
+  score "our perplexity ($ty)" "$out/$ty.ours.json" \
     "$edge" perplexity --model "$pkg" --file "$text" --ctx 512 --max-windows "$windows" --json
   ours=$(sed -n 's/.*"perplexity":\([0-9.]*\).*/\1/p' "$out/$ty.ours.json" | head -1)
   ours=$(printf '%.4f' "$ours")
-  run "llama-perplexity ($ty)" "$out/$ty.llama.log" \
+  score "llama-perplexity ($ty)" "$out/$ty.llama.log" \
     "$llama_bin/llama-perplexity" -m "$file" -f "$text" -c 512 --chunks "$windows" -t 2
   theirs=$(sed -n 's/.*Final estimate: PPL = \([0-9.]*\).*/\1/p' "$out/$ty.llama.log" | tail -1)
   [ -n "$ours" ] && [ -n "$theirs" ] || { echo "check-models: no perplexity for $ty" >&2; exit 1; }

@@ -89,7 +89,7 @@ fn a_random_gemma3_imports_exactly() {
         (a.local_layers.clone(), a.rope_theta_local, a.context_length),
         (vec![0, 2], Some(500.0), 512)
     );
-    assert_eq!((a.n_head * a.head_dim, a.n_embd), (192, 128));
+    assert_eq!((a.n_head * a.head_dim, a.n_embd), (256, 128));
     assert!((a.embedding_scale - 128f32.sqrt()).abs() < 1e-6);
     let (agree, positions) = compare_with_reference(&path, &package, false, &prose());
     assert!(agree * 10 >= positions * 9, "top-1 {agree}/{positions}");

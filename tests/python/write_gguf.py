@@ -86,7 +86,7 @@ def random_model(base, out, seed, arch):
     w = GGUFWriter(out, arch)
     w.add_key_value("general.name", f"random {arch} (seed {seed})", GGUFValueType.STRING)
     # Gemma's heads are wider than n_embd / n_head.
-    head_dim = 48 if arch == "gemma3" else HEAD_DIM
+    head_dim = 64 if arch == "gemma3" else HEAD_DIM
     add_hparams(w, arch, vocab, 1000.0 if arch == "llama" else 100000.0, head_dim)
     copy_keys(reader, w, tokenizer_keys)
     if arch == "llama":
