@@ -4,7 +4,7 @@
 //! llama.cpp's on the same files is checked by `make check-models`.
 
 use seam_edge::test_util::{asset, compare_with_reference, gguf_path, workspace_root};
-use seam_shared::package::Package;
+use seam_shared::package::{Architecture, Package};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -37,34 +37,40 @@ fn tmp(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}-{}", std::process::id()))
 }
 
-#[test]
-fn a_random_qwen2_imports_exactly() {
-    let dir = tmp("arch-qwen2");
-    let path = write("qwen2-random", &dir);
+/// Writes a `kind` file, imports it with f32 compute and checks every position against the
+/// reference; returns the directory, the file and the package's architecture.
+fn imports_exactly(kind: &str) -> (PathBuf, PathBuf, Architecture) {
+    let dir = tmp(kind);
+    let path = write(kind, &dir);
     let package = dir.join("package");
     let (agree, positions) = compare_with_reference(&path, &package, true, &prose());
     assert_eq!(agree, positions);
     assert!(positions > 60, "{positions} positions");
-    let manifest = Package::open(&package).unwrap().manifest().clone();
-    assert_eq!(manifest.architecture.family, "qwen2");
-    // As shipped (int8 activations), as close as the other types' shipped graphs.
-    let (agree, positions) = compare_with_reference(&path, &package, false, &prose());
-    assert!(agree * 10 >= positions * 9, "top-1 {agree}/{positions}");
-    std::fs::remove_dir_all(&dir).unwrap();
-}
-
-#[test]
-fn llama_rope_scaling_imports_exactly() {
-    let dir = tmp("arch-rope");
-    let path = write("llama-rope-scaled", &dir);
-    let package = dir.join("package");
-    let (agree, positions) = compare_with_reference(&path, &package, true, &prose());
-    assert_eq!(agree, positions);
     let a = Package::open(&package)
         .unwrap()
         .manifest()
         .architecture
         .clone();
+    (dir, path, a)
+}
+
+/// As shipped (int8 activations), as close as the other types' shipped graphs.
+fn shipped_agrees(dir: &Path, path: &Path) {
+    let (agree, positions) = compare_with_reference(path, &dir.join("package"), false, &prose());
+    assert!(agree * 10 >= positions * 9, "top-1 {agree}/{positions}");
+}
+
+#[test]
+fn a_random_qwen2_imports_exactly() {
+    let (dir, path, a) = imports_exactly("qwen2-random");
+    assert_eq!(a.family, "qwen2");
+    shipped_agrees(&dir, &path);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn llama_rope_scaling_imports_exactly() {
+    let (dir, _, a) = imports_exactly("llama-rope-scaled");
     assert_eq!((a.rope_freq_scale, a.rope_freq_factors.len()), (0.5, 16));
     assert!(a.rope_freq_factors.iter().all(|f| (1.0..=8.0).contains(f)));
     std::fs::remove_dir_all(&dir).unwrap();
@@ -72,16 +78,7 @@ fn llama_rope_scaling_imports_exactly() {
 
 #[test]
 fn a_random_gemma3_imports_exactly() {
-    let dir = tmp("arch-gemma3");
-    let path = write("gemma3-random", &dir);
-    let package = dir.join("package");
-    let (agree, positions) = compare_with_reference(&path, &package, true, &prose());
-    assert_eq!(agree, positions);
-    let a = Package::open(&package)
-        .unwrap()
-        .manifest()
-        .architecture
-        .clone();
+    let (dir, path, a) = imports_exactly("gemma3-random");
     assert_eq!(a.family, "gemma3");
     // Every other layer is local (pattern 2), the window caps the context, heads are wider
     // than n_embd / n_head.
@@ -91,7 +88,6 @@ fn a_random_gemma3_imports_exactly() {
     );
     assert_eq!((a.n_head * a.head_dim, a.n_embd), (256, 128));
     assert!((a.embedding_scale - 128f32.sqrt()).abs() < 1e-6);
-    let (agree, positions) = compare_with_reference(&path, &package, false, &prose());
-    assert!(agree * 10 >= positions * 9, "top-1 {agree}/{positions}");
+    shipped_agrees(&dir, &path);
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -57,22 +57,7 @@ fn every_block_type_decodes_as_llama_cpp_decodes_it() {
         .join(format!("gguf-quants-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let mut rng = StdRng::seed_from_u64(42);
-    let types = [
-        GgmlType::F32,
-        GgmlType::F16,
-        GgmlType::BF16,
-        GgmlType::Q4_0,
-        GgmlType::Q4_1,
-        GgmlType::Q5_0,
-        GgmlType::Q5_1,
-        GgmlType::Q8_0,
-        GgmlType::Q2_K,
-        GgmlType::Q3_K,
-        GgmlType::Q4_K,
-        GgmlType::Q5_K,
-        GgmlType::Q6_K,
-    ];
-    for ty in types {
+    for ty in GgmlType::BLOCK_TYPES {
         let (elems, _) = ty.block_layout().unwrap();
         let blocks = 64;
         let data = random_blocks(ty, blocks, &mut rng);

@@ -396,34 +396,18 @@ mod tests {
         }
     }
 
-    const BLOCK_TYPES: [GgmlType; 13] = [
-        GgmlType::F32,
-        GgmlType::F16,
-        GgmlType::BF16,
-        GgmlType::Q4_0,
-        GgmlType::Q4_1,
-        GgmlType::Q5_0,
-        GgmlType::Q5_1,
-        GgmlType::Q8_0,
-        GgmlType::Q2_K,
-        GgmlType::Q3_K,
-        GgmlType::Q4_K,
-        GgmlType::Q5_K,
-        GgmlType::Q6_K,
-    ];
-
     proptest::proptest! {
         /// Every block type: whole blocks decode to their element count; a buffer cut short or
         /// overlong by any amount, or an element count that is not whole blocks, is refused
         /// (never a panic), by the decoder and by each import path that reads that type.
         #[test]
         fn truncated_and_overlong_blocks_are_refused(
-            which in 0..BLOCK_TYPES.len(),
+            which in 0..GgmlType::BLOCK_TYPES.len(),
             blocks in 1usize..4,
             delta in -40i64..40,
             fill in proptest::prelude::any::<u8>(),
         ) {
-            let ty = BLOCK_TYPES[which];
+            let ty = GgmlType::BLOCK_TYPES[which];
             let (elems, bytes) = ty.block_layout().unwrap();
             let n = blocks * elems;
             // A fill byte that makes f16 scales finite, so whole blocks decode.

@@ -152,6 +152,23 @@ impl GgmlType {
         }
     }
 
+    /// Every type with a known block layout (what [`GgmlType::block_layout`] describes).
+    pub const BLOCK_TYPES: [GgmlType; 13] = [
+        GgmlType::F32,
+        GgmlType::F16,
+        GgmlType::BF16,
+        GgmlType::Q4_0,
+        GgmlType::Q4_1,
+        GgmlType::Q5_0,
+        GgmlType::Q5_1,
+        GgmlType::Q8_0,
+        GgmlType::Q2_K,
+        GgmlType::Q3_K,
+        GgmlType::Q4_K,
+        GgmlType::Q5_K,
+        GgmlType::Q6_K,
+    ];
+
     /// `(elements per block, bytes per block)`, or `None` for [`GgmlType::Other`].
     pub fn block_layout(self) -> Option<(usize, usize)> {
         Some(match self {
