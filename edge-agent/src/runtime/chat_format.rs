@@ -41,13 +41,16 @@ impl ChatFormat {
         }
     }
 
-    /// One finished turn; `continues_system`: the first user turn after a system part (Gemma
-    /// continues the turn that part opened).
+    /// One finished turn; `continues_system`: the first turn after a system part (Gemma's system
+    /// part opened a user turn: a user turn continues it, a model turn closes it first).
     pub fn turn(self, user: bool, text: &str, continues_system: bool) -> String {
         match (self, user) {
             (ChatFormat::ChatMl, true) => format!("<|im_start|>user\n{text}<|im_end|>\n"),
             (ChatFormat::ChatMl, false) => format!("<|im_start|>assistant\n{text}<|im_end|>\n"),
             (ChatFormat::Gemma, true) if continues_system => format!("{text}<end_of_turn>\n"),
+            (ChatFormat::Gemma, false) if continues_system => {
+                format!("<end_of_turn>\n<start_of_turn>model\n{text}<end_of_turn>\n")
+            }
             (ChatFormat::Gemma, true) => format!("<start_of_turn>user\n{text}<end_of_turn>\n"),
             (ChatFormat::Gemma, false) => format!("<start_of_turn>model\n{text}<end_of_turn>\n"),
         }
@@ -81,6 +84,11 @@ mod tests {
              <start_of_turn>user\nWhy?<end_of_turn>\n<start_of_turn>model\n"
         );
         assert_eq!(f.system(None), None);
+        // A model turn first closes the user turn the system part opened.
+        assert_eq!(
+            f.turn(false, "Hello!", true),
+            "<end_of_turn>\n<start_of_turn>model\nHello!<end_of_turn>\n"
+        );
     }
 
     #[test]
@@ -89,5 +97,10 @@ mod tests {
         assert_eq!(f, ChatFormat::ChatMl);
         assert!(f.system(None).unwrap().contains("SmolLM"));
         assert_eq!(f.turn(true, "Hi", true), "<|im_start|>user\nHi<|im_end|>\n");
+        // The system part is a turn of its own: nothing to close.
+        assert_eq!(
+            f.turn(false, "Hello!", true),
+            "<|im_start|>assistant\nHello!<|im_end|>\n"
+        );
     }
 }

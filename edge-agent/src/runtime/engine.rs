@@ -760,10 +760,6 @@ pub fn render_prompt(req: &GenerateRequest, format: ChatFormat) -> String {
             .map(|t| (t.speaker == Speaker::User, t.text.as_str()))
             .chain(std::iter::once((true, req.prompt.as_str())));
         for (user, t) in turns {
-            // Gemma's system part opens a user turn: a first assistant turn closes it.
-            if continues && !user {
-                text.push_str(&format.turn(true, "", true));
-            }
             text.push_str(&format.turn(user, t, continues));
             continues = false;
         }

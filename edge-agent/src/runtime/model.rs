@@ -129,6 +129,8 @@ pub struct Model {
     package: Package,
     arch: Architecture,
     tokenizer: tokenizers::Tokenizer,
+    /// The BOS token the tokenizer puts in front of a text (Gemma's), if it does.
+    added_bos: Option<u32>,
     /// The token embedding table as the GGUF stores it: `vocab` rows of `embedding_row` bytes.
     embedding: Vec<u8>,
     embedding_type: GgmlType,
@@ -266,6 +268,10 @@ impl Model {
         Ok(Model {
             package,
             arch,
+            added_bos: tokenizer
+                .encode("", true)
+                .ok()
+                .and_then(|e| e.get_ids().first().copied()),
             tokenizer,
             embedding,
             embedding_type,
@@ -290,8 +296,7 @@ impl Model {
 
     /// The BOS token the tokenizer puts in front of a text (Gemma), if it does.
     pub fn added_bos(&self) -> Option<u32> {
-        let e = self.tokenizer.encode("", true).ok()?;
-        e.get_ids().first().copied()
+        self.added_bos
     }
 
     pub fn tokenizer(&self) -> &tokenizers::Tokenizer {
