@@ -80,11 +80,16 @@ fn llama_rope_scaling_imports_exactly() {
 fn a_random_gemma3_imports_exactly() {
     let (dir, path, a) = imports_exactly("gemma3-random");
     assert_eq!(a.family, "gemma3");
-    // Every other layer is local (pattern 2), the window caps the context, heads are wider
-    // than n_embd / n_head.
+    // Every other layer is local (pattern 2) and sees the last 16 of the prose's 90-odd
+    // positions; the context is the file's. Heads are wider than n_embd / n_head.
     assert_eq!(
-        (a.local_layers.clone(), a.rope_theta_local, a.context_length),
-        (vec![0, 2], Some(500.0), 512)
+        (
+            a.local_layers.clone(),
+            a.rope_theta_local,
+            a.sliding_window,
+            a.context_length
+        ),
+        (vec![0, 2], Some(500.0), 16, 2048)
     );
     assert_eq!((a.n_head * a.head_dim, a.n_embd), (256, 128));
     assert!((a.embedding_scale - 128f32.sqrt()).abs() < 1e-6);

@@ -9,8 +9,8 @@
         frequency factors (`rope_freqs.weight`, as the converter writes Llama 3's scaling).
     write_gguf.py gemma3-random BASE OUT [SEED]
         A small random-weight gemma3 model: heads wider than n_embd / n_head, per-head q/k norms,
-        post-attention and post-MLP norms, GELU, local layers (every other one: sliding window
-        512, their own RoPE base) and global ones.
+        post-attention and post-MLP norms, GELU, local layers (every other one: a sliding window
+        of 16 positions, their own RoPE base) and global ones.
     write_gguf.py qwen2-from-llama BASE OUT [SEED]
         BASE's own weights (a llama GGUF) as a qwen2 file: its q/k rows put back into NEOX
         order (undoing the llama converter's permutation) and random q/k/v biases added, so the
@@ -61,7 +61,7 @@ def add_hparams(w, arch, vocab, theta, head_dim):
     if arch == "gemma3":
         u32("attention.key_length", head_dim)
         u32("attention.value_length", head_dim)
-        u32("attention.sliding_window", 512)
+        u32("attention.sliding_window", 16)
         u32("attention.sliding_window_pattern", 2)
         w.add_key_value("gemma3.rope.freq_base_swa", 500.0, GGUFValueType.FLOAT32)
     w.add_key_value(f"{arch}.rope.freq_base", theta, GGUFValueType.FLOAT32)

@@ -179,6 +179,7 @@ fn attention_cost(
                 a.n_head as usize,
                 &mut out,
                 threads,
+                None,
             )?;
         }
     }

@@ -180,12 +180,7 @@ pub fn import_gguf(gguf_path: &Path, out: &Path, opts: &ImportOptions) -> Result
             n_head_kv: hp.n_head_kv as u32,
             head_dim: hp.head_dim as u32,
             vocab_size: hp.vocab_size as u32,
-            // Local layers attend over the last `sliding_window` positions: a context no longer
-            // than the window keeps that exact while every layer attends over all of it.
-            context_length: match hp.sliding_window {
-                0 => hp.context_length,
-                w => hp.context_length.min(w),
-            } as u32,
+            context_length: hp.context_length as u32,
             rope_theta: hp.rope_theta,
             rope_freq_scale: hp.rope_freq_scale,
             rope_freq_factors: hp.rope_freq_factors.clone(),
@@ -194,6 +189,7 @@ pub fn import_gguf(gguf_path: &Path, out: &Path, opts: &ImportOptions) -> Result
                 .map(|l| l as u32)
                 .collect(),
             rope_theta_local: (hp.sliding_window > 0).then_some(hp.rope_theta_swa),
+            sliding_window: hp.sliding_window as u32,
             embedding_scale: if hp.family.gemma() {
                 (hp.n_embd as f32).sqrt()
             } else {

@@ -20,9 +20,11 @@ const PARALLEL_MIN_WORK: usize = 4096;
 ///
 /// `q` and `out` are `[S, n_heads * head_dim]`, `q` already rotated. The K/V of those positions
 /// must already be written to `cache` for `layer` (commit is not required). Row `s` attends to
-/// positions `0..=pos_start + s`; query head `h` reads kv head `h / (n_heads / n_kv_heads)`.
+/// positions `0..=pos_start + s`, or with a sliding `window` to the last `window` of them (its
+/// own included); query head `h` reads kv head `h / (n_heads / n_kv_heads)`.
 /// With `threads > 1` and enough work, rows are split across scoped threads in chunks of equal
 /// causal cost.
+#[allow(clippy::too_many_arguments)]
 pub fn attention(
     q: &[f32],
     cache: &KvCache,
@@ -31,6 +33,7 @@ pub fn attention(
     n_heads: usize,
     out: &mut [f32],
     threads: usize,
+    window: Option<usize>,
 ) -> Result<(), KvError> {
     let geom = cache.geometry();
     let (hd, nkv) = (geom.head_dim, geom.n_kv_heads);
@@ -74,8 +77,11 @@ pub fn attention(
         inv_sqrt: 1.0 / (hd as f32).sqrt(),
     };
     let bounds = split_rows(pos_start, rows, threads, rows * (pos_start + rows));
+    if window == Some(0) {
+        return Err(KvError::EmptyWindow);
+    }
     if bounds.len() <= 2 {
-        run(&view, &shape, q, out, pos_start);
+        run(&view, &shape, q, out, (pos_start, window));
         return Ok(());
     }
     std::thread::scope(|scope| {
@@ -86,7 +92,7 @@ pub fn attention(
             let (qc, qr) = q_rest.split_at(n);
             let (oc, or) = std::mem::take(&mut out_rest).split_at_mut(n);
             (q_rest, out_rest) = (qr, or);
-            let (view, shape, first) = (&view, &shape, pos_start + w[0]);
+            let (view, shape, first) = (&view, &shape, (pos_start + w[0], window));
             if w[1] == rows {
                 // The last chunk runs on the calling thread.
                 run(view, shape, qc, oc, first);
@@ -140,23 +146,23 @@ pub(crate) struct Shape {
 /// Runs the kernels with the widest vector instructions the CPU has: the same code, compiled a
 /// second time with AVX2 and FMA enabled and chosen at run time, is several times faster than the
 /// baseline (SSE2) build on x86-64.
-fn run(view: &LayerView<'_>, shape: &Shape, q: &[f32], out: &mut [f32], first_pos: usize) {
+fn run(view: &LayerView<'_>, shape: &Shape, q: &[f32], out: &mut [f32], at: kernel::At) {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
         #[allow(unsafe_code)]
         // SAFETY: `run_avx2` needs AVX2 and FMA, which the CPU was just found to support.
         unsafe {
-            run_avx2(view, shape, q, out, first_pos);
+            run_avx2(view, shape, q, out, at);
         }
         return;
     }
-    kernel::rows::<false>(view, shape, q, out, first_pos);
+    kernel::rows::<false>(view, shape, q, out, at);
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-fn run_avx2(view: &LayerView<'_>, shape: &Shape, q: &[f32], out: &mut [f32], first_pos: usize) {
-    kernel::rows::<true>(view, shape, q, out, first_pos);
+fn run_avx2(view: &LayerView<'_>, shape: &Shape, q: &[f32], out: &mut [f32], at: kernel::At) {
+    kernel::rows::<true>(view, shape, q, out, at);
 }
 
 /// Replaces `x` with `exp(x - max x)` and returns the sum. Max, exp and sum are separate

@@ -152,6 +152,9 @@ pub enum KvError {
     /// A head dimension above what the attention kernels handle.
     #[error("head_dim {head_dim} is above the largest supported ({max})")]
     HeadDimTooLarge { head_dim: usize, max: usize },
+    /// A sliding window that lets a position see nothing.
+    #[error("an attention window of 0 positions")]
+    EmptyWindow,
     /// Invalid RoPE configuration.
     #[error("invalid rope configuration: {0}")]
     BadRope(&'static str),

@@ -142,6 +142,8 @@ pub struct Model {
     rope: Rope,
     /// The rope of the local layers (gemma3) and which layers those are.
     local_rope: Option<(Rope, Vec<bool>)>,
+    /// Positions a local layer attends over (none: all).
+    sliding_window: Option<usize>,
     threads: usize,
     load_time: Duration,
 }
@@ -248,6 +250,7 @@ impl Model {
             &arch.rope_freq_factors,
             arch.context_length as usize,
         )?;
+        let sliding_window = (arch.sliding_window > 0).then_some(arch.sliding_window as usize);
         let local_rope = match arch.rope_theta_local {
             Some(theta) if !arch.local_layers.is_empty() => {
                 let mut local = vec![false; arch.n_layer as usize];
@@ -281,6 +284,7 @@ impl Model {
             drafter,
             rope,
             local_rope,
+            sliding_window,
             threads: threads.max(1),
             load_time: started.elapsed(),
         })
@@ -430,9 +434,9 @@ impl Model {
                 copy_output(&out, io::QKV, &mut qkv)?;
             }
             for layer in seg.start..seg.end {
-                let rope = match &self.local_rope {
-                    Some((local, which)) if which[layer as usize] => local,
-                    _ => &self.rope,
+                let (rope, window) = match &self.local_rope {
+                    Some((local, which)) if which[layer as usize] => (local, self.sliding_window),
+                    _ => (&self.rope, None),
                 };
                 split_qkv(&qkv, s, qw, kw, &mut q, &mut k, &mut v);
                 let cl = (layer - first_layer) as usize;
@@ -445,7 +449,7 @@ impl Model {
                     rope.apply(ks, nkv, hd, sq.pos + sq.rope_shift)?;
                     sq.cache.write(cl, sq.pos, ks, &v[r0 * kw..r1 * kw])?;
                     let out = &mut attn[r0 * qw..r1 * qw];
-                    attention(qs, sq.cache, cl, sq.pos, nh, out, self.threads)?;
+                    attention(qs, sq.cache, cl, sq.pos, nh, out, self.threads, window)?;
                     if let Some(t) = &mut sq.tree {
                         let base = sq.pos + (r1 - r0);
                         let tree_rows = TreeBlock {
@@ -453,7 +457,7 @@ impl Model {
                             base,
                             layer: cl,
                         };
-                        let dims = (nh, nkv, hd, self.threads);
+                        let dims = (nh, nkv, hd, self.threads, window);
                         tree_attention(
                             rope, dims, tree_rows, t, sq.cache, &mut q, &mut k, &v, &mut attn,
                         )?;
@@ -534,12 +538,12 @@ impl Model {
 
 /// Attention of the tree nodes of one sequence at one layer (rows `first..` of the batch):
 /// each node is rotated to position `base - 1 + depth`, and each root-to-leaf path is laid
-/// out at positions `base..` of the cache and attended causally, so a node sees the
-/// committed positions and its ancestors only.
+/// out at positions `base..` of the cache and attended causally (within `window` on local
+/// layers), so a node sees the committed positions and its ancestors only.
 #[allow(clippy::too_many_arguments)]
 fn tree_attention(
     rope: &Rope,
-    (nh, nkv, hd, threads): (usize, usize, usize, usize),
+    (nh, nkv, hd, threads, window): (usize, usize, usize, usize, Option<usize>),
     at: TreeBlock,
     t: &mut TreeRows<'_>,
     cache: &mut KvCache,
@@ -574,7 +578,7 @@ fn tree_attention(
         }
         cache.write(at.layer, at.base, &pk, &pv)?;
         let mut out = vec![0.0f32; n * qw];
-        attention(&pq, cache, at.layer, at.base, nh, &mut out, threads)?;
+        attention(&pq, cache, at.layer, at.base, nh, &mut out, threads, window)?;
         for (j, &node) in path.iter().enumerate() {
             let r = at.first + node;
             attn[r * qw..(r + 1) * qw].copy_from_slice(&out[j * qw..(j + 1) * qw]);

@@ -67,6 +67,10 @@ fn is_one(v: &f32) -> bool {
     *v == 1.0
 }
 
+fn is_zero(v: &u32) -> bool {
+    *v == 0
+}
+
 /// Llama-family decoder dimensions.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -92,13 +96,16 @@ pub struct Architecture {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rope_freq_factors: Vec<f32>,
     /// Layers that attend over a sliding window and turn with [`Self::rope_theta_local`]
-    /// (gemma3's local layers); the package's context is capped at the window, so attending
-    /// over all of it is exact.
+    /// (gemma3's local layers).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub local_layers: Vec<u32>,
     /// RoPE base of [`Self::local_layers`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rope_theta_local: Option<f32>,
+    /// Positions a local layer attends over, its own included. 0: the whole context (packages
+    /// written before this field capped their context at the window, where that is exact).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub sliding_window: u32,
     /// Token embeddings are multiplied by this (gemma: `sqrt(n_embd)`).
     #[serde(default = "one", skip_serializing_if = "is_one")]
     pub embedding_scale: f32,
@@ -230,6 +237,11 @@ impl Manifest {
             && !a.rope_theta_local.is_some_and(|t| t.is_finite() && t > 0.0)
         {
             return Err("architecture.rope_theta_local must be finite and positive when there are local layers".into());
+        }
+        if a.sliding_window > 0 && a.local_layers.is_empty() {
+            return Err(
+                "architecture.sliding_window is set but no layer is local (local_layers)".into(),
+            );
         }
         if !(a.embedding_scale.is_finite() && a.embedding_scale > 0.0) {
             return Err("architecture.embedding_scale must be finite and positive".into());

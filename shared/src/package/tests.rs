@@ -23,6 +23,7 @@ fn tiny_manifest(files: BTreeMap<String, String>) -> Manifest {
             rope_freq_scale: 1.0,
             rope_freq_factors: vec![],
             local_layers: vec![],
+            sliding_window: 0,
             rope_theta_local: None,
             embedding_scale: 1.0,
             rms_eps: 1e-5,
@@ -160,8 +161,13 @@ fn validation_names_the_problem() {
     assert!(m.validate().unwrap_err().contains("rope_theta_local"));
     m.architecture.rope_theta_local = Some(1e4);
     m.validate().unwrap();
+    m.architecture.sliding_window = 512;
+    m.validate().unwrap();
     m.architecture.local_layers = vec![99];
     assert!(m.validate().unwrap_err().contains("layer 99"));
+    m.architecture.local_layers = vec![];
+    m.architecture.rope_theta_local = None;
+    assert!(m.validate().unwrap_err().contains("sliding_window"));
 
     let mut m = ok.clone();
     m.architecture.family = "qwen2".into();

@@ -137,25 +137,29 @@ struct Scratch {
     p: Vec<f32>,
 }
 
-/// Attention for the rows of `q` (the first at position `first_pos`) and every head.
+/// Attention for the rows of `q` and every head (see [`At`]).
 #[inline(always)]
 pub(super) fn rows<const FMA: bool>(
     view: &LayerView<'_>,
     shape: &Shape,
     q: &[f32],
     out: &mut [f32],
-    first_pos: usize,
+    at: At,
 ) {
     match *view {
-        LayerView::F32 { k, v } => rows_typed::<f32, FMA>(k, v, None, shape, q, out, first_pos),
+        LayerView::F32 { k, v } => rows_typed::<f32, FMA>(k, v, None, shape, q, out, at),
         LayerView::Int8 {
             k,
             v,
             k_scales,
             v_scales,
-        } => rows_typed::<i8, FMA>(k, v, Some((k_scales, v_scales)), shape, q, out, first_pos),
+        } => rows_typed::<i8, FMA>(k, v, Some((k_scales, v_scales)), shape, q, out, at),
     }
 }
+
+/// Position of the first row, and the sliding window: a row sees at most its last `window`
+/// positions (its own included) when set.
+pub(super) type At = (usize, Option<usize>);
 
 #[inline(always)]
 fn rows_typed<E: Lane, const FMA: bool>(
@@ -165,13 +169,13 @@ fn rows_typed<E: Lane, const FMA: bool>(
     sh: &Shape,
     q: &[f32],
     out: &mut [f32],
-    first_pos: usize,
+    at: At,
 ) {
     // A copy with the common head size as a constant, so chunk bounds fold away.
     if sh.hd == 64 {
-        rows_hd::<E, FMA>(k, v, scales, sh, 64, q, out, first_pos);
+        rows_hd::<E, FMA>(k, v, scales, sh, 64, q, out, at);
     } else {
-        rows_hd::<E, FMA>(k, v, scales, sh, sh.hd, q, out, first_pos);
+        rows_hd::<E, FMA>(k, v, scales, sh, sh.hd, q, out, at);
     }
 }
 
@@ -185,7 +189,7 @@ fn rows_hd<E: Lane, const FMA: bool>(
     hd: usize,
     q: &[f32],
     out: &mut [f32],
-    first_pos: usize,
+    (first_pos, window): At,
 ) {
     let width = sh.n_heads * hd;
     let n_rows = q.len() / width;
@@ -203,12 +207,14 @@ fn rows_hd<E: Lane, const FMA: bool>(
                 hd,
                 inv_sqrt: sh.inv_sqrt,
             };
-            // (offset of the vector in q/out, positions it attends to)
+            // (offset of the vector in q/out, first and end of the positions it attends to)
             vectors.clear();
             for r in r0..r1 {
+                let end = first_pos + r + 1;
+                let start = window.map_or(0, |w| end.saturating_sub(w));
                 for j in 0..sh.group {
                     let offset = r * width + (g * sh.group + j) * hd;
-                    vectors.push((offset, first_pos + r + 1));
+                    vectors.push((offset, start, end));
                 }
             }
             for block in vectors.chunks(MAX_NQ) {
@@ -231,7 +237,7 @@ type BlockArgs<'a, E> = (
     &'a [E],
     Option<(&'a [u16], &'a [u16])>,
     Head,
-    &'a [(usize, usize)],
+    &'a [(usize, usize, usize)],
     &'a [f32],
     &'a mut [f32],
     &'a mut Scratch,
@@ -242,11 +248,12 @@ type BlockArgs<'a, E> = (
 fn run_block<E: Lane, const NQ: usize, const FMA: bool>(args: BlockArgs<'_, E>) {
     let (k, v, scales, head, vectors, q, out, scratch) = args;
     let (hd, nch) = (head.hd, head.chunks());
-    let n = vectors.iter().map(|&(_, limit)| limit).max().unwrap_or(0);
+    let n = vectors.iter().map(|v| v.2).max().unwrap_or(0);
+    let t0 = vectors.iter().map(|v| v.1).min().unwrap_or(0);
     let qf = &mut scratch.q;
     qf.clear();
     qf.resize(nch * NQ, F8::default());
-    for (j, &(offset, _)) in vectors.iter().enumerate() {
+    for (j, &(offset, _, _)) in vectors.iter().enumerate() {
         let qv = &q[offset..][..hd];
         for c in 0..nch {
             qf[c * NQ + j] = F8(chunk(qv, c, hd));
@@ -255,18 +262,27 @@ fn run_block<E: Lane, const NQ: usize, const FMA: bool>(args: BlockArgs<'_, E>) 
     let p = &mut scratch.p;
     p.clear();
     p.resize(NQ * n, 0.0);
-    scores::<E, NQ, FMA>(k, scales.map(|s| s.0), head, qf.as_chunks::<NQ>().0, n, p);
-    for (j, &(_, limit)) in vectors.iter().enumerate() {
+    let span = (t0, n);
+    scores::<E, NQ, FMA>(
+        k,
+        scales.map(|s| s.0),
+        head,
+        qf.as_chunks::<NQ>().0,
+        span,
+        p,
+    );
+    for (j, &(_, start, limit)) in vectors.iter().enumerate() {
         let row = &mut p[j * n..][..n];
-        let inv = 1.0 / softmax_unnormalized(&mut row[..limit]);
-        row[..limit].iter_mut().for_each(|x| *x *= inv);
+        let inv = 1.0 / softmax_unnormalized(&mut row[start..limit]);
+        row[start..limit].iter_mut().for_each(|x| *x *= inv);
+        row[..start].fill(0.0);
         row[limit..].fill(0.0);
     }
     let of = &mut scratch.out;
     of.clear();
     of.resize(nch * NQ, F8::default());
-    values::<E, NQ, FMA>(v, scales.map(|s| s.1), head, p, n, of);
-    for (j, &(offset, _)) in vectors.iter().enumerate() {
+    values::<E, NQ, FMA>(v, scales.map(|s| s.1), head, p, span, of);
+    for (j, &(offset, _, _)) in vectors.iter().enumerate() {
         let ov = &mut out[offset..][..hd];
         for (c, o) in ov.chunks_mut(VL).enumerate() {
             o.copy_from_slice(&of[c * NQ + j].0[..o.len()]);
@@ -274,19 +290,19 @@ fn run_block<E: Lane, const NQ: usize, const FMA: bool>(args: BlockArgs<'_, E>) 
     }
 }
 
-/// `p[j * n + t] = inv_sqrt * q_j · (k_t with its group scales applied)` for `t < n`. Each key
-/// row is widened and scaled once, into registers, for all `NQ` vectors.
+/// `p[j * n + t] = inv_sqrt * q_j · (k_t with its group scales applied)` for `t0 <= t < n`.
+/// Each key row is widened and scaled once, into registers, for all `NQ` vectors.
 #[inline(always)]
 fn scores<E: Lane, const NQ: usize, const FMA: bool>(
     k: &[E],
     k_scales: Option<&[u16]>,
     head: Head,
     qf: &[[F8; NQ]],
-    n: usize,
+    (t0, n): (usize, usize),
     p: &mut [f32],
 ) {
     let (hd, nch) = (head.hd, head.chunks());
-    for t in 0..n {
+    for t in t0..n {
         let row = head.row(k, t);
         let mut kf = [[0.0f32; VL]; MAX_CHUNKS];
         for (c, kc) in kf.iter_mut().enumerate().take(nch) {
@@ -311,21 +327,22 @@ fn scores<E: Lane, const NQ: usize, const FMA: bool>(
     }
 }
 
-/// `out[c][j] = Σ_t p[j * n + t] * v_scale_{t, group of c} * v_t[chunk c]`, two chunks (16
-/// elements, within one scale group) at a time so the accumulators stay in registers.
+/// `out[c][j] = Σ_{t0 <= t < n} p[j * n + t] * v_scale_{t, group of c} * v_t[chunk c]`, two
+/// chunks (16 elements, within one scale group) at a time so the accumulators stay in
+/// registers.
 #[inline(always)]
 fn values<E: Lane, const NQ: usize, const FMA: bool>(
     v: &[E],
     v_scales: Option<&[u16]>,
     head: Head,
     p: &[f32],
-    n: usize,
+    (t0, n): (usize, usize),
     out: &mut [F8],
 ) {
     let (hd, nch) = (head.hd, head.chunks());
     for c0 in (0..nch).step_by(2) {
         let mut acc = [[[0.0f32; VL]; 2]; NQ];
-        for t in 0..n {
+        for t in t0..n {
             let row = head.row(v, t);
             let v0 = E::widen(&chunk(row, c0, hd));
             let v1 = E::widen(&chunk(row, c0 + 1, hd));

@@ -23,6 +23,18 @@ fn naive(
     nkv: usize,
     hd: usize,
 ) -> Vec<f64> {
+    naive_window(q, k, v, pos_start, (n_heads, nkv, hd), usize::MAX)
+}
+
+/// [`naive`] where row `s` sees only positions `t` with `pos_start + s - t < window`.
+fn naive_window(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    pos_start: usize,
+    (n_heads, nkv, hd): (usize, usize, usize),
+    window: usize,
+) -> Vec<f64> {
     let rows = q.len() / (n_heads * hd);
     let mut out = vec![0.0f64; q.len()];
     for s in 0..rows {
@@ -30,7 +42,8 @@ fn naive(
             let g = h / (n_heads / nkv);
             let qh = &q[(s * n_heads + h) * hd..][..hd];
             let n = pos_start + s + 1;
-            let scores: Vec<f64> = (0..n)
+            let lo = n.saturating_sub(window);
+            let scores: Vec<f64> = (lo..n)
                 .map(|t| {
                     let kt = &k[(t * nkv + g) * hd..][..hd];
                     qh.iter()
@@ -44,14 +57,22 @@ fn naive(
             let e: Vec<f64> = scores.iter().map(|x| (x - max).exp()).collect();
             let sum: f64 = e.iter().sum();
             for d in 0..hd {
-                let acc: f64 = (0..n)
-                    .map(|t| e[t] * v[(t * nkv + g) * hd + d] as f64)
+                let acc: f64 = (lo..n)
+                    .map(|t| e[t - lo] * v[(t * nkv + g) * hd + d] as f64)
                     .sum();
                 out[(s * n_heads + h) * hd + d] = acc / sum;
             }
         }
     }
     out
+}
+
+/// The largest absolute difference between `got` and the reference.
+fn largest_error(got: &[f32], want: &[f64]) -> f64 {
+    got.iter()
+        .zip(want)
+        .map(|(g, w)| (*g as f64 - w).abs())
+        .fold(0.0, f64::max)
 }
 
 struct Case {
@@ -93,8 +114,19 @@ impl Case {
     }
 
     fn run(&self, c: &KvCache, q: &[f32], pos_start: usize, threads: usize) -> Vec<f32> {
+        self.run_window(c, q, pos_start, threads, None)
+    }
+
+    fn run_window(
+        &self,
+        c: &KvCache,
+        q: &[f32],
+        pos_start: usize,
+        threads: usize,
+        window: Option<usize>,
+    ) -> Vec<f32> {
         let mut out = vec![f32::NAN; q.len()];
-        attention(q, c, 1, pos_start, self.n_heads, &mut out, threads).unwrap();
+        attention(q, c, 1, pos_start, self.n_heads, &mut out, threads, window).unwrap();
         out
     }
 }
@@ -119,12 +151,7 @@ fn f32_cache_matches_naive_reference_at_long_context() {
             .collect();
         let want = naive(&q, &case.k, &case.v, pos_start, n_heads, nkv, hd);
         for threads in [1, 2] {
-            let got = case.run(&c, &q, pos_start, threads);
-            let worst = got
-                .iter()
-                .zip(&want)
-                .map(|(g, w)| (*g as f64 - w).abs())
-                .fold(0.0, f64::max);
+            let worst = largest_error(&case.run(&c, &q, pos_start, threads), &want);
             assert!(
                 worst <= 1e-5,
                 "positions {positions} rows {rows} scale {scale} threads {threads}: {worst}"
@@ -303,26 +330,26 @@ fn attention_rejects_bad_inputs() {
     let mut out = vec![0.0; 9 * 64];
     let e = |r: Result<(), KvError>| r.unwrap_err();
     assert!(matches!(
-        e(attention(&q, &c, 1, 10, 9, &mut out, 1)),
+        e(attention(&q, &c, 1, 10, 9, &mut out, 1, None)),
         KvError::NotWritten { .. }
     ));
     assert!(matches!(
-        e(attention(&q, &c, 2, 0, 9, &mut out, 1)),
+        e(attention(&q, &c, 2, 0, 9, &mut out, 1, None)),
         KvError::LayerOutOfRange { .. }
     ));
     assert!(matches!(
-        e(attention(&q, &c, 1, 0, 8, &mut out, 1)),
+        e(attention(&q, &c, 1, 0, 8, &mut out, 1, None)),
         KvError::BadHeadGrouping { .. }
     ));
     assert!(matches!(
-        e(attention(&q[1..], &c, 1, 0, 9, &mut out, 1)),
+        e(attention(&q[1..], &c, 1, 0, 9, &mut out, 1, None)),
         KvError::NotRowMultiple { .. }
     ));
     assert!(matches!(
-        e(attention(&q, &c, 1, 0, 9, &mut out[1..], 1)),
+        e(attention(&q, &c, 1, 0, 9, &mut out[1..], 1, None)),
         KvError::LengthMismatch { .. }
     ));
-    attention(&[], &c, 1, 0, 9, &mut [], 4).unwrap();
+    attention(&[], &c, 1, 0, 9, &mut [], 4, None).unwrap();
 }
 
 #[test]
@@ -359,7 +386,7 @@ fn portable_kernels_match_the_reference_and_the_dispatched_build() {
         let c = case.cache(dtype, 16);
         let view = c.layer_view(1, positions).unwrap();
         let mut portable = vec![f32::NAN; q.len()];
-        kernel::rows::<false>(&view, &shape, &q, &mut portable, pos_start);
+        kernel::rows::<false>(&view, &shape, &q, &mut portable, (pos_start, None));
         let dispatched = case.run(&c, &q, pos_start, 1);
         for (p, d) in portable.iter().zip(&dispatched) {
             assert!((p - d).abs() <= 1e-5, "{dtype}: {p} vs {d}");
@@ -370,4 +397,40 @@ fn portable_kernels_match_the_reference_and_the_dispatched_build() {
             }
         }
     }
+}
+
+/// A sliding window: each row sees its last `window` positions, in prefill (rows spanning the
+/// window's edge, split across threads) and decode, for both cache types.
+#[test]
+fn a_sliding_window_sees_only_the_last_positions() {
+    let (n_heads, nkv, hd) = (4, 2, 64);
+    let positions = 150;
+    let case = Case::new(n_heads, nkv, hd, positions, 31);
+    for (dtype, tol) in [(KvDtype::F32, 1e-5), (KvDtype::Int8, 2e-2)] {
+        let c = case.cache(dtype, 32);
+        for (rows, window) in [(150, 16), (40, 7), (1, 64), (1, 1), (150, 149), (3, 500)] {
+            let pos_start = positions - rows;
+            let q = data(rows * n_heads * hd, rows as u64);
+            let want = naive_window(&q, &case.k, &case.v, pos_start, (n_heads, nkv, hd), window);
+            let full = naive(&q, &case.k, &case.v, pos_start, n_heads, nkv, hd);
+            for threads in [1, 2] {
+                let got = case.run_window(&c, &q, pos_start, threads, Some(window));
+                let worst = largest_error(&got, &want);
+                assert!(
+                    worst <= tol,
+                    "{dtype:?} rows {rows} window {window}: {worst}"
+                );
+                if window < positions {
+                    // The window changes the answer: the reference is not the full one.
+                    let apart = full.iter().zip(&want).any(|(a, b)| (a - b).abs() > 1e-3);
+                    assert!(apart, "{dtype:?} rows {rows} window {window}");
+                }
+            }
+        }
+    }
+    let mut out = vec![0.0; n_heads * hd];
+    let c = case.cache(KvDtype::F32, 32);
+    let q = data(n_heads * hd, 1);
+    let err = attention(&q, &c, 1, 10, n_heads, &mut out, 1, Some(0)).unwrap_err();
+    assert!(matches!(err, KvError::EmptyWindow), "{err}");
 }
