@@ -486,10 +486,25 @@ fn rewritten_head(
     })
 }
 
-fn head_and_embedding(dir: &std::path::Path) -> (String, String) {
+/// The head's and the embedding's types, and where the embedding is: a tied 8-bit head shares
+/// its table with the embedding (`Some(block)`, no table of the embedding's own).
+fn head_and_embedding(dir: &std::path::Path) -> (String, String, Option<u32>) {
     let package = seam_shared::package::Package::open(dir.join("package")).unwrap();
-    let w = &package.manifest().weights;
-    (w.head.clone(), w.embedding.clone())
+    let m = package.manifest();
+    let w = &m.weights;
+    let own = dir
+        .join("package")
+        .join(format!("embedding.{}", w.embedding));
+    assert_eq!(
+        (m.embedding.as_str() == "graphs/head.q8", own.exists()),
+        (
+            w.embedding_head_block.is_some(),
+            w.embedding_head_block.is_none()
+        ),
+        "{}",
+        m.embedding
+    );
+    (w.head.clone(), w.embedding.clone(), w.embedding_head_block)
 }
 
 /// The embedding in any type whose blocks tile a row (decoded row by row), the head in 8 bits
@@ -498,10 +513,13 @@ fn head_and_embedding(dir: &std::path::Path) -> (String, String) {
 fn embedding_and_head_types_import_exactly() {
     let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
         .join(format!("quant-types-head-{}", std::process::id()));
-    // Tied: one Q5_0 table is the embedding and the head.
+    // Tied: one Q5_0 table is the embedding and the head, stored once (the head's 8-bit form).
     let path = rewritten_head(&dir, "tied-q5_0.gguf", (GgmlType::Q5_0, q5_0), None);
     imports_exactly(&path, &dir);
-    assert_eq!(head_and_embedding(&dir), ("q5_0".into(), "q5_0".into()));
+    assert_eq!(
+        head_and_embedding(&dir),
+        ("q5_0".into(), "q5_0".into(), Some(32))
+    );
     // Untied: a Q4_0 embedding (no 8-bit form needed: it is only looked up) and a Q8_0 head.
     let path = rewritten_head(
         &dir,
@@ -510,11 +528,14 @@ fn embedding_and_head_types_import_exactly() {
         Some((GgmlType::Q8_0, q8_0)),
     );
     imports_exactly(&path, &dir);
-    assert_eq!(head_and_embedding(&dir), ("q8_0".into(), "q4_0".into()));
+    assert_eq!(
+        head_and_embedding(&dir),
+        ("q8_0".into(), "q4_0".into(), None)
+    );
     // A float table (F16, as llama-quantize's F16 files keep it) is a float head, widened to f32.
     let path = rewritten_head(&dir, "tied-f16.gguf", (GgmlType::F16, f16s), None);
     imports_exactly(&path, &dir);
-    assert_eq!(head_and_embedding(&dir), ("f16".into(), "f16".into()));
+    assert_eq!(head_and_embedding(&dir), ("f16".into(), "f16".into(), None));
     // A 4-bit head has no exact 8-bit form without a min: refused by type and tensor.
     let path = rewritten_head(&dir, "tied-q4_0.gguf", (GgmlType::Q4_0, q4_0), None);
     let err = import_error(&path, &dir.join("refused"));

@@ -97,7 +97,10 @@ pub fn inspect(dir: &Path) -> anyhow::Result<()> {
         "weights   linear {} · head {} · embedding {} · {} compute · kv cache {}",
         linear_summary(&m.weights),
         m.weights.head,
-        m.weights.embedding,
+        match m.weights.embedding_head_block {
+            Some(_) => format!("{} (tied: the head's 8-bit table)", m.weights.embedding),
+            None => m.weights.embedding.clone(),
+        },
         m.weights.compute,
         m.kv_dtype
     );

@@ -5,7 +5,9 @@
 //! next (RMSNorm, packed q|k|v projection). Graph inputs and outputs are named by [`io`].
 
 use super::linear::{BLOCK, Linear, Q4Linear, Q8Linear};
-use crate::onnx::{Attr, Dim, GraphBuilder, MS_DOMAIN};
+use crate::onnx::proto::tensor_proto::DataType;
+use crate::onnx::{Attr, Dim, ExternalData, GraphBuilder, MS_DOMAIN};
+use seam_shared::package::head_table_layout;
 
 /// Names of graph inputs and outputs, shared with the runtime.
 pub mod io {
@@ -392,18 +394,65 @@ pub(crate) fn q8_matmul(
         w.packed.clone(),
     );
     let s = g.init_f32(&format!("{stem}_d"), &[w.n as i64 * nb], &w.scales);
+    nbits8(g, x, (&b, &s), (w.n, w.k, w.block), level)
+}
+
+/// 8-bit `MatMulNBits` of `x` with the weight initializers `b` (quants) and `s` (scales) of an
+/// `n × k` weight in blocks of `block`.
+fn nbits8(
+    g: &mut GraphBuilder,
+    x: &str,
+    (b, s): (&str, &str),
+    (n, k, block): (usize, usize, usize),
+    level: i64,
+) -> String {
     g.op(
         "MatMulNBits",
         MS_DOMAIN,
-        &[x, &b, &s],
+        &[x, b, s],
         vec![
-            Attr::Int("K", w.k as i64),
-            Attr::Int("N", w.n as i64),
+            Attr::Int("K", k as i64),
+            Attr::Int("N", n as i64),
             Attr::Int("bits", 8),
-            Attr::Int("block_size", w.block as i64),
+            Attr::Int("block_size", block as i64),
             Attr::Int("accuracy_level", level),
         ],
     )
+}
+
+/// [`head_graph`] for an 8-bit head whose table is the file `location` beside the graph, laid
+/// out by [`head_table_layout`] (the tied embedding reads the same file).
+pub fn head_graph_shared(output_norm: &[f32], w: &Q8Linear, d: Dims, location: &str) -> Vec<u8> {
+    let mut g = GraphBuilder::new("head");
+    let h = g.input_f32(io::HIDDEN, &act(d.n_embd));
+    let x = rms_norm(&mut g, &h, output_norm, d.eps);
+    let (quants, scales) = head_table_layout(w.n, w.k, w.block);
+    let nb = (w.k / w.block) as i64;
+    let at = |range| ExternalData {
+        location: location.to_string(),
+        range,
+    };
+    let b = g.init_external(
+        "head_q",
+        &[w.n as i64, nb, w.block as i64],
+        DataType::Uint8,
+        &at(quants),
+    );
+    let s = g.init_external("head_d", &[w.n as i64 * nb], DataType::Float, &at(scales));
+    let logits = nbits8(&mut g, &x, (&b, &s), (w.n, w.k, w.block), d.accuracy_level);
+    g.output_f32(&logits, io::LOGITS, &act(d.vocab));
+    g.finish("final norm and LM head (its table in a file beside the graph)")
+}
+
+/// The bytes of `w`'s table in the layout of [`head_table_layout`].
+pub fn head_table_bytes(w: &Q8Linear) -> Vec<u8> {
+    let (quants, scales) = head_table_layout(w.n, w.k, w.block);
+    let mut bytes = vec![0u8; scales.end];
+    bytes[quants].copy_from_slice(&w.packed);
+    for (dst, s) in bytes[scales].chunks_exact_mut(4).zip(&w.scales) {
+        dst.copy_from_slice(&s.to_le_bytes());
+    }
+    bytes
 }
 
 #[cfg(test)]

@@ -124,15 +124,28 @@ pub fn import_gguf(gguf_path: &Path, out: &Path, opts: &ImportOptions) -> Result
 
     let (embd_info, head, head_type) = head_weights(&gguf, &hp)?;
     let output_norm = gguf.tensor_f32("output_norm.weight")?;
-    let head_file = write(
-        "graphs/head.onnx".into(),
-        &graphs::head_graph(&output_norm, &head, dims),
-    )?;
     let embedding_type = embd_info.ty.to_string().to_lowercase();
-    let embedding = write(
-        format!("embedding.{embedding_type}"),
-        gguf.tensor_bytes(embd_info)?,
-    )?;
+    // A tied head kept in 8 bits holds exactly the embedding's values: one table serves both.
+    let tied = gguf.tensor("output.weight").is_err();
+    let (head_file, embedding, embedding_head_block) = match &head {
+        Linear::Q8(w) if tied && w.mins.is_none() => {
+            let table = write(format!("graphs/{HEAD_TABLE}"), &graphs::head_table_bytes(w))?;
+            let graph = graphs::head_graph_shared(&output_norm, w, dims, HEAD_TABLE);
+            let graph = write("graphs/head.onnx".into(), &graph)?;
+            (graph, table, Some(w.block as u32))
+        }
+        _ => (
+            write(
+                "graphs/head.onnx".into(),
+                &graphs::head_graph(&output_norm, &head, dims),
+            )?,
+            write(
+                format!("embedding.{embedding_type}"),
+                gguf.tensor_bytes(embd_info)?,
+            )?,
+            None,
+        ),
+    };
 
     let tokenizer_json = crate::tokenizer_build::tokenizer_json(&gguf)?;
     let tokenizer_text =
@@ -209,6 +222,7 @@ pub fn import_gguf(gguf_path: &Path, out: &Path, opts: &ImportOptions) -> Result
             linear_types,
             head: head_type.to_string().to_lowercase(),
             embedding: embedding_type,
+            embedding_head_block,
             compute: if opts.f32_compute { "f32" } else { "int8" }.into(),
         },
         split_points: splits,
@@ -555,6 +569,9 @@ fn head_weights<'a>(
     };
     Ok((embd, linear, head.ty))
 }
+
+/// The shared table of a tied 8-bit head and the embedding, beside the head graph.
+const HEAD_TABLE: &str = "head.q8";
 
 fn file_stem(p: &Path) -> String {
     p.file_stem()

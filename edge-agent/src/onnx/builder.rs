@@ -4,7 +4,7 @@
 use super::proto::{
     AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, StringStringEntryProto,
     TensorProto, TensorShapeProto, TypeProto, ValueInfoProto, attribute_proto::AttributeType,
-    tensor_proto::DataType, tensor_shape_proto, type_proto,
+    tensor_proto, tensor_proto::DataType, tensor_shape_proto, type_proto,
 };
 use prost::Message;
 use std::collections::HashSet;
@@ -15,6 +15,15 @@ const IR_VERSION: i64 = 10;
 const ONNX_OPSET: i64 = 21;
 /// Domain of ONNX Runtime's contrib operators (MatMulNBits, SkipSimplifiedLayerNormalization).
 pub const MS_DOMAIN: &str = "com.microsoft";
+
+/// Where an external initializer's bytes are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExternalData {
+    /// File name, relative to the graph file's directory.
+    pub location: String,
+    /// Byte range in that file.
+    pub range: std::ops::Range<usize>,
+}
 
 /// A dimension of a graph input or output.
 #[derive(Debug, Clone, Copy)]
@@ -111,6 +120,37 @@ impl GraphBuilder {
             data_type: ty as i32,
             name: name.clone(),
             raw_data: raw,
+            ..Default::default()
+        });
+        name
+    }
+
+    /// Adds an initializer whose bytes are `data.range` of the file `data.location` (relative
+    /// to the directory the graph file will be in): ONNX external data, read by ONNX Runtime
+    /// when the session is made from the graph's file.
+    pub fn init_external(
+        &mut self,
+        stem: &str,
+        dims: &[i64],
+        ty: DataType,
+        data: &ExternalData,
+    ) -> String {
+        let name = self.fresh(stem);
+        let entry = |key: &str, value: String| StringStringEntryProto {
+            key: key.into(),
+            value,
+        };
+        self.initializers.push(TensorProto {
+            dims: dims.to_vec(),
+            data_type: ty as i32,
+            name: name.clone(),
+            external_data: vec![
+                entry("location", data.location.clone()),
+                entry("offset", data.range.start.to_string()),
+                entry("length", data.range.len().to_string()),
+            ],
+            data_location: tensor_proto::DataLocation::External as i32,
+            ..Default::default()
         });
         name
     }

@@ -4,7 +4,7 @@
 mod builder;
 mod session;
 
-pub use builder::{Attr, Dim, GraphBuilder, MS_DOMAIN};
+pub use builder::{Attr, Dim, ExternalData, GraphBuilder, MS_DOMAIN};
 pub use session::{session_from_file, session_from_memory};
 
 /// The ONNX protobuf messages (generated from `onnx/onnx.proto`).

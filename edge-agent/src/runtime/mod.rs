@@ -7,6 +7,7 @@ pub mod context;
 mod continuation;
 pub mod cpu;
 pub mod draft;
+pub mod embedding;
 pub mod engine;
 pub mod kv_cache;
 pub mod model;

@@ -4,10 +4,10 @@
 use super::attention::attention;
 use super::draft::drafter::Drafter;
 use super::draft::tree::DraftTree;
+use super::embedding::Embedding;
 use super::kv_cache::KvCache;
 use super::rope::Rope;
 use crate::error::{Error, Result};
-use crate::gguf::GgmlType;
 use crate::import::graphs::io;
 use crate::onnx::session_from_file;
 use ort::session::Session;
@@ -131,10 +131,7 @@ pub struct Model {
     tokenizer: tokenizers::Tokenizer,
     /// The BOS token the tokenizer puts in front of a text (Gemma's), if it does.
     added_bos: Option<u32>,
-    /// The token embedding table as the GGUF stores it: `vocab` rows of `embedding_row` bytes.
-    embedding: Vec<u8>,
-    embedding_type: GgmlType,
-    embedding_row: usize,
+    embedding: Embedding,
     segments: Vec<LoadedSegment>,
     head: Option<Session>,
     /// The package's draft head, when it has one and it was asked for.
@@ -167,34 +164,7 @@ impl Model {
         let arch = m.architecture.clone();
         let tokenizer = tokenizers::Tokenizer::from_file(package.path(&m.tokenizer))
             .map_err(|e| Error::Tokenizer(e.to_string()))?;
-        let emb_path = package.path(&m.embedding);
-        let embedding = std::fs::read(&emb_path).map_err(|e| Error::io(&emb_path, e))?;
-        let embedding_type = GgmlType::from_name(&m.weights.embedding)
-            .filter(|t| t.block_layout().is_some())
-            .ok_or_else(|| {
-                Error::Package(format!(
-                    "unknown embedding type {:?} in the manifest",
-                    m.weights.embedding
-                ))
-            })?;
-        let (elems, bytes) = embedding_type.block_layout().expect("checked above");
-        let d = arch.n_embd as usize;
-        if !d.is_multiple_of(elems) {
-            return Err(Error::Package(format!(
-                "embedding rows of {d} values are not whole {embedding_type} blocks of {elems}"
-            )));
-        }
-        let embedding_row = d / elems * bytes;
-        let expected = arch.vocab_size as usize * embedding_row;
-        if embedding.len() != expected {
-            return Err(Error::Package(format!(
-                "{} has {} bytes, expected {expected} for a {embedding_type} table of {}×{}",
-                m.embedding,
-                embedding.len(),
-                arch.vocab_size,
-                arch.n_embd
-            )));
-        }
+        let embedding = Embedding::load(&package.path(&m.embedding), &m)?;
         let wanted = opts.layers.clone().unwrap_or(0..arch.n_layer);
         let mut segments = Vec::new();
         for seg in &m.segments {
@@ -277,8 +247,6 @@ impl Model {
                 .and_then(|e| e.get_ids().first().copied()),
             tokenizer,
             embedding,
-            embedding_type,
-            embedding_row,
             segments,
             head,
             drafter,
@@ -329,14 +297,7 @@ impl Model {
         let d = self.n_embd();
         let mut out = Vec::with_capacity(tokens.len() * d);
         for &t in tokens {
-            if t >= self.arch.vocab_size {
-                return Err(Error::InvalidArgument(format!(
-                    "token id {t} is outside the vocabulary of {}",
-                    self.arch.vocab_size
-                )));
-            }
-            let row = &self.embedding[t as usize * self.embedding_row..][..self.embedding_row];
-            out.extend(crate::gguf::quant::dequantize(self.embedding_type, row, d)?);
+            self.embedding.row(t, &mut out)?;
         }
         let scale = self.arch.embedding_scale;
         if scale != 1.0 {

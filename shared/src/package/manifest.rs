@@ -132,6 +132,12 @@ pub struct Weights {
     /// row (packages before this field: `q8_0`).
     #[serde(default = "q8_0")]
     pub embedding: String,
+    /// Set when the embedding file is the tied LM head's own 8-bit table, stored once for the
+    /// head graph (as ONNX external data) and the embedding lookup: `[vocab, n_embd]` bytes
+    /// `q + 128` from offset 0, then `[vocab, n_embd / block]` f32 scales from the next
+    /// [`HEAD_TABLE_ALIGN`] boundary. The value is the block (elements per scale).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub embedding_head_block: Option<u32>,
     /// How the quantized matmuls compute: `int8` (activations quantized per block to int8,
     /// as llama.cpp does; fast) or `f32` (exact function of the weights; slow, for checks).
     pub compute: String,
@@ -139,6 +145,21 @@ pub struct Weights {
 
 fn q8_0() -> String {
     "q8_0".into()
+}
+
+/// Alignment of the scales in a shared head table (see [`Weights::embedding_head_block`]).
+pub const HEAD_TABLE_ALIGN: usize = 4096;
+
+/// Byte ranges of the quants and the scales of a shared head table of `rows × cols` with
+/// `block` elements per scale.
+pub fn head_table_layout(
+    rows: usize,
+    cols: usize,
+    block: usize,
+) -> (std::ops::Range<usize>, std::ops::Range<usize>) {
+    let quants = 0..rows * cols;
+    let start = quants.end.next_multiple_of(HEAD_TABLE_ALIGN);
+    (quants, start..start + rows * (cols / block) * 4)
 }
 
 /// One GGUF type of a package's linear layers and how the graphs keep it.
@@ -269,6 +290,14 @@ impl Manifest {
             && a.rms_eps > 0.0)
         {
             return Err("architecture.rope_theta and rms_eps must be positive".into());
+        }
+        if let Some(block) = self.weights.embedding_head_block
+            && !(matches!(block, 16 | 32) && self.architecture.n_embd.is_multiple_of(block))
+        {
+            return Err(format!(
+                "weights.embedding_head_block {block} must be 16 or 32 and divide n_embd {}",
+                self.architecture.n_embd
+            ));
         }
         if !matches!(self.weights.compute.as_str(), "int8" | "f32") {
             return Err(format!(

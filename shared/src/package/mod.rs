@@ -13,8 +13,8 @@ pub use encoder_manifest::{
     encoder_digest,
 };
 pub use manifest::{
-    Architecture, Drafter, ENCODER_FORMAT_VERSION, FORMAT_VERSION, LinearType, Manifest, Segment,
-    Source, Weights,
+    Architecture, Drafter, ENCODER_FORMAT_VERSION, FORMAT_VERSION, HEAD_TABLE_ALIGN, LinearType,
+    Manifest, Segment, Source, Weights, head_table_layout,
 };
 
 use serde::Serialize;

@@ -36,6 +36,7 @@ fn tiny_manifest(files: BTreeMap<String, String>) -> Manifest {
             linear_types: vec![],
             head: "q8_0".into(),
             embedding: "q8_0".into(),
+            embedding_head_block: None,
             compute: "int8".into(),
         },
         split_points: vec![1],
@@ -170,6 +171,15 @@ fn validation_names_the_problem() {
     assert!(m.validate().unwrap_err().contains("sliding_window"));
 
     let mut m = ok.clone();
+    m.weights.embedding_head_block = Some(32);
+    // The tiny model's rows of 8 are not whole blocks of 32.
+    assert!(m.validate().unwrap_err().contains("divide n_embd 8"));
+    m.architecture.n_embd = 64;
+    m.validate().unwrap();
+    m.weights.embedding_head_block = Some(24);
+    assert!(m.validate().unwrap_err().contains("embedding_head_block"));
+
+    let mut m = ok.clone();
     m.architecture.family = "qwen2".into();
     m.validate().unwrap();
     m.architecture.family = "mamba".into();
@@ -217,4 +227,14 @@ fn encoder_packages_round_trip_and_kinds_are_not_confused() {
     std::fs::write(dir.join("g.onnx"), "tampered").unwrap();
     let err = EncoderPackage::open_kind(&dir).unwrap_err().to_string();
     assert!(err.contains("`g.onnx` has SHA-256"), "{err}");
+}
+
+#[test]
+fn a_head_table_puts_its_scales_on_an_aligned_boundary() {
+    let (quants, scales) = head_table_layout(10, 64, 32);
+    assert_eq!(quants, 0..640);
+    assert_eq!(scales, HEAD_TABLE_ALIGN..HEAD_TABLE_ALIGN + 10 * 2 * 4);
+    let (quants, scales) = head_table_layout(64, 64, 16);
+    assert_eq!((quants.end, scales.start), (4096, 4096));
+    assert_eq!(scales.len(), 64 * 4 * 4);
 }
