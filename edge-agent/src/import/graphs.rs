@@ -362,19 +362,39 @@ pub fn post_graph(layer: &LayerWeights, index: usize, d: Dims) -> Vec<u8> {
     g.finish(&format!("end of layer {index}"))
 }
 
-/// Final RMSNorm and the LM head (8-bit, or f32 for a float head): `hidden → logits`.
-pub fn head_graph(output_norm: &[f32], head: &Linear, d: Dims) -> Vec<u8> {
+/// Final RMSNorm and the LM head (8-bit, or f32 for a float head): `hidden → logits`. With
+/// `table`, the 8-bit head's weights are that file beside the graph, laid out by
+/// [`head_table_layout`] (the tied embedding reads the same file), instead of inside it.
+pub fn head_graph(output_norm: &[f32], head: &Linear, d: Dims, table: Option<&str>) -> Vec<u8> {
     let mut g = GraphBuilder::new("head");
     let h = g.input_f32(io::HIDDEN, &act(d.n_embd));
     let x = rms_norm(&mut g, &h, output_norm, d.eps);
-    let logits = project(
-        &mut g,
-        &x,
-        d.n_embd,
-        std::slice::from_ref(head),
-        "head",
-        d.accuracy_level,
-    );
+    let logits = match (table, head) {
+        (Some(location), Linear::Q8(w)) => {
+            let (quants, scales) = head_table_layout(w.n, w.k, w.block);
+            let nb = (w.k / w.block) as i64;
+            let at = |range| ExternalData {
+                location: location.to_string(),
+                range,
+            };
+            let b = g.init_external(
+                "head_q",
+                &[w.n as i64, nb, w.block as i64],
+                DataType::Uint8,
+                &at(quants),
+            );
+            let s = g.init_external("head_d", &[w.n as i64 * nb], DataType::Float, &at(scales));
+            nbits8(&mut g, &x, (&b, &s), (w.n, w.k, w.block), d.accuracy_level)
+        }
+        _ => project(
+            &mut g,
+            &x,
+            d.n_embd,
+            std::slice::from_ref(head),
+            "head",
+            d.accuracy_level,
+        ),
+    };
     g.output_f32(&logits, io::LOGITS, &act(d.vocab));
     g.finish("final norm and LM head")
 }
@@ -418,30 +438,6 @@ fn nbits8(
             Attr::Int("accuracy_level", level),
         ],
     )
-}
-
-/// [`head_graph`] for an 8-bit head whose table is the file `location` beside the graph, laid
-/// out by [`head_table_layout`] (the tied embedding reads the same file).
-pub fn head_graph_shared(output_norm: &[f32], w: &Q8Linear, d: Dims, location: &str) -> Vec<u8> {
-    let mut g = GraphBuilder::new("head");
-    let h = g.input_f32(io::HIDDEN, &act(d.n_embd));
-    let x = rms_norm(&mut g, &h, output_norm, d.eps);
-    let (quants, scales) = head_table_layout(w.n, w.k, w.block);
-    let nb = (w.k / w.block) as i64;
-    let at = |range| ExternalData {
-        location: location.to_string(),
-        range,
-    };
-    let b = g.init_external(
-        "head_q",
-        &[w.n as i64, nb, w.block as i64],
-        DataType::Uint8,
-        &at(quants),
-    );
-    let s = g.init_external("head_d", &[w.n as i64 * nb], DataType::Float, &at(scales));
-    let logits = nbits8(&mut g, &x, (&b, &s), (w.n, w.k, w.block), d.accuracy_level);
-    g.output_f32(&logits, io::LOGITS, &act(d.vocab));
-    g.finish("final norm and LM head (its table in a file beside the graph)")
 }
 
 /// The bytes of `w`'s table in the layout of [`head_table_layout`].

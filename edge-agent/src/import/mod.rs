@@ -122,30 +122,25 @@ pub fn import_gguf(gguf_path: &Path, out: &Path, opts: &ImportOptions) -> Result
         });
     }
 
-    let (embd_info, head, head_type) = head_weights(&gguf, &hp)?;
+    let (embd_info, head, head_type, tied) = head_weights(&gguf, &hp)?;
     let output_norm = gguf.tensor_f32("output_norm.weight")?;
     let embedding_type = embd_info.ty.to_string().to_lowercase();
     // A tied head kept in 8 bits holds exactly the embedding's values: one table serves both.
-    let tied = gguf.tensor("output.weight").is_err();
-    let (head_file, embedding, embedding_head_block) = match &head {
+    let (embedding, table, embedding_head_block) = match &head {
         Linear::Q8(w) if tied && w.mins.is_none() => {
-            let table = write(format!("graphs/{HEAD_TABLE}"), &graphs::head_table_bytes(w))?;
-            let graph = graphs::head_graph_shared(&output_norm, w, dims, HEAD_TABLE);
-            let graph = write("graphs/head.onnx".into(), &graph)?;
-            (graph, table, Some(w.block as u32))
+            let path = format!("graphs/{HEAD_TABLE}");
+            let file = write(path, &graphs::head_table_bytes(w))?;
+            (file, Some(HEAD_TABLE), Some(w.block as u32))
         }
-        _ => (
-            write(
-                "graphs/head.onnx".into(),
-                &graphs::head_graph(&output_norm, &head, dims),
-            )?,
-            write(
-                format!("embedding.{embedding_type}"),
-                gguf.tensor_bytes(embd_info)?,
-            )?,
-            None,
-        ),
+        _ => {
+            let path = format!("embedding.{embedding_type}");
+            (write(path, gguf.tensor_bytes(embd_info)?)?, None, None)
+        }
     };
+    let head_file = write(
+        "graphs/head.onnx".into(),
+        &graphs::head_graph(&output_norm, &head, dims, table),
+    )?;
 
     let tokenizer_json = crate::tokenizer_build::tokenizer_json(&gguf)?;
     let tokenizer_text =
@@ -523,12 +518,14 @@ fn layer_weights(gguf: &GgufFile, hp: &LlamaHparams, i: usize) -> Result<LayerWe
 /// any type whose blocks tile a row works) and the LM head (`output.weight`, or the embedding
 /// when tied) in 8 bits (Q8_0 as stored, Q5_0, Q3_K and Q6_K widened without changing a
 /// value) or in f32 (F32, and F16 and BF16 widened exactly).
+/// Also says whether the head is tied (no `output.weight`).
 fn head_weights<'a>(
     gguf: &'a GgufFile,
     hp: &LlamaHparams,
-) -> Result<(&'a crate::gguf::TensorInfo, Linear, GgmlType)> {
+) -> Result<(&'a crate::gguf::TensorInfo, Linear, GgmlType, bool)> {
     let embd = gguf.tensor("token_embd.weight")?;
-    let head = gguf.tensor("output.weight").unwrap_or(embd);
+    let untied = gguf.tensor("output.weight").ok();
+    let head = untied.unwrap_or(embd);
     for info in [embd, head] {
         if info.dims != [hp.n_embd as u64, hp.vocab_size as u64] {
             return Err(Error::Package(format!(
@@ -567,7 +564,7 @@ fn head_weights<'a>(
             Linear::Q8(Q8Linear::from_blocks(n, k, blocks))
         }
     };
-    Ok((embd, linear, head.ty))
+    Ok((embd, linear, head.ty, untied.is_none()))
 }
 
 /// The shared table of a tied 8-bit head and the embedding, beside the head graph.
