@@ -373,11 +373,14 @@ impl Model {
             self.arch.head_dim as usize,
         );
         let (qw, kw) = (nh * hd, nkv * hd);
-        let mut h = hidden;
-        let mut attn = vec![0.0f32; s * qw];
+        // The graphs see at least two rows (see [`GRAPH_MIN_ROWS`]); a lone row is repeated and
+        // the copy's outputs are dropped at the end. Attention and the KV writes see `s` rows.
+        let g = s.max(GRAPH_MIN_ROWS);
+        let mut h = pad_rows(hidden, d, g);
+        let mut attn = vec![0.0f32; g * qw];
         let (mut q, mut k, mut v) = (vec![0.0; s * qw], vec![0.0; s * kw], vec![0.0; s * kw]);
-        let mut qkv = vec![0.0f32; s * (qw + 2 * kw)];
-        let shape = [s, d];
+        let mut qkv = vec![0.0f32; g * (qw + 2 * kw)];
+        let shape = [g, d];
         let first_layer = range.start;
         for seg in self.segments.iter_mut() {
             if seg.end <= range.start || seg.start >= range.end {
@@ -428,7 +431,7 @@ impl Model {
                 let graph = &mut seg.graphs[(layer - seg.start) as usize + 1];
                 let out = graph.run(ort::inputs![
                     io::RESIDUAL => TensorRef::from_array_view((shape, &h[..]))?,
-                    io::ATTN => TensorRef::from_array_view(([s, qw], &attn[..]))?,
+                    io::ATTN => TensorRef::from_array_view(([g, qw], &attn[..]))?,
                 ])?;
                 if layer + 1 < seg.end {
                     copy_output(&out, io::RESIDUAL_OUT, &mut h)?;
@@ -438,6 +441,7 @@ impl Model {
                 }
             }
         }
+        h.truncate(s * d);
         Ok(h)
     }
 
@@ -448,9 +452,12 @@ impl Model {
         let head = self.head.as_mut().ok_or_else(|| {
             Error::Package("this model instance was loaded without its head".into())
         })?;
-        let out =
-            head.run(ort::inputs![io::HIDDEN => TensorRef::from_array_view(([s, d], hidden))?])?;
-        Ok(out[io::LOGITS].try_extract_tensor::<f32>()?.1.to_vec())
+        let g = s.max(GRAPH_MIN_ROWS);
+        let padded = pad_rows(hidden.to_vec(), d, g);
+        let out = head
+            .run(ort::inputs![io::HIDDEN => TensorRef::from_array_view(([g, d], &padded[..]))?])?;
+        let logits = out[io::LOGITS].try_extract_tensor::<f32>()?.1;
+        Ok(logits[..logits.len() / g * s].to_vec())
     }
 
     /// The draft head, if loaded.
@@ -561,6 +568,27 @@ struct TreeBlock {
 
 /// Copies graph output `name` into `dst` (reused across layers, so no allocation per run),
 /// checking that it has the expected number of values.
+/// Fewest rows a layer or head graph runs on. ONNX Runtime's CPU kernels (`MatMulNBits`, the
+/// f32 `MatMul` of the Q4_1 correction) take a separate path for a single row on some CPUs (seen
+/// on AVX2 machines without AVX-512) whose results differ from the multi-row path in the last
+/// bits, enough to flip a near-tie between two tokens. With two rows at least, a row's output
+/// does not depend on the rows beside it, so one token decoded alone, a prompt, a chain or tree
+/// of drafts and a worker's batch of sessions all compute each row alike: what makes a
+/// speculative split answer exactly the local one.
+pub const GRAPH_MIN_ROWS: usize = 2;
+
+/// `rows` (`[S, width]`) with its last row repeated up to `g` rows.
+fn pad_rows(mut rows: Vec<f32>, width: usize, g: usize) -> Vec<f32> {
+    let s = rows.len() / width.max(1);
+    if s > 0 && s < g {
+        let last = rows[(s - 1) * width..].to_vec();
+        for _ in s..g {
+            rows.extend_from_slice(&last);
+        }
+    }
+    rows
+}
+
 fn copy_output(out: &ort::session::SessionOutputs<'_>, name: &str, dst: &mut [f32]) -> Result<()> {
     let values = out[name].try_extract_tensor::<f32>()?.1;
     if values.len() != dst.len() {
