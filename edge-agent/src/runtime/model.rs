@@ -453,9 +453,16 @@ impl Model {
             Error::Package("this model instance was loaded without its head".into())
         })?;
         let g = s.max(GRAPH_MIN_ROWS);
-        let padded = pad_rows(hidden.to_vec(), d, g);
-        let out = head
-            .run(ort::inputs![io::HIDDEN => TensorRef::from_array_view(([g, d], &padded[..]))?])?;
+        // Only a lone row is copied (to be repeated); a batch goes in as it is.
+        let padded;
+        let rows = if g > s {
+            padded = pad_rows(hidden.to_vec(), d, g);
+            &padded[..]
+        } else {
+            hidden
+        };
+        let out =
+            head.run(ort::inputs![io::HIDDEN => TensorRef::from_array_view(([g, d], rows))?])?;
         let logits = out[io::LOGITS].try_extract_tensor::<f32>()?.1;
         Ok(logits[..logits.len() / g * s].to_vec())
     }
@@ -566,12 +573,10 @@ struct TreeBlock {
     layer: usize,
 }
 
-/// Copies graph output `name` into `dst` (reused across layers, so no allocation per run),
-/// checking that it has the expected number of values.
 /// Fewest rows a layer or head graph runs on. ONNX Runtime's CPU kernels (`MatMulNBits`, the
 /// f32 `MatMul` of the Q4_1 correction) take a separate path for a single row on some CPUs (seen
-/// on AVX2 machines without AVX-512) whose results differ from the multi-row path in the last
-/// bits, enough to flip a near-tie between two tokens. With two rows at least, a row's output
+/// on AVX2 machines without AVX-512) whose results differ from the multi-row path, enough to
+/// flip a near-tie between two tokens. With two rows at least, a row's output
 /// does not depend on the rows beside it, so one token decoded alone, a prompt, a chain or tree
 /// of drafts and a worker's batch of sessions all compute each row alike: what makes a
 /// speculative split answer exactly the local one.
@@ -580,15 +585,16 @@ pub const GRAPH_MIN_ROWS: usize = 2;
 /// `rows` (`[S, width]`) with its last row repeated up to `g` rows.
 fn pad_rows(mut rows: Vec<f32>, width: usize, g: usize) -> Vec<f32> {
     let s = rows.len() / width.max(1);
-    if s > 0 && s < g {
-        let last = rows[(s - 1) * width..].to_vec();
+    if s > 0 {
         for _ in s..g {
-            rows.extend_from_slice(&last);
+            rows.extend_from_within((s - 1) * width..s * width);
         }
     }
     rows
 }
 
+/// Copies graph output `name` into `dst` (reused across layers, so no allocation per run),
+/// checking that it has the expected number of values.
 fn copy_output(out: &ort::session::SessionOutputs<'_>, name: &str, dst: &mut [f32]) -> Result<()> {
     let values = out[name].try_extract_tensor::<f32>()?.1;
     if values.len() != dst.len() {
