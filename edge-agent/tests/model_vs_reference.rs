@@ -76,12 +76,40 @@ fn compare(ours: &[f32], reference: &[f32]) -> (f64, f64) {
     (dot / (na.sqrt() * nb.sqrt()), max_diff / (hi - lo))
 }
 
+/// A reference whose best two logits are closer than this (in logits; e^0.5 = 1.65× in
+/// probability) has no clear greedy choice: the int8 activation quantization that the fast graphs
+/// share with llama.cpp's Q4_1·Q8_1 dot products moves logits by more than that (up to ~4% of the
+/// logit range here), so such a position may go either way.
+const NEAR_TIE: f32 = 0.5;
+
 /// Worst cosine, worst max|diff|/range and top-1 agreements over all prompts and positions.
 struct Agreement {
     cosine: f64,
     rel_diff: f64,
     top1: usize,
     positions: usize,
+    /// Positions where our greedy choice differs although the reference's best logit leads its
+    /// runner-up by `NEAR_TIE` or more.
+    clear_flips: usize,
+    /// The widest reference margin (its best logit minus its logit for our choice) among the
+    /// positions where the choices differ.
+    worst_flip_margin: f32,
+}
+
+/// The reference's best logit minus its logit for `ours`' best token.
+fn reference_margin(ours: &[f32], reference: &[f32]) -> f32 {
+    reference[argmax(reference)] - reference[argmax(ours)]
+}
+
+/// The gap between the best two logits of a row.
+fn top2_gap(row: &[f32]) -> f32 {
+    let best = argmax(row);
+    let second = row
+        .iter()
+        .enumerate()
+        .filter(|&(i, _)| i != best)
+        .fold(f32::MIN, |m, (_, &v)| m.max(v));
+    row[best] - second
 }
 
 fn agreement(model: &mut Model, reference: &ReferenceModel, dtype: KvDtype) -> Agreement {
@@ -91,6 +119,8 @@ fn agreement(model: &mut Model, reference: &ReferenceModel, dtype: KvDtype) -> A
         rel_diff: 0.0,
         top1: 0,
         positions: 0,
+        clear_flips: 0,
+        worst_flip_margin: 0.0,
     };
     // Short prompts of several kinds, and a longer run of news prose.
     let prose = prose_tokens(model, 96);
@@ -115,13 +145,19 @@ fn agreement(model: &mut Model, reference: &ReferenceModel, dtype: KvDtype) -> A
             let (cos, rel) = compare(row, exp);
             a.cosine = a.cosine.min(cos);
             a.rel_diff = a.rel_diff.max(rel);
-            a.top1 += usize::from(argmax(row) == argmax(exp));
             a.positions += 1;
+            if argmax(row) == argmax(exp) {
+                a.top1 += 1;
+                continue;
+            }
+            a.worst_flip_margin = a.worst_flip_margin.max(reference_margin(row, exp));
+            a.clear_flips += usize::from(top2_gap(exp) >= NEAR_TIE);
         }
     }
     eprintln!(
-        "{dtype} kv: worst cosine {:.6}, worst max|diff|/range {:.5}, top-1 agreement {}/{}",
-        a.cosine, a.rel_diff, a.top1, a.positions
+        "{dtype} kv: worst cosine {:.6}, worst max|diff|/range {:.5}, top-1 agreement {}/{}, \
+         flips where the reference is clear {}, widest reference margin of a flip {:.4}",
+        a.cosine, a.rel_diff, a.top1, a.positions, a.clear_flips, a.worst_flip_margin
     );
     a
 }
@@ -152,7 +188,10 @@ fn exact_graphs_equal_the_f32_reference() {
 }
 
 /// The shipped graphs quantize activations to int8 per block inside MatMulNBits (as llama.cpp
-/// does for Q4_1 dot products): close to the reference, same greedy choices.
+/// does for Q4_1 dot products): close to the reference, and the same greedy choice wherever the
+/// reference has a clear one. Near-ties may flip, and how many depends on the CPU's int8 kernel
+/// (8 of 144 on an AVX2 machine without AVX-512, each with a reference margin under 0.24 and our
+/// choice the reference's runner-up), so they are bounded loosely.
 #[test]
 fn fast_graphs_stay_close_to_the_f32_reference() {
     let mut model = load();
@@ -165,8 +204,12 @@ fn fast_graphs_stay_close_to_the_f32_reference() {
             "{dtype}: relative max diff {}",
             a.rel_diff
         );
+        assert_eq!(
+            a.clear_flips, 0,
+            "{dtype}: greedy choices differ where the reference leads by {NEAR_TIE} or more"
+        );
         assert!(
-            a.top1 * 100 >= a.positions * 95,
+            a.top1 * 100 >= a.positions * 90,
             "{dtype}: top-1 {}/{}",
             a.top1,
             a.positions

@@ -12,7 +12,10 @@ import openai
 from openai import OpenAI
 
 QUESTION = "What is the capital of France?"
-SYSTEM = "You are a concise assistant."
+# With "You are a concise assistant." the model's first reply token is a tie ("The" 24.695 vs "La"
+# 24.693 in the f32 reference), which int8 kernels decide differently on different CPUs. With this
+# system prompt every choice up to "Paris" and "Rome" leads its runner-up by more than a logit.
+SYSTEM = "Answer in one short sentence."
 
 
 def main() -> None:

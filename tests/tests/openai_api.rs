@@ -37,7 +37,7 @@ async fn the_openai_python_package_talks_to_the_device() {
         &edge.addr,
         GenerateRequest {
             prompt: "What is the capital of France?".into(),
-            system_prompt: Some("You are a concise assistant.".into()),
+            system_prompt: Some("Answer in one short sentence.".into()),
             chat: true,
             max_tokens: 12,
             ..Default::default()
