@@ -1,7 +1,8 @@
 //! A row's result must not depend on the rows computed with it: a token decoded alone, the same
 //! token as part of a prompt, a chain of drafts or a worker's batch of sessions. Speculative
 //! split answers are the local answers exactly only if this holds bit for bit. (ONNX Runtime's
-//! CPU kernels take a separate single-row path on some CPUs; see `GRAPH_MIN_ROWS`.)
+//! CPU kernels take a separate single-row path on some CPUs; the model finds out at load time
+//! and then runs its graphs on two rows at least: see `runtime/row_paths.rs`.)
 
 use seam_edge::runtime::kv_cache::{KvCache, KvDtype, KvGeometry};
 use seam_edge::runtime::model::{LoadOptions, Model};
@@ -27,6 +28,10 @@ fn rows_are_computed_alike_alone_in_a_prompt_and_in_a_batch() {
         },
     )
     .unwrap();
+    eprintln!(
+        "graphs run on {} rows at least on this CPU",
+        model.graph_min_rows()
+    );
     let n_layer = model.arch().n_layer;
     let d = model.n_embd();
     let tokens = model

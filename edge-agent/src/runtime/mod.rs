@@ -13,6 +13,7 @@ pub mod kv_cache;
 pub mod model;
 pub mod perplexity;
 pub mod rope;
+mod row_paths;
 pub mod sampler;
 pub mod split;
 pub mod text_stream;

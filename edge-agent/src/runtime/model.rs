@@ -7,6 +7,7 @@ use super::draft::tree::DraftTree;
 use super::embedding::Embedding;
 use super::kv_cache::KvCache;
 use super::rope::Rope;
+use super::row_paths::{self, Probe};
 use crate::error::{Error, Result};
 use crate::import::graphs::io;
 use crate::onnx::session_from_file;
@@ -142,6 +143,8 @@ pub struct Model {
     /// Positions a local layer attends over (none: all).
     sliding_window: Option<usize>,
     threads: usize,
+    /// Fewest rows a layer or head graph runs on (see [`super::row_paths`]).
+    min_rows: usize,
     load_time: Duration,
 }
 
@@ -238,7 +241,7 @@ impl Model {
             }
             _ => None,
         };
-        Ok(Model {
+        let mut model = Model {
             package,
             arch,
             added_bos: tokenizer
@@ -254,8 +257,64 @@ impl Model {
             local_rope,
             sliding_window,
             threads: threads.max(1),
-            load_time: started.elapsed(),
-        })
+            min_rows: 2,
+            load_time: Duration::ZERO,
+        };
+        model.min_rows = model.probe_min_rows()?;
+        if model.min_rows > 1 {
+            tracing::info!(
+                "ONNX Runtime computes a lone row differently from a row in a batch on this CPU: \
+                 the graphs run on {} rows at least",
+                model.min_rows
+            );
+        }
+        model.load_time = started.elapsed();
+        Ok(model)
+    }
+
+    /// Runs the first loaded layers and the head on one row alone and beside another row: the
+    /// fewest rows the graphs must run on for a row's result not to depend on its neighbours.
+    fn probe_min_rows(&mut self) -> Result<usize> {
+        let d = self.n_embd();
+        let vocab = self.arch.vocab_size;
+        let hidden = self.embed(&[vocab / 3, vocab / 2])?;
+        let attn_width = self.arch.n_head as usize * self.arch.head_dim as usize;
+        let mut probes = Vec::new();
+        if let Some(seg) = self.segments.first_mut() {
+            let output = if seg.end - seg.start > 1 {
+                io::RESIDUAL_OUT
+            } else {
+                io::HIDDEN_OUT
+            };
+            let (qkv, rest) = seg.graphs.split_at_mut(1);
+            probes.push(Probe {
+                session: &mut qkv[0],
+                inputs: vec![(io::HIDDEN, d, hidden.clone())],
+                output: io::QKV,
+            });
+            probes.push(Probe {
+                session: &mut rest[0],
+                inputs: vec![
+                    (io::RESIDUAL, d, hidden.clone()),
+                    (io::ATTN, attn_width, row_paths::spread(2 * attn_width)),
+                ],
+                output,
+            });
+        }
+        if let Some(head) = &mut self.head {
+            probes.push(Probe {
+                session: head,
+                inputs: vec![(io::HIDDEN, d, hidden)],
+                output: io::LOGITS,
+            });
+        }
+        row_paths::graph_min_rows(probes)
+    }
+
+    /// Fewest rows the layer and head graphs run on: 2 where ONNX Runtime computes a lone row
+    /// differently from a row in a batch on this CPU, else 1.
+    pub fn graph_min_rows(&self) -> usize {
+        self.min_rows
     }
 
     pub fn package(&self) -> &Package {
@@ -373,9 +432,10 @@ impl Model {
             self.arch.head_dim as usize,
         );
         let (qw, kw) = (nh * hd, nkv * hd);
-        // The graphs see at least two rows (see [`GRAPH_MIN_ROWS`]); a lone row is repeated and
-        // the copy's outputs are dropped at the end. Attention and the KV writes see `s` rows.
-        let g = s.max(GRAPH_MIN_ROWS);
+        // The graphs see at least `min_rows` rows (see [`super::row_paths`]); a lone row is
+        // repeated and the copy's outputs are dropped at the end. Attention and the KV writes
+        // see `s` rows.
+        let g = s.max(self.min_rows);
         let mut h = pad_rows(hidden, d, g);
         let mut attn = vec![0.0f32; g * qw];
         let (mut q, mut k, mut v) = (vec![0.0; s * qw], vec![0.0; s * kw], vec![0.0; s * kw]);
@@ -452,7 +512,7 @@ impl Model {
         let head = self.head.as_mut().ok_or_else(|| {
             Error::Package("this model instance was loaded without its head".into())
         })?;
-        let g = s.max(GRAPH_MIN_ROWS);
+        let g = s.max(self.min_rows);
         // Only a lone row is copied (to be repeated); a batch goes in as it is.
         let padded;
         let rows = if g > s {
@@ -572,15 +632,6 @@ struct TreeBlock {
     /// Cache layer.
     layer: usize,
 }
-
-/// Fewest rows a layer or head graph runs on. ONNX Runtime's CPU kernels (`MatMulNBits`, the
-/// f32 `MatMul` of the Q4_1 correction) take a separate path for a single row on some CPUs (seen
-/// on AVX2 machines without AVX-512) whose results differ from the multi-row path, enough to
-/// flip a near-tie between two tokens. With two rows at least, a row's output
-/// does not depend on the rows beside it, so one token decoded alone, a prompt, a chain or tree
-/// of drafts and a worker's batch of sessions all compute each row alike: what makes a
-/// speculative split answer exactly the local one.
-pub const GRAPH_MIN_ROWS: usize = 2;
 
 /// `rows` (`[S, width]`) with its last row repeated up to `g` rows.
 fn pad_rows(mut rows: Vec<f32>, width: usize, g: usize) -> Vec<f32> {
