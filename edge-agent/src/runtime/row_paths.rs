@@ -5,8 +5,8 @@
 //! differ, the model runs its graphs on two rows at least: a lone row is repeated and the copy's
 //! outputs are dropped. Then a token decoded alone, a prompt, a chain or tree of drafts, and a
 //! worker's batch of sessions compute each row alike, which is what makes a speculative split
-//! answer exactly the local one. Where the paths agree, a lone row runs alone: on the AVX2
-//! machine the second row cost up to 1.4× in decode time.
+//! answer exactly the local one. Where the paths agree, a lone row runs alone: on an AVX2
+//! machine the second row cut one-thread decode from 43 to 23–30 tokens/s.
 
 use crate::error::Result;
 use ort::session::Session;
