@@ -1,20 +1,8 @@
-//! Causal grouped-query attention over the [`KvCache`].
-//!
-//! For int8 caches the rows are never dequantized into a buffer. Each row is split in groups of
-//! [`GROUP`](super::kv_cache::GROUP) elements with one scale each: a score is
-//! `Σ_g k_scale_g * (Σ_{i in g} q_i·k_i8_i) / sqrt(head_dim)` and output group `g` is
-//! `Σ_t p_t * v_scale_{t,g} * v_i8_t`. The kernels ([`kernel`]) run over fixed 8-lane chunks
-//! with f32 accumulators so they vectorize, and share each pass over the cache among several
-//! query vectors (the heads of one kv head, and consecutive rows during prefill).
+//! Causal grouped-query attention over the [`KvCache`]: the inputs checked here, the arithmetic
+//! in [`seam_kernels::attention`] (int8 rows read in place, never dequantized into a buffer).
 
-use super::kv_cache::{KvCache, KvError, LayerView};
-
-mod kernel;
-
-/// Lanes of the softmax passes.
-const LANES: usize = 16;
-/// Minimum `rows * positions` before work is split across threads.
-const PARALLEL_MIN_WORK: usize = 4096;
+use super::kv_cache::{KvCache, KvError};
+use seam_kernels::attention::{MAX_HEAD_DIM, Shape, attend};
 
 /// Computes causal attention for `S` query rows at positions `pos_start..pos_start + S`.
 ///
@@ -43,10 +31,10 @@ pub fn attention(
             n_kv_heads: nkv,
         });
     }
-    if hd > kernel::MAX_CHUNKS * 8 {
+    if hd > MAX_HEAD_DIM {
         return Err(KvError::HeadDimTooLarge {
             head_dim: hd,
-            max: kernel::MAX_CHUNKS * 8,
+            max: MAX_HEAD_DIM,
         });
     }
     let width = n_heads * hd;
@@ -76,143 +64,11 @@ pub fn attention(
         group: n_heads / nkv,
         inv_sqrt: 1.0 / (hd as f32).sqrt(),
     };
-    let bounds = split_rows(pos_start, rows, threads, rows * (pos_start + rows));
     if window == Some(0) {
         return Err(KvError::EmptyWindow);
     }
-    if bounds.len() <= 2 {
-        run(&view, &shape, q, out, (pos_start, window));
-        return Ok(());
-    }
-    std::thread::scope(|scope| {
-        let (mut q_rest, mut out_rest) = (q, out);
-        let mut handles = Vec::with_capacity(bounds.len() - 1);
-        for w in bounds.windows(2) {
-            let n = (w[1] - w[0]) * width;
-            let (qc, qr) = q_rest.split_at(n);
-            let (oc, or) = std::mem::take(&mut out_rest).split_at_mut(n);
-            (q_rest, out_rest) = (qr, or);
-            let (view, shape, first) = (&view, &shape, (pos_start + w[0], window));
-            if w[1] == rows {
-                // The last chunk runs on the calling thread.
-                run(view, shape, qc, oc, first);
-            } else {
-                handles.push(scope.spawn(move || run(view, shape, qc, oc, first)));
-            }
-        }
-        for h in handles {
-            if let Err(panic) = h.join() {
-                std::panic::resume_unwind(panic);
-            }
-        }
-    });
+    attend(&view, &shape, q, out, pos_start, window, threads);
     Ok(())
-}
-
-/// Row boundaries `[0, .., rows]` giving each thread about the same causal cost
-/// (row `s` costs `pos_start + s + 1`). One chunk when the work is small.
-fn split_rows(pos_start: usize, rows: usize, threads: usize, work: usize) -> Vec<usize> {
-    let threads = threads.clamp(1, rows);
-    if threads == 1 || work < PARALLEL_MIN_WORK {
-        return vec![0, rows];
-    }
-    let cost = |r: usize| r * pos_start + r * (r + 1) / 2; // cost of rows 0..r
-    let total = cost(rows);
-    let mut bounds = vec![0];
-    let mut r = 0;
-    for t in 1..threads {
-        let target = total * t / threads;
-        while r < rows && cost(r) < target {
-            r += 1;
-        }
-        if r > *bounds.last().unwrap_or(&0) && r < rows {
-            bounds.push(r);
-        }
-    }
-    bounds.push(rows);
-    bounds
-}
-
-/// Attention dimensions shared by all rows.
-pub(crate) struct Shape {
-    pub(crate) n_heads: usize,
-    pub(crate) nkv: usize,
-    pub(crate) hd: usize,
-    /// Query heads per kv head.
-    pub(crate) group: usize,
-    pub(crate) inv_sqrt: f32,
-}
-
-/// Runs the kernels with the widest vector instructions the CPU has: the same code, compiled a
-/// second time with AVX2 and FMA enabled and chosen at run time, is several times faster than the
-/// baseline (SSE2) build on x86-64.
-fn run(view: &LayerView<'_>, shape: &Shape, q: &[f32], out: &mut [f32], at: kernel::At) {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-        #[allow(unsafe_code)]
-        // SAFETY: `run_avx2` needs AVX2 and FMA, which the CPU was just found to support.
-        unsafe {
-            run_avx2(view, shape, q, out, at);
-        }
-        return;
-    }
-    kernel::rows::<false>(view, shape, q, out, at);
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn run_avx2(view: &LayerView<'_>, shape: &Shape, q: &[f32], out: &mut [f32], at: kernel::At) {
-    kernel::rows::<true>(view, shape, q, out, at);
-}
-
-/// Replaces `x` with `exp(x - max x)` and returns the sum. Max, exp and sum are separate
-/// lane-wise passes so each one vectorizes.
-#[inline(always)]
-pub(crate) fn softmax_unnormalized(x: &mut [f32]) -> f32 {
-    let (chunks, rest) = x.as_chunks::<LANES>();
-    let mut lanes = [f32::NEG_INFINITY; LANES];
-    for c in chunks {
-        for (m, &v) in lanes.iter_mut().zip(c) {
-            *m = if v > *m { v } else { *m };
-        }
-    }
-    let max = lanes
-        .iter()
-        .chain(rest)
-        .fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-    for v in x.iter_mut() {
-        *v = exp_neg(*v - max);
-    }
-    let (chunks, rest) = x.as_chunks::<LANES>();
-    let mut sums = [0.0f32; LANES];
-    for c in chunks {
-        for (s, &v) in sums.iter_mut().zip(c) {
-            *s += v;
-        }
-    }
-    sums.iter().chain(rest).sum()
-}
-
-/// `e^x` for `x <= 0` (relative error about 2e-7), branch-free so it vectorizes. Results below
-/// `e^-87` are not exact but tiny; NaN stays NaN.
-#[inline(always)]
-fn exp_neg(x: f32) -> f32 {
-    const LOG2E: f32 = std::f32::consts::LOG2_E;
-    const LN2_HI: f32 = 0.693_359_4;
-    const LN2_LO: f32 = -2.121_944_4e-4;
-    const ROUND: f32 = 12_582_912.0; // 1.5 * 2^23: adding and subtracting it rounds to integer
-    let x = if x < -87.0 { -87.0 } else { x };
-    let n = (x * LOG2E + ROUND) - ROUND;
-    let r = x - n * LN2_HI - n * LN2_LO;
-    let p = 1.0 / 720.0;
-    let p = p * r + 1.0 / 120.0;
-    let p = p * r + 1.0 / 24.0;
-    let p = p * r + 1.0 / 6.0;
-    let p = p * r + 0.5;
-    let p = p * r + 1.0;
-    let p = p * r + 1.0;
-    // n is in [-126, 0], so the biased exponent is a normal one.
-    p * f32::from_bits(((n as i32 + 127) as u32) << 23)
 }
 
 #[cfg(test)]

@@ -23,8 +23,9 @@ use std::str::FromStr;
 
 use half::f16;
 
-/// Elements per int8 quantization group; int8 caches need `head_dim % GROUP == 0`.
-pub const GROUP: usize = 32;
+/// Elements per int8 quantization group (int8 caches need `head_dim % GROUP == 0`), the view
+/// attention reads, and the scale widening it uses: shared with the kernels.
+pub use seam_kernels::{GROUP, LayerView, scale_f32};
 
 /// Element type of the cache at rest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -169,22 +170,6 @@ enum Storage {
     F32 {
         data: Vec<f32>,
     },
-}
-
-/// Borrowed view of the first positions of one layer, as attention reads it.
-///
-/// `k`/`v` are `[pos][kv_head][head_dim]`; scales are `[pos][kv_head][head_dim / GROUP]`.
-#[derive(Debug, Clone, Copy)]
-pub enum LayerView<'a> {
-    /// int8 values; element `i` of a row reconstructs as `x_i as f32 * scale_f32(scale[i / GROUP])`.
-    Int8 {
-        k: &'a [i8],
-        v: &'a [i8],
-        k_scales: &'a [u16],
-        v_scales: &'a [u16],
-    },
-    /// f32 values.
-    F32 { k: &'a [f32], v: &'a [f32] },
 }
 
 /// KV cache for one sequence, allocated once for `capacity` positions.
@@ -619,17 +604,6 @@ fn quantize_group(x: &[f32], out: &mut [i8]) -> u16 {
         *o = (v / scale).round().clamp(-127.0, 127.0) as i8;
     }
     half.to_bits()
-}
-
-/// Widens a scale stored by this cache (the bits of a finite, non-negative f16) to f32.
-///
-/// Branch-free so it vectorizes in the attention loops: the f16 exponent and mantissa are placed
-/// in an f32 and rebased by `2^(127 - 15)`, which is exact for zero, subnormal and normal halves.
-/// Agrees with `f16::from_bits(bits).to_f32()` on every such value.
-#[inline(always)]
-pub fn scale_f32(bits: u16) -> f32 {
-    const REBASE: f32 = f32::from_bits((112 + 127) << 23); // 2^112
-    f32::from_bits(u32::from(bits & 0x7fff) << 13) * REBASE
 }
 
 #[cfg(test)]

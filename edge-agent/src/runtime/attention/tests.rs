@@ -1,5 +1,6 @@
 use super::*;
 use crate::runtime::kv_cache::{GROUP, KvDtype, KvGeometry};
+use seam_kernels::attention::attend_portable;
 
 fn data(n: usize, seed: u64) -> Vec<f32> {
     let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
@@ -278,16 +279,6 @@ fn threads_give_identical_results() {
 }
 
 #[test]
-fn split_rows_balances_the_causal_triangle() {
-    assert_eq!(split_rows(0, 10, 1, 1 << 20), vec![0, 10]);
-    assert_eq!(split_rows(0, 10, 4, 100), vec![0, 10]);
-    let b = split_rows(0, 512, 2, 512 * 512);
-    assert_eq!(b.len(), 3);
-    assert!((350..380).contains(&b[1]), "{b:?}"); // ~512/sqrt(2)
-    assert_eq!(split_rows(4096, 2, 8, 8192), vec![0, 1, 2]);
-}
-
-#[test]
 fn attention_after_rollback_and_prefix_copy_matches_fresh() {
     let case = Case::new(9, 3, 64, 30, 21);
     let w = case.geom.row_width();
@@ -352,20 +343,6 @@ fn attention_rejects_bad_inputs() {
     attention(&[], &c, 1, 0, 9, &mut [], 4, None).unwrap();
 }
 
-#[test]
-fn exp_neg_is_accurate() {
-    let mut worst = 0.0f64;
-    for i in 0..=200_000 {
-        let x = -(i as f32) * 87.0 / 200_000.0;
-        let want = (x as f64).exp();
-        worst = worst.max((exp_neg(x) as f64 - want).abs() / want);
-    }
-    assert!(worst < 5e-7, "relative error {worst}");
-    assert!(exp_neg(f32::NAN).is_nan());
-    assert!(exp_neg(f32::NEG_INFINITY) < 1e-37);
-    assert_eq!(exp_neg(0.0), 1.0);
-}
-
 /// The baseline build of the kernels (what CPUs without AVX2 run) against the reference and
 /// against the dispatched build.
 #[test]
@@ -386,7 +363,7 @@ fn portable_kernels_match_the_reference_and_the_dispatched_build() {
         let c = case.cache(dtype, 16);
         let view = c.layer_view(1, positions).unwrap();
         let mut portable = vec![f32::NAN; q.len()];
-        kernel::rows::<false>(&view, &shape, &q, &mut portable, (pos_start, None));
+        attend_portable(&view, &shape, &q, &mut portable, (pos_start, None));
         let dispatched = case.run(&c, &q, pos_start, 1);
         for (p, d) in portable.iter().zip(&dispatched) {
             assert!((p - d).abs() <= 1e-5, "{dtype}: {p} vs {d}");

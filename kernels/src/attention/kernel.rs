@@ -1,4 +1,4 @@
-//! The attention kernels behind [`super::attention`].
+//! The attention kernels behind [`super::attend`].
 //!
 //! Work is cut into *blocks* of up to [`MAX_NQ`] query vectors that read the same kv head: the
 //! heads of that kv head in one row (decode), and those of consecutive rows (prefill). A block
@@ -11,7 +11,7 @@
 //! [`super::run_avx2`] vectorizes all of it; `FMA` selects fused multiply-adds there.
 
 use super::{Shape, softmax_unnormalized};
-use crate::runtime::kv_cache::{GROUP, LayerView, scale_f32};
+use crate::{GROUP, LayerView, scale_f32};
 
 /// Lanes of one chunk (one AVX2 register of f32).
 const VL: usize = 8;
@@ -159,7 +159,7 @@ pub(super) fn rows<const FMA: bool>(
 
 /// Position of the first row, and the sliding window: a row sees at most its last `window`
 /// positions (its own included) when set.
-pub(super) type At = (usize, Option<usize>);
+pub type At = (usize, Option<usize>);
 
 #[inline(always)]
 fn rows_typed<E: Lane, const FMA: bool>(
