@@ -38,8 +38,8 @@ pub fn gguf_path() -> PathBuf {
 }
 
 /// The model package of the default checkpoint, imported on first use into `target/` and
-/// reused while its manifest verifies. Safe against parallel test binaries: each imports into
-/// its own directory and renames it into place.
+/// reused while its manifest verifies. Threads of one test binary wait for each other; separate
+/// processes import into directories of their own and rename into place.
 pub fn package_dir() -> PathBuf {
     package_dir_for(false)
 }
@@ -52,6 +52,10 @@ pub fn package_dir_for(f32_compute: bool) -> PathBuf {
     } else {
         "seam-test-package"
     };
+    // Threads of one process wait for each other rather than import the same package twice
+    // (the import trains a draft head: minutes in a test build).
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let dir = workspace_root().join("target").join(name);
     // A package without a draft head (or of an older format) is imported again.
     let complete = |p: &Package| f32_compute || p.manifest().drafter.is_some();
@@ -122,7 +126,9 @@ pub fn clinc150(split: &str) -> PathBuf {
 }
 
 /// The encoder package (int8 all-MiniLM-L6-v2 with a CLINC150 intent head), imported on first
-/// use into `target/` and reused while its manifest verifies. Threads of one process wait for
+/// use into `target/` and reused while its manifest verifies. Imported as shipped, except that
+/// its head learns from every second CLINC150 training text ([`half_of_clinc150_train`]):
+/// embedding the texts is most of the import, and the test build has no time for all 18,000. Threads of one process wait for
 /// each other; separate processes import into directories of their own and rename into place.
 pub fn encoder_package_dir() -> PathBuf {
     use crate::import::encoder::{EncoderImportOptions, import_encoder};
@@ -149,7 +155,7 @@ pub fn encoder_package_dir() -> PathBuf {
     import_encoder(&EncoderImportOptions::new(
         minilm_dir(),
         tmp.clone(),
-        clinc150("train"),
+        half_of_clinc150_train(),
         clinc150("dev"),
     ))
     .expect("importing the test encoder package");
@@ -164,6 +170,23 @@ pub fn encoder_package_dir() -> PathBuf {
     }
     EncoderPackage::open_kind(&dir).expect("the test encoder package verifies");
     dir
+}
+
+/// Every second line of the CLINC150 training split (60 texts per intent), written once into
+/// `target/`. The head trained on it scores 0.968 on CLINC150 test, against 0.97 for all of them.
+pub fn half_of_clinc150_train() -> PathBuf {
+    let path = workspace_root()
+        .join("target")
+        .join("seam-test-clinc150-train-half.tsv");
+    let text = std::fs::read_to_string(clinc150("train")).expect("reading CLINC150 train");
+    // The header line is line 0 and stays.
+    let half: String = text.lines().step_by(2).flat_map(|l| [l, "\n"]).collect();
+    if std::fs::read_to_string(&path).ok().as_deref() != Some(half.as_str()) {
+        let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+        std::fs::write(&tmp, &half).expect("writing the half training split");
+        std::fs::rename(&tmp, &path).expect("placing the half training split");
+    }
+    path
 }
 
 /// The prompt [`compare_with_reference`] scores.

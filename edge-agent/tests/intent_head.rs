@@ -1,5 +1,5 @@
-//! The intent head of the shipped encoder package on CLINC150 test (never seen at import:
-//! training uses train, calibration uses dev), and the importer's refusals of bad label files.
+//! The intent head of the test encoder package on CLINC150 test (never seen at import: training
+//! uses half of train, calibration uses dev), and the importer's refusals of bad label files.
 
 use seam_edge::Error;
 use seam_edge::import::encoder::{EncoderImportOptions, import_encoder};

@@ -60,7 +60,9 @@ fn f32_and_int8(dir: &Path, windows: usize) -> (Perplexity, Perplexity) {
 
 #[test]
 fn int8_kv_cache_costs_at_most_a_tenth_of_a_percent_of_perplexity() {
-    let (f32, int8) = f32_and_int8(&package_dir_for(true), 12);
+    // Over the first 6 windows the int8 cache scores −0.16% (over 12: −0.01%): the bound is
+    // on what it costs, and a broken cache costs far more.
+    let (f32, int8) = f32_and_int8(&package_dir_for(true), 6);
     let change = int8.perplexity / f32.perplexity - 1.0;
     assert!(
         change <= 0.001,
