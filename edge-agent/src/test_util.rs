@@ -128,8 +128,9 @@ pub fn clinc150(split: &str) -> PathBuf {
 /// The encoder package (int8 all-MiniLM-L6-v2 with a CLINC150 intent head), imported on first
 /// use into `target/` and reused while its manifest verifies. Imported as shipped, except that
 /// its head learns from every second CLINC150 training text ([`half_of_clinc150_train`]):
-/// embedding the texts is most of the import, and the test build has no time for all 18,000. Threads of one process wait for
-/// each other; separate processes import into directories of their own and rename into place.
+/// embedding the texts is most of the import, and the test build has no time for all 18,000.
+/// Threads of one process wait for each other; separate processes import into directories of
+/// their own and rename into place.
 pub fn encoder_package_dir() -> PathBuf {
     use crate::import::encoder::{EncoderImportOptions, import_encoder};
     use seam_shared::package::EncoderPackage;
