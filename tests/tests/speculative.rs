@@ -178,7 +178,7 @@ async fn greedy_sessions(worker: &WorkerProcess, ids: &[&str], max_draft_tokens:
 
 #[tokio::test]
 async fn rejected_drafts_leave_no_stale_kv_on_the_worker() {
-    let worker = WorkerProcess::start_worker(&package_dir(), &["--proposal-depth", "0"]);
+    let worker = WorkerProcess::start_worker(&package_dir(), &[]);
     let mut s = greedy_sessions(&worker, &["drafting", "plain"], 4).await;
     let prompt = hidden_rows(6, 1);
     for id in ["drafting", "plain"] {
@@ -370,10 +370,16 @@ async fn a_greedy_drafting_step_comes_back_with_the_workers_own_drafts_and_an_un
         let lp = r.proposal_logp[i];
         assert!(lp <= 0.0 && lp.is_finite(), "draft {i}: {lp}");
         if let Some(p) = *parent {
-            assert!(lp <= r.proposal_logp[p] + 1e-5, "draft {i} above its parent");
+            assert!(
+                lp <= r.proposal_logp[p] + 1e-5,
+                "draft {i} above its parent"
+            );
         }
         let first = tree.children(*parent).next().unwrap();
-        assert!(r.proposal_logp[first] + 1e-5 >= lp, "draft {i} above the first sibling");
+        assert!(
+            r.proposal_logp[first] + 1e-5 >= lp,
+            "draft {i} above the first sibling"
+        );
     }
     // The drafts passed through the session's KV past its committed length and were rolled
     // back: the next row gives the same logits as on the session that never drafted.
