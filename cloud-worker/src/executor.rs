@@ -283,9 +283,13 @@ impl Executor {
         else {
             return Ok(Default::default());
         };
-        if !drafting || !greedy || self.stop.contains(&next) {
+        if !drafting || !greedy || plan.max_proposal_depth == 0 || self.stop.contains(&next) {
             return Ok(Default::default());
         }
+        let limits = ProposeLimits {
+            depth: self.proposals.depth.min(plan.max_proposal_depth),
+            ..self.proposals
+        };
         // The layer-K state of the row whose distribution chose `next`.
         let d = self.model.n_embd();
         let row = plan.rows - plan.drafts.len() - 1 + path.last().map_or(0, |&n| n + 1);
@@ -298,7 +302,7 @@ impl Executor {
             state,
             next,
             &self.stop,
-            self.proposals,
+            limits,
         )?;
         self.metrics
             .proposal_seconds

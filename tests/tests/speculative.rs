@@ -346,13 +346,17 @@ async fn a_greedy_drafting_step_comes_back_with_the_workers_own_drafts_and_an_un
     // A session that does not draft gets no drafts back: the reference for the cache.
     let mut plain = greedy_sessions(&worker, &["plain"], 0).await;
     let prompt = hidden_rows(6, 1);
-    let r = drafting.send(step("drafting", 1, 0, &prompt, vec![])).await;
+    let asking = |depth| StepRequest {
+        max_proposal_depth: depth,
+        ..step("drafting", 1, 0, &prompt, vec![])
+    };
+    let r = drafting.send(asking(8)).await;
     let p = plain.send(step("plain", 1, 0, &prompt, vec![])).await;
     assert!(r.error.is_none() && p.error.is_none(), "{:?}", r.error);
     assert_eq!(r.next_token, p.next_token);
     assert!(p.proposal_tokens.is_empty());
-    // The test package has a state predictor at 8 and the worker drafts 6 deep by default,
-    // with two runner-up leaves per depth.
+    // The test package has a state predictor at 8 and the worker drafts 6 deep by default
+    // (the device asked for 8), with two runner-up leaves per depth.
     let n = r.proposal_tokens.len();
     assert!((3..=6 * 3).contains(&n), "{n} drafts");
     assert_eq!(r.proposal_parents.len(), n);
@@ -390,4 +394,21 @@ async fn a_greedy_drafting_step_comes_back_with_the_workers_own_drafts_and_an_un
     assert!(a.error.is_none() && b.error.is_none());
     assert_eq!(a.kv_len, 7);
     assert_eq!(a.logits.unwrap().data, b.logits.unwrap().data);
+    // A step that does not ask (max_proposal_depth 0) gets no drafts.
+    assert!(a.proposal_tokens.is_empty(), "{:?}", a.proposal_tokens);
+    // One that asks for 2 gets a tree 2 deep at most.
+    let c = drafting
+        .send(StepRequest {
+            max_proposal_depth: 2,
+            ..step("drafting", 3, 7, &hidden_rows(1, 4), vec![])
+        })
+        .await;
+    assert!(c.error.is_none(), "{:?}", c.error);
+    let tree = seam_edge::runtime::draft::tree::DraftTree::from_wire(
+        &c.proposal_tokens,
+        &c.proposal_parents,
+    )
+    .unwrap();
+    let depth = tree.depths().into_iter().max().unwrap_or(0);
+    assert!((1..=2).contains(&depth), "drafts {depth} deep");
 }

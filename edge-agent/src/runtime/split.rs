@@ -5,7 +5,7 @@
 //! not care whether it talks to a worker directly or through the gateway.
 
 use super::draft::grow::{Candidate, Grown};
-use super::draft::policy::{DraftPolicy, MAX_DRAFT, Plan, Source};
+use super::draft::policy::{DraftPolicy, Grower, MAX_DRAFT, Plan, Source};
 use super::draft::tree::DraftTree;
 use super::draft::{
     MAX_TREE_NODES, head_chain, head_tree, keep_accepted, layer_states, lookup, point_masses,
@@ -415,7 +415,7 @@ impl<'a> SplitRun<'a> {
         let sampled = self.sampler.params().temperature > 0.0;
         let feature = self.feature.clone().unwrap_or_default();
         let mut expected = None;
-        let mut worker = false;
+        let mut grower = Grower::Head;
         let (tree, dists, main, lookup_nodes) = if trees {
             // Every node takes a position of the session until the verdict.
             let room = self.limit.saturating_sub(position + 1).min(MAX_TREE_NODES);
@@ -423,7 +423,7 @@ impl<'a> SplitRun<'a> {
             // The worker's drafts (made by its own layers) when it sent some, else the head's.
             let grown = match self.proposals.take() {
                 Some(g) => {
-                    worker = true;
+                    grower = Grower::Worker;
                     g
                 }
                 None => {
@@ -432,7 +432,7 @@ impl<'a> SplitRun<'a> {
                 }
             };
             let sums = grown.expected();
-            let n = policy().tree_nodes(&sums, room.saturating_sub(from_lookup.len()));
+            let n = policy().tree_nodes(grower, &sums, room.saturating_sub(from_lookup.len()));
             expected = Some(sums[n]);
             let (mut tree, main) = grown.tree(n);
             from_lookup.truncate(room - tree.len());
@@ -490,6 +490,7 @@ impl<'a> SplitRun<'a> {
                 tree.wire_parents()
             },
             draft_probs: dists,
+            max_proposal_depth: self.proposal_depth(),
             ..Default::default()
         };
         let sent = Instant::now();
@@ -512,13 +513,21 @@ impl<'a> SplitRun<'a> {
         let depth = tree.depths().into_iter().max().unwrap_or(0);
         let lookup = (lookup_nodes.len(), along(&lookup_nodes));
         self.stats.record(k, depth, accepted, lookup);
+        let worker = grower == Grower::Worker;
         if worker {
             self.stats.worker_drafted += (k - lookup_nodes.len()) as u64;
             self.stats.worker_accepted += along(&main) as u64;
         }
         if let (Some((_, policy)), Some(expected)) = (&mut self.speculation, expected) {
             let step_s = step_time.as_secs_f64();
-            policy.observe_tree(k, expected, accepted, step_s, layer_time.as_secs_f64());
+            policy.observe_tree(
+                grower,
+                k,
+                expected,
+                accepted,
+                step_s,
+                layer_time.as_secs_f64(),
+            );
             if !main.is_empty() && !worker {
                 policy.record(Source::Head, main.len(), along(&main));
             }
@@ -622,6 +631,7 @@ impl<'a> SplitRun<'a> {
             step_id: self.step_id,
             start_position: pos as u32,
             hidden: Some(tensor::encode(&h, self.model.n_embd(), self.wire)?),
+            max_proposal_depth: self.proposal_depth(),
             ..Default::default()
         };
         let r = self.link.step(request)?;
@@ -629,6 +639,18 @@ impl<'a> SplitRun<'a> {
         self.take_feature(&r)?;
         self.take_proposals(&r)?;
         Ok(r.next_token)
+    }
+
+    /// The deepest chain of the worker's own drafts this session uses from an answer: greedy
+    /// sessions that send adaptive trees take them; 0 for fixed chains, sampled sessions and no
+    /// speculation, and the worker then spends nothing on drafting for them.
+    fn proposal_depth(&self) -> u32 {
+        match &self.speculation {
+            Some((spec, _)) if spec.fixed.is_none() && self.sampler.params().temperature == 0.0 => {
+                MAX_DRAFT.min(MAX_TREE_NODES) as u32
+            }
+            _ => 0,
+        }
     }
 
     /// Device KV bytes held.
