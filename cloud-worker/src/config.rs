@@ -49,6 +49,11 @@ pub struct WorkerConfig {
     /// Most drafts per step a session may send.
     #[serde(default = "default_max_draft_tokens")]
     pub max_draft_tokens: u32,
+    /// Deepest chain the worker drafts through its own layers after a greedy step when the
+    /// package has a state predictor for the session's split layer (one pass of layers
+    /// `[K, N)` per draft); 0 turns the worker's drafts off.
+    #[serde(default = "default_proposal_depth")]
+    pub proposal_depth: usize,
     /// ONNX Runtime intra-op threads (0 = all cores).
     #[serde(default)]
     pub threads: usize,
@@ -87,6 +92,9 @@ fn default_max_queued_steps() -> usize {
 fn default_max_draft_tokens() -> u32 {
     16
 }
+fn default_proposal_depth() -> usize {
+    6
+}
 
 impl WorkerConfig {
     /// Defaults for everything but the package.
@@ -105,6 +113,7 @@ impl WorkerConfig {
             max_batch_rows: default_max_batch_rows(),
             max_queued_steps: default_max_queued_steps(),
             max_draft_tokens: default_max_draft_tokens(),
+            proposal_depth: default_proposal_depth(),
             threads: 0,
         }
     }
@@ -151,6 +160,12 @@ impl WorkerConfig {
             return Err(Error::Config(format!(
                 "max_frame_bytes {} is above 256 MiB",
                 self.max_frame_bytes
+            )));
+        }
+        if self.proposal_depth > self.max_draft_tokens as usize {
+            return Err(Error::Config(format!(
+                "proposal_depth ({}) must not exceed max_draft_tokens ({})",
+                self.proposal_depth, self.max_draft_tokens
             )));
         }
         if self.max_draft_tokens as usize >= self.max_step_rows {

@@ -9,6 +9,7 @@ use crate::queue::{Job, Queue};
 use crate::sessions::{Checkout, SessionTable, StepClaim};
 use crate::step::StepPlan;
 use crate::verify::{Verdict, verify_greedy, verify_sampled, verify_tree_greedy};
+use seam_edge::runtime::draft::upper::{Predictor, ProposeLimits, propose};
 use seam_edge::runtime::kv_cache::KvCache;
 use seam_edge::runtime::model::{Model, Sequence, TreeKv, TreeRows};
 use seam_edge::runtime::sampler::{Sampler, SamplingParams, argmax};
@@ -36,6 +37,12 @@ pub struct Executor {
     queue: Arc<Queue>,
     max_batch_rows: usize,
     metrics: Arc<WorkerMetrics>,
+    /// State predictors by split layer: greedy drafting sessions at those layers get drafts
+    /// made through layers `[K, N)` with each answer.
+    predictors: Vec<Predictor>,
+    proposals: ProposeLimits,
+    /// End-of-turn tokens: no drafts follow one.
+    stop: Vec<u32>,
 }
 
 impl Executor {
@@ -45,13 +52,21 @@ impl Executor {
         queue: Arc<Queue>,
         max_batch_rows: usize,
         metrics: Arc<WorkerMetrics>,
+        predictors: Vec<Predictor>,
+        proposals: ProposeLimits,
     ) -> Executor {
+        let arch = model.arch();
+        let mut stop = arch.stop_tokens.clone();
+        stop.push(arch.eos_token);
         Executor {
             model,
             table,
             queue,
             max_batch_rows,
             metrics,
+            predictors,
+            proposals,
+            stop,
         }
     }
 
@@ -187,6 +202,26 @@ impl Executor {
                     } else {
                         Vec::new()
                     };
+                    // The worker's own drafts after `next_token`, made without the table.
+                    drop(table);
+                    let proposal = self.proposal(
+                        &r.job.plan,
+                        r.split_layer,
+                        r.feature,
+                        r.sampling,
+                        &mut cache,
+                        &path,
+                        next_token,
+                    );
+                    table = lock(&self.table);
+                    let (proposal_tokens, proposal_parents, proposal_logp) = match proposal {
+                        Ok(p) => p,
+                        Err(e) => {
+                            // Drafts are an offer: the step's verdict stands without them.
+                            tracing::warn!(error = %e, "worker drafts failed");
+                            Default::default()
+                        }
+                    };
                     let response = StepResponse {
                         session_id: r.job.plan.session.clone(),
                         step_id: r.job.plan.step_id,
@@ -199,6 +234,9 @@ impl Executor {
                         compute_us,
                         feature,
                         accepted_path,
+                        proposal_tokens,
+                        proposal_parents,
+                        proposal_logp,
                     };
                     table.checkin(&r.job.plan.session, cache, Some(&response), now);
                     let m = &self.metrics;
@@ -222,6 +260,61 @@ impl Executor {
                 }
             }
         }
+    }
+
+    /// Drafts after `next` for a greedy drafting session whose split layer has a state
+    /// predictor (else none): tokens, wire parents and path log-probabilities.
+    #[allow(clippy::too_many_arguments)]
+    fn proposal(
+        &mut self,
+        plan: &StepPlan,
+        split_layer: u32,
+        drafting: bool,
+        sampling: SamplingParams,
+        cache: &mut KvCache,
+        path: &[usize],
+        next: u32,
+    ) -> Result<Proposal> {
+        let greedy = sampling.temperature == 0.0;
+        let Some(predictor) = self
+            .predictors
+            .iter_mut()
+            .find(|p| p.layer() == split_layer)
+        else {
+            return Ok(Default::default());
+        };
+        if !drafting || !greedy || plan.max_proposal_depth == 0 || self.stop.contains(&next) {
+            return Ok(Default::default());
+        }
+        let limits = ProposeLimits {
+            depth: self.proposals.depth.min(plan.max_proposal_depth),
+            ..self.proposals
+        };
+        // The layer-K state of the row whose distribution chose `next`.
+        let d = self.model.n_embd();
+        let row = plan.rows - plan.drafts.len() - 1 + path.last().map_or(0, |&n| n + 1);
+        let state = &plan.hidden[row * d..(row + 1) * d];
+        let started = Instant::now();
+        let grown = propose(
+            &mut self.model,
+            predictor,
+            cache,
+            state,
+            next,
+            &self.stop,
+            limits,
+        )?;
+        self.metrics
+            .proposal_seconds
+            .observe(started.elapsed().as_secs_f64());
+        Ok((
+            grown.iter().map(|c| c.token).collect(),
+            grown
+                .iter()
+                .map(|c| c.parent.map_or(0, |p| p as u32 + 1))
+                .collect(),
+            grown.iter().map(|c| c.logp as f32).collect(),
+        ))
     }
 
     /// Runs layers `[layer, N)` and the head for the group; per step, the next token, the
@@ -310,6 +403,9 @@ impl Executor {
         Ok(answers)
     }
 }
+
+/// The worker's drafts for a step's answer: tokens, wire parents, path log-probabilities.
+type Proposal = (Vec<u32>, Vec<u32>, Vec<f32>);
 
 /// What a step computed.
 struct Answer {

@@ -47,6 +47,9 @@ enum Command {
         /// ONNX Runtime threads (0 = all cores).
         #[arg(long)]
         threads: Option<usize>,
+        /// Deepest chain the worker drafts through its own layers per step (0: none).
+        #[arg(long)]
+        proposal_depth: Option<usize>,
         /// Log lines as JSON.
         #[arg(long)]
         log_json: bool,
@@ -64,6 +67,7 @@ fn main() -> anyhow::Result<()> {
         evict_after_ms,
         max_frame_bytes,
         threads,
+        proposal_depth,
         log_json,
     } = Cli::parse().command;
     // Evicted sessions' KV caches go back to the system at once (see seam_shared::malloc).
@@ -97,6 +101,9 @@ fn main() -> anyhow::Result<()> {
     }
     if let Some(v) = threads {
         cfg.threads = v;
+    }
+    if let Some(v) = proposal_depth {
+        cfg.proposal_depth = v;
     }
     cfg.validate()?;
     let runtime = tokio::runtime::Runtime::new()?;

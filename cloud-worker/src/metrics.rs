@@ -36,6 +36,8 @@ pub struct WorkerMetrics {
     pub step_seconds: Histogram,
     /// Model time of one batch group (layers `[K, N)` and the head), seconds.
     pub compute_seconds: Histogram,
+    /// Time the worker spent drafting after one step (state predictor sessions), seconds.
+    pub proposal_seconds: Histogram,
     /// Draft tokens verified, and those accepted.
     pub drafts_verified: Counter,
     pub drafts_accepted: Counter,
@@ -71,6 +73,7 @@ impl WorkerMetrics {
             // 100 µs .. ~3.3 s.
             step_seconds: Histogram::new(exponential_buckets(100e-6, 2.0, 16)),
             compute_seconds: Histogram::new(exponential_buckets(100e-6, 2.0, 16)),
+            proposal_seconds: Histogram::new(exponential_buckets(100e-6, 2.0, 16)),
             drafts_verified: Counter::default(),
             drafts_accepted: Counter::default(),
         };
@@ -116,6 +119,11 @@ impl WorkerMetrics {
             "compute_seconds",
             "Model time per batch group",
             m.compute_seconds.clone(),
+        );
+        r.register(
+            "proposal_seconds",
+            "Time spent drafting through the upper layers after a step",
+            m.proposal_seconds.clone(),
         );
         r.register(
             "drafts_verified",

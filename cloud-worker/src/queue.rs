@@ -150,6 +150,7 @@ mod tests {
                 draft_dists: vec![],
                 rollback_to: None,
                 want_logits: false,
+                max_proposal_depth: 0,
                 tree: None,
             },
             reply: Reply { tx, permit },

@@ -11,6 +11,7 @@ use crate::service::{ModelFacts, WorkerService};
 use crate::sessions::{Limits, ModelShape, SessionTable};
 use crate::step::StepLimits;
 use seam_edge::runtime::budget::KvBudget;
+use seam_edge::runtime::draft::upper::{Predictor, ProposeLimits};
 use seam_edge::runtime::kv_cache::KvDtype;
 use seam_edge::runtime::model::{LoadOptions, Model};
 use seam_shared::proto::worker::worker_server::WorkerServer;
@@ -99,12 +100,27 @@ pub async fn serve(
     let table = Arc::new(Mutex::new(table));
     let queue = Arc::new(Queue::new(cfg.max_queued_steps));
     let stats = Arc::new(WorkerMetrics::new());
+    let predictors = if cfg.proposal_depth == 0 {
+        Vec::new()
+    } else {
+        m.predictors
+            .iter()
+            .filter(|p| p.layer >= first)
+            .map(|p| Predictor::load(model.package(), p, a.n_embd as usize))
+            .collect::<seam_edge::Result<Vec<_>>>()?
+    };
+    let proposals = ProposeLimits {
+        depth: cfg.proposal_depth,
+        ..ProposeLimits::default()
+    };
     let executor = Executor::new(
         model,
         table.clone(),
         queue.clone(),
         cfg.max_batch_rows,
         stats.clone(),
+        predictors,
+        proposals,
     );
     let model_thread = std::thread::Builder::new()
         .name("seam-model".into())

@@ -42,6 +42,8 @@ pub struct StepPlan {
     pub want_logits: bool,
     /// The drafts form a tree (not a chain): how they hang together.
     pub tree: Option<DraftTree>,
+    /// The deepest chain of the worker's own drafts the device will use (0: none).
+    pub max_proposal_depth: usize,
 }
 
 /// Checks `req` against `limits` and decodes its hidden states.
@@ -113,6 +115,13 @@ pub fn plan(req: StepRequest, limits: &StepLimits) -> Result<StepPlan> {
             rows.rows, limits.max_logit_rows
         )));
     }
+    if req.max_proposal_depth as usize >= limits.max_rows {
+        return Err(Error::InvalidArgument(format!(
+            "max_proposal_depth {} is deeper than a step can verify (at most {})",
+            req.max_proposal_depth,
+            limits.max_rows - 1
+        )));
+    }
     Ok(StepPlan {
         session: req.session_id,
         step_id: req.step_id,
@@ -123,6 +132,41 @@ pub fn plan(req: StepRequest, limits: &StepLimits) -> Result<StepPlan> {
         draft_dists,
         rollback_to: req.rollback_to.map(|n| n as usize),
         want_logits: req.want_logits,
+        max_proposal_depth: req.max_proposal_depth as usize,
         tree,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use seam_shared::tensor::{WireDtype, encode};
+
+    fn limits() -> StepLimits {
+        StepLimits {
+            hidden_size: 4,
+            vocab_size: 100,
+            max_rows: 8,
+            max_logit_rows: 8,
+            max_frame_bytes: 1 << 20,
+        }
+    }
+
+    fn step(max_proposal_depth: u32) -> StepRequest {
+        StepRequest {
+            session_id: "s".into(),
+            step_id: 1,
+            hidden: Some(encode(&[0.5; 8], 4, WireDtype::F32).unwrap()),
+            max_proposal_depth,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_step_may_ask_for_proposals_a_step_could_verify() {
+        assert_eq!(plan(step(0), &limits()).unwrap().max_proposal_depth, 0);
+        assert_eq!(plan(step(7), &limits()).unwrap().max_proposal_depth, 7);
+        let e = plan(step(8), &limits()).unwrap_err().to_string();
+        assert!(e.contains("max_proposal_depth 8"), "{e}");
+    }
 }

@@ -252,6 +252,10 @@ enum ModelCommand {
         /// Seed of the draft head's training (same seed, same head).
         #[arg(long)]
         drafter_seed: Option<u64>,
+        /// Split layers to train a state predictor for, with which the worker drafts through
+        /// its own layers (default: every split point; `none`: no predictor)
+        #[arg(long, value_delimiter = ',')]
+        predictor_layers: Option<Vec<String>>,
     },
     /// Turn a BERT sentence encoder (safetensors) into an encoder package and train its intent
     /// head on labelled `text<TAB>label` data.
@@ -320,6 +324,7 @@ fn main() -> anyhow::Result<()> {
                     drafter_steps,
                     drafter_answers,
                     drafter_seed,
+                    predictor_layers,
                 } => {
                     let drafter = match (drafter_prose, drafter_prompts, drafter_heldout) {
                         (Some(prose), Some(prompts), Some(heldout)) => {
@@ -327,6 +332,20 @@ fn main() -> anyhow::Result<()> {
                             o.steps = drafter_steps.unwrap_or(o.steps);
                             o.chat_prompts = drafter_answers.unwrap_or(o.chat_prompts);
                             o.seed = drafter_seed.unwrap_or(o.seed);
+                            o.predictor_layers = match predictor_layers {
+                                None => split_points.clone(),
+                                Some(v) if v.iter().any(|s| s == "none") => Vec::new(),
+                                Some(v) => v
+                                    .iter()
+                                    .map(|s| {
+                                        s.parse::<u32>().map_err(|_| {
+                                            anyhow::anyhow!(
+                                                "--predictor-layers takes split points or `none`, not `{s}`"
+                                            )
+                                        })
+                                    })
+                                    .collect::<anyhow::Result<_>>()?,
+                            };
                             Some(o)
                         }
                         _ => None,

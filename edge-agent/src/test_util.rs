@@ -57,8 +57,11 @@ pub fn package_dir_for(f32_compute: bool) -> PathBuf {
     static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _guard = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let dir = workspace_root().join("target").join(name);
-    // A package without a draft head (or of an older format) is imported again.
-    let complete = |p: &Package| f32_compute || p.manifest().drafter.is_some();
+    // A package without a draft head and state predictors (or of an older format) is imported
+    // again.
+    let complete = |p: &Package| {
+        f32_compute || (p.manifest().drafter.is_some() && !p.manifest().predictors.is_empty())
+    };
     if Package::open(&dir).is_ok_and(|p| complete(&p)) {
         return dir;
     }
@@ -107,6 +110,13 @@ fn test_drafter_options() -> DrafterOptions {
     o.answer_tokens = 32;
     o.steps = 60;
     o.batch = 64;
+    // State predictors for every split point, trained as briefly.
+    o.predictor_layers = TEST_SPLIT_POINTS.to_vec();
+    o.predictor.hidden = 128;
+    o.predictor.steps = 30;
+    o.predictor.batch = 32;
+    o.predictor_rows = 4096;
+    o.predictor_heldout = 2;
     o
 }
 

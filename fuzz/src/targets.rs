@@ -218,6 +218,12 @@ fn worker_step(bytes: &[u8]) -> Outcome {
     if p.hidden.iter().any(|v| !v.is_finite()) {
         return Err("a non-finite hidden value was accepted".into());
     }
+    if p.max_proposal_depth >= limits.max_rows {
+        return Err(format!(
+            "proposals {} deep accepted with steps of at most {} rows",
+            p.max_proposal_depth, limits.max_rows
+        ));
+    }
     Ok(true)
 }
 

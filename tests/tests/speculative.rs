@@ -1,5 +1,6 @@
 //! Speculative decoding across the split, end to end with real processes: the device drafts
-//! with its draft head and prompt lookup, the worker verifies. Greedy output must be the local output token for
+//! with its draft head and prompt lookup, the worker drafts through its own upper layers (the
+//! package's state predictors), the worker verifies. Greedy output must be the local output token for
 //! token whatever the drafts were; rejected drafts must leave nothing behind in either cache.
 
 use seam_edge::commands::bench_split::AGREEMENT_PROMPTS;
@@ -29,6 +30,7 @@ async fn greedy_speculative_split_output_equals_local_output_token_for_token() {
     let worker = WorkerProcess::start_worker(&package_dir(), &[]);
     let edge = EdgeProcess::start(&package_dir(), &["--worker", &worker.addr, "--wire", "f32"]);
     let (mut drafted, mut accepted, mut tree_drafts) = (0u32, 0u32, 0u32);
+    let (mut worker_drafted, mut worker_accepted) = (0u32, 0u32);
     // All 20 prompts at K = 8; a third of them at K = 4 and K = 15 as well.
     for (n, prompt) in AGREEMENT_PROMPTS.iter().enumerate() {
         let local = chat(prompt, 24);
@@ -53,8 +55,16 @@ async fn greedy_speculative_split_output_equals_local_output_token_for_token() {
                 assert!(fin.drafted_tokens > 0, "{prompt:?}: nothing drafted");
             } else {
                 tree_drafts += fin.drafted_tokens;
+                worker_drafted += fin.worker_drafted_tokens;
+                worker_accepted += fin.worker_accepted_tokens;
             }
             assert!(fin.accepted_draft_tokens <= fin.drafted_tokens);
+            // The worker's drafts are part of the drafts, and only trees carry them.
+            assert!(fin.worker_drafted_tokens <= fin.drafted_tokens);
+            assert!(fin.worker_accepted_tokens <= fin.worker_drafted_tokens);
+            if draft_tokens.is_some() {
+                assert_eq!(fin.worker_drafted_tokens, 0, "{prompt:?}: a fixed chain");
+            }
             // Tokens per round trip are the tokens each decode round trip settled (its
             // accepted drafts and the worker's token) over those round trips.
             let trips = fin.decode_round_trips as f64;
@@ -83,10 +93,12 @@ async fn greedy_speculative_split_output_equals_local_output_token_for_token() {
         }
     }
     eprintln!(
-        "greedy drafts: {accepted} of {drafted} accepted ({:.1}%), {tree_drafts} in adaptive trees",
+        "greedy drafts: {accepted} of {drafted} accepted ({:.1}%), {tree_drafts} in adaptive trees, \
+         {worker_accepted} of {worker_drafted} made by the worker accepted",
         100.0 * accepted as f64 / drafted.max(1) as f64
     );
     assert!(tree_drafts > 0, "the adaptive policy never drafted");
+    assert!(worker_drafted > 0, "the worker never drafted");
 }
 
 /// A step stream on a worker.
@@ -325,4 +337,78 @@ async fn a_draft_tree_keeps_only_the_accepted_path_and_hides_siblings() {
             .message
             .contains("parents must come before")
     );
+}
+
+#[tokio::test]
+async fn a_greedy_drafting_step_comes_back_with_the_workers_own_drafts_and_an_untouched_cache() {
+    let worker = WorkerProcess::start_worker(&package_dir(), &[]);
+    let mut drafting = greedy_sessions(&worker, &["drafting"], 8).await;
+    // A session that does not draft gets no drafts back: the reference for the cache.
+    let mut plain = greedy_sessions(&worker, &["plain"], 0).await;
+    let prompt = hidden_rows(6, 1);
+    let asking = |depth| StepRequest {
+        max_proposal_depth: depth,
+        ..step("drafting", 1, 0, &prompt, vec![])
+    };
+    let r = drafting.send(asking(8)).await;
+    let p = plain.send(step("plain", 1, 0, &prompt, vec![])).await;
+    assert!(r.error.is_none() && p.error.is_none(), "{:?}", r.error);
+    assert_eq!(r.next_token, p.next_token);
+    assert!(p.proposal_tokens.is_empty());
+    // The test package has a state predictor at 8 and the worker drafts 6 deep by default
+    // (the device asked for 8), with two runner-up leaves per depth.
+    let n = r.proposal_tokens.len();
+    assert!((3..=6 * 3).contains(&n), "{n} drafts");
+    assert_eq!(r.proposal_parents.len(), n);
+    assert_eq!(r.proposal_logp.len(), n);
+    // A well-formed tree below `next_token` (parents first, no repeated sibling)...
+    let tree = seam_edge::runtime::draft::tree::DraftTree::from_wire(
+        &r.proposal_tokens,
+        &r.proposal_parents,
+    )
+    .unwrap();
+    assert!(r.proposal_tokens.iter().all(|&t| t < 49_152));
+    // ...whose path probabilities only fall with depth, and whose first child at each depth
+    // is the likeliest of its siblings (the chain continues from it).
+    for (i, parent) in tree.parents.iter().enumerate() {
+        let lp = r.proposal_logp[i];
+        assert!(lp <= 0.0 && lp.is_finite(), "draft {i}: {lp}");
+        if let Some(p) = *parent {
+            assert!(
+                lp <= r.proposal_logp[p] + 1e-5,
+                "draft {i} above its parent"
+            );
+        }
+        let first = tree.children(*parent).next().unwrap();
+        assert!(
+            r.proposal_logp[first] + 1e-5 >= lp,
+            "draft {i} above the first sibling"
+        );
+    }
+    // The drafts passed through the session's KV past its committed length and were rolled
+    // back: the next row gives the same logits as on the session that never drafted.
+    assert_eq!(r.kv_len, 6);
+    let next = hidden_rows(1, 3);
+    let a = drafting.send(step("drafting", 2, 6, &next, vec![])).await;
+    let b = plain.send(step("plain", 2, 6, &next, vec![])).await;
+    assert!(a.error.is_none() && b.error.is_none());
+    assert_eq!(a.kv_len, 7);
+    assert_eq!(a.logits.unwrap().data, b.logits.unwrap().data);
+    // A step that does not ask (max_proposal_depth 0) gets no drafts.
+    assert!(a.proposal_tokens.is_empty(), "{:?}", a.proposal_tokens);
+    // One that asks for 2 gets a tree 2 deep at most.
+    let c = drafting
+        .send(StepRequest {
+            max_proposal_depth: 2,
+            ..step("drafting", 3, 7, &hidden_rows(1, 4), vec![])
+        })
+        .await;
+    assert!(c.error.is_none(), "{:?}", c.error);
+    let tree = seam_edge::runtime::draft::tree::DraftTree::from_wire(
+        &c.proposal_tokens,
+        &c.proposal_parents,
+    )
+    .unwrap();
+    let depth = tree.depths().into_iter().max().unwrap_or(0);
+    assert!((1..=2).contains(&depth), "drafts {depth} deep");
 }

@@ -71,9 +71,10 @@ pub async fn run(server: String, req: pb::GenerateRequest) -> anyhow::Result<()>
                 }
                 if kind == RouteKind::Split && f.decode_round_trips > 0 {
                     println!(
-                        "  [speculation: {} drafted ({} by prompt lookup), {} accepted ({:.0}%) · {:.2} tokens per round trip over {} decode round trips · acceptance by position {} · {:.1} ms device CPU per token]",
+                        "  [speculation: {} drafted ({} by prompt lookup, {} by the worker), {} accepted ({:.0}%) · {:.2} tokens per round trip over {} decode round trips · acceptance by position {} · {:.1} ms device CPU per token]",
                         f.drafted_tokens,
                         f.lookup_drafted_tokens,
+                        f.worker_drafted_tokens,
                         f.accepted_draft_tokens,
                         f.acceptance_rate * 100.0,
                         f.tokens_per_round_trip,

@@ -124,6 +124,8 @@ pub fn stats_line(
             "acceptance_by_position": s.split.as_ref().map_or_else(Vec::new, |r| r.speculation.acceptance_by_position()),
             "lookup_drafted_tokens": s.split.as_ref().map_or(0, |r| r.speculation.lookup_drafted),
             "lookup_accepted_tokens": s.split.as_ref().map_or(0, |r| r.speculation.lookup_accepted),
+            "worker_drafted_tokens": s.split.as_ref().map_or(0, |r| r.speculation.worker_drafted),
+            "worker_accepted_tokens": s.split.as_ref().map_or(0, |r| r.speculation.worker_accepted),
             "cpu_ms_per_token": s.cpu_ms_per_token(),
             "context_overflow": s.context.applied.map(|o| o.as_str()),
             "truncated_prompt_tokens": s.context.truncated,

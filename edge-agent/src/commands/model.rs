@@ -66,6 +66,17 @@ pub fn import(
             crate::runtime::draft::MAX_TREE_NODES,
             t.tree_tokens
         );
+        for p in &t.predictors {
+            eprintln!(
+                "import: state predictor of layer {} trained on {} rows in {:.0}s; the worker's drafts through layers [{}, N) stand by position {} (held-out, greedy): {:.2} tokens per round trip with chains of 8",
+                p.layer,
+                p.train_rows,
+                p.seconds,
+                p.layer,
+                super::generate::percent_list(&p.acceptance),
+                expected_tokens(&p.acceptance, 8)
+            );
+        }
     }
     Ok(())
 }
@@ -128,6 +139,20 @@ pub fn inspect(dir: &Path) -> anyhow::Result<()> {
             )
         ),
         None => println!("drafter   none (split requests draft by prompt lookup alone)"),
+    }
+    for p in &m.predictors {
+        println!(
+            "predictor layer {} {} (the worker drafts through layers [{}, N)); held-out acceptance by position {}",
+            p.layer,
+            p.graph,
+            p.layer,
+            super::generate::percent_list(
+                &p.heldout_acceptance
+                    .iter()
+                    .map(|&a| a as f64)
+                    .collect::<Vec<_>>()
+            )
+        );
     }
     let total: u64 = m
         .files

@@ -16,7 +16,8 @@ use crate::gguf::{GgmlType, GgufFile};
 use graphs::{Dims, LayerWeights};
 use linear::{F32Linear, Linear, Q4Linear, Q8Linear};
 use seam_shared::package::{
-    self, Architecture, Drafter, FORMAT_VERSION, LinearType, Manifest, Segment, Source, Weights,
+    self, Architecture, Drafter, FORMAT_VERSION, LinearType, Manifest, Segment, Source,
+    StatePredictor, Weights,
 };
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -53,6 +54,16 @@ pub fn import_gguf(gguf_path: &Path, out: &Path, opts: &ImportOptions) -> Result
     let gguf = GgufFile::open(gguf_path)?;
     let hp = LlamaHparams::from_gguf(&gguf)?;
     let splits = validate_split_points(&opts.split_points, hp.n_layer as u32)?;
+    if let Some(bad) = opts
+        .drafter
+        .iter()
+        .flat_map(|d| &d.predictor_layers)
+        .find(|k| !splits.contains(k))
+    {
+        return Err(Error::InvalidArgument(format!(
+            "a state predictor is trained for a split point; {bad} is not one of {splits:?}"
+        )));
+    }
     std::fs::create_dir_all(out.join("graphs")).map_err(|e| Error::io(out, e))?;
 
     let dims = Dims {
@@ -231,6 +242,7 @@ pub fn import_gguf(gguf_path: &Path, out: &Path, opts: &ImportOptions) -> Result
             .ok()
             .map(str::to_string),
         drafter: None,
+        predictors: Vec::new(),
         files,
     };
     let mut digest = package::write_manifest(out, &manifest)?;
@@ -283,6 +295,20 @@ pub fn import_gguf(gguf_path: &Path, out: &Path, opts: &ImportOptions) -> Result
             seed: opts_d.seed,
         };
         manifest.drafter = Some(spec.clone());
+        for p in &t.predictors {
+            let rel = format!("graphs/predictor.k{}.onnx", p.layer);
+            let path = out.join(&rel);
+            std::fs::write(&path, &p.graph).map_err(|e| Error::io(&path, e))?;
+            manifest
+                .files
+                .insert(rel.clone(), package::sha256_bytes(&p.graph));
+            bytes += p.graph.len() as u64;
+            manifest.predictors.push(StatePredictor {
+                layer: p.layer,
+                graph: rel,
+                heldout_acceptance: p.acceptance.iter().map(|&a| a as f32).collect(),
+            });
+        }
         digest = package::write_manifest(out, &manifest)?;
         trained = Some((spec, t));
     }

@@ -4,7 +4,8 @@
 //! The link is a synchronous interface so that the engine (which runs on a blocking thread) does
 //! not care whether it talks to a worker directly or through the gateway.
 
-use super::draft::policy::{DraftPolicy, MAX_DRAFT, Plan, Source};
+use super::draft::grow::{Candidate, Grown};
+use super::draft::policy::{DraftPolicy, Grower, MAX_DRAFT, Plan, Source};
 use super::draft::tree::DraftTree;
 use super::draft::{
     MAX_TREE_NODES, head_chain, head_tree, keep_accepted, layer_states, lookup, point_masses,
@@ -77,6 +78,10 @@ pub struct SpeculationStats {
     /// Drafts proposed by prompt lookup (included in `drafted`), and those accepted.
     pub lookup_drafted: u64,
     pub lookup_accepted: u64,
+    /// Drafts the worker made through its own layers (included in `drafted`), and those
+    /// accepted.
+    pub worker_drafted: u64,
+    pub worker_accepted: u64,
     /// Round trips that settled tokens: the last prompt chunk and every decode step.
     pub token_steps: u32,
     /// Verification round trips of the decode phase, and the tokens they settled (accepted
@@ -128,6 +133,8 @@ impl SpeculationStats {
         self.accepted += o.accepted;
         self.lookup_drafted += o.lookup_drafted;
         self.lookup_accepted += o.lookup_accepted;
+        self.worker_drafted += o.worker_drafted;
+        self.worker_accepted += o.worker_accepted;
         self.token_steps += o.token_steps;
         self.decode_round_trips += o.decode_round_trips;
         self.decode_tokens += o.decode_tokens;
@@ -191,6 +198,9 @@ pub struct SplitRun<'a> {
     /// The final-layer state of the row that chose the last settled token (drafting
     /// sessions), from the worker's last answer.
     feature: Option<Vec<f32>>,
+    /// The drafts the worker made after the last settled token through its own layers, if
+    /// its last answer carried any.
+    proposals: Option<Grown>,
     sampler: Sampler,
     stop: Vec<u32>,
     /// Positions the session holds at most.
@@ -200,6 +210,9 @@ pub struct SplitRun<'a> {
     open: OpenSplit,
     replays: u32,
 }
+
+/// Most drafts a worker may offer after one step.
+const MAX_PROPOSALS: usize = 64;
 
 /// Times a request re-opens its session after the cloud half failed before it finishes on the
 /// device instead.
@@ -240,6 +253,7 @@ impl<'a> SplitRun<'a> {
             }),
             history: tokens.to_vec(),
             feature: None,
+            proposals: None,
             sampler: Sampler::new(open.sampling)?,
             stop,
             limit: open.max_positions as usize,
@@ -307,6 +321,7 @@ impl<'a> SplitRun<'a> {
         self.cache.truncate(0)?;
         self.settled.clear();
         self.feature = None;
+        self.proposals = None;
         let tokens = self.history.clone();
         let mut pos = 0;
         let mut next = 0;
@@ -334,9 +349,11 @@ impl<'a> SplitRun<'a> {
             return Ok(());
         };
         let head = spec.head && self.feature.is_some() && self.model.drafter().is_some();
-        // Greedy requests with a head and no fixed length send dynamic trees, sized after they
-        // are grown; the whole lookup run rides beside the head's nodes.
-        let tree = head && spec.fixed.is_none() && self.sampler.params().temperature == 0.0;
+        // Greedy requests with a head or the worker's drafts and no fixed length send dynamic
+        // trees, sized after they are grown; the whole lookup run rides beside their nodes.
+        let tree = (head || self.proposals.is_some())
+            && spec.fixed.is_none()
+            && self.sampler.params().temperature == 0.0;
         let proposal = lookup::propose(&self.history, room.min(spec.max_drafts));
         let mut from_lookup = proposal.map(|p| p.drafts).unwrap_or_default();
         if let Some(end) = from_lookup.iter().position(|t| self.stop.contains(t)) {
@@ -398,14 +415,24 @@ impl<'a> SplitRun<'a> {
         let sampled = self.sampler.params().temperature > 0.0;
         let feature = self.feature.clone().unwrap_or_default();
         let mut expected = None;
+        let mut grower = Grower::Head;
         let (tree, dists, main, lookup_nodes) = if trees {
             // Every node takes a position of the session until the verdict.
             let room = self.limit.saturating_sub(position + 1).min(MAX_TREE_NODES);
             let policy = || &self.speculation.as_ref().expect("speculating").1;
-            let limit = policy().tree_growth(room);
-            let grown = head_tree(self.model, &feature, token, limit, &self.stop)?;
+            // The worker's drafts (made by its own layers) when it sent some, else the head's.
+            let grown = match self.proposals.take() {
+                Some(g) => {
+                    grower = Grower::Worker;
+                    g
+                }
+                None => {
+                    let limit = policy().tree_growth(room);
+                    head_tree(self.model, &feature, token, limit, &self.stop)?
+                }
+            };
             let sums = grown.expected();
-            let n = policy().tree_nodes(&sums, room.saturating_sub(from_lookup.len()));
+            let n = policy().tree_nodes(grower, &sums, room.saturating_sub(from_lookup.len()));
             expected = Some(sums[n]);
             let (mut tree, main) = grown.tree(n);
             from_lookup.truncate(room - tree.len());
@@ -463,6 +490,7 @@ impl<'a> SplitRun<'a> {
                 tree.wire_parents()
             },
             draft_probs: dists,
+            max_proposal_depth: self.proposal_depth(),
             ..Default::default()
         };
         let sent = Instant::now();
@@ -477,6 +505,7 @@ impl<'a> SplitRun<'a> {
         check_answer(&r, self.step_id, position + 1 + accepted)?;
         let path = accepted_path(&tree, &r)?;
         self.take_feature(&r)?;
+        self.take_proposals(&r)?;
         keep_accepted(&mut self.cache, &tree, &tree_kv, &path, position)?;
         let tokens: Vec<u32> = path.iter().map(|&n| tree.tokens[n]).collect();
         self.settle(&tokens, r.next_token);
@@ -484,10 +513,22 @@ impl<'a> SplitRun<'a> {
         let depth = tree.depths().into_iter().max().unwrap_or(0);
         let lookup = (lookup_nodes.len(), along(&lookup_nodes));
         self.stats.record(k, depth, accepted, lookup);
+        let worker = grower == Grower::Worker;
+        if worker {
+            self.stats.worker_drafted += (k - lookup_nodes.len()) as u64;
+            self.stats.worker_accepted += along(&main) as u64;
+        }
         if let (Some((_, policy)), Some(expected)) = (&mut self.speculation, expected) {
             let step_s = step_time.as_secs_f64();
-            policy.observe_tree(k, expected, accepted, step_s, layer_time.as_secs_f64());
-            if !main.is_empty() {
+            policy.observe_tree(
+                grower,
+                k,
+                expected,
+                accepted,
+                step_s,
+                layer_time.as_secs_f64(),
+            );
+            if !main.is_empty() && !worker {
                 policy.record(Source::Head, main.len(), along(&main));
             }
             if !lookup_nodes.is_empty() {
@@ -538,6 +579,45 @@ impl<'a> SplitRun<'a> {
         Ok(())
     }
 
+    /// Keeps the drafts the worker's answer carries (checked: a malformed offer is an error of
+    /// the cloud half, not a panic here).
+    fn take_proposals(&mut self, r: &StepResponse) -> Result<()> {
+        self.proposals = None;
+        if self.speculation.is_none() || r.proposal_tokens.is_empty() {
+            return Ok(());
+        }
+        let n = r.proposal_tokens.len();
+        let vocab = self.model.arch().vocab_size;
+        if n > MAX_PROPOSALS || r.proposal_parents.len() != n || r.proposal_logp.len() != n {
+            return Err(Error::Unavailable(format!(
+                "the worker's drafts are malformed: {n} tokens (at most {MAX_PROPOSALS}), {} parents, {} log-probabilities",
+                r.proposal_parents.len(),
+                r.proposal_logp.len()
+            )));
+        }
+        let mut candidates = Vec::with_capacity(n);
+        for (i, ((&token, &parent), &logp)) in r
+            .proposal_tokens
+            .iter()
+            .zip(&r.proposal_parents)
+            .zip(&r.proposal_logp)
+            .enumerate()
+        {
+            if token >= vocab || parent as usize > i || !logp.is_finite() || logp > 1e-3 {
+                return Err(Error::Unavailable(format!(
+                    "the worker's draft {i} is malformed: token {token}, parent {parent}, log-probability {logp}"
+                )));
+            }
+            candidates.push(Candidate {
+                parent: parent.checked_sub(1).map(|p| p as usize),
+                token,
+                logp: logp.min(0.0) as f64,
+            });
+        }
+        self.proposals = Some(Grown::new(candidates));
+        Ok(())
+    }
+
     /// Device layers for `tokens` at `pos..`, then one step; returns the worker's next token.
     fn forward(&mut self, tokens: &[u32], pos: usize) -> Result<u32> {
         let h = self.model.embed(tokens)?;
@@ -551,12 +631,26 @@ impl<'a> SplitRun<'a> {
             step_id: self.step_id,
             start_position: pos as u32,
             hidden: Some(tensor::encode(&h, self.model.n_embd(), self.wire)?),
+            max_proposal_depth: self.proposal_depth(),
             ..Default::default()
         };
         let r = self.link.step(request)?;
         check_answer(&r, self.step_id, pos + tokens.len())?;
         self.take_feature(&r)?;
+        self.take_proposals(&r)?;
         Ok(r.next_token)
+    }
+
+    /// The deepest chain of the worker's own drafts this session uses from an answer: greedy
+    /// sessions that send adaptive trees take them; 0 for fixed chains, sampled sessions and no
+    /// speculation, and the worker then spends nothing on drafting for them.
+    fn proposal_depth(&self) -> u32 {
+        match &self.speculation {
+            Some((spec, _)) if spec.fixed.is_none() && self.sampler.params().temperature == 0.0 => {
+                MAX_DRAFT.min(MAX_TREE_NODES) as u32
+            }
+            _ => 0,
+        }
     }
 
     /// Device KV bytes held.

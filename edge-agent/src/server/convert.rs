@@ -245,6 +245,8 @@ pub fn final_event(
             acceptance_by_position: spec.acceptance_by_position(),
             lookup_drafted_tokens: spec.lookup_drafted as u32,
             lookup_accepted_tokens: spec.lookup_accepted as u32,
+            worker_drafted_tokens: spec.worker_drafted as u32,
+            worker_accepted_tokens: spec.worker_accepted as u32,
             cpu_ms_per_token: stats.cpu_ms_per_token(),
             truncated_prompt_tokens: stats.context.truncated as u32,
             evicted_tokens: stats.context.evicted as u32,

@@ -211,11 +211,15 @@ impl EdgeMetrics {
                 self.tokens_per_round_trip
                     .observe(s.tokens_per_round_trip());
             }
-            let head = s.drafted.saturating_sub(s.lookup_drafted);
-            let head_accepted = s.accepted.saturating_sub(s.lookup_accepted);
+            let head = s.drafted - s.lookup_drafted.min(s.drafted);
+            let head = head.saturating_sub(s.worker_drafted);
+            let head_accepted = s
+                .accepted
+                .saturating_sub(s.lookup_accepted + s.worker_accepted);
             for (source, sent, stood) in [
                 ("head", head, head_accepted),
                 ("lookup", s.lookup_drafted, s.lookup_accepted),
+                ("worker", s.worker_drafted, s.worker_accepted),
             ] {
                 let l = vec![("source", source.to_string())];
                 self.drafts.get_or_create(&l).inc_by(sent);

@@ -44,6 +44,9 @@ pub struct Manifest {
     /// The draft head for speculative split decoding, if the package was imported with one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drafter: Option<Drafter>,
+    /// State predictors of split layers: the worker drafts through layers `[K, N)` with them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub predictors: Vec<StatePredictor>,
     /// SHA-256 (hex) of every file of the package except the manifest, by relative path.
     pub files: BTreeMap<String, String>,
 }
@@ -198,6 +201,20 @@ pub struct Drafter {
     pub heldout_acceptance: Vec<f32>,
     /// Seed of the training run.
     pub seed: u64,
+}
+
+/// The state predictor of one split layer `K`: a small network (ONNX graph, `state`, `embed` →
+/// `state_out`) estimating the layer-K state of a token from the layer-K state of the row
+/// before it and the token's embedding. The worker runs layers `[K, N)` on its estimates to
+/// draft (see `seam_edge::runtime::draft::upper`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatePredictor {
+    pub layer: u32,
+    pub graph: String,
+    /// Share of drafts that stand at each chain position 1, 2, … given the ones before stood
+    /// (greedy answers to prompts never trained on, through the package's own graphs).
+    pub heldout_acceptance: Vec<f32>,
 }
 
 /// A run of layers `[start, end)` and the graphs that compute it, in execution order.
@@ -357,12 +374,31 @@ impl Manifest {
                 return Err("drafter.heldout_acceptance values must be in [0, 1]".into());
             }
         }
+        let mut layers = std::collections::BTreeSet::new();
+        for p in &self.predictors {
+            if !self.split_points.contains(&p.layer) {
+                return Err(format!(
+                    "predictor layer {} is not a split point {:?}",
+                    p.layer, self.split_points
+                ));
+            }
+            if !layers.insert(p.layer) {
+                return Err(format!("two predictors for layer {}", p.layer));
+            }
+            if p.heldout_acceptance
+                .iter()
+                .any(|x| !(0.0..=1.0).contains(x))
+            {
+                return Err("predictor heldout_acceptance values must be in [0, 1]".into());
+            }
+        }
         let referenced = self
             .segments
             .iter()
             .flat_map(|s| s.graphs.iter())
             .chain([&self.head, &self.embedding, &self.tokenizer])
-            .chain(self.drafter.iter().flat_map(|d| [&d.graph, &d.shortlist]));
+            .chain(self.drafter.iter().flat_map(|d| [&d.graph, &d.shortlist]))
+            .chain(self.predictors.iter().map(|p| &p.graph));
         for f in referenced {
             if !self.files.contains_key(f) {
                 return Err(format!("`{f}` is used but not listed in [files]"));

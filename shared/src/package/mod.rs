@@ -14,7 +14,7 @@ pub use encoder_manifest::{
 };
 pub use manifest::{
     Architecture, Drafter, ENCODER_FORMAT_VERSION, FORMAT_VERSION, HEAD_TABLE_ALIGN, LinearType,
-    Manifest, Segment, Source, Weights, head_table_layout,
+    Manifest, Segment, Source, StatePredictor, Weights, head_table_layout,
 };
 
 use serde::Serialize;

@@ -58,6 +58,7 @@ fn tiny_manifest(files: BTreeMap<String, String>) -> Manifest {
         kv_dtype: "int8".into(),
         chat_template: None,
         drafter: None,
+        predictors: Vec::new(),
         files,
     }
 }

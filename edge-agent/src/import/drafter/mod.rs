@@ -9,6 +9,7 @@
 
 pub mod data;
 pub mod graph;
+pub mod predictor;
 pub mod train;
 pub mod treesim;
 
@@ -21,11 +22,13 @@ use crate::onnx::session_from_memory;
 use crate::perception::dataset::read_examples;
 use crate::runtime::chat_format::ChatFormat;
 use crate::runtime::draft::MAX_TREE_NODES;
+use crate::runtime::draft::upper::Predictor;
 use crate::runtime::engine::{GenerateRequest, render_prompt};
 use crate::runtime::model::{LoadOptions, Model};
 use crate::runtime::sampler::argmax;
 use data::Corpus;
 use ort::value::TensorRef;
+use predictor::{PredictorOptions, StateData};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -61,6 +64,14 @@ pub struct DrafterOptions {
     /// Weight of the model's distribution against its greedy token in the head's loss.
     pub soft: f64,
     pub seed: u64,
+    /// Split layers to train a state predictor for (the worker drafts through the upper
+    /// layers with it); empty: none.
+    pub predictor_layers: Vec<u32>,
+    pub predictor: PredictorOptions,
+    /// Most layer-K rows a predictor trains on.
+    pub predictor_rows: usize,
+    /// Held-out answers a predictor's acceptance is measured on.
+    pub predictor_heldout: usize,
 }
 
 impl DrafterOptions {
@@ -80,6 +91,16 @@ impl DrafterOptions {
             hidden: 1024,
             soft: 0.5,
             seed: 0x5ea_d4af7,
+            predictor_layers: Vec::new(),
+            predictor: PredictorOptions {
+                hidden: 1024,
+                steps: 400,
+                batch: 256,
+                lr: 1e-3,
+                seed: 0x5ea_d4af7,
+            },
+            predictor_rows: 98_304,
+            predictor_heldout: 32,
         }
     }
 }
@@ -100,6 +121,18 @@ pub struct TrainedDrafter {
     pub tree_tokens: f64,
     pub seconds_data: f64,
     pub seconds_train: f64,
+    pub predictors: Vec<TrainedPredictor>,
+}
+
+/// A trained state predictor and its held-out figures.
+#[derive(Debug, Clone)]
+pub struct TrainedPredictor {
+    pub layer: u32,
+    pub graph: Vec<u8>,
+    pub train_rows: usize,
+    /// Conditional acceptance at chain positions 1..=EVAL_DEPTH through layers `[K, N)`.
+    pub acceptance: Vec<f64>,
+    pub seconds: f64,
 }
 
 /// Progress lines of a long import step.
@@ -232,6 +265,49 @@ pub fn train_drafter(
         &stop,
         &[MAX_TREE_NODES],
     )?[0];
+    let windows = prose_ids.len() / data::WINDOW;
+    let mut sequences: Vec<Vec<u32>> = prose_ids
+        .chunks_exact(data::WINDOW)
+        .map(<[u32]>::to_vec)
+        .collect();
+    sequences.extend(
+        answered(&corpus, windows, &train_prompts)
+            .into_iter()
+            .map(|(s, _)| s),
+    );
+    // A seeded mix of prose and answers, cut at the row budget.
+    sequences.shuffle(&mut StdRng::seed_from_u64(opts.seed));
+    let mut measured = answered(&heldout, 0, &heldout_prompts);
+    measured.truncate(opts.predictor_heldout);
+    let mut predictors = Vec::new();
+    for &layer in &opts.predictor_layers {
+        let started = Instant::now();
+        let data = StateData::collect(
+            &mut model,
+            layer,
+            &sequences,
+            opts.predictor_rows,
+            |i, n| progress(&format!("predictor {layer} data: sequence {i}/{n}")),
+        )?;
+        let weights = predictor::train(&data, opts.predictor, |s, n, loss| {
+            progress(&format!(
+                "predictor {layer} training: step {s}/{n}, loss {loss:.3}"
+            ))
+        })?;
+        let graph = predictor::predictor_graph(&weights, layer);
+        let mut loaded = Predictor::from_graph(&graph, layer, model.n_embd())?;
+        let acceptance =
+            predictor::chain_acceptance(&mut model, &mut loaded, &measured, EVAL_DEPTH, |i, n| {
+                progress(&format!("predictor {layer} held-out: answer {i}/{n}"))
+            })?;
+        predictors.push(TrainedPredictor {
+            layer,
+            graph,
+            train_rows: data.states.len() / model.n_embd(),
+            acceptance,
+            seconds: started.elapsed().as_secs_f64(),
+        });
+    }
     Ok(TrainedDrafter {
         graph,
         shortlist,
@@ -242,7 +318,23 @@ pub fn train_drafter(
         tree_tokens,
         seconds_data,
         seconds_train,
+        predictors,
     })
+}
+
+/// The answered sequences of `corpus` (after its first `skip` sequences, one per prompt of
+/// `prompts`, in order): each prompt followed by its answer, and the prompt's length.
+fn answered(corpus: &Corpus, skip: usize, prompts: &[Vec<u32>]) -> Vec<(Vec<u32>, usize)> {
+    corpus.sequences[skip..]
+        .iter()
+        .zip(prompts)
+        .map(|(&(first, end), prompt)| {
+            let mut seq = prompt.clone();
+            // The corpus keeps an answer from the prompt's last token on.
+            seq.extend_from_slice(&corpus.tokens[first + 1..end]);
+            (seq, prompt.len())
+        })
+        .collect()
 }
 
 fn encode(model: &Model, text: &str) -> Result<Vec<u32>> {

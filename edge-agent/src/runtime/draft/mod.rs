@@ -11,6 +11,7 @@ pub mod grow;
 pub mod lookup;
 pub mod policy;
 pub mod tree;
+pub mod upper;
 
 use super::kv_cache::KvCache;
 use super::model::{Model, Sequence, TreeKv, TreeRows};

@@ -43,6 +43,14 @@ pub enum Source {
     Lookup,
 }
 
+/// Who grew a draft tree: the device's draft head, or the worker through its own layers. Their
+/// estimates of the drafts that stand are calibrated apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Grower {
+    Head = 0,
+    Worker = 1,
+}
+
 /// Conditional acceptance per chain position, as decayed counts.
 #[derive(Debug, Clone)]
 pub struct Acceptance {
@@ -117,9 +125,10 @@ pub struct DraftPolicy {
     /// Drafting round trips since the last one without drafts.
     since_probe: u32,
     max: usize,
-    /// Trees: decayed sums of drafts that stood and of drafts the head expected to stand.
-    tree_stood: f64,
-    tree_expected: f64,
+    /// Trees, per [`Grower`]: decayed sums of drafts that stood and of drafts the grower
+    /// expected to stand.
+    tree_stood: [f64; 2],
+    tree_expected: [f64; 2],
     /// Trees: the device's time per node of the layer pass, seconds.
     layer_s: f64,
     /// Trees: moving average of the nodes sent.
@@ -145,8 +154,8 @@ impl DraftPolicy {
             draft_s: 0.0,
             since_probe: 0,
             max: max.min(MAX_DRAFT),
-            tree_stood: TREE_PRIOR,
-            tree_expected: TREE_PRIOR,
+            tree_stood: [TREE_PRIOR; 2],
+            tree_expected: [TREE_PRIOR; 2],
             layer_s: 0.0,
             tree_sent: 0.0,
         }
@@ -166,20 +175,20 @@ impl DraftPolicy {
         self.step_s > 0.0 && (self.base_s <= 0.0 || self.since_probe >= PROBE_EVERY)
     }
 
-    /// How far the head's own estimate of the drafts that stand is borne out.
-    pub fn tree_calibration(&self) -> f64 {
-        self.tree_stood / self.tree_expected.max(1e-9)
+    /// How far the grower's own estimate of the drafts that stand is borne out.
+    pub fn tree_calibration(&self, by: Grower) -> f64 {
+        self.tree_stood[by as usize] / self.tree_expected[by as usize].max(1e-9)
     }
 
-    /// How many nodes of a grown tree to send, `expected[n]` being the head's estimate of the
-    /// drafts the first `n` settle (`expected[0] == 0`), with `room` nodes at most. Before the
-    /// round trip is timed, up to four, to measure.
-    pub fn tree_nodes(&self, expected: &[f64], room: usize) -> usize {
+    /// How many nodes of a tree grown `by` to send, `expected[n]` being the grower's estimate of
+    /// the drafts the first `n` settle (`expected[0] == 0`), with `room` nodes at most. Before
+    /// the round trip is timed, up to four, to measure.
+    pub fn tree_nodes(&self, by: Grower, expected: &[f64], room: usize) -> usize {
         let cap = room.min(expected.len().saturating_sub(1));
         if self.step_s <= 0.0 || self.base_s <= 0.0 {
             return cap.min(4);
         }
-        let c = self.tree_calibration();
+        let c = self.tree_calibration(by);
         let per_node = self.node_s + self.layer_s;
         (0..=cap)
             .map(|n| {
@@ -195,10 +204,12 @@ impl DraftPolicy {
             .0
     }
 
-    /// Records a tree's verification: `nodes` sent, of which the head expected `expected` to
-    /// stand and `accepted` did, the round trip's time and the device's layer pass time.
+    /// Records the verification of a tree grown `by`: `nodes` sent, of which the grower expected
+    /// `expected` to stand and `accepted` did, the round trip's time and the device's layer
+    /// pass time.
     pub fn observe_tree(
         &mut self,
+        by: Grower,
         nodes: usize,
         expected: f64,
         accepted: usize,
@@ -207,8 +218,9 @@ impl DraftPolicy {
     ) {
         self.tree_sent = smooth(self.tree_sent, nodes as f64);
         if nodes > 0 {
-            self.tree_stood = self.tree_stood * DECAY + accepted as f64;
-            self.tree_expected = self.tree_expected * DECAY + expected;
+            let i = by as usize;
+            self.tree_stood[i] = self.tree_stood[i] * DECAY + accepted as f64;
+            self.tree_expected[i] = self.tree_expected[i] * DECAY + expected;
             self.layer_s = smooth(self.layer_s, layer_s / (nodes + 1) as f64);
         }
         let plan = Plan {
@@ -446,8 +458,8 @@ mod tests {
 
     fn timed_tree_policy(base: f64, node: f64) -> DraftPolicy {
         let mut p = DraftPolicy::new(&[0.5], MAX_DRAFT);
-        p.observe_tree(0, 0.0, 0, base, 0.0);
-        p.observe_tree(4, 2.0, 2, base + 4.0 * node, 0.0);
+        p.observe_tree(Grower::Head, 0, 0.0, 0, base, 0.0);
+        p.observe_tree(Grower::Head, 4, 2.0, 2, base + 4.0 * node, 0.0);
         p
     }
 
@@ -456,14 +468,14 @@ mod tests {
         // The head expects 0.6, 0.2, 0.1, 0.01 drafts from its next nodes.
         let expected = [0.0, 0.6, 0.8, 0.9, 0.91];
         let cheap = timed_tree_policy(0.040, 0.001);
-        assert_eq!(cheap.tree_nodes(&expected, 16), 3);
+        assert_eq!(cheap.tree_nodes(Grower::Head, &expected, 16), 3);
         // 20 ms a node: only the first pays.
         let dear = timed_tree_policy(0.040, 0.020);
-        assert_eq!(dear.tree_nodes(&expected, 16), 1);
-        assert_eq!(cheap.tree_nodes(&expected, 2), 2);
+        assert_eq!(dear.tree_nodes(Grower::Head, &expected, 16), 1);
+        assert_eq!(cheap.tree_nodes(Grower::Head, &expected, 2), 2);
         // Untimed: a few, to measure.
         let fresh = DraftPolicy::new(&[0.5], MAX_DRAFT);
-        assert_eq!(fresh.tree_nodes(&expected, 16), 4);
+        assert_eq!(fresh.tree_nodes(Grower::Head, &expected, 16), 4);
         assert!(!fresh.probe_due());
     }
 
@@ -471,12 +483,19 @@ mod tests {
     fn a_head_that_promises_more_than_stands_gets_smaller_trees() {
         let expected = [0.0, 0.5, 0.8, 0.9, 0.95, 0.99];
         let mut over = timed_tree_policy(0.040, 0.004);
-        let trusted = over.tree_nodes(&expected, 16);
+        let trusted = over.tree_nodes(Grower::Head, &expected, 16);
         for _ in 0..40 {
-            over.observe_tree(4, 2.0, 0, 0.056, 0.0);
+            over.observe_tree(Grower::Head, 4, 2.0, 0, 0.056, 0.0);
         }
-        assert!(over.tree_calibration() < 0.1, "{}", over.tree_calibration());
-        assert!(over.tree_nodes(&expected, 16) < trusted);
+        assert!(
+            over.tree_calibration(Grower::Head) < 0.1,
+            "{}",
+            over.tree_calibration(Grower::Head)
+        );
+        assert!(over.tree_nodes(Grower::Head, &expected, 16) < trusted);
+        // The worker's trees keep their own calibration: the head's misses do not shrink them.
+        assert_eq!(over.tree_calibration(Grower::Worker), 1.0);
+        assert_eq!(over.tree_nodes(Grower::Worker, &expected, 16), trusted);
     }
 
     #[test]
@@ -484,7 +503,7 @@ mod tests {
         let mut p = DraftPolicy::new(&[0.5], MAX_DRAFT);
         assert_eq!(p.tree_growth(16), MIN_GROWTH);
         for _ in 0..30 {
-            p.observe_tree(6, 2.0, 2, 0.05, 0.0);
+            p.observe_tree(Grower::Head, 6, 2.0, 2, 0.05, 0.0);
         }
         assert_eq!(p.tree_growth(16), 12);
         assert_eq!(p.tree_growth(9), 9);
