@@ -95,7 +95,8 @@ async fn worker_and_agent_export_what_their_traffic_did() {
     );
     assert_eq!(value(&e, "seam_edge_tokens_per_round_trip_count"), 1.0);
     let sent = value(&e, "seam_edge_drafts_total{source=\"head\"}")
-        + value(&e, "seam_edge_drafts_total{source=\"lookup\"}");
+        + value(&e, "seam_edge_drafts_total{source=\"lookup\"}")
+        + value(&e, "seam_edge_drafts_total{source=\"worker\"}");
     assert_eq!(sent, f64::from(drafted), "{e}");
     assert_eq!(value(&e, "seam_edge_fallbacks_total"), 0.0);
     // Acceptance by position, as the final event reports it.
