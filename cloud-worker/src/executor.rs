@@ -214,14 +214,15 @@ impl Executor {
                         next_token,
                     );
                     table = lock(&self.table);
-                    let (proposal_tokens, proposal_parents, proposal_logp) = match proposal {
-                        Ok(p) => p,
-                        Err(e) => {
-                            // Drafts are an offer: the step's verdict stands without them.
-                            tracing::warn!(error = %e, "worker drafts failed");
-                            Default::default()
-                        }
-                    };
+                    let (proposal_tokens, proposal_parents, proposal_logp, proposal_us) =
+                        match proposal {
+                            Ok(p) => p,
+                            Err(e) => {
+                                // Drafts are an offer: the step's verdict stands without them.
+                                tracing::warn!(error = %e, "worker drafts failed");
+                                Default::default()
+                            }
+                        };
                     let response = StepResponse {
                         session_id: r.job.plan.session.clone(),
                         step_id: r.job.plan.step_id,
@@ -237,6 +238,7 @@ impl Executor {
                         proposal_tokens,
                         proposal_parents,
                         proposal_logp,
+                        proposal_us,
                     };
                     table.checkin(&r.job.plan.session, cache, Some(&response), now);
                     let m = &self.metrics;
@@ -304,9 +306,8 @@ impl Executor {
             &self.stop,
             limits,
         )?;
-        self.metrics
-            .proposal_seconds
-            .observe(started.elapsed().as_secs_f64());
+        let spent = started.elapsed();
+        self.metrics.proposal_seconds.observe(spent.as_secs_f64());
         Ok((
             grown.iter().map(|c| c.token).collect(),
             grown
@@ -314,6 +315,7 @@ impl Executor {
                 .map(|c| c.parent.map_or(0, |p| p as u32 + 1))
                 .collect(),
             grown.iter().map(|c| c.logp as f32).collect(),
+            spent.as_micros() as u64,
         ))
     }
 
@@ -404,8 +406,9 @@ impl Executor {
     }
 }
 
-/// The worker's drafts for a step's answer: tokens, wire parents, path log-probabilities.
-type Proposal = (Vec<u32>, Vec<u32>, Vec<f32>);
+/// The worker's drafts for a step's answer: tokens, wire parents, path log-probabilities, and
+/// the microseconds spent making them.
+type Proposal = (Vec<u32>, Vec<u32>, Vec<f32>, u64);
 
 /// What a step computed.
 struct Answer {

@@ -361,6 +361,9 @@ async fn a_greedy_drafting_step_comes_back_with_the_workers_own_drafts_and_an_un
     assert!((3..=6 * 3).contains(&n), "{n} drafts");
     assert_eq!(r.proposal_parents.len(), n);
     assert_eq!(r.proposal_logp.len(), n);
+    // Making them took time, which the worker reports apart from the step's compute.
+    assert!(r.proposal_us > 0);
+    assert_eq!(p.proposal_us, 0);
     // A well-formed tree below `next_token` (parents first, no repeated sibling)...
     let tree = seam_edge::runtime::draft::tree::DraftTree::from_wire(
         &r.proposal_tokens,
@@ -396,6 +399,7 @@ async fn a_greedy_drafting_step_comes_back_with_the_workers_own_drafts_and_an_un
     assert_eq!(a.logits.unwrap().data, b.logits.unwrap().data);
     // A step that does not ask (max_proposal_depth 0) gets no drafts.
     assert!(a.proposal_tokens.is_empty(), "{:?}", a.proposal_tokens);
+    assert_eq!(a.proposal_us, 0);
     // One that asks for 2 gets a tree 2 deep at most.
     let c = drafting
         .send(StepRequest {

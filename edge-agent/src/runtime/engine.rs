@@ -445,7 +445,7 @@ impl Engine {
                         self.model.package().manifest().split_points
                     )));
                 }
-                let speculation = self.speculation(req.draft_tokens)?;
+                let speculation = self.speculation(req.draft_tokens, layer)?;
                 let (cache, split_reservation) =
                     self.allocate_cache_for(layer as usize, capacity)?;
                 let bytes_per_token = cache.bytes_per_token();
@@ -533,10 +533,16 @@ impl Engine {
 
     /// How a split request drafts, given what it asked for (see
     /// [`GenerateRequest::draft_tokens`]): with the draft head when the package has one, and
-    /// with prompt lookup.
-    fn speculation(&self, asked: Option<u32>) -> Result<Option<Speculation>> {
+    /// with prompt lookup; the worker's own drafts at split layer `layer` start from its state
+    /// predictor's held-out acceptance.
+    fn speculation(&self, asked: Option<u32>, layer: u32) -> Result<Option<Speculation>> {
         let drafter = self.model.drafter();
         let prior = drafter.map_or_else(Vec::new, |d| d.heldout_acceptance().to_vec());
+        let worker_prior: Vec<f64> = (self.model.package().manifest().predictors.iter())
+            .find(|p| p.layer == layer)
+            .map_or_else(Vec::new, |p| {
+                p.heldout_acceptance.iter().map(|&a| a as f64).collect()
+            });
         let head = drafter.is_some();
         match asked {
             Some(0) => Ok(None),
@@ -548,12 +554,14 @@ impl Engine {
                 max_drafts: k as usize,
                 fixed: Some(k as usize),
                 head,
+                worker_prior,
             })),
             None => Ok(Some(Speculation {
                 prior,
                 max_drafts: MAX_DRAFT,
                 fixed: None,
                 head,
+                worker_prior,
             })),
         }
     }

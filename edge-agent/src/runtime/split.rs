@@ -176,6 +176,9 @@ pub struct Speculation {
     pub fixed: Option<usize>,
     /// Whether the package has a draft head (else prompt lookup alone).
     pub head: bool,
+    /// Acceptance per chain position of the worker's own drafts to start from (its state
+    /// predictor's held-out figures; empty: the head's).
+    pub worker_prior: Vec<f64>,
 }
 
 /// A split session in progress: the device's cache for layers `[0, K)` and the tokens the last
@@ -201,6 +204,8 @@ pub struct SplitRun<'a> {
     /// The drafts the worker made after the last settled token through its own layers, if
     /// its last answer carried any.
     proposals: Option<Grown>,
+    /// What making them cost the worker, seconds (part of the last round trip).
+    proposal_s: f64,
     sampler: Sampler,
     stop: Vec<u32>,
     /// Positions the session holds at most.
@@ -248,12 +253,14 @@ impl<'a> SplitRun<'a> {
             step_id: 0,
             settled: VecDeque::new(),
             speculation: speculation.map(|s| {
-                let policy = DraftPolicy::new(&s.prior, s.max_drafts);
+                let policy =
+                    DraftPolicy::new(&s.prior, s.max_drafts).with_worker_prior(&s.worker_prior);
                 (s, policy)
             }),
             history: tokens.to_vec(),
             feature: None,
             proposals: None,
+            proposal_s: 0.0,
             sampler: Sampler::new(open.sampling)?,
             stop,
             limit: open.max_positions as usize,
@@ -381,8 +388,9 @@ impl<'a> SplitRun<'a> {
             self.stats.decode_round_trips += 1;
             self.stats.decode_tokens += 1;
             // Keep the round trip current, so that drafting resumes when the link slows down.
+            let step_s = sent.elapsed().as_secs_f64() - self.proposal_s;
             if let Some((_, policy)) = &mut self.speculation {
-                policy.observe(plan, 0, 0, sent.elapsed().as_secs_f64(), 0.0);
+                policy.observe(plan, 0, 0, step_s.max(0.0), 0.0);
             }
             return Ok(());
         }
@@ -518,8 +526,9 @@ impl<'a> SplitRun<'a> {
             self.stats.worker_drafted += (k - lookup_nodes.len()) as u64;
             self.stats.worker_accepted += along(&main) as u64;
         }
+        // The round trip as the policy models it: the worker's drafting is charged apart.
+        let step_s = (step_time.as_secs_f64() - self.proposal_s).max(0.0);
         if let (Some((_, policy)), Some(expected)) = (&mut self.speculation, expected) {
-            let step_s = step_time.as_secs_f64();
             policy.observe_tree(
                 grower,
                 k,
@@ -528,8 +537,12 @@ impl<'a> SplitRun<'a> {
                 step_s,
                 layer_time.as_secs_f64(),
             );
-            if !main.is_empty() && !worker {
-                policy.record(Source::Head, main.len(), along(&main));
+            if !main.is_empty() {
+                if worker {
+                    policy.record_worker(main.len(), along(&main));
+                } else {
+                    policy.record(Source::Head, main.len(), along(&main));
+                }
             }
             if !lookup_nodes.is_empty() {
                 policy.record(Source::Lookup, lookup_nodes.len(), lookup.1);
@@ -542,13 +555,13 @@ impl<'a> SplitRun<'a> {
                     source: Source::Lookup,
                     drafts: lookup_nodes.len(),
                 };
-                policy.observe(done, k, lookup.1, step_time.as_secs_f64(), per_draft);
+                policy.observe(done, k, lookup.1, step_s, per_draft);
             } else {
                 let done = Plan {
                     source: Source::Head,
                     drafts: main.len(),
                 };
-                policy.observe(done, k, along(&main), step_time.as_secs_f64(), per_draft);
+                policy.observe(done, k, along(&main), step_s, per_draft);
                 if !lookup_nodes.is_empty() {
                     policy.record(Source::Lookup, lookup_nodes.len(), lookup.1);
                 }
@@ -583,6 +596,7 @@ impl<'a> SplitRun<'a> {
     /// the cloud half, not a panic here).
     fn take_proposals(&mut self, r: &StepResponse) -> Result<()> {
         self.proposals = None;
+        self.proposal_s = r.proposal_us as f64 / 1e6;
         if self.speculation.is_none() || r.proposal_tokens.is_empty() {
             return Ok(());
         }
@@ -614,6 +628,15 @@ impl<'a> SplitRun<'a> {
                 logp: logp.min(0.0) as f64,
             });
         }
+        // The passes the worker ran: one per depth of its tree.
+        let mut depths: Vec<usize> = Vec::with_capacity(n);
+        for c in &candidates {
+            depths.push(c.parent.map_or(1, |p| depths[p] + 1));
+        }
+        let passes = depths.into_iter().max().unwrap_or(0);
+        if let Some((_, policy)) = &mut self.speculation {
+            policy.observe_proposals(passes, self.proposal_s);
+        }
         self.proposals = Some(Grown::new(candidates));
         Ok(())
     }
@@ -642,12 +665,15 @@ impl<'a> SplitRun<'a> {
     }
 
     /// The deepest chain of the worker's own drafts this session uses from an answer: greedy
-    /// sessions that send adaptive trees take them; 0 for fixed chains, sampled sessions and no
-    /// speculation, and the worker then spends nothing on drafting for them.
+    /// sessions that send adaptive trees take them, as deep as the policy finds pays; 0 for
+    /// fixed chains, sampled sessions and no speculation, and the worker then spends nothing on
+    /// drafting for them.
     fn proposal_depth(&self) -> u32 {
         match &self.speculation {
-            Some((spec, _)) if spec.fixed.is_none() && self.sampler.params().temperature == 0.0 => {
-                MAX_DRAFT.min(MAX_TREE_NODES) as u32
+            Some((spec, policy))
+                if spec.fixed.is_none() && self.sampler.params().temperature == 0.0 =>
+            {
+                policy.proposal_depth(MAX_DRAFT.min(MAX_TREE_NODES)) as u32
             }
             _ => 0,
         }

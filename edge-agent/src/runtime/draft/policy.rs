@@ -17,6 +17,12 @@
 //! how far to trust that estimate (drafts that stood over drafts the head expected, decayed) and
 //! picks the `n` with the most tokens per second, `(1 + c·S(n)) / (base + n · (node + layer))`,
 //! `layer` being the device's time per node in the layer pass.
+//!
+//! The worker's own drafts (trees it grows through its upper layers) cost it one pass of those
+//! layers per depth, on the round trip. The policy keeps the conditional acceptance along the
+//! worker's chains and its time per pass, and asks for the depth `d` with the most tokens per
+//! second, `E_w(d) / (base + d · (pass + node + layer))`; the round trips it times exclude the
+//! worker's drafting time, which the worker reports.
 
 /// Largest draft length considered.
 pub const MAX_DRAFT: usize = 12;
@@ -133,6 +139,10 @@ pub struct DraftPolicy {
     layer_s: f64,
     /// Trees: moving average of the nodes sent.
     tree_sent: f64,
+    /// The worker's drafts: conditional acceptance along its chains, and its time per
+    /// drafting pass (seconds, 0 until measured).
+    worker: Acceptance,
+    pass_s: f64,
 }
 
 /// A decision for the next round trip.
@@ -158,7 +168,54 @@ impl DraftPolicy {
             tree_expected: [TREE_PRIOR; 2],
             layer_s: 0.0,
             tree_sent: 0.0,
+            worker: Acceptance::new(head_prior),
+            pass_s: 0.0,
         }
+    }
+
+    /// Starts the acceptance of the worker's chains from `prior` (its state predictor's
+    /// held-out figures) instead of the head's.
+    pub fn with_worker_prior(mut self, prior: &[f64]) -> DraftPolicy {
+        if !prior.is_empty() {
+            self.worker = Acceptance::new(prior);
+        }
+        self
+    }
+
+    /// Records the worker's drafts after a step: `depth` passes deep, made in `seconds`.
+    pub fn observe_proposals(&mut self, depth: usize, seconds: f64) {
+        if depth > 0 && seconds > 0.0 {
+            self.pass_s = smooth(self.pass_s, seconds / depth as f64);
+        }
+    }
+
+    /// Records how the worker's main chain fared in a tree: `drafted` of its drafts sent, the
+    /// first `accepted` of them standing.
+    pub fn record_worker(&mut self, drafted: usize, accepted: usize) {
+        self.worker.observe(drafted, accepted);
+    }
+
+    /// How deep the worker should draft after the next step, at most `max` (at least 1):
+    /// the depth with the most tokens per second. Until the round trip and a pass are timed,
+    /// `max`, to measure.
+    pub fn proposal_depth(&self, max: usize) -> usize {
+        if max == 0 {
+            return 0;
+        }
+        if self.pass_s <= 0.0 || self.base_s <= 0.0 {
+            return max;
+        }
+        let per_depth = self.pass_s + self.node_s + self.layer_s;
+        (1..=max.min(MAX_DRAFT))
+            .map(|d| {
+                let rate = self.worker.expected_tokens(d) / (self.base_s + d as f64 * per_depth);
+                (d, rate)
+            })
+            .fold(
+                (1, 0.0),
+                |best, (d, rate)| if rate > best.1 { (d, rate) } else { best },
+            )
+            .0
     }
 
     /// How many nodes a tree is grown for, with `room` at most: twice what recent trees sent
@@ -496,6 +553,29 @@ mod tests {
         // The worker's trees keep their own calibration: the head's misses do not shrink them.
         assert_eq!(over.tree_calibration(Grower::Worker), 1.0);
         assert_eq!(over.tree_nodes(Grower::Worker, &expected, 16), trusted);
+    }
+
+    #[test]
+    fn the_worker_drafts_deep_when_its_passes_are_cheap_and_shallow_when_they_are_dear() {
+        let prior = [0.77];
+        let fresh = DraftPolicy::new(&[0.5], MAX_DRAFT).with_worker_prior(&prior);
+        // Untimed: as deep as allowed, to measure.
+        assert_eq!(fresh.proposal_depth(6), 6);
+        assert_eq!(fresh.proposal_depth(0), 0);
+        // A 65 ms round trip. At 1 ms a pass every depth up to 6 pays.
+        let mut cheap = timed_tree_policy(0.065, 0.0).with_worker_prior(&prior);
+        cheap.observe_proposals(6, 0.006);
+        assert_eq!(cheap.proposal_depth(6), 6);
+        // At 17 ms a pass: 1.77 tokens in 82 ms, 2.36 in 99, 2.82 in 116, 3.17 in 133.
+        let mut dear = timed_tree_policy(0.065, 0.0).with_worker_prior(&prior);
+        dear.observe_proposals(6, 6.0 * 0.017);
+        assert_eq!(dear.proposal_depth(6), 3);
+        assert_eq!(dear.proposal_depth(2), 2);
+        // Chains that keep failing at their first draft: one pass is enough.
+        for _ in 0..60 {
+            dear.record_worker(3, 0);
+        }
+        assert_eq!(dear.proposal_depth(6), 1);
     }
 
     #[test]
