@@ -1,7 +1,7 @@
 //! The draft head as one ONNX graph: the trained MLP (its weights quantized to 8 bits), then the
 //! model's own final norm and the 8-bit LM-head rows of the shortlist. Inputs and outputs are named by [`io`].
 
-use super::train::{HeadWeights, UNIT_EPS};
+use super::mlp::{MlpWeights, UNIT_EPS};
 use crate::import::graphs::{Dims, act, q8_matmul, rms_norm};
 use crate::import::linear::Q8Linear;
 use crate::onnx::{Attr, GraphBuilder};
@@ -20,8 +20,8 @@ pub mod io {
 
 /// The graph of `head` reading out through `output_norm` and the shortlist rows `rows` of the
 /// LM head.
-pub fn drafter_graph(head: &HeadWeights, output_norm: &[f32], rows: &Q8Linear, d: Dims) -> Vec<u8> {
-    let (n, h) = (head.shape.d, head.shape.hidden);
+pub fn drafter_graph(head: &MlpWeights, output_norm: &[f32], rows: &Q8Linear, d: Dims) -> Vec<u8> {
+    let (n, h) = (head.d, head.hidden);
     let mut g = GraphBuilder::new("drafter");
     let feature = g.input_f32(io::FEATURE, &act(n));
     let embed = g.input_f32(io::EMBED, &act(n));

@@ -9,6 +9,7 @@
 
 pub mod data;
 pub mod graph;
+pub mod mlp;
 pub mod predictor;
 pub mod train;
 pub mod treesim;
@@ -34,7 +35,7 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
-use train::{HeadShape, Readout, TrainOptions};
+use train::{Readout, TrainOptions};
 
 /// Draft positions the held-out acceptance is measured at.
 pub const EVAL_DEPTH: usize = 8;
@@ -232,20 +233,16 @@ pub fn train_drafter(
         / heldout.positions().max(1) as f64;
     let rows = head.select_rows(&shortlist);
     let dequantized = rows.dequantize();
-    let shape = HeadShape {
-        d: model.n_embd(),
-        hidden: opts.hidden,
-    };
     let train_started = Instant::now();
     let weights = train::train(
         &corpus,
-        shape,
         &Readout {
             norm_gain: output_norm,
             rows: &dequantized,
             shortlist: shortlist.len(),
         },
         TrainOptions {
+            hidden: opts.hidden,
             steps: opts.steps,
             batch: opts.batch,
             lr: 1e-3,

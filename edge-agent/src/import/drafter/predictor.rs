@@ -16,7 +16,7 @@
 //! what the upper layers see). The held-out figure runs the graph and the package's own layers
 //! `[K, N)` over the exact KV of greedy answers to prompts never trained on.
 
-use super::train::UNIT_EPS;
+use super::mlp::{Batches, GatedMlp, MlpWeights, Smoothed, UNIT_EPS, mean, rms, rows};
 use crate::error::{Error, Result};
 use crate::import::graphs::{act, rms_norm};
 use crate::onnx::{Attr, GraphBuilder};
@@ -24,25 +24,11 @@ use crate::runtime::draft::upper::{Predictor, io};
 use crate::runtime::kv_cache::{KvCache, KvDtype, KvGeometry};
 use crate::runtime::model::Model;
 use crate::runtime::sampler::argmax;
-use candle_core::{D, DType, Device, Tensor, Var};
-use candle_nn::{AdamW, Optimizer, ParamsAdamW};
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
+use candle_core::Tensor;
+use candle_nn::Optimizer;
 
 /// Positions one training example unrolls over.
 pub const UNROLL: usize = 3;
-
-/// Trained weights, row-major, `x · W` convention (`W` is `[in, out]`).
-#[derive(Debug, Clone)]
-pub struct PredictorWeights {
-    pub d: usize,
-    pub hidden: usize,
-    pub w_in: Vec<f32>,
-    pub b_in: Vec<f32>,
-    pub w_gate: Vec<f32>,
-    pub w_up: Vec<f32>,
-    pub w_down: Vec<f32>,
-}
 
 /// Layer-K states and embeddings of many sequences, flat, and the rows training starts from.
 #[derive(Debug, Clone, Default)]
@@ -112,37 +98,9 @@ pub struct PredictorOptions {
     pub seed: u64,
 }
 
-struct Net<'a> {
-    w_in: &'a Tensor,
-    b_in: &'a Tensor,
-    w_gate: &'a Tensor,
-    w_up: &'a Tensor,
-    w_down: &'a Tensor,
-}
-
-fn rms(x: &Tensor) -> candle_core::Result<Tensor> {
-    (x.sqr()?.mean_keepdim(D::Minus1)? + UNIT_EPS)?.sqrt()
-}
-
-impl Net<'_> {
-    fn forward(&self, s: &Tensor, e: &Tensor) -> candle_core::Result<Tensor> {
-        let r = rms(s)?;
-        let x = Tensor::cat(&[s.broadcast_div(&r)?, e.broadcast_div(&rms(e)?)?], 1)?;
-        let z = x.matmul(self.w_in)?.broadcast_add(self.b_in)?;
-        let m = z.broadcast_div(&rms(&z)?)?;
-        let gate = candle_nn::ops::silu(&m.matmul(self.w_gate)?)?;
-        let y = (z + (gate * m.matmul(self.w_up)?)?.matmul(self.w_down)?)?;
-        y.broadcast_mul(&r)
-    }
-}
-
-fn rows(src: &[f32], picks: &[usize], offset: isize, d: usize) -> Result<Tensor> {
-    let mut v = Vec::with_capacity(picks.len() * d);
-    for &p in picks {
-        let q = (p as isize + offset) as usize;
-        v.extend_from_slice(&src[q * d..(q + 1) * d]);
-    }
-    Ok(Tensor::from_vec(v, (picks.len(), d), &Device::Cpu)?)
+/// `ŝ_t` for the previous states `s` and the tokens' embeddings `e`, both `[B, d]`.
+fn forward(net: &GatedMlp, s: &Tensor, e: &Tensor) -> Result<Tensor> {
+    Ok(net.forward(s, e)?.broadcast_mul(&rms(s)?)?)
 }
 
 /// Trains a predictor on `data`; `progress(step, steps, loss)` every few steps. Deterministic
@@ -152,94 +110,47 @@ pub fn train(
     data: &StateData,
     opts: PredictorOptions,
     mut progress: impl FnMut(usize, usize, f32),
-) -> Result<PredictorWeights> {
+) -> Result<MlpWeights> {
     if data.starts.is_empty() {
         return Err(Error::InvalidArgument(
             "the state predictor's training data holds no run of positions".into(),
         ));
     }
-    let (dev, d, h) = (Device::Cpu, data.d, opts.hidden);
-    let mut init = StdRng::seed_from_u64(opts.seed);
-    let mut param = |rows: usize, cols: usize, scale: f64| -> Result<Var> {
-        let bound = scale * (3.0 / rows as f64).sqrt();
-        let v: Vec<f32> = (0..rows * cols)
-            .map(|_| ((init.random::<f64>() * 2.0 - 1.0) * bound) as f32)
-            .collect();
-        Ok(Var::from_tensor(&Tensor::from_vec(v, (rows, cols), &dev)?)?)
-    };
-    let w_in = param(2 * d, d, 1.0)?;
-    let b_in = Var::from_tensor(&Tensor::zeros((1, d), DType::F32, &dev)?)?;
-    let w_gate = param(d, h, 1.0)?;
-    let w_up = param(d, h, 1.0)?;
-    // The residual branch starts small: the net begins close to an affine map.
-    let w_down = param(h, d, 0.1)?;
-    let vars = [&w_in, &b_in, &w_gate, &w_up, &w_down].map(|v| (*v).clone());
-    let mut opt = AdamW::new(
-        vars.to_vec(),
-        ParamsAdamW {
-            lr: opts.lr,
-            weight_decay: 1e-4,
-            ..Default::default()
-        },
-    )?;
-    let net = Net {
-        w_in: w_in.as_tensor(),
-        b_in: b_in.as_tensor(),
-        w_gate: w_gate.as_tensor(),
-        w_up: w_up.as_tensor(),
-        w_down: w_down.as_tensor(),
-    };
-    let mut batches = StdRng::seed_from_u64(opts.seed ^ 0x9e37_79b9_7f4a_7c15);
-    let mut smoothed = f32::NAN;
+    let d = data.d;
+    let net = GatedMlp::new(d, opts.hidden, opts.seed)?;
+    let mut opt = net.optimizer(opts.lr)?;
+    let mut batches = Batches::new(opts.seed, &data.starts, opts.batch);
+    let mut smoothed = Smoothed::default();
     for step in 0..opts.steps {
-        let picks: Vec<usize> = (0..opts.batch)
-            .map(|_| data.starts[batches.random_range(0..data.starts.len())])
-            .collect();
+        let picks = batches.draw();
         // Cosine decay to a fiftieth of the rate.
         let cos = (std::f64::consts::PI * step as f64 / opts.steps as f64).cos();
         opt.set_learning_rate(opts.lr * (0.02 + 0.49 * (1.0 + cos)));
         let mut s = rows(&data.states, &picks, -1, d)?;
-        let mut total: Option<Tensor> = None;
-        for u in 0..UNROLL {
-            let e = rows(&data.embeds, &picks, u as isize, d)?;
-            let y = net.forward(&s, &e)?;
-            let target = rows(&data.states, &picks, u as isize, d)?;
+        let mut losses = Vec::with_capacity(UNROLL);
+        for u in 0..UNROLL as isize {
+            let e = rows(&data.embeds, &picks, u, d)?;
+            let y = forward(&net, &s, &e)?;
+            let target = rows(&data.states, &picks, u, d)?;
             let size = rms(&target)?;
             let loss = (y.broadcast_div(&size)? - target.broadcast_div(&size)?)?
                 .sqr()?
                 .mean_all()?;
-            total = Some(match total {
-                None => loss,
-                Some(t) => (t + loss)?,
-            });
+            losses.push(loss);
             s = y;
         }
-        let loss = (total.expect("UNROLL > 0") / UNROLL as f64)?;
+        let loss = mean(losses)?;
         opt.backward_step(&loss)?;
-        let l = loss.to_scalar::<f32>()?;
-        smoothed = if smoothed.is_nan() {
-            l
-        } else {
-            0.98 * smoothed + 0.02 * l
-        };
+        let l = smoothed.update(loss.to_scalar::<f32>()?);
         if step % 25 == 0 || step + 1 == opts.steps {
-            progress(step + 1, opts.steps, smoothed);
+            progress(step + 1, opts.steps, l);
         }
     }
-    let out = |t: &Tensor| -> Result<Vec<f32>> { Ok(t.flatten_all()?.to_vec1::<f32>()?) };
-    Ok(PredictorWeights {
-        d,
-        hidden: h,
-        w_in: out(net.w_in)?,
-        b_in: out(net.b_in)?,
-        w_gate: out(net.w_gate)?,
-        w_up: out(net.w_up)?,
-        w_down: out(net.w_down)?,
-    })
+    net.weights()
 }
 
 /// The predictor as an ONNX graph (f32 weights), inputs and outputs named by [`io`].
-pub fn predictor_graph(w: &PredictorWeights, layer: u32) -> Vec<u8> {
+pub fn predictor_graph(w: &MlpWeights, layer: u32) -> Vec<u8> {
     let (n, h) = (w.d as i64, w.hidden as i64);
     let mut g = GraphBuilder::new("state_predictor");
     let state = g.input_f32(io::STATE, &act(w.d));
@@ -339,6 +250,9 @@ pub fn chain_acceptance(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use candle_core::Device;
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
 
     fn random(n: usize, seed: u64, scale: f32) -> Vec<f32> {
         let mut r = StdRng::seed_from_u64(seed);
@@ -348,7 +262,7 @@ mod tests {
     }
 
     /// Plain f32 forward pass of the formula in the module documentation, one row.
-    fn reference(w: &PredictorWeights, s: &[f32], e: &[f32]) -> Vec<f32> {
+    fn reference(w: &MlpWeights, s: &[f32], e: &[f32]) -> Vec<f32> {
         let (d, h) = (w.d, w.hidden);
         let rms = |x: &[f32]| {
             ((x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32) + UNIT_EPS as f32).sqrt()
@@ -382,8 +296,8 @@ mod tests {
         z.iter().zip(&down).map(|(a, b)| (a + b) * rs).collect()
     }
 
-    fn weights(d: usize, h: usize) -> PredictorWeights {
-        PredictorWeights {
+    fn weights(d: usize, h: usize) -> MlpWeights {
+        MlpWeights {
             d,
             hidden: h,
             w_in: random(2 * d * d, 1, 0.3),
@@ -409,23 +323,9 @@ mod tests {
             }
         }
         // The candle net the training differentiates is the same function.
-        let t =
-            |v: &[f32], r: usize, c: usize| Tensor::from_slice(v, (r, c), &Device::Cpu).unwrap();
-        let (wi, bi, wg, wu, wd) = (
-            t(&w.w_in, 2 * d, d),
-            t(&w.b_in, 1, d),
-            t(&w.w_gate, d, h),
-            t(&w.w_up, d, h),
-            t(&w.w_down, h, d),
-        );
-        let net = Net {
-            w_in: &wi,
-            b_in: &bi,
-            w_gate: &wg,
-            w_up: &wu,
-            w_down: &wd,
-        };
-        let y = net.forward(&t(&s, 2, d), &t(&e, 2, d)).unwrap();
+        let t = |v: &[f32], r: usize| Tensor::from_slice(v, (r, d), &Device::Cpu).unwrap();
+        let net = GatedMlp::from_weights(&w).unwrap();
+        let y = forward(&net, &t(&s, 2), &t(&e, 2)).unwrap();
         let y: Vec<f32> = y.flatten_all().unwrap().to_vec1().unwrap();
         for (a, b) in y.iter().zip(&out) {
             assert!((a - b).abs() <= 1e-4 * (1.0 + b.abs()), "{a} vs {b}");

@@ -22,43 +22,22 @@
 //! another, and candle's CPU kernels are deterministic for a fixed thread count.
 
 use super::data::Corpus;
+use super::mlp::{Batches, GatedMlp, MlpWeights, Smoothed, mean, rows, unit};
 use crate::error::{Error, Result};
-use candle_core::{D, DType, Device, Tensor, Var};
-use candle_nn::{AdamW, Optimizer, ParamsAdamW};
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
+use candle_core::{D, Device, Tensor};
+use candle_nn::Optimizer;
 use std::time::Instant;
 
 /// Positions one training example unrolls over.
 pub const UNROLL: usize = 3;
 /// Weight of the feature term against the cross-entropy.
 const FEATURE_WEIGHT: f64 = 0.5;
-/// Norm epsilon of the head's `unit` (also in its graph).
-pub const UNIT_EPS: f64 = 1e-6;
-
-/// Sizes of the head.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct HeadShape {
-    /// Model width `d`.
-    pub d: usize,
-    /// Width of the gated MLP.
-    pub hidden: usize,
-}
-
-/// Trained weights, row-major, `x · W` convention (`W` is `[in, out]`).
-#[derive(Debug, Clone)]
-pub struct HeadWeights {
-    pub shape: HeadShape,
-    pub w_in: Vec<f32>,
-    pub b_in: Vec<f32>,
-    pub w_gate: Vec<f32>,
-    pub w_up: Vec<f32>,
-    pub w_down: Vec<f32>,
-}
 
 /// How to train.
 #[derive(Debug, Clone, Copy)]
 pub struct TrainOptions {
+    /// Width of the gated MLP.
+    pub hidden: usize,
     pub steps: usize,
     pub batch: usize,
     pub lr: f64,
@@ -79,52 +58,20 @@ pub struct Readout<'a> {
 /// Trains a head on `corpus`; `progress(step, steps, loss)` is called every few steps.
 pub fn train(
     corpus: &Corpus,
-    shape: HeadShape,
     readout: &Readout<'_>,
     opts: TrainOptions,
     mut progress: impl FnMut(usize, usize, f32),
-) -> Result<HeadWeights> {
+) -> Result<MlpWeights> {
     let dev = Device::Cpu;
-    let d = shape.d;
+    let d = corpus.d;
     let starts = corpus.starts(UNROLL);
     if starts.is_empty() {
         return Err(Error::InvalidArgument(
             "the drafter's training data holds no run of positions to learn from".into(),
         ));
     }
-    let mut init = StdRng::seed_from_u64(opts.seed);
-    let mut param = |rows: usize, cols: usize, scale: f64| -> Result<Var> {
-        let bound = scale / (rows as f64).sqrt();
-        let data: Vec<f32> = (0..rows * cols)
-            .map(|_| (init.random::<f64>() * 2.0 - 1.0) as f32 * bound as f32 * 3f32.sqrt())
-            .collect();
-        Ok(Var::from_tensor(&Tensor::from_vec(
-            data,
-            (rows, cols),
-            &dev,
-        )?)?)
-    };
-    let w_in = param(2 * d, d, 1.0)?;
-    let b_in = Var::from_tensor(&Tensor::zeros((1, d), DType::F32, &dev)?)?;
-    let w_gate = param(d, shape.hidden, 1.0)?;
-    let w_up = param(d, shape.hidden, 1.0)?;
-    // The residual branch starts small: the head begins close to an affine map.
-    let w_down = param(shape.hidden, d, 0.1)?;
-    let vars = vec![
-        w_in.clone(),
-        b_in.clone(),
-        w_gate.clone(),
-        w_up.clone(),
-        w_down.clone(),
-    ];
-    let mut opt = AdamW::new(
-        vars,
-        ParamsAdamW {
-            lr: opts.lr,
-            weight_decay: 1e-4,
-            ..Default::default()
-        },
-    )?;
+    let net = GatedMlp::new(d, opts.hidden, opts.seed)?;
+    let mut opt = net.optimizer(opts.lr)?;
     let gain = Tensor::from_slice(readout.norm_gain, (1, d), &dev)?;
     // Logits = unit(y) · diag(gain) · Hᵀ: fold the gain into the rows once.
     let head_t = Tensor::from_slice(readout.rows, (readout.shortlist, d), &dev)?
@@ -132,65 +79,38 @@ pub fn train(
         .t()?
         .contiguous()?;
     let teacher = teacher_top(corpus, &head_t, &dev)?;
-    let mut batches = StdRng::seed_from_u64(opts.seed ^ 0x9e37_79b9_7f4a_7c15);
-    let net = Net {
-        w_in: w_in.as_tensor(),
-        b_in: b_in.as_tensor(),
-        w_gate: w_gate.as_tensor(),
-        w_up: w_up.as_tensor(),
-        w_down: w_down.as_tensor(),
-    };
+    let mut batches = Batches::new(opts.seed, &starts, opts.batch);
     let started = Instant::now();
-    let mut smoothed = f32::NAN;
+    let mut smoothed = Smoothed::default();
     for step in 0..opts.steps {
-        let picks: Vec<usize> = (0..opts.batch)
-            .map(|_| starts[batches.random_range(0..starts.len())])
-            .collect();
-        let lr = opts.lr * schedule(step, opts.steps);
-        opt.set_learning_rate(lr);
-        let mut a = gather(&corpus.features, &picks, 0, d, &dev)?;
-        let mut total: Option<Tensor> = None;
-        for u in 0..UNROLL {
-            let e = gather(&corpus.embeddings, &picks, u + 1, d, &dev)?;
+        let picks = batches.draw();
+        opt.set_learning_rate(opts.lr * schedule(step, opts.steps));
+        let mut a = rows(&corpus.features, &picks, 0, d)?;
+        let mut losses = Vec::with_capacity(UNROLL);
+        for u in 1..=UNROLL {
+            let e = rows(&corpus.embeddings, &picks, u as isize, d)?;
             let y = net.forward(&a, &e)?;
             let uy = unit(&y)?;
             let logits = uy.matmul(&head_t)?;
-            let (targets, mask) = corpus.targets_at(&picks, u + 1);
+            let (targets, mask) = corpus.targets_at(&picks, u);
             let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
             let hard = masked_cross_entropy(&logp, &targets, &mask, &dev)?;
-            let soft = teacher.cross_entropy(&logp, &picks, u + 1, &dev)?;
+            let soft = teacher.cross_entropy(&logp, &picks, u, &dev)?;
             let ce = ((hard * (1.0 - opts.soft))? + (soft * opts.soft)?)?;
-            let f = gather(&corpus.features, &picks, u + 1, d, &dev)?;
+            let f = rows(&corpus.features, &picks, u as isize, d)?;
             let feat = (uy - &f)?.abs()?.mean_all()?;
-            let loss = (ce + (feat * FEATURE_WEIGHT)?)?;
-            total = Some(match total {
-                None => loss,
-                Some(t) => (t + loss)?,
-            });
+            losses.push((ce + (feat * FEATURE_WEIGHT)?)?);
             a = y;
         }
-        let loss = (total.expect("UNROLL > 0") / UNROLL as f64)?;
+        let loss = mean(losses)?;
         opt.backward_step(&loss)?;
-        let l = loss.to_scalar::<f32>()?;
-        smoothed = if smoothed.is_nan() {
-            l
-        } else {
-            0.98 * smoothed + 0.02 * l
-        };
+        let l = smoothed.update(loss.to_scalar::<f32>()?);
         if step % 50 == 0 || step + 1 == opts.steps {
-            progress(step + 1, opts.steps, smoothed);
+            progress(step + 1, opts.steps, l);
         }
     }
     tracing::debug!(elapsed = ?started.elapsed(), steps = opts.steps, "drafter trained");
-    let out = |t: &Tensor| -> Result<Vec<f32>> { Ok(t.flatten_all()?.to_vec1::<f32>()?) };
-    Ok(HeadWeights {
-        shape,
-        w_in: out(net.w_in)?,
-        b_in: out(net.b_in)?,
-        w_gate: out(net.w_gate)?,
-        w_up: out(net.w_up)?,
-        w_down: out(net.w_down)?,
-    })
+    net.weights()
 }
 
 /// Tokens of the model's distribution the head learns at each position.
@@ -215,14 +135,14 @@ impl Teacher {
         dev: &Device,
     ) -> Result<Tensor> {
         let n = picks.len();
-        let index = Tensor::from_vec(rows(&self.index, picks, offset), (n, TEACHER_TOP), dev)?;
-        let prob = Tensor::from_vec(rows(&self.prob, picks, offset), (n, TEACHER_TOP), dev)?;
+        let index = Tensor::from_vec(top_rows(&self.index, picks, offset), (n, TEACHER_TOP), dev)?;
+        let prob = Tensor::from_vec(top_rows(&self.prob, picks, offset), (n, TEACHER_TOP), dev)?;
         Ok(((logp.gather(&index, 1)? * prob)?.sum_all()? * (-1.0 / n as f64))?)
     }
 }
 
 /// Rows `pick + offset` of a `[positions, TEACHER_TOP]` table, flat.
-fn rows<T: Copy>(table: &[T], picks: &[usize], offset: usize) -> Vec<T> {
+fn top_rows<T: Copy>(table: &[T], picks: &[usize], offset: usize) -> Vec<T> {
     picks
         .iter()
         .flat_map(|&p| {
@@ -285,33 +205,6 @@ fn schedule(step: usize, steps: usize) -> f64 {
     0.1 + 0.9 * 0.5 * (1.0 + (std::f64::consts::PI * t).cos())
 }
 
-struct Net<'a> {
-    w_in: &'a Tensor,
-    b_in: &'a Tensor,
-    w_gate: &'a Tensor,
-    w_up: &'a Tensor,
-    w_down: &'a Tensor,
-}
-
-impl Net<'_> {
-    /// `a`: previous feature (any scale), `e`: token embedding; both `[B, d]`.
-    fn forward(&self, a: &Tensor, e: &Tensor) -> Result<Tensor> {
-        let x = Tensor::cat(&[unit(a)?, unit(e)?], 1)?;
-        let z = x.matmul(self.w_in)?.broadcast_add(self.b_in)?;
-        let m = unit(&z)?;
-        let g = m.matmul(self.w_gate)?;
-        let u = m.matmul(self.w_up)?;
-        let act = (candle_nn::ops::silu(&g)? * u)?;
-        Ok((z + act.matmul(self.w_down)?)?)
-    }
-}
-
-/// Each row scaled to unit root mean square.
-fn unit(x: &Tensor) -> Result<Tensor> {
-    let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
-    Ok(x.broadcast_div(&(ms + UNIT_EPS)?.sqrt()?)?)
-}
-
 /// Mean over the rows where `mask` is 1 of `−logp[target]`.
 fn masked_cross_entropy(
     logp: &Tensor,
@@ -328,20 +221,6 @@ fn masked_cross_entropy(
 }
 
 /// Rows `pick + offset` of `table` (`[positions, d]`) as a `[B, d]` tensor.
-fn gather(table: &[f32], picks: &[usize], offset: usize, d: usize, dev: &Device) -> Result<Tensor> {
-    let mut out = Vec::with_capacity(picks.len() * d);
-    for &p in picks {
-        out.extend_from_slice(&table[(p + offset) * d..(p + offset + 1) * d]);
-    }
-    Ok(Tensor::from_vec(out, (picks.len(), d), dev)?)
-}
-
-impl From<candle_core::Error> for Error {
-    fn from(e: candle_core::Error) -> Self {
-        Error::Training(e.to_string())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
