@@ -628,16 +628,13 @@ impl<'a> SplitRun<'a> {
                 logp: logp.min(0.0) as f64,
             });
         }
+        let grown = Grown::new(candidates);
         // The passes the worker ran: one per depth of its tree.
-        let mut depths: Vec<usize> = Vec::with_capacity(n);
-        for c in &candidates {
-            depths.push(c.parent.map_or(1, |p| depths[p] + 1));
-        }
-        let passes = depths.into_iter().max().unwrap_or(0);
+        let passes = grown.tree(n).0.depths().into_iter().max().unwrap_or(0);
         if let Some((_, policy)) = &mut self.speculation {
             policy.observe_proposals(passes, self.proposal_s);
         }
-        self.proposals = Some(Grown::new(candidates));
+        self.proposals = Some(grown);
         Ok(())
     }
 

@@ -206,16 +206,10 @@ impl DraftPolicy {
             return max;
         }
         let per_depth = self.pass_s + self.node_s + self.layer_s;
-        (1..=max.min(MAX_DRAFT))
-            .map(|d| {
-                let rate = self.worker.expected_tokens(d) / (self.base_s + d as f64 * per_depth);
-                (d, rate)
-            })
-            .fold(
-                (1, 0.0),
-                |best, (d, rate)| if rate > best.1 { (d, rate) } else { best },
-            )
-            .0
+        fastest((1..=max.min(MAX_DRAFT)).map(|d| {
+            let rate = self.worker.expected_tokens(d) / (self.base_s + d as f64 * per_depth);
+            (d, rate)
+        }))
     }
 
     /// How many nodes a tree is grown for, with `room` at most: twice what recent trees sent
@@ -247,18 +241,12 @@ impl DraftPolicy {
         }
         let c = self.tree_calibration(by);
         let per_node = self.node_s + self.layer_s;
-        (0..=cap)
-            .map(|n| {
-                (
-                    n,
-                    (1.0 + c * expected[n]) / (self.base_s + n as f64 * per_node),
-                )
-            })
-            .fold(
-                (0, 0.0),
-                |best, (n, rate)| if rate > best.1 { (n, rate) } else { best },
+        fastest((0..=cap).map(|n| {
+            (
+                n,
+                (1.0 + c * expected[n]) / (self.base_s + n as f64 * per_node),
             )
-            .0
+        }))
     }
 
     /// Records the verification of a tree grown `by`: `nodes` sent, of which the grower expected
@@ -389,6 +377,17 @@ impl DraftPolicy {
             Source::Lookup => self.lookup.observe(drafted, accepted),
         }
     }
+}
+
+/// The size with the most tokens per second among `(size, rate)` (the first of equals; 0 if
+/// none pays).
+fn fastest(rates: impl Iterator<Item = (usize, f64)>) -> usize {
+    rates
+        .fold(
+            (0, 0.0),
+            |best, (n, rate)| if rate > best.1 { (n, rate) } else { best },
+        )
+        .0
 }
 
 fn smooth(avg: f64, sample: f64) -> f64 {
