@@ -34,7 +34,7 @@ build:
 # with a head trained differently, is imported again (the head's training takes minutes).
 DRAFTER_SRC := $(wildcard edge-agent/src/import/drafter/*.rs)
 $(PKG)/manifest.toml: $(GGUF) $(PROSE) $(CLINC)/train.tsv $(CLINC)/test.tsv edge-agent/src/import/graphs.rs $(DRAFTER_SRC) | build
-	$(EDGE) model import --gguf $(GGUF) --out $(PKG) --split-points $(SPLITS) --predictor-layers 8 \
+	$(EDGE) model import --gguf $(GGUF) --out $(PKG) --split-points $(SPLITS) \
 		--drafter-prose $(PROSE) --drafter-prompts $(CLINC)/train.tsv --drafter-heldout $(CLINC)/test.tsv
 
 # The sentence encoder (int8 all-MiniLM-L6-v2) with its CLINC150 intent head.
@@ -45,7 +45,7 @@ package: setup build $(PKG)/manifest.toml $(ENC)/manifest.toml
 
 ## demo: fetch, build, import, serve on loopback and run a short workload
 demo: package
-	@./scripts/demo.sh $(EDGE) $(WORKER) $(PKG) $(ENC) $(ROUTER) $(POLICY)
+	@./scripts/demo.sh $(EDGE) $(WORKER) $(PKG) $(ENC) $(ROUTER) $(POLICY) $(LINKEMU)
 
 ## test: the whole test suite (unit, property, model-vs-reference, end-to-end)
 test: setup

@@ -2,8 +2,9 @@
 # Starts a cloud worker, the regional gateway (seam-router) and the edge agent on loopback and
 # runs a short mixed workload through the agent's gRPC API, printing per request: its intent
 # (domain, confidence), route and the policy rule that chose it, tokens, tokens/s, bytes shipped.
-# The agent reaches the worker through the gateway over QUIC with mTLS and gets the operator's
-# routing policy from it; midway the policy file changes and the gateway pushes the new version.
+# The agent reaches the worker through the gateway over QUIC with mTLS, across a link emulator
+# at 40 ms RTT and 20 Mbit/s (the device's uplink), and gets the operator's routing policy from
+# the gateway; midway the policy file changes and the gateway pushes the new version.
 set -euo pipefail
 edge=$1
 worker=$2
@@ -11,8 +12,12 @@ pkg=$3
 enc=${4:-}
 router=$5
 policy=$6
+linkemu=$7
 . "$(dirname "$0")/lib.sh"
 trap stop_servers EXIT
+# Worker, gateway and agent share this machine's cores: ONNX Runtime's pool threads must not spin
+# against each other while one process waits for another.
+export SEAM_ORT_SPIN=0
 "$edge" model inspect "$pkg" | sed 's/^/  /'
 echo
 encoder=()
@@ -32,6 +37,10 @@ start_gateway gateway_addr "$router" "$worker_addr" "$policy" demo-car
 gw=$GATEWAY_DIR
 metrics_addr=$GATEWAY_METRICS
 echo "gateway listening on $gateway_addr (gRPC on TCP, QUIC on UDP, mTLS), /metrics on $metrics_addr"
+start_server wan_addr "$linkemu" --listen 127.0.0.1:0 --upstream "$gateway_addr" --proto both \
+  --delay-ms 20 --rate-mbit 20
+GATEWAY_FLAGS[1]=$wan_addr
+echo "the device's link to it: $wan_addr, a link emulator at 40 ms RTT and 20 Mbit/s"
 decisions=$(mktemp -t seam-decisions.XXXXXX)
 SEAM_LOGS+=("$decisions")
 start_server addr "$edge" serve --model "$pkg" "${encoder[@]}" --decisions "$decisions" \
@@ -47,8 +56,10 @@ ask() { "$edge" ask --server "http://$addr" "$@"; echo; }
 ask --max-tokens 12 --route local "The capital of France is"
 echo "the same request split: layers [0, 8) here, int8 hidden states through the gateway to the worker"
 ask --max-tokens 12 --route split "The capital of France is"
-echo "split answers draft: the device's draft head (trained at import) and prompt lookup propose"
-echo "tokens, the worker verifies a tree of them per round trip; the output stays the model's"
+echo "split answers draft, so that a round trip settles several tokens: the worker drafts through"
+echo "its own layers from a state predictor of the split layer, the device's draft head and prompt"
+echo "lookup add theirs (all trained or built at import); the worker verifies them in one pass per"
+echo "round trip and the output stays the model's"
 ask --max-tokens 64 --route split --chat "Explain in two sentences how a heat pump works."
 ask --max-tokens 64 --route split --chat "Rewrite this sentence in formal English: the meeting got moved to next tuesday because the boss is sick."
 ask --max-tokens 48 --chat --system "You are a concise assistant for car owners." "How often should I check my tyre pressure?"

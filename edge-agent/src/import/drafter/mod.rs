@@ -76,11 +76,11 @@ pub struct DrafterOptions {
 }
 
 impl DrafterOptions {
-    /// The shipped settings: the head's data, its training and the predictor of one split layer
-    /// take under five minutes on two AVX-512 cores (about twelve on AVX2, by the phases timed
-    /// there). More data buys little: with six times the answers, three times the prose and
-    /// four times the steps, in about 40 minutes, the head's trees reached 2.50 held-out tokens
-    /// per round trip (1.99 here) and the predictor's chains 3.90 (3.81 here).
+    /// The shipped settings: the head's data and training take about three minutes on two
+    /// AVX-512 cores, a state predictor about a minute and a half per split layer. More data buys
+    /// little: with six times the answers, three times the prose and four times the steps (about
+    /// 40 minutes on AVX2) the head's trees reached 2.50 held-out tokens per round trip (1.99
+    /// here) and the layer-8 predictor's chains 3.90 (3.81 here).
     pub fn new(prose: PathBuf, prompts: PathBuf, heldout_prompts: PathBuf) -> DrafterOptions {
         DrafterOptions {
             prose,
