@@ -121,10 +121,15 @@ impl SplitArgs {
         }
     }
 
+    /// Whether a cloud half is configured (`--worker` or `--gateway`).
+    pub fn has_cloud(&self) -> bool {
+        self.worker.is_some() || self.gateway.is_some()
+    }
+
     /// The cloud endpoint and split layer, when `--worker` or `--gateway` is given; `--split`
     /// without either is an error.
     pub fn resolve(&self, engine: &Engine) -> anyhow::Result<Option<(CloudEndpoint, u32)>> {
-        if self.worker.is_none() && self.gateway.is_none() {
+        if !self.has_cloud() {
             anyhow::ensure!(self.split.is_none(), "--split needs --worker or --gateway");
             return Ok(None);
         }
