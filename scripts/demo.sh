@@ -15,8 +15,8 @@ policy=$6
 linkemu=$7
 . "$(dirname "$0")/lib.sh"
 trap stop_servers EXIT
-# Worker, gateway and agent share this machine's cores: ONNX Runtime's pool threads must not spin
-# against each other while one process waits for another.
+# Worker and agent share this machine's cores: neither's ONNX Runtime threads may spin while the
+# other computes (the agent, having a gateway, would not anyway).
 export SEAM_ORT_SPIN=0
 "$edge" model inspect "$pkg" | sed 's/^/  /'
 echo

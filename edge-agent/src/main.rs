@@ -471,8 +471,7 @@ fn main() -> anyhow::Result<()> {
             link_mbps,
         } => {
             seam_shared::telemetry::init("info", log_json);
-            // An agent with a cloud half does not spin ONNX Runtime's threads: they would burn a
-            // core through every round trip of a split answer (local decode loses about a fifth).
+            // ONNX Runtime's threads must not spin through the round trips of a split answer.
             seam_shared::ort_env::prefer_spinning(!split.has_cloud());
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)

@@ -80,7 +80,7 @@ impl DrafterOptions {
     /// AVX-512 cores, a state predictor about a minute and a half per split layer. More data buys
     /// little: with six times the answers, three times the prose and four times the steps (about
     /// 40 minutes on AVX2) the head's trees reached 2.50 held-out tokens per round trip (1.99
-    /// here) and the layer-8 predictor's chains 3.90 (3.81 here).
+    /// with these) and the layer-8 predictor's chains 3.90 (3.81 with these).
     pub fn new(prose: PathBuf, prompts: PathBuf, heldout_prompts: PathBuf) -> DrafterOptions {
         DrafterOptions {
             prose,
