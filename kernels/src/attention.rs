@@ -8,27 +8,62 @@
 //! query vectors (the heads of one kv head, and consecutive rows during prefill).
 
 use crate::LayerView;
+use std::sync::{Mutex, PoisonError};
 
 mod kernel;
 
 pub use kernel::At;
+use kernel::Part;
 
 /// Lanes of the softmax passes.
 const LANES: usize = 16;
 /// Minimum `rows * positions` before work is split across threads.
 const PARALLEL_MIN_WORK: usize = 4096;
+/// Minimum `positions * kv heads` before a single row is split by kv head.
+const PARALLEL_MIN_HEAD_WORK: usize = 1024;
 /// Largest head dimension the kernels take (Gemma 3's 256).
 pub const MAX_HEAD_DIM: usize = kernel::MAX_CHUNKS * 8;
+
+/// Runs `n` independent tasks, each exactly once and possibly at the same time, and returns when
+/// all are done. [`attend`] hands it the chunks of rows it splits a pass into, so that the caller
+/// decides which threads run them (the threads of a pool that would otherwise spin against new
+/// ones, say).
+pub trait Parallel: Sync {
+    fn run(&self, n: usize, task: &(dyn Fn(usize) + Sync));
+}
+
+/// [`Parallel`] on scoped threads spawned for the call; the last task runs on the calling thread.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ScopedThreads;
+
+impl Parallel for ScopedThreads {
+    fn run(&self, n: usize, task: &(dyn Fn(usize) + Sync)) {
+        let Some(last) = n.checked_sub(1) else {
+            return;
+        };
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..last).map(|i| scope.spawn(move || task(i))).collect();
+            task(last);
+            for h in handles {
+                if let Err(panic) = h.join() {
+                    std::panic::resume_unwind(panic);
+                }
+            }
+        });
+    }
+}
 
 /// Attention for the `q.len() / (n_heads * hd)` rows of `q` at positions `pos_start..`, written
 /// to `out` (same length), over `view`, which must hold the K/V of every position up to the last
 /// row's. Row `s` attends to positions `0..=pos_start + s`, or with a sliding `window` (≥ 1) to
 /// the last `window` of them; query head `h` reads kv head `h / shape.group`. With `threads > 1`
-/// and enough work, rows are split across scoped threads in chunks of equal causal cost; the
+/// and enough work, `parallel` runs the pass in parts: a single row over a long cache (a decoded
+/// token) one part per kv head, more rows `threads` chunks of rows of equal causal cost. The
 /// result does not depend on the split.
 ///
 /// The caller has validated the shape: `hd <= MAX_HEAD_DIM`, `n_heads = group * nkv`, `q` a
 /// whole number of rows, `out` as long as `q`.
+#[allow(clippy::too_many_arguments)]
 pub fn attend(
     view: &LayerView<'_>,
     shape: &Shape,
@@ -37,6 +72,7 @@ pub fn attend(
     pos_start: usize,
     window: Option<usize>,
     threads: usize,
+    parallel: &dyn Parallel,
 ) {
     let width = shape.n_heads * shape.hd;
     assert!(width > 0 && q.len().is_multiple_of(width) && out.len() == q.len());
@@ -44,39 +80,52 @@ pub fn attend(
     if rows == 0 {
         return;
     }
-    let bounds = split_rows(pos_start, rows, threads, rows * (pos_start + rows));
-    if bounds.len() <= 2 {
-        run(view, shape, q, out, (pos_start, window));
+    let at = (pos_start, window);
+    if rows == 1
+        && threads > 1
+        && shape.nkv > 1
+        && (pos_start + 1) * shape.nkv >= PARALLEL_MIN_HEAD_WORK
+    {
+        // One row (a decoded token) over a long cache: its kv heads' outputs are consecutive,
+        // so the heads split instead.
+        let per = shape.group * shape.hd;
+        let chunks: Vec<Mutex<&mut [f32]>> = out.chunks_mut(per).map(Mutex::new).collect();
+        parallel.run(chunks.len(), &|g| {
+            let mut out = chunks[g].lock().unwrap_or_else(PoisonError::into_inner);
+            let part = Part {
+                kv: g..g + 1,
+                out_base: g * per,
+            };
+            run(view, shape, q, &mut out, at, part);
+        });
         return;
     }
-    std::thread::scope(|scope| {
-        let (mut q_rest, mut out_rest) = (q, out);
-        let mut handles = Vec::with_capacity(bounds.len() - 1);
-        for w in bounds.windows(2) {
-            let n = (w[1] - w[0]) * width;
-            let (qc, qr) = q_rest.split_at(n);
-            let (oc, or) = std::mem::take(&mut out_rest).split_at_mut(n);
-            (q_rest, out_rest) = (qr, or);
-            let first = (pos_start + w[0], window);
-            if w[1] == rows {
-                // The last chunk runs on the calling thread.
-                run(view, shape, qc, oc, first);
-            } else {
-                handles.push(scope.spawn(move || run(view, shape, qc, oc, first)));
-            }
-        }
-        for h in handles {
-            if let Err(panic) = h.join() {
-                std::panic::resume_unwind(panic);
-            }
-        }
+    let bounds = split_rows(pos_start, rows, threads, rows * (pos_start + rows));
+    if bounds.len() <= 2 {
+        run(view, shape, q, out, at, Part::all(shape.nkv));
+        return;
+    }
+    // Each chunk's rows of `out`, behind a lock only its own task takes.
+    let mut chunks = Vec::with_capacity(bounds.len() - 1);
+    let mut out_rest = out;
+    for w in bounds.windows(2) {
+        let (chunk, rest) = std::mem::take(&mut out_rest).split_at_mut((w[1] - w[0]) * width);
+        out_rest = rest;
+        chunks.push((w[0], Mutex::new(chunk)));
+    }
+    parallel.run(chunks.len(), &|i| {
+        let (first, chunk) = &chunks[i];
+        let mut out = chunk.lock().unwrap_or_else(PoisonError::into_inner);
+        let q = &q[first * width..][..out.len()];
+        let at = (pos_start + first, window);
+        run(view, shape, q, &mut out, at, Part::all(shape.nkv));
     });
 }
 
 /// [`attend`] on one thread through the baseline build of the kernels (what CPUs without AVX2
 /// run), whatever this CPU has: tests compare it with the dispatched build.
 pub fn attend_portable(view: &LayerView<'_>, shape: &Shape, q: &[f32], out: &mut [f32], at: At) {
-    kernel::rows::<false>(view, shape, q, out, at);
+    kernel::rows::<false>(view, shape, q, out, at, Part::all(shape.nkv));
 }
 
 /// Row boundaries `[0, .., rows]` giving each thread about the same causal cost
@@ -117,23 +166,23 @@ pub struct Shape {
 /// Runs the kernels with the widest vector instructions the CPU has: the same code, compiled a
 /// second time with AVX2 and FMA enabled and chosen at run time, is several times faster than the
 /// baseline (SSE2) build on x86-64.
-fn run(view: &LayerView<'_>, shape: &Shape, q: &[f32], out: &mut [f32], at: kernel::At) {
+fn run(view: &LayerView<'_>, shape: &Shape, q: &[f32], out: &mut [f32], at: At, part: Part) {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
         #[allow(unsafe_code)]
         // SAFETY: `run_avx2` needs AVX2 and FMA, which the CPU was just found to support.
         unsafe {
-            run_avx2(view, shape, q, out, at);
+            run_avx2(view, shape, q, out, at, part);
         }
         return;
     }
-    kernel::rows::<false>(view, shape, q, out, at);
+    kernel::rows::<false>(view, shape, q, out, at, part);
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-fn run_avx2(view: &LayerView<'_>, shape: &Shape, q: &[f32], out: &mut [f32], at: kernel::At) {
-    kernel::rows::<true>(view, shape, q, out, at);
+fn run_avx2(view: &LayerView<'_>, shape: &Shape, q: &[f32], out: &mut [f32], at: At, part: Part) {
+    kernel::rows::<true>(view, shape, q, out, at, part);
 }
 
 /// Replaces `x` with `exp(x - max x)` and returns the sum. Max, exp and sum are separate

@@ -50,6 +50,8 @@ pub struct GraphBuilder {
     outputs: Vec<ValueInfoProto>,
     names: HashSet<String>,
     counter: usize,
+    /// Operator domains imported besides the default and [`MS_DOMAIN`] (custom operators).
+    domains: Vec<String>,
 }
 
 impl GraphBuilder {
@@ -182,6 +184,12 @@ impl GraphBuilder {
         out
     }
 
+    /// Imports a custom operator `domain` (version 1), for nodes of operators the session
+    /// registers itself.
+    pub fn import_domain(&mut self, domain: &str) {
+        self.domains.push(domain.to_string());
+    }
+
     /// Number of nodes so far.
     pub fn node_count(&self) -> usize {
         self.nodes.len()
@@ -213,7 +221,14 @@ impl GraphBuilder {
                     domain: MS_DOMAIN.into(),
                     version: 1,
                 },
-            ],
+            ]
+            .into_iter()
+            .chain(
+                self.domains
+                    .into_iter()
+                    .map(|domain| OperatorSetIdProto { domain, version: 1 }),
+            )
+            .collect(),
             metadata_props: vec![StringStringEntryProto {
                 key: "producer".into(),
                 value: "seam".into(),

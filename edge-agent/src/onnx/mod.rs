@@ -2,9 +2,11 @@
 //! them, and the sessions that run them.
 
 mod builder;
+mod pool;
 mod session;
 
 pub use builder::{Attr, Dim, ExternalData, GraphBuilder, MS_DOMAIN};
+pub use pool::OrtPool;
 pub use session::{session_from_file, session_from_memory};
 
 /// The ONNX protobuf messages (generated from `onnx/onnx.proto`).

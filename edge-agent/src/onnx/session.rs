@@ -22,6 +22,18 @@ pub fn session_from_file(path: &Path) -> Result<Session> {
         .map_err(|e| fail(&e))
 }
 
+/// A session for a graph held in memory whose nodes include the operators of `domain`.
+pub fn session_with_operators(
+    bytes: &[u8],
+    domain: ort::operator::OperatorDomain,
+) -> Result<Session> {
+    builder()?
+        .with_operators(domain)
+        .map_err(|e| Error::Ort(e.to_string()))?
+        .commit_from_memory(bytes)
+        .map_err(|e| Error::Ort(e.to_string()))
+}
+
 /// A session for a graph held in memory.
 pub fn session_from_memory(bytes: &[u8]) -> Result<Session> {
     Ok(builder()?.commit_from_memory(bytes)?)

@@ -2,6 +2,7 @@
 //! in [`seam_kernels::attention`] (int8 rows read in place, never dequantized into a buffer).
 
 use super::kv_cache::{KvCache, KvError};
+use crate::onnx::OrtPool;
 use seam_kernels::attention::{MAX_HEAD_DIM, Shape, attend};
 
 /// Computes causal attention for `S` query rows at positions `pos_start..pos_start + S`.
@@ -10,8 +11,8 @@ use seam_kernels::attention::{MAX_HEAD_DIM, Shape, attend};
 /// must already be written to `cache` for `layer` (commit is not required). Row `s` attends to
 /// positions `0..=pos_start + s`, or with a sliding `window` to the last `window` of them (its
 /// own included); query head `h` reads kv head `h / (n_heads / n_kv_heads)`.
-/// With `threads > 1` and enough work, rows are split across scoped threads in chunks of equal
-/// causal cost.
+/// With `threads > 1` and enough work, rows are split in chunks of equal causal cost, which
+/// ONNX Runtime's pool threads run ([`OrtPool`]).
 #[allow(clippy::too_many_arguments)]
 pub fn attention(
     q: &[f32],
@@ -67,7 +68,7 @@ pub fn attention(
     if window == Some(0) {
         return Err(KvError::EmptyWindow);
     }
-    attend(&view, &shape, q, out, pos_start, window, threads);
+    attend(&view, &shape, q, out, pos_start, window, threads, &OrtPool);
     Ok(())
 }
 

@@ -12,6 +12,7 @@
 
 use super::{Shape, softmax_unnormalized};
 use crate::{GROUP, LayerView, scale_f32};
+use std::ops::Range;
 
 /// Lanes of one chunk (one AVX2 register of f32).
 const VL: usize = 8;
@@ -145,15 +146,16 @@ pub(super) fn rows<const FMA: bool>(
     q: &[f32],
     out: &mut [f32],
     at: At,
+    part: Part,
 ) {
     match *view {
-        LayerView::F32 { k, v } => rows_typed::<f32, FMA>(k, v, None, shape, q, out, at),
+        LayerView::F32 { k, v } => rows_typed::<f32, FMA>(k, v, None, shape, q, out, at, part),
         LayerView::Int8 {
             k,
             v,
             k_scales,
             v_scales,
-        } => rows_typed::<i8, FMA>(k, v, Some((k_scales, v_scales)), shape, q, out, at),
+        } => rows_typed::<i8, FMA>(k, v, Some((k_scales, v_scales)), shape, q, out, at, part),
     }
 }
 
@@ -161,6 +163,25 @@ pub(super) fn rows<const FMA: bool>(
 /// positions (its own included) when set.
 pub type At = (usize, Option<usize>);
 
+/// The kv heads a call computes, and the index in the whole rows of `q` where its `out` starts
+/// (a call for some heads of one row writes only their part of the row).
+#[derive(Debug, Clone)]
+pub(super) struct Part {
+    pub kv: Range<usize>,
+    pub out_base: usize,
+}
+
+impl Part {
+    /// Every kv head, `out` as long as `q`.
+    pub fn all(nkv: usize) -> Part {
+        Part {
+            kv: 0..nkv,
+            out_base: 0,
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn rows_typed<E: Lane, const FMA: bool>(
     k: &[E],
@@ -170,12 +191,13 @@ fn rows_typed<E: Lane, const FMA: bool>(
     q: &[f32],
     out: &mut [f32],
     at: At,
+    part: Part,
 ) {
     // A copy with the common head size as a constant, so chunk bounds fold away.
     if sh.hd == 64 {
-        rows_hd::<E, FMA>(k, v, scales, sh, 64, q, out, at);
+        rows_hd::<E, FMA>(k, v, scales, sh, 64, q, out, at, part);
     } else {
-        rows_hd::<E, FMA>(k, v, scales, sh, sh.hd, q, out, at);
+        rows_hd::<E, FMA>(k, v, scales, sh, sh.hd, q, out, at, part);
     }
 }
 
@@ -190,6 +212,7 @@ fn rows_hd<E: Lane, const FMA: bool>(
     q: &[f32],
     out: &mut [f32],
     (first_pos, window): At,
+    part: Part,
 ) {
     let width = sh.n_heads * hd;
     let n_rows = q.len() / width;
@@ -199,7 +222,7 @@ fn rows_hd<E: Lane, const FMA: bool>(
     let mut vectors = Vec::with_capacity(MAX_NQ);
     for r0 in (0..n_rows).step_by(rows_per_block) {
         let r1 = (r0 + rows_per_block).min(n_rows);
-        for g in 0..sh.nkv {
+        for g in part.kv.clone() {
             let head = Head {
                 kw: sh.nkv * hd,
                 g,
@@ -218,7 +241,8 @@ fn rows_hd<E: Lane, const FMA: bool>(
                 }
             }
             for block in vectors.chunks(MAX_NQ) {
-                let args = (k, v, scales, head, block, q, &mut *out, &mut scratch);
+                let out = (&mut *out, part.out_base);
+                let args = (k, v, scales, head, block, q, out, &mut scratch);
                 match block.len() {
                     1 => run_block::<E, 1, FMA>(args),
                     2 => run_block::<E, 2, FMA>(args),
@@ -239,14 +263,14 @@ type BlockArgs<'a, E> = (
     Head,
     &'a [(usize, usize, usize)],
     &'a [f32],
-    &'a mut [f32],
+    (&'a mut [f32], usize),
     &'a mut Scratch,
 );
 
 /// One block of `NQ` query vectors over one kv head.
 #[inline(always)]
 fn run_block<E: Lane, const NQ: usize, const FMA: bool>(args: BlockArgs<'_, E>) {
-    let (k, v, scales, head, vectors, q, out, scratch) = args;
+    let (k, v, scales, head, vectors, q, (out, out_base), scratch) = args;
     let (hd, nch) = (head.hd, head.chunks());
     let n = vectors.iter().map(|v| v.2).max().unwrap_or(0);
     let t0 = vectors.iter().map(|v| v.1).min().unwrap_or(0);
@@ -283,7 +307,7 @@ fn run_block<E: Lane, const NQ: usize, const FMA: bool>(args: BlockArgs<'_, E>) 
     of.resize(nch * NQ, F8::default());
     values::<E, NQ, FMA>(v, scales.map(|s| s.1), head, p, span, of);
     for (j, &(offset, _, _)) in vectors.iter().enumerate() {
-        let ov = &mut out[offset..][..hd];
+        let ov = &mut out[offset - out_base..][..hd];
         for (c, o) in ov.chunks_mut(VL).enumerate() {
             o.copy_from_slice(&of[c * NQ + j].0[..o.len()]);
         }

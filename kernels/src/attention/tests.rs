@@ -23,3 +23,94 @@ fn exp_neg_is_accurate() {
     assert!(exp_neg(f32::NEG_INFINITY) < 1e-37);
     assert_eq!(exp_neg(0.0), 1.0);
 }
+
+/// Runs the tasks one after another, last first (a split must not depend on who runs a chunk or
+/// when), and keeps how many it was given.
+#[derive(Default)]
+struct Backwards(std::sync::atomic::AtomicUsize);
+
+impl Parallel for Backwards {
+    fn run(&self, n: usize, task: &(dyn Fn(usize) + Sync)) {
+        self.0.store(n, std::sync::atomic::Ordering::Relaxed);
+        (0..n).rev().for_each(task);
+    }
+}
+
+/// Attention of the last `rows` of `positions` over a pseudo-random int8 cache, whole and split
+/// every way `attend` splits (by rows, or one row by kv head), run by threads and backwards.
+/// Returns the parts a split over 2 threads made (0: not split).
+fn check_splits(positions: usize, rows: usize) -> usize {
+    let (nkv, group, hd) = (3, 3, 64);
+    let n_heads = nkv * group;
+    let shape = Shape {
+        n_heads,
+        nkv,
+        hd,
+        group,
+        inv_sqrt: 0.125,
+    };
+    // Deterministic pseudo-random int8 rows and f16 scales around 0.01.
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let k: Vec<i8> = (0..positions * nkv * hd).map(|_| next() as i8).collect();
+    let v: Vec<i8> = (0..positions * nkv * hd).map(|_| next() as i8).collect();
+    let groups = positions * nkv * hd / crate::GROUP;
+    let k_scales: Vec<u16> = (0..groups)
+        .map(|_| 0x2100 + (next() % 256) as u16)
+        .collect();
+    let v_scales: Vec<u16> = (0..groups)
+        .map(|_| 0x2100 + (next() % 256) as u16)
+        .collect();
+    let view = LayerView::Int8 {
+        k: &k,
+        v: &v,
+        k_scales: &k_scales,
+        v_scales: &v_scales,
+    };
+    let pos_start = positions - rows;
+    let q: Vec<f32> = (0..rows * n_heads * hd)
+        .map(|_| (next() % 2001) as f32 / 1000.0 - 1.0)
+        .collect();
+    let whole = {
+        let mut out = vec![0.0; q.len()];
+        attend(
+            &view,
+            &shape,
+            &q,
+            &mut out,
+            pos_start,
+            None,
+            1,
+            &ScopedThreads,
+        );
+        out
+    };
+    let mut parts = 0;
+    for threads in [2, 3, 7] {
+        let backwards = Backwards::default();
+        for parallel in [&ScopedThreads as &dyn Parallel, &backwards] {
+            let mut out = vec![f32::NAN; q.len()];
+            attend(
+                &view, &shape, &q, &mut out, pos_start, None, threads, parallel,
+            );
+            assert_eq!(out, whole, "{threads} threads");
+        }
+        if threads == 2 {
+            parts = backwards.0.into_inner();
+        }
+    }
+    assert!(whole.iter().all(|x| x.is_finite()) && whole.iter().any(|&x| x != 0.0));
+    parts
+}
+
+#[test]
+fn a_split_pass_equals_the_whole_pass_whoever_runs_the_chunks() {
+    assert_eq!(check_splits(200, 120), 2, "rows split in two");
+    assert_eq!(check_splits(600, 1), 3, "one row split by its 3 kv heads");
+    assert_eq!(check_splits(20, 1), 0, "too little work to split");
+}
