@@ -6,7 +6,8 @@
 #   LLAMA_BENCH -m GGUF -p 512 -n 128 -t T -r 1 -o json
 # (which of the two goes first alternates by round). Prints a Markdown table per thread count:
 # medians over the rounds of decode (tg128) and prefill (pp512) tokens/s, and our / llama.cpp
-# as the median of the per-round ratios (each round's pair ran back to back), with its range.
+# as the median of the per-round ratios (each round's pair ran back to back), with its range,
+# and what share of the memory-bandwidth bound each decode reaches.
 #
 #   usage: scripts/decode-vs-llamacpp.sh EDGE PKG GGUF LLAMA_BENCH [ROUNDS]   (make bench-decode)
 set -euo pipefail
@@ -56,15 +57,17 @@ threads = [int(t) for t in sys.argv[7:]]
 
 
 def ours(path):
-    """(prefill tok/s, decode tok/s) from the row of `seam-edge bench`'s first table."""
+    """(prefill tok/s, decode tok/s, weights MB read per decoded token, read GB/s) from the row
+    of `seam-edge bench`'s first table."""
     lines = [l.strip() for l in open(path) if l.strip().startswith("|")]
     for i, line in enumerate(lines):
         cols = [c.strip() for c in line.strip("|").split("|")]
         if cols[0] == "threads" and len(cols) > 3:
-            pi = next(k for k, c in enumerate(cols) if c.startswith("prefill tok/s"))
-            di = next(k for k, c in enumerate(cols) if c.startswith("decode tok/s"))
+            def col(prefix):
+                return next(k for k, c in enumerate(cols) if c.startswith(prefix))
             row = [c.strip() for c in lines[i + 2].strip("|").split("|")]  # skip |---|
-            return float(row[pi]), float(row[di])
+            return tuple(float(row[col(p)]) for p in
+                         ("prefill tok/s", "decode tok/s", "weights MB read", "read GB/s"))
     sys.exit(f"decode-vs-llamacpp: no `| threads | ...` table in {path}:\n{open(path).read()}")
 
 
@@ -109,4 +112,14 @@ for t in threads:
         ratios = [a[k] / b[k] for a, b in zip(o, l)]
         print(f"| {name} | {med(a[k] for a in o):.1f} | {med(b[k] for b in l):.1f} ({test}) "
               f"| {med(ratios):.2f} | {min(ratios):.2f}–{max(ratios):.2f} |")
+    # Decode as a share of the memory-bandwidth bound: tokens/s x bytes read per token over the
+    # read bandwidth `seam-edge bench` measured with as many threads. llama.cpp reads its whole
+    # GGUF per token (its tied head is the token table) but for one embedding row.
+    gbs = med(a[3] for a in o)
+    ours_mb = o[0][2]
+    theirs_mb = os.path.getsize(gguf) / 1e6
+    share = lambda tps, mb: tps * mb / 1e3 / gbs
+    print(f"| decode share of the bandwidth bound ({gbs:.1f} GB/s read) "
+          f"| {share(med(a[1] for a in o), ours_mb):.2f} ({ours_mb:.1f} MB per token) "
+          f"| {share(med(b[1] for b in l), theirs_mb):.2f} ({theirs_mb:.1f} MB) | – | – |")
 PY

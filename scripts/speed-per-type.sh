@@ -30,19 +30,39 @@ done
 python3 - "$dir" "$rounds" "${types[@]}" <<'PY'
 import re, sys
 d, rounds, types = sys.argv[1], sys.argv[2], sys.argv[3:]
+
+
+def matches(ty, pattern):
+    """(thread count, match) for each line of TYPE.speed.md matching `pattern`."""
+    threads = None
+    for line in open(f"{d}/{ty}.speed.md"):
+        m = re.match(r"### (\d) thread", line)
+        if m:
+            threads = m.group(1)
+        m = re.match(pattern, line)
+        if m and threads:
+            yield threads, m
+
+
 print(f"Ours vs llama.cpp (llama-bench), interleaved, medians over {rounds} round(s): tokens/s ours / llama.cpp (ratio)")
 print()
 print("| type | decode 1 thread | prefill 1 thread | decode 2 threads | prefill 2 threads |")
 print("|---|---|---|---|---|")
 for ty in types:
-    cells, threads = {}, None
-    for line in open(f"{d}/{ty}.speed.md"):
-        m = re.match(r"### (\d) thread", line)
-        if m:
-            threads = m.group(1)
-        m = re.match(r"\| (decode|prefill) \(\d+ tok\) \| ([\d.]+) \| ([\d.]+) \(\w+\) \| ([\d.]+) \|", line)
-        if m and threads:
-            cells[(m.group(1), threads)] = f"{m.group(2)} / {m.group(3)} ({m.group(4)}×)"
+    cells = {(m.group(1), t): f"{m.group(2)} / {m.group(3)} ({m.group(4)}×)" for t, m in
+             matches(ty, r"\| (decode|prefill) \(\d+ tok\) \| ([\d.]+) \| ([\d.]+) \(\w+\) \| ([\d.]+) \|")}
     row = [cells.get((p, t), "?") for t in ("1", "2") for p in ("decode", "prefill")]
     print(f"| {ty} | " + " | ".join(row) + " |")
+print()
+print("Decode as a share of the memory-bandwidth bound (tokens/s x bytes read per token / read GB/s), ours · llama.cpp")
+print()
+print("| type | MB read per token, ours · llama.cpp | 1 thread | 2 threads |")
+print("|---|---|---|---|")
+for ty in types:
+    shares, mb = {}, "?"
+    for t, m in matches(ty, r"\| decode share of the bandwidth bound \(([\d.]+) GB/s read\) "
+                            r"\| ([\d.]+) \(([\d.]+) MB per token\) \| ([\d.]+) \(([\d.]+) MB\)"):
+        shares[t] = f"{m.group(2)} · {m.group(4)} ({m.group(1)} GB/s)"
+        mb = f"{m.group(3)} · {m.group(5)}"
+    print(f"| {ty} | {mb} | {shares.get('1', '?')} | {shares.get('2', '?')} |")
 PY

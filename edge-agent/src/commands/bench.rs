@@ -8,6 +8,7 @@ use crate::runtime::kv_cache::{KvCache, KvDtype, KvGeometry};
 use crate::runtime::model::{LoadOptions, Model};
 use crate::runtime::sampler::argmax;
 use anyhow::Context;
+use seam_shared::package::Manifest;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 use std::time::Instant;
@@ -54,6 +55,18 @@ fn read_bandwidth(threads: usize) -> f64 {
     }
     std::hint::black_box(sink);
     (words * 8) as f64 / best / 1e9
+}
+
+/// The files a decoded token reads whole: every layer graph, the head graph, and the token table
+/// when the head computes with it (a tied 8-bit head kept once, as the graph's external data).
+/// A table the head does not use is read one row per token, and the draft head not at all.
+fn decode_read_files(m: &Manifest) -> impl Iterator<Item = &str> {
+    let table = m.weights.embedding_head_block.map(|_| m.embedding.as_str());
+    m.segments
+        .iter()
+        .flat_map(|s| s.graphs.iter().map(String::as_str))
+        .chain([m.head.as_str()])
+        .chain(table)
 }
 
 const PROSE: &str = "The history of the city begins with a small settlement on the river, where traders \
@@ -114,12 +127,7 @@ pub fn measure(
         }
         best_decode = best_decode.min(t.elapsed().as_secs_f64());
     }
-    let weight_bytes = model
-        .package()
-        .manifest()
-        .files
-        .keys()
-        .filter(|f| f.ends_with(".onnx"))
+    let weight_bytes = decode_read_files(model.package().manifest())
         .filter_map(|f| std::fs::metadata(model.package().path(f)).ok())
         .map(|m| m.len())
         .sum();
@@ -267,5 +275,35 @@ fn print_table(rows: &[BenchFigures]) {
                 i8us / f32us
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::decode_read_files;
+    use seam_shared::package::Package;
+
+    #[test]
+    fn a_decoded_token_reads_the_layers_the_head_and_the_table_the_head_shares() {
+        let package = Package::open(crate::test_util::package_dir()).expect("test package");
+        let m = package.manifest();
+        let files: Vec<&str> = decode_read_files(m).collect();
+        let layers: usize = m.segments.iter().map(|s| s.graphs.len()).sum();
+        assert!(
+            m.weights.embedding_head_block.is_some(),
+            "the test package ties its head"
+        );
+        assert_eq!(files.len(), layers + 2, "{files:?}");
+        assert!(files.contains(&m.head.as_str()) && files.contains(&m.embedding.as_str()));
+        for f in &files {
+            assert!(package.path(f).is_file(), "{f} is in the package");
+        }
+        // The draft head's graphs are in the package but not read by a plain decode.
+        let graphs_in_package = m.files.keys().filter(|f| f.ends_with(".onnx")).count();
+        assert!(
+            graphs_in_package > layers + 1,
+            "the test package has a draft head"
+        );
+        assert!(files.iter().filter(|f| f.ends_with(".onnx")).count() == layers + 1);
     }
 }
