@@ -304,6 +304,7 @@ mod tests {
             graphs_in_package > layers + 1,
             "the test package has a draft head"
         );
-        assert!(files.iter().filter(|f| f.ends_with(".onnx")).count() == layers + 1);
+        let graphs_read = files.iter().filter(|f| f.ends_with(".onnx")).count();
+        assert_eq!(graphs_read, layers + 1, "{files:?}");
     }
 }

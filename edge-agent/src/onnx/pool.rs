@@ -23,7 +23,7 @@ use std::sync::{Mutex, OnceLock, PoisonError};
 
 /// Domain of the pool's operator.
 const DOMAIN: &str = "ai.seam.pool";
-/// The operator: runs the pending tasks on the session's thread pool, output = input.
+/// The operator: runs the pending tasks on the session's thread pool; its output is one 0.
 const OP: &str = "ParallelFor";
 
 /// [`Parallel`] on ONNX Runtime's global thread pool; scoped threads where that cannot be used

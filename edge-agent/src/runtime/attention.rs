@@ -11,8 +11,8 @@ use seam_kernels::attention::{MAX_HEAD_DIM, Shape, attend};
 /// must already be written to `cache` for `layer` (commit is not required). Row `s` attends to
 /// positions `0..=pos_start + s`, or with a sliding `window` to the last `window` of them (its
 /// own included); query head `h` reads kv head `h / (n_heads / n_kv_heads)`.
-/// With `threads > 1` and enough work, rows are split in chunks of equal causal cost, which
-/// ONNX Runtime's pool threads run ([`OrtPool`]).
+/// With `threads > 1` and enough work, ONNX Runtime's pool threads ([`OrtPool`]) run the pass in
+/// parts: rows in chunks of equal causal cost, or a single row over a long cache by kv head.
 #[allow(clippy::too_many_arguments)]
 pub fn attention(
     q: &[f32],
