@@ -6,7 +6,7 @@
 
 use super::linear::{BLOCK, Linear, Q4Linear, Q8Linear};
 use crate::onnx::proto::tensor_proto::DataType;
-use crate::onnx::{Attr, Dim, ExternalData, GraphBuilder, MS_DOMAIN};
+use crate::onnx::{Attr, Dim, ExternalData, GraphBuilder, MS_DOMAIN, qmatmul};
 use seam_shared::package::head_table_layout;
 
 /// Names of graph inputs and outputs, shared with the runtime.
@@ -74,17 +74,24 @@ pub(crate) fn act(d: usize) -> [Dim; 2] {
     [SEQ, Dim::Fixed(d as i64)]
 }
 
-/// `y = W·x` for a Q4_1 layer: MatMulNBits plus the block-sum correction, folded by one
-/// `Gemm(sums, C, W_q·x)`. `sums` are the block sums of `x` ([`block_sums`]).
+/// `y = W·x` for a 4-bit layer. With int8 activations, Seam's `QMatMul` over the blocks as
+/// stored ([`qmatmul`]). With f32 activations (`level` 0), or outputs not a multiple of 8,
+/// `MatMulNBits` plus the block-sum correction, folded by one `Gemm(sums, C, W_q·x)`; `sums` are then the block sums of `x`
+/// ([`block_sums`]).
 fn q4_matmul(
     g: &mut GraphBuilder,
     x: &str,
-    sums: &str,
+    sums: Option<&str>,
     w: &Q4Linear,
     stem: &str,
     level: i64,
 ) -> String {
     let nb = (w.k / BLOCK) as i64;
+    if let Some((format, blocks)) = w.blocks().filter(|_| level != 0) {
+        let len = blocks.len() as i64;
+        let b = g.init_u8(&format!("{stem}_blocks"), &[len], blocks);
+        return qmatmul::node(g, x, &b, w.k, w.n, format);
+    }
     let b = g.init_u8(
         &format!("{stem}_q"),
         &[w.n as i64, nb, (BLOCK / 2) as i64],
@@ -93,7 +100,12 @@ fn q4_matmul(
     let s = g.init_f32(&format!("{stem}_d"), &[w.n as i64 * nb], &w.scales);
     let c = g.init_f32(&format!("{stem}_c"), &[nb, w.n as i64], &w.correction_t());
     let mm = nbits(g, x, &b, &s, w.k, w.n, level);
-    g.op("Gemm", "", &[sums, &c, &mm], vec![])
+    g.op(
+        "Gemm",
+        "",
+        &[sums.expect("f32 compute takes block sums"), &c, &mm],
+        vec![],
+    )
 }
 
 /// 4-bit `MatMulNBits` without zero points (the kernel's default zero point 8).
@@ -184,7 +196,7 @@ fn project(
     level: i64,
 ) -> String {
     let needs_sums = parts.iter().any(|p| match p {
-        Linear::Q4(_) => true,
+        Linear::Q4(w) => level == 0 || !w.n.is_multiple_of(seam_kernels::qmatmul::GROUP),
         Linear::Q8(l) => l.mins.is_some(),
         Linear::F32(_) => false,
     });
@@ -199,7 +211,7 @@ fn project(
                 format!("{stem}{i}")
             };
             match p {
-                Linear::Q4(w) => q4_matmul(g, x, sums.as_deref().expect("sums"), w, &stem, level),
+                Linear::Q4(w) => q4_matmul(g, x, sums.as_deref(), w, &stem, level),
                 Linear::F32(w) => {
                     let t = g.init_f32(
                         &format!("{stem}_w"),

@@ -11,6 +11,7 @@
 pub const BLOCK: usize = 32;
 
 pub use crate::gguf::quant::{Q41Block as Q41, Q80Block as Q80};
+use seam_kernels::qmatmul::{Format, GROUP};
 
 /// A linear layer as the graphs compute it: 4 bits (Q4_0, Q4_1, Q4_K), 8 bits, or f32 (F32,
 /// and F16 and BF16 widened: `MatMulNBits` has no 16-bit float path).
@@ -93,6 +94,8 @@ pub struct Q4Linear {
     pub scales: Vec<f32>,
     /// `[n, k/32]`: the per-block correction `m + 8·d`.
     pub correction: Vec<f32>,
+    /// `[n, k/32]`: the block offsets `m` as stored.
+    pub mins: Vec<f32>,
 }
 
 impl Q4Linear {
@@ -103,12 +106,14 @@ impl Q4Linear {
         let mut packed = Vec::with_capacity(n * k / 2);
         let mut scales = Vec::with_capacity(blocks.len());
         let mut correction = Vec::with_capacity(blocks.len());
+        let mut mins = Vec::with_capacity(blocks.len());
         for b in blocks {
             for pair in b.q.chunks_exact(2) {
                 packed.push((pair[0] & 0x0f) | (pair[1] << 4));
             }
             scales.push(b.d);
             correction.push(b.m + 8.0 * b.d);
+            mins.push(b.m);
         }
         Q4Linear {
             n,
@@ -116,6 +121,7 @@ impl Q4Linear {
             packed,
             scales,
             correction,
+            mins,
         }
     }
 
@@ -129,7 +135,35 @@ impl Q4Linear {
             packed: cat(parts, |p| &p.packed),
             scales: cat(parts, |p| &p.scales),
             correction: cat(parts, |p| &p.correction),
+            mins: cat(parts, |p| &p.mins),
         }
+    }
+
+    /// The blocks as [`QMatMul`](crate::onnx::qmatmul) reads them ([`Format::pack`]): with `d`
+    /// and `m` as f16 where every one of them is an f16 (Q4_0, Q4_1: 5 bits a weight, as GGUF
+    /// Q4_1), else as f32 (Q4_K's products of a super-block scale and a 6-bit scale: 6 bits).
+    /// `None` unless the outputs are a multiple of [`GROUP`].
+    pub fn blocks(&self) -> Option<(Format, Vec<u8>)> {
+        if !self.n.is_multiple_of(GROUP) {
+            return None;
+        }
+        let halves = |v: &[f32]| {
+            v.iter()
+                .all(|&x| half::f16::from_f32(x).to_f32().to_bits() == x.to_bits())
+        };
+        let format = if halves(&self.scales) && halves(&self.mins) {
+            Format::Q4F16
+        } else {
+            Format::Q4F32
+        };
+        let nb = self.k / BLOCK;
+        let bytes = format.pack(self.n, self.k, |row, b| {
+            let i = row * nb + b;
+            let packed = &self.packed[i * BLOCK / 2..][..BLOCK / 2];
+            let codes = std::array::from_fn(|j| (packed[j / 2] >> (4 * (j % 2))) & 0x0f);
+            (self.scales[i], self.mins[i], codes)
+        });
+        Some((format, bytes))
     }
 
     /// The correction matrix transposed to `[k/32, n]`, ready to multiply the block sums.

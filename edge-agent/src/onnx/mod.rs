@@ -3,6 +3,7 @@
 
 mod builder;
 mod pool;
+pub mod qmatmul;
 mod session;
 
 pub use builder::{Attr, Dim, ExternalData, GraphBuilder, MS_DOMAIN};

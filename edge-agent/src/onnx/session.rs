@@ -1,5 +1,6 @@
 //! ONNX Runtime sessions on the process-wide environment (one shared thread pool, see
-//! [`seam_shared::ort_env`]) with full graph optimisation.
+//! [`seam_shared::ort_env`]) with full graph optimisation and Seam's operators
+//! ([`super::qmatmul`]).
 
 use crate::error::{Error, Result};
 use ort::session::Session;
@@ -14,8 +15,11 @@ pub const PROFILE_ENV: &str = "SEAM_ORT_PROFILE";
 
 fn builder() -> Result<SessionBuilder> {
     let env = seam_shared::ort_env::environment()?;
+    let ops = super::qmatmul::domain().map_err(|e| Error::Ort(e.to_string()))?;
     let builder = Session::builder(env)?
         .with_optimization_level(GraphOptimizationLevel::Level3)
+        .map_err(|e| Error::Ort(e.to_string()))?
+        .with_operators(ops)
         .map_err(|e| Error::Ort(e.to_string()))?;
     match std::env::var_os(PROFILE_ENV) {
         Some(dir) => {

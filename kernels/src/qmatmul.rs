@@ -1,0 +1,366 @@
+//! `y = W·x` for 4-bit weights in GGUF-style blocks (`w = d·q + m` per 32 inputs), with the
+//! activations quantized to int8 per block of 32, as llama.cpp does for its Q4 dot products.
+//!
+//! A weight block holds 32 codes `q` in 0..15 with a scale `d` and an offset `m`: GGUF Q4_1 as
+//! stored, Q4_0 with `m = −8d`, a Q4_K sub-block with `d` and `m` its scale and min products.
+//! An activation block is `x ≈ dx·qx` with `qx` in −127..127 and `sx = dx·Σqx`; a block then
+//! contributes `d·dx·Σ q·qx + m·sx`.
+//!
+//! The weights are stored for the kernel, [`GROUP`] output columns together ([`Format`]): one
+//! 256-bit vector holds four inputs of each of eight columns, so that `vpmaddubsw` against four
+//! activation bytes broadcast computes eight columns at once, and one multiply scales all eight.
+//! Eight of its 16-bit results add up without overflow (`8·2·15·127 < 2^15`), so a block costs
+//! one widening per eight columns.
+//!
+//! The result is defined exactly, whatever the tiling, the thread that runs it, or the
+//! instructions: `Σ q·qx` is an exact integer; then, block after block,
+//! `acc = fma(Σq·qx, d·dx, acc)` and `off = fma(m, sx, off)`; the output is `acc + off`. So a
+//! row's result does not depend on the other rows of the batch (a decoded token equals the
+//! same token verified among drafts), and the AVX2 kernel ([`avx2`]) equals the portable one
+//! ([`portable`]) bit for bit.
+
+use std::ops::Range;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+#[cfg(not(target_arch = "x86_64"))]
+mod avx2 {
+    pub(super) fn available() -> bool {
+        false
+    }
+    pub(super) use super::portable::tile;
+}
+mod portable;
+#[cfg(test)]
+mod tests;
+
+/// Inputs per block (one scale and offset each).
+pub const BLOCK: usize = 32;
+/// Output columns stored together: a layer's outputs must be a multiple of this.
+pub const GROUP: usize = 8;
+/// Bytes of codes of one block of a group (8 columns × 32 codes, 4 bits each).
+const CODES: usize = GROUP * BLOCK / 2;
+/// Groups of columns per task.
+const GROUPS_PER_TASK: usize = 4;
+/// Activation rows per task.
+const ROW_CHUNK: usize = 64;
+
+/// How the scales and offsets of a group's block are stored. A group's block is `[d; 8]`,
+/// `[m; 8]`, then 128 bytes of codes in four 32-byte vectors: in vector `t`, bytes `4c..4c+4`
+/// hold inputs `4t..4t+4` of column `c` in their low nibbles and inputs `16+4t..16+4t+4` in
+/// their high nibbles. A layer is its groups in order, each its blocks in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// Scales and offsets as f16 (160 bytes per 256 weights: 5 bits a weight, as GGUF Q4_1).
+    Q4F16,
+    /// Scales and offsets as f32 (192 bytes): products that f16 cannot hold (Q4_K).
+    Q4F32,
+}
+
+impl Format {
+    /// Bytes per block of a group (8 columns × 32 inputs).
+    pub const fn block_bytes(self) -> usize {
+        self.codes_at() + CODES
+    }
+
+    /// The code a graph stores the format as.
+    pub const fn code(self) -> i64 {
+        match self {
+            Format::Q4F16 => 0,
+            Format::Q4F32 => 1,
+        }
+    }
+
+    pub const fn from_code(code: i64) -> Option<Format> {
+        match code {
+            0 => Some(Format::Q4F16),
+            1 => Some(Format::Q4F32),
+            _ => None,
+        }
+    }
+
+    /// Offset of the codes within a group's block.
+    const fn codes_at(self) -> usize {
+        match self {
+            Format::Q4F16 => 2 * GROUP * 2,
+            Format::Q4F32 => 2 * GROUP * 4,
+        }
+    }
+
+    /// `(d, m)` of the 8 columns of the group's block starting at `block[0]`.
+    #[inline(always)]
+    fn params(self, block: &[u8]) -> ([f32; GROUP], [f32; GROUP]) {
+        let value = |i: usize| match self {
+            Format::Q4F16 => f16_to_f32(u16::from_le_bytes([block[2 * i], block[2 * i + 1]])),
+            Format::Q4F32 => f32::from_le_bytes(std::array::from_fn(|j| block[4 * i + j])),
+        };
+        (
+            std::array::from_fn(value),
+            std::array::from_fn(|c| value(GROUP + c)),
+        )
+    }
+
+    /// Packs an `n × k` layer (`n` a multiple of [`GROUP`], `k` of [`BLOCK`]) whose block `b`
+    /// of row `r` is `block(r, b) = (d, m, codes in input order)`. Scales and offsets must be
+    /// exact in the format (f16 values for [`Format::Q4F16`]).
+    pub fn pack(
+        self,
+        n: usize,
+        k: usize,
+        block: impl Fn(usize, usize) -> (f32, f32, [u8; BLOCK]),
+    ) -> Vec<u8> {
+        assert!(
+            n.is_multiple_of(GROUP) && k.is_multiple_of(BLOCK),
+            "{n}×{k}"
+        );
+        let mut out = Vec::with_capacity(n / GROUP * k / BLOCK * self.block_bytes());
+        for g in 0..n / GROUP {
+            for b in 0..k / BLOCK {
+                let blocks: [(f32, f32, [u8; BLOCK]); GROUP] =
+                    std::array::from_fn(|c| block(g * GROUP + c, b));
+                for v in blocks.iter().map(|b| b.0).chain(blocks.iter().map(|b| b.1)) {
+                    match self {
+                        Format::Q4F16 => out.extend(f32_to_f16_exact(v).to_le_bytes()),
+                        Format::Q4F32 => out.extend(v.to_le_bytes()),
+                    }
+                }
+                for t in 0..4 {
+                    for (_, _, q) in &blocks {
+                        for e in 0..4 {
+                            out.push((q[4 * t + e] & 0x0f) | (q[16 + 4 * t + e] << 4));
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Widens the bits of a finite f16 (any sign; zero and subnormals included) to f32, exactly.
+#[inline(always)]
+pub fn f16_to_f32(bits: u16) -> f32 {
+    const REBASE: f32 = f32::from_bits((112 + 127) << 23); // 2^112
+    let magnitude = f32::from_bits(u32::from(bits & 0x7fff) << 13) * REBASE;
+    f32::from_bits(magnitude.to_bits() | (u32::from(bits & 0x8000) << 16))
+}
+
+/// The f16 bits of `v`, which must be an f16 value (checked by widening back).
+fn f32_to_f16_exact(v: f32) -> u16 {
+    let b = v.to_bits();
+    let sign = ((b >> 16) & 0x8000) as u16;
+    let exp = ((b >> 23) & 0xff) as i32;
+    let man = b & 0x7f_ffff;
+    let bits = if exp == 0 && man == 0 {
+        sign
+    } else if exp >= 113 {
+        sign | (((exp - 112) as u16) << 10) | (man >> 13) as u16
+    } else {
+        // Subnormal half: the value is man' · 2^-24.
+        let full = man | 0x80_0000;
+        sign | full.checked_shr((126 - exp) as u32).unwrap_or(0) as u16
+    };
+    assert_eq!(f16_to_f32(bits).to_bits(), b, "{v} is not an f16 value");
+    bits
+}
+
+/// `v` rounded to the nearest integer, ties to even, for `|v| < 2^22` (NaN stays NaN): adding
+/// and subtracting `1.5·2^23` leaves no fraction bits. `f32::round_ties_even` is a call to
+/// `rintf` on baseline x86-64, a tenth of a prefill's time.
+#[inline(always)]
+fn round_ties_even(v: f32) -> f32 {
+    const MAGIC: f32 = 12_582_912.0; // 1.5 · 2^23
+    (v + MAGIC) - MAGIC
+}
+
+/// Activation rows quantized per block: `x ≈ d·q`, `s = d·Σq`.
+#[derive(Debug, Default, Clone)]
+pub struct Quantized {
+    k: usize,
+    rows: usize,
+    q: Vec<i8>,
+    /// `[d, s]` of each block.
+    ds: Vec<[f32; 2]>,
+}
+
+impl Quantized {
+    /// Quantizes the rows of `x` (`[rows, k]`, `k` a multiple of [`BLOCK`]), reusing the buffers.
+    /// A block's scale is `max|x|/127` and its codes `x/d` rounded to nearest (ties to even), in
+    /// −127..127; a block holding a NaN or an infinity gets a NaN scale, so that it poisons its
+    /// outputs.
+    pub fn quantize(&mut self, x: &[f32], k: usize) {
+        assert!(
+            k > 0 && k.is_multiple_of(BLOCK),
+            "k = {k} is not a multiple of {BLOCK}"
+        );
+        assert!(
+            x.len().is_multiple_of(k),
+            "{} values are not rows of {k}",
+            x.len()
+        );
+        self.k = k;
+        self.rows = x.len() / k;
+        self.q.resize(x.len(), 0);
+        self.ds.resize(x.len() / BLOCK, [0.0; 2]);
+        let blocks = x.chunks_exact(BLOCK).zip(self.q.chunks_exact_mut(BLOCK));
+        for ((xb, qb), ds) in blocks.zip(self.ds.iter_mut()) {
+            let amax = xb.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            let finite = xb.iter().all(|v| v.is_finite());
+            let scale = amax / 127.0;
+            let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
+            let mut sum = 0i32;
+            for (q, &v) in qb.iter_mut().zip(xb) {
+                // |v·inv| ≤ 127 up to rounding; the kernels rely on the bound.
+                *q = round_ties_even(v * inv).clamp(-127.0, 127.0) as i8;
+                sum += i32::from(*q);
+            }
+            let d = if finite { scale } else { f32::NAN };
+            *ds = [d, d * sum as f32];
+        }
+    }
+
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    pub fn k(&self) -> usize {
+        self.k
+    }
+
+    fn row(&self, r: usize) -> Row<'_> {
+        let nb = self.k / BLOCK;
+        Row {
+            q: &self.q[r * self.k..][..self.k],
+            ds: &self.ds[r * nb..][..nb],
+        }
+    }
+}
+
+/// One product `out = x·Wᵀ` (`[rows, n]`), cut in tasks of [`ROW_CHUNK`] rows by
+/// [`GROUPS_PER_TASK`] groups of columns that may run in any order and on any threads.
+pub struct MatMul<'a> {
+    format: Format,
+    w: &'a [u8],
+    n: usize,
+    x: &'a Quantized,
+    /// `[rows, n]`, written through atomics so that tasks share it safely (plain stores on x86
+    /// and ARM).
+    out: &'a [AtomicU32],
+    avx2: bool,
+}
+
+impl<'a> MatMul<'a> {
+    /// Panics if the sizes disagree: `n` must be a multiple of [`GROUP`], `w` hold the `n ×
+    /// x.k()` layer in `format` ([`Format::pack`]) and `out` `x.rows()·n` values.
+    pub fn new(
+        format: Format,
+        w: &'a [u8],
+        n: usize,
+        x: &'a Quantized,
+        out: &'a mut [f32],
+    ) -> Self {
+        assert!(
+            n.is_multiple_of(GROUP),
+            "n = {n} is not a multiple of {GROUP}"
+        );
+        assert_eq!(
+            w.len(),
+            n / GROUP * x.k / BLOCK * format.block_bytes(),
+            "weight bytes for {n}×{}",
+            x.k
+        );
+        assert_eq!(out.len(), x.rows * n, "output length");
+        const { assert!(size_of::<AtomicU32>() == size_of::<f32>()) };
+        const { assert!(align_of::<AtomicU32>() == align_of::<f32>()) };
+        // SAFETY: `out` is borrowed exclusively for `'a`, and `AtomicU32` has the size and
+        // alignment of `f32` (checked above), so the same memory is a valid `[AtomicU32]`.
+        #[allow(unsafe_code)]
+        let out =
+            unsafe { std::slice::from_raw_parts(out.as_mut_ptr().cast::<AtomicU32>(), out.len()) };
+        MatMul {
+            format,
+            w,
+            n,
+            x,
+            out,
+            avx2: avx2::available(),
+        }
+    }
+
+    /// The portable kernel even where AVX2 is available (for tests).
+    pub fn portable(mut self) -> Self {
+        self.avx2 = false;
+        self
+    }
+
+    /// Number of tasks: `run(0..tasks())`, each once, computes the whole product.
+    pub fn tasks(&self) -> usize {
+        self.x.rows.div_ceil(ROW_CHUNK) * (self.n / GROUP).div_ceil(GROUPS_PER_TASK)
+    }
+
+    /// Computes the outputs of task `task`.
+    pub fn run(&self, task: usize) {
+        let row_chunks = self.x.rows.div_ceil(ROW_CHUNK);
+        let (c, r) = (task / row_chunks, task % row_chunks);
+        let rows = r * ROW_CHUNK..((r + 1) * ROW_CHUNK).min(self.x.rows);
+        let groups = c * GROUPS_PER_TASK..((c + 1) * GROUPS_PER_TASK).min(self.n / GROUP);
+        self.block(rows, groups);
+    }
+
+    /// Every output, on the calling thread.
+    pub fn run_all(&self) {
+        (0..self.tasks()).for_each(|t| self.run(t));
+    }
+
+    fn block(&self, rows: Range<usize>, groups: Range<usize>) {
+        for g in groups {
+            let mut r = rows.start;
+            while r < rows.end {
+                match rows.end - r {
+                    1 => self.tile::<1>(r, g),
+                    2 => self.tile::<2>(r, g),
+                    3 => self.tile::<3>(r, g),
+                    _ => self.tile::<4>(r, g),
+                }
+                r += (rows.end - r).min(4);
+            }
+        }
+    }
+
+    /// Outputs `[row..row+RX] × [8·group..8·group+8]`.
+    #[inline(always)]
+    fn tile<const RX: usize>(&self, row: usize, group: usize) {
+        let bytes = self.x.k / BLOCK * self.format.block_bytes();
+        let tile: Tile<'_, RX> = Tile {
+            format: self.format,
+            w: &self.w[group * bytes..][..bytes],
+            x: std::array::from_fn(|r| self.x.row(row + r)),
+        };
+        let y: [[f32; GROUP]; RX] = if self.avx2 {
+            avx2::tile(&tile)
+        } else {
+            portable::tile(&tile)
+        };
+        for (r, y) in y.iter().enumerate() {
+            let out = &self.out[(row + r) * self.n + group * GROUP..][..GROUP];
+            for (o, &v) in out.iter().zip(y) {
+                o.store(v.to_bits(), Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// One quantized activation row.
+#[derive(Clone, Copy)]
+struct Row<'a> {
+    q: &'a [i8],
+    ds: &'a [[f32; 2]],
+}
+
+/// The inputs of one tile: a group's blocks and `RX` activation rows of as many blocks.
+struct Tile<'a, const RX: usize> {
+    format: Format,
+    w: &'a [u8],
+    x: [Row<'a>; RX],
+}

@@ -1,0 +1,101 @@
+//! The kernel with AVX2, FMA and F16C. A group's block is four 256-bit vectors of codes, each
+//! holding two steps of four inputs for the eight columns (low and high nibbles); a step is one
+//! `vpmaddubsw` against four activation bytes broadcast. The eight steps' 16-bit sums add up
+//! exactly (at most `8·2·15·127 = 30480`), one `vpmaddwd` widens them to the eight columns'
+//! `Σ q·qx`, and one multiply by the eight scales times `dx` and one FMA per accumulator finish
+//! the block, as the portable kernel defines it.
+
+#![allow(unsafe_code)]
+
+use super::{BLOCK, Format, GROUP, Tile};
+use std::arch::x86_64::*;
+
+/// Whether the CPU runs this kernel.
+pub(super) fn available() -> bool {
+    std::arch::is_x86_feature_detected!("avx2")
+        && std::arch::is_x86_feature_detected!("fma")
+        && std::arch::is_x86_feature_detected!("f16c")
+}
+
+/// Panics unless [`available`].
+pub(super) fn tile<const RX: usize>(t: &Tile<'_, RX>) -> [[f32; GROUP]; RX] {
+    assert!(available(), "the AVX2 kernel needs AVX2, FMA and F16C");
+    let blocks = t.x[0].ds.len();
+    assert_eq!(t.w.len(), blocks * t.format.block_bytes(), "weight length");
+    assert!(
+        t.x.iter()
+            .all(|x| x.q.len() == blocks * BLOCK && x.ds.len() == blocks),
+        "activation row length"
+    );
+    // SAFETY: the CPU has AVX2, FMA and F16C (checked above; std caches the check), and the
+    // group and every row hold `blocks` blocks (checked above), which is all the kernel reads.
+    unsafe {
+        match t.format {
+            Format::Q4F16 => tile_avx2::<RX, true>(t, blocks),
+            Format::Q4F32 => tile_avx2::<RX, false>(t, blocks),
+        }
+    }
+}
+
+/// # Safety
+/// Needs AVX2, FMA and F16C, and `blocks` blocks in the group and in every row of `t`.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn tile_avx2<const RX: usize, const F16: bool>(
+    t: &Tile<'_, RX>,
+    blocks: usize,
+) -> [[f32; GROUP]; RX] {
+    let bytes = t.format.block_bytes();
+    let at = t.format.codes_at();
+    let w = t.w.as_ptr();
+    let qx: [*const i8; RX] = std::array::from_fn(|r| t.x[r].q.as_ptr());
+    let ds: [*const f32; RX] = std::array::from_fn(|r| t.x[r].ds.as_ptr().cast());
+    let low = _mm256_set1_epi8(0x0f);
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = [_mm256_setzero_ps(); RX];
+    let mut off = [_mm256_setzero_ps(); RX];
+    for b in 0..blocks {
+        // SAFETY (all loads): block `b` of the group and of each row is in bounds (see `tile`);
+        // unaligned loads are allowed.
+        let block = unsafe { w.add(b * bytes) };
+        let (d, m) = if F16 {
+            unsafe {
+                (
+                    _mm256_cvtph_ps(_mm_loadu_si128(block.cast())),
+                    _mm256_cvtph_ps(_mm_loadu_si128(block.add(16).cast())),
+                )
+            }
+        } else {
+            unsafe {
+                (
+                    _mm256_loadu_ps(block.cast()),
+                    _mm256_loadu_ps(block.add(32).cast()),
+                )
+            }
+        };
+        let codes: [__m256i; 4] =
+            std::array::from_fn(|v| unsafe { _mm256_loadu_si256(block.add(at + 32 * v).cast()) });
+        let lo = codes.map(|v| _mm256_and_si256(v, low));
+        let hi = codes.map(|v| _mm256_and_si256(_mm256_srli_epi16::<4>(v), low));
+        for r in 0..RX {
+            let x = unsafe { qx[r].add(b * BLOCK) };
+            let step =
+                |i: usize| _mm256_set1_epi32(unsafe { x.add(i).cast::<i32>().read_unaligned() });
+            let mut sum = _mm256_setzero_si256();
+            for v in 0..4 {
+                sum = _mm256_add_epi16(sum, _mm256_maddubs_epi16(lo[v], step(4 * v)));
+                sum = _mm256_add_epi16(sum, _mm256_maddubs_epi16(hi[v], step(16 + 4 * v)));
+            }
+            let dot = _mm256_cvtepi32_ps(_mm256_madd_epi16(sum, ones));
+            let (dx, sx) = unsafe { (*ds[r].add(2 * b), *ds[r].add(2 * b + 1)) };
+            let scale = _mm256_mul_ps(d, _mm256_set1_ps(dx));
+            acc[r] = _mm256_fmadd_ps(dot, scale, acc[r]);
+            off[r] = _mm256_fmadd_ps(m, _mm256_set1_ps(sx), off[r]);
+        }
+    }
+    std::array::from_fn(|r| {
+        let mut y = [0.0f32; GROUP];
+        // SAFETY: `y` holds 8 floats.
+        unsafe { _mm256_storeu_ps(y.as_mut_ptr(), _mm256_add_ps(acc[r], off[r])) };
+        y
+    })
+}

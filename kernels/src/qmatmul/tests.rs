@@ -1,0 +1,193 @@
+use super::*;
+
+/// A reproducible stream of pseudo-random numbers.
+struct Lcg(u64);
+
+impl Lcg {
+    fn next(&mut self) -> u32 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (self.0 >> 33) as u32
+    }
+
+    /// Uniform in [-1, 1).
+    fn unit(&mut self) -> f32 {
+        self.next() as f32 / (1u64 << 30) as f32 - 1.0
+    }
+}
+
+/// An `n × k` layer of random blocks in `format`, and the weights they stand for (`[n, k]`).
+fn weights(format: Format, n: usize, k: usize, rng: &mut Lcg) -> (Vec<u8>, Vec<f64>) {
+    let blocks: Vec<(f32, f32, [u8; BLOCK])> = (0..n * k / BLOCK)
+        .map(|_| {
+            let (d, m) = (0.01 + 0.02 * rng.unit().abs(), -0.1 * rng.unit().abs());
+            let (d, m) = match format {
+                Format::Q4F16 => (
+                    half::f16::from_f32(d).to_f32(),
+                    half::f16::from_f32(m).to_f32(),
+                ),
+                Format::Q4F32 => (d, m),
+            };
+            (d, m, std::array::from_fn(|_| (rng.next() % 16) as u8))
+        })
+        .collect();
+    let w = blocks
+        .iter()
+        .flat_map(|(d, m, q)| q.map(|q| f64::from(*d) * f64::from(q) + f64::from(*m)))
+        .collect();
+    let bytes = format.pack(n, k, |r, b| blocks[r * k / BLOCK + b]);
+    (bytes, w)
+}
+
+fn product(format: Format, w: &[u8], n: usize, x: &Quantized, portable: bool) -> Vec<f32> {
+    let mut out = vec![0.0; x.rows() * n];
+    let mm = MatMul::new(format, w, n, x, &mut out);
+    let mm = if portable { mm.portable() } else { mm };
+    mm.run_all();
+    out
+}
+
+#[test]
+fn f16_conversions_are_exact_for_every_finite_half() {
+    for bits in 0..=u16::MAX {
+        let h = half::f16::from_bits(bits);
+        if h.is_finite() {
+            assert_eq!(
+                f16_to_f32(bits).to_bits(),
+                h.to_f32().to_bits(),
+                "{bits:#06x}"
+            );
+            assert_eq!(f32_to_f16_exact(h.to_f32()), bits, "{bits:#06x}");
+        }
+    }
+}
+
+#[test]
+#[should_panic(expected = "is not an f16 value")]
+fn a_scale_that_is_not_an_f16_is_refused() {
+    Format::Q4F16.pack(GROUP, BLOCK, |_, _| (0.1, 0.0, [0; BLOCK]));
+}
+
+#[test]
+fn rounding_is_to_nearest_with_ties_to_even() {
+    let mut rng = Lcg(9);
+    for v in (0..100_000)
+        .map(|_| 130.0 * rng.unit())
+        .chain([0.5, 1.5, 2.5, -0.5, -2.5, 126.5, -0.0])
+    {
+        assert_eq!(round_ties_even(v), v.round_ties_even(), "{v}");
+    }
+}
+
+#[test]
+fn quantized_rows_reconstruct_the_activations() {
+    let mut rng = Lcg(7);
+    let x: Vec<f32> = (0..3 * 64).map(|_| 4.0 * rng.unit()).collect();
+    let mut q = Quantized::default();
+    q.quantize(&x, 64);
+    assert_eq!((q.rows(), q.k()), (3, 64));
+    for (b, xb) in x.chunks(BLOCK).enumerate() {
+        let amax = xb.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        let [d, s] = q.ds[b];
+        assert_eq!(d, amax / 127.0);
+        let codes = &q.q[b * BLOCK..][..BLOCK];
+        assert!(codes.iter().any(|c| c.unsigned_abs() == 127));
+        for (&v, &c) in xb.iter().zip(codes) {
+            assert!((v - d * f32::from(c)).abs() <= d / 2.0 * 1.0001);
+        }
+        let sum: i32 = codes.iter().map(|&c| i32::from(c)).sum();
+        assert_eq!(s, d * sum as f32);
+    }
+    q.quantize(&[0.0; 32], 32);
+    assert_eq!((q.ds[0], q.rows()), ([0.0, 0.0], 1));
+}
+
+#[test]
+fn the_product_is_the_weights_times_the_quantized_activations() {
+    for format in [Format::Q4F16, Format::Q4F32] {
+        let mut rng = Lcg(11);
+        let (n, k, rows) = (40, 96, 5);
+        let (bytes, w) = weights(format, n, k, &mut rng);
+        let x: Vec<f32> = (0..rows * k).map(|_| rng.unit()).collect();
+        let mut q = Quantized::default();
+        q.quantize(&x, k);
+        let y = product(format, &bytes, n, &q, true);
+        for r in 0..rows {
+            for c in 0..n {
+                // Independent of the kernel: the weights times the dequantized activations.
+                let exact: f64 = (0..k)
+                    .map(|i| {
+                        let b = (r * k + i) / BLOCK;
+                        w[c * k + i] * f64::from(q.ds[b][0]) * f64::from(q.q[r * k + i])
+                    })
+                    .sum();
+                let scale: f64 = (0..k)
+                    .map(|i| (w[c * k + i] * f64::from(x[r * k + i])).abs())
+                    .sum();
+                let got = f64::from(y[r * n + c]);
+                assert!(
+                    (got - exact).abs() <= 1e-5 * scale,
+                    "{format:?} [{r},{c}]: {got} vs {exact}"
+                );
+                // And close to the unquantized product (int8 activations: about 1%).
+                let plain: f64 = (0..k).map(|i| w[c * k + i] * f64::from(x[r * k + i])).sum();
+                assert!(
+                    (got - plain).abs() <= 0.01 * scale,
+                    "{format:?} [{r},{c}]: {got} vs {plain}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn every_kernel_tiling_and_order_gives_the_same_bits() {
+    // Rows and columns beyond one task, with remainders of every tile size (4 + 3, 4 + 2, 1).
+    for (format, rows) in [
+        (Format::Q4F16, ROW_CHUNK + 7),
+        (Format::Q4F32, ROW_CHUNK + 6),
+    ] {
+        let mut rng = Lcg(3);
+        let (n, k) = (GROUP * (GROUPS_PER_TASK + 1), 64);
+        let (bytes, _) = weights(format, n, k, &mut rng);
+        let x: Vec<f32> = (0..rows * k).map(|_| rng.unit()).collect();
+        let mut q = Quantized::default();
+        q.quantize(&x, k);
+        let whole = product(format, &bytes, n, &q, true);
+        assert_eq!(
+            product(format, &bytes, n, &q, false),
+            whole,
+            "SIMD vs portable"
+        );
+        // Tasks run backwards.
+        let mut out = vec![0.0; rows * n];
+        let mm = MatMul::new(format, &bytes, n, &q, &mut out);
+        (0..mm.tasks()).rev().for_each(|t| mm.run(t));
+        assert_eq!(out, whole, "tasks backwards");
+        // Each row alone (a decoded token) equals that row in the batch.
+        for r in [0, 1, 5, rows - 1] {
+            let mut one = Quantized::default();
+            one.quantize(&x[r * k..][..k], k);
+            for portable in [true, false] {
+                let y = product(format, &bytes, n, &one, portable);
+                assert_eq!(y[..], whole[r * n..][..n], "row {r} alone");
+            }
+        }
+    }
+}
+
+#[test]
+fn a_non_finite_activation_poisons_its_row_only() {
+    let mut rng = Lcg(5);
+    let (n, k) = (16, 64);
+    let (bytes, _) = weights(Format::Q4F16, n, k, &mut rng);
+    let mut x: Vec<f32> = (0..2 * k).map(|_| rng.unit()).collect();
+    x[k + 40] = f32::INFINITY;
+    let mut q = Quantized::default();
+    q.quantize(&x, k);
+    let y = product(Format::Q4F16, &bytes, n, &q, false);
+    assert!(y[..n].iter().all(|v| v.is_finite()));
+    assert!(y[n..].iter().all(|v| v.is_nan()));
+}
