@@ -345,8 +345,8 @@ fn q4_0_and_q4_k_linear_layers_import_exactly() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-/// The 8-bit path: Q8_0, Q5_0 and Q5_1 within one q|k|v, Q5_0 beside Q4_0 in gate|up, Q6_K
-/// (blocks of 16) and Q5_K (with mins) as `ffn_down` in alternate layers.
+/// The 5- and 8-bit paths: Q8_0, Q5_0 and Q5_1 within one q|k|v, Q5_0 beside Q4_0 in gate|up,
+/// Q6_K (blocks of 16) and Q5_K (with mins) as `ffn_down` in alternate layers.
 #[test]
 fn wider_types_and_mixtures_import_exactly() {
     let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
@@ -386,10 +386,24 @@ fn wider_types_and_mixtures_import_exactly() {
         summary.contains("q6_k (15 tensors, widened to 8-bit: no exact 6-bit MatMulNBits)"),
         "{summary}"
     );
-    // As shipped (int8 activations; 8-bit blocks of 16 included), as close to the reference as
-    // the shipped Q4_1 graphs are (`model_vs_reference.rs`: cosine > 0.95).
+    // As shipped (int8 activations; 5-bit types on QMatMul, 8-bit blocks of 16 included), as
+    // close to the reference as the shipped Q4_1 graphs are (`model_vs_reference.rs`: cosine
+    // > 0.95).
     let (agree, positions) = compare_import(&path, &dir, false);
     assert!(agree * 10 >= positions * 9, "top-1 {agree}/{positions}");
+    let (types, _) = recorded_types(&dir);
+    let five = |t: &str, n| (t.to_string(), n, "5-bit".to_string(), false);
+    assert_eq!(
+        types,
+        [
+            ("q4_0".into(), 60, "4-bit".into(), false),
+            five("q5_0", 60),
+            five("q5_1", 30),
+            five("q5_k", 15),
+            widened("q6_k", 15),
+            ("q8_0".into(), 30, "8-bit".into(), false),
+        ]
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

@@ -1,16 +1,18 @@
-//! `y = W·x` for 4-bit weights in GGUF-style blocks (`w = d·q + m` per 32 inputs), with the
-//! activations quantized to int8 per block of 32, as llama.cpp does for its Q4 dot products.
+//! `y = W·x` for 4- and 5-bit weights in GGUF-style blocks (`w = d·q + m` per 32 inputs), with
+//! the activations quantized to int8 per block of 32, as llama.cpp does for its Q4 and Q5 dot
+//! products.
 //!
-//! A weight block holds 32 codes `q` in 0..15 with a scale `d` and an offset `m`: GGUF Q4_1 as
-//! stored, Q4_0 with `m = −8d`, a Q4_K sub-block with `d` and `m` its scale and min products.
+//! A weight block holds 32 codes `q` in 0..15 (or 0..31) with a scale `d` and an offset `m`:
+//! GGUF Q4_1 as stored, Q4_0 with `m = −8d`, a Q4_K sub-block with `d` and `m` its scale and
+//! min products; Q5_0 with `m = −16d`, Q5_1, Q5_K alike.
 //! An activation block is `x ≈ dx·qx` with `qx` in −127..127 and `sx = dx·Σqx`; a block then
 //! contributes `d·dx·Σ q·qx + m·sx`.
 //!
 //! The weights are stored for the kernel, [`GROUP`] output columns together ([`Format`]): one
 //! 256-bit vector holds four inputs of each of eight columns, so that `vpmaddubsw` against four
 //! activation bytes broadcast computes eight columns at once, and one multiply scales all eight.
-//! Eight of its 16-bit results add up without overflow (`8·2·15·127 < 2^15`), so a block costs
-//! one widening per eight columns.
+//! Eight of its 16-bit results add up without overflow (`8·2·15·127 < 2^15`; four for 5-bit
+//! codes, `4·2·31·127 < 2^15`), so a block costs one or two widenings per eight columns.
 //!
 //! The result is defined exactly, whatever the tiling, the thread that runs it, or the
 //! instructions: `Σ q·qx` is an exact integer; then, block after block,
@@ -39,29 +41,60 @@ mod tests;
 pub const BLOCK: usize = 32;
 /// Output columns stored together: a layer's outputs must be a multiple of this.
 pub const GROUP: usize = 8;
-/// Bytes of codes of one block of a group (8 columns × 32 codes, 4 bits each).
+/// Bytes of the low 4 bits of the codes of one block of a group (8 columns × 32 codes).
 const CODES: usize = GROUP * BLOCK / 2;
+/// Bytes of the fifth bits of 5-bit codes of one block of a group.
+const FIFTH_BITS: usize = GROUP * BLOCK / 8;
 /// Groups of columns per task.
 const GROUPS_PER_TASK: usize = 4;
 /// Activation rows per task.
 const ROW_CHUNK: usize = 64;
 
-/// How the scales and offsets of a group's block are stored. A group's block is `[d; 8]`,
-/// `[m; 8]`, then 128 bytes of codes in four 32-byte vectors: in vector `t`, bytes `4c..4c+4`
-/// hold inputs `4t..4t+4` of column `c` in their low nibbles and inputs `16+4t..16+4t+4` in
-/// their high nibbles. A layer is its groups in order, each its blocks in order.
+/// How a group's block is stored: `[d; 8]`, `[m; 8]`, then 128 bytes of codes in four 32-byte
+/// vectors: in vector `t`, bytes `4c..4c+4` hold (the low 4 bits of) inputs `4t..4t+4` of column
+/// `c` in their low nibbles and inputs `16+4t..16+4t+4` in their high nibbles. Five-bit codes
+/// add 32 bytes of fifth bits: byte `4c+e`, bit `2t`, is that of input `4t+e` of column `c`,
+/// bit `2t+1` that of input `16+4t+e`. A layer is its groups in order, each its blocks in order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
-    /// Scales and offsets as f16 (160 bytes per 256 weights: 5 bits a weight, as GGUF Q4_1).
+    /// 4-bit codes, scales and offsets as f16 (5 bits a weight, as GGUF Q4_1).
     Q4F16,
-    /// Scales and offsets as f32 (192 bytes): products that f16 cannot hold (Q4_K).
+    /// 4-bit codes, scales and offsets as f32: products that f16 cannot hold (Q4_K).
     Q4F32,
+    /// 5-bit codes, scales and offsets as f16 (6 bits a weight: Q5_0, Q5_1).
+    Q5F16,
+    /// 5-bit codes, scales and offsets as f32 (Q5_K).
+    Q5F32,
 }
 
 impl Format {
+    /// The format of `bits`-bit codes (4 or 5) with f16 or f32 scales and offsets.
+    pub const fn new(bits: u32, f16: bool) -> Option<Format> {
+        match (bits, f16) {
+            (4, true) => Some(Format::Q4F16),
+            (4, false) => Some(Format::Q4F32),
+            (5, true) => Some(Format::Q5F16),
+            (5, false) => Some(Format::Q5F32),
+            _ => None,
+        }
+    }
+
+    /// Bits per code.
+    pub const fn bits(self) -> u32 {
+        match self {
+            Format::Q4F16 | Format::Q4F32 => 4,
+            Format::Q5F16 | Format::Q5F32 => 5,
+        }
+    }
+
+    /// Whether scales and offsets are f16.
+    pub const fn f16(self) -> bool {
+        matches!(self, Format::Q4F16 | Format::Q5F16)
+    }
+
     /// Bytes per block of a group (8 columns × 32 inputs).
     pub const fn block_bytes(self) -> usize {
-        self.codes_at() + CODES
+        self.codes_at() + CODES + if self.bits() == 5 { FIFTH_BITS } else { 0 }
     }
 
     /// The code a graph stores the format as.
@@ -69,6 +102,8 @@ impl Format {
         match self {
             Format::Q4F16 => 0,
             Format::Q4F32 => 1,
+            Format::Q5F16 => 2,
+            Format::Q5F32 => 3,
         }
     }
 
@@ -76,24 +111,26 @@ impl Format {
         match code {
             0 => Some(Format::Q4F16),
             1 => Some(Format::Q4F32),
+            2 => Some(Format::Q5F16),
+            3 => Some(Format::Q5F32),
             _ => None,
         }
     }
 
     /// Offset of the codes within a group's block.
     const fn codes_at(self) -> usize {
-        match self {
-            Format::Q4F16 => 2 * GROUP * 2,
-            Format::Q4F32 => 2 * GROUP * 4,
-        }
+        2 * GROUP * if self.f16() { 2 } else { 4 }
     }
 
     /// `(d, m)` of the 8 columns of the group's block starting at `block[0]`.
     #[inline(always)]
     fn params(self, block: &[u8]) -> ([f32; GROUP], [f32; GROUP]) {
-        let value = |i: usize| match self {
-            Format::Q4F16 => f16_to_f32(u16::from_le_bytes([block[2 * i], block[2 * i + 1]])),
-            Format::Q4F32 => f32::from_le_bytes(std::array::from_fn(|j| block[4 * i + j])),
+        let value = |i: usize| {
+            if self.f16() {
+                f16_to_f32(u16::from_le_bytes([block[2 * i], block[2 * i + 1]]))
+            } else {
+                f32::from_le_bytes(std::array::from_fn(|j| block[4 * i + j]))
+            }
         };
         (
             std::array::from_fn(value),
@@ -102,8 +139,8 @@ impl Format {
     }
 
     /// Packs an `n × k` layer (`n` a multiple of [`GROUP`], `k` of [`BLOCK`]) whose block `b`
-    /// of row `r` is `block(r, b) = (d, m, codes in input order)`. Scales and offsets must be
-    /// exact in the format (f16 values for [`Format::Q4F16`]).
+    /// of row `r` is `block(r, b) = (d, m, codes in input order)`, codes below `2^bits`.
+    /// Scales and offsets must be exact in the format (f16 values for the f16 formats).
     pub fn pack(
         self,
         n: usize,
@@ -120,15 +157,33 @@ impl Format {
                 let blocks: [(f32, f32, [u8; BLOCK]); GROUP] =
                     std::array::from_fn(|c| block(g * GROUP + c, b));
                 for v in blocks.iter().map(|b| b.0).chain(blocks.iter().map(|b| b.1)) {
-                    match self {
-                        Format::Q4F16 => out.extend(f32_to_f16_exact(v).to_le_bytes()),
-                        Format::Q4F32 => out.extend(v.to_le_bytes()),
+                    if self.f16() {
+                        out.extend(f32_to_f16_exact(v).to_le_bytes());
+                    } else {
+                        out.extend(v.to_le_bytes());
                     }
+                }
+                for (_, _, q) in &blocks {
+                    assert!(
+                        q.iter().all(|&q| q >> self.bits() == 0),
+                        "codes above {} bits",
+                        self.bits()
+                    );
                 }
                 for t in 0..4 {
                     for (_, _, q) in &blocks {
                         for e in 0..4 {
-                            out.push((q[4 * t + e] & 0x0f) | (q[16 + 4 * t + e] << 4));
+                            out.push((q[4 * t + e] & 0x0f) | ((q[16 + 4 * t + e] & 0x0f) << 4));
+                        }
+                    }
+                }
+                if self.bits() == 5 {
+                    for (_, _, q) in &blocks {
+                        for e in 0..4 {
+                            let bit = |i: usize, to: usize| ((q[i] >> 4) & 1) << to;
+                            out.push((0..4).fold(0, |h, t| {
+                                h | bit(4 * t + e, 2 * t) | bit(16 + 4 * t + e, 2 * t + 1)
+                            }));
                         }
                     }
                 }

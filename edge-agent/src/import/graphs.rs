@@ -74,24 +74,17 @@ pub(crate) fn act(d: usize) -> [Dim; 2] {
     [SEQ, Dim::Fixed(d as i64)]
 }
 
-/// `y = W·x` for a 4-bit layer. With int8 activations, Seam's `QMatMul` over the blocks as
-/// stored ([`qmatmul`]). With f32 activations (`level` 0), or outputs not a multiple of 8,
-/// `MatMulNBits` plus the block-sum correction, folded by one `Gemm(sums, C, W_q·x)`; `sums` are then the block sums of `x`
-/// ([`block_sums`]).
+/// `y = W·x` for a 4-bit layer with `MatMulNBits` plus the block-sum correction, folded by one
+/// `Gemm(sums, C, W_q·x)`; `sums` are the block sums of `x` ([`block_sums`]).
 fn q4_matmul(
     g: &mut GraphBuilder,
     x: &str,
-    sums: Option<&str>,
+    sums: &str,
     w: &Q4Linear,
     stem: &str,
     level: i64,
 ) -> String {
     let nb = (w.k / BLOCK) as i64;
-    if let Some((format, blocks)) = w.blocks().filter(|_| level != 0) {
-        let len = blocks.len() as i64;
-        let b = g.init_u8(&format!("{stem}_blocks"), &[len], blocks);
-        return qmatmul::node(g, x, &b, w.k, w.n, format);
-    }
     let b = g.init_u8(
         &format!("{stem}_q"),
         &[w.n as i64, nb, (BLOCK / 2) as i64],
@@ -100,12 +93,7 @@ fn q4_matmul(
     let s = g.init_f32(&format!("{stem}_d"), &[w.n as i64 * nb], &w.scales);
     let c = g.init_f32(&format!("{stem}_c"), &[nb, w.n as i64], &w.correction_t());
     let mm = nbits(g, x, &b, &s, w.k, w.n, level);
-    g.op(
-        "Gemm",
-        "",
-        &[sums.expect("f32 compute takes block sums"), &c, &mm],
-        vec![],
-    )
+    g.op("Gemm", "", &[sums, &c, &mm], vec![])
 }
 
 /// 4-bit `MatMulNBits` without zero points (the kernel's default zero point 8).
@@ -186,7 +174,9 @@ fn skip_rms_norm(
 }
 
 /// `y = W·x` for the parts of one projection, concatenated; the block sums of `x` (`k`
-/// inputs) are computed once if a part needs them.
+/// inputs) are computed once if a part needs them. With int8 activations, 4- and 5-bit parts
+/// run on Seam's `QMatMul` ([`qmatmul`]) where their blocks fit it; the rest, and every part of
+/// f32-compute graphs (`level` 0), on `MatMulNBits` with exact corrections.
 fn project(
     g: &mut GraphBuilder,
     x: &str,
@@ -195,23 +185,41 @@ fn project(
     stem: &str,
     level: i64,
 ) -> String {
-    let needs_sums = parts.iter().any(|p| match p {
-        Linear::Q4(w) => level == 0 || !w.n.is_multiple_of(seam_kernels::qmatmul::GROUP),
-        Linear::Q8(l) => l.mins.is_some(),
-        Linear::F32(_) => false,
+    let own: Vec<_> = parts
+        .iter()
+        .map(|p| match p {
+            _ if level == 0 => None,
+            Linear::Q4(w) => w.blocks(),
+            Linear::Q8(w) => w.blocks5(),
+            Linear::F32(_) => None,
+        })
+        .collect();
+    let needs_sums = parts.iter().zip(&own).any(|(p, own)| {
+        own.is_none()
+            && match p {
+                Linear::Q4(_) => true,
+                Linear::Q8(l) => l.mins.is_some(),
+                Linear::F32(_) => false,
+            }
     });
     let sums = needs_sums.then(|| block_sums(g, x, k, level));
     let outs: Vec<String> = parts
         .iter()
+        .zip(own)
         .enumerate()
-        .map(|(i, p)| {
+        .map(|(i, (p, own))| {
             let stem = if parts.len() == 1 {
                 stem.to_string()
             } else {
                 format!("{stem}{i}")
             };
+            if let Some((format, blocks)) = own {
+                let len = blocks.len() as i64;
+                let b = g.init_u8(&format!("{stem}_blocks"), &[len], blocks);
+                return qmatmul::node(g, x, &b, k, p.n(), format);
+            }
             match p {
-                Linear::Q4(w) => q4_matmul(g, x, sums.as_deref(), w, &stem, level),
+                Linear::Q4(w) => q4_matmul(g, x, sums.as_deref().expect("sums"), w, &stem, level),
                 Linear::F32(w) => {
                     let t = g.init_f32(
                         &format!("{stem}_w"),

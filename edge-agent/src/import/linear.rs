@@ -147,15 +147,8 @@ impl Q4Linear {
         if !self.n.is_multiple_of(GROUP) {
             return None;
         }
-        let halves = |v: &[f32]| {
-            v.iter()
-                .all(|&x| half::f16::from_f32(x).to_f32().to_bits() == x.to_bits())
-        };
-        let format = if halves(&self.scales) && halves(&self.mins) {
-            Format::Q4F16
-        } else {
-            Format::Q4F32
-        };
+        let f16 = self.scales.iter().chain(&self.mins).all(|&v| is_f16(v));
+        let format = Format::new(4, f16).expect("4-bit formats exist");
         let nb = self.k / BLOCK;
         let bytes = format.pack(self.n, self.k, |row, b| {
             let i = row * nb + b;
@@ -237,6 +230,42 @@ impl Q8Linear {
             scales: b.d,
             mins: b.m,
         }
+    }
+
+    /// The layer as [`QMatMul`](crate::onnx::qmatmul) reads 5-bit codes ([`Format::pack`]),
+    /// where every block's values are 5-bit codes times its scale plus its min: codes in 0..31
+    /// (Q5_1, Q5_K) as they are, codes in −16..15 of a block without a min (Q5_0) as `q + 16`
+    /// with the min `−16·d`, exact. Scales and mins as f16 where every one is an f16. `None`
+    /// for anything else (Q8_0, Q6_K, Q3_K's blocks of 16) or outputs not a multiple of
+    /// [`GROUP`].
+    pub fn blocks5(&self) -> Option<(Format, Vec<u8>)> {
+        if !self.n.is_multiple_of(GROUP) || self.block != BLOCK {
+            return None;
+        }
+        let blocks: Vec<(f32, f32, [u8; BLOCK])> = self
+            .packed
+            .chunks_exact(BLOCK)
+            .enumerate()
+            .map(|(i, codes)| {
+                let d = self.scales[i];
+                let m = self.mins.as_ref().map_or(0.0, |m| m[i]);
+                let c: [i16; BLOCK] = std::array::from_fn(|j| i16::from(codes[j]) - 128);
+                if c.iter().all(|c| (0..32).contains(c)) {
+                    Some((d, m, c.map(|c| c as u8)))
+                } else if m == 0.0 && c.iter().all(|c| (-16..16).contains(c)) {
+                    Some((d, -16.0 * d, c.map(|c| (c + 16) as u8)))
+                } else {
+                    None
+                }
+            })
+            .collect::<Option<_>>()?;
+        let f16 = blocks.iter().all(|&(d, m, _)| is_f16(d) && is_f16(m));
+        let format = Format::new(5, f16).expect("5-bit formats exist");
+        let nb = self.k / BLOCK;
+        Some((
+            format,
+            format.pack(self.n, self.k, |r, b| blocks[r * nb + b]),
+        ))
     }
 
     /// Stacks layers with the same input size and block into one (outputs concatenated); mins
@@ -360,6 +389,11 @@ impl Q8Linear {
 }
 
 /// One field of every part, concatenated in order.
+/// Whether `v` is an f16 value (so that f16 holds it exactly).
+fn is_f16(v: f32) -> bool {
+    half::f16::from_f32(v).to_f32().to_bits() == v.to_bits()
+}
+
 fn cat<P, T: Copy>(parts: &[P], field: impl Fn(&P) -> &[T]) -> Vec<T> {
     parts
         .iter()
@@ -487,9 +521,10 @@ mod tests {
     /// For Q8_0, Q5_0 and Q5_1 the decoder is written apart; the k-quants' decoder is this
     /// 8-bit form, checked against llama.cpp's in `tests/tests/gguf_quants.rs`.
     #[test]
-    fn wider_types_widen_to_8_bits_without_changing_a_value() {
+    fn wider_types_widen_to_8_bits_and_5_bit_types_pack_in_5_without_changing_a_value() {
         use crate::gguf::GgmlType;
         use crate::gguf::quant::{blocks8, dequantize};
+        use seam_kernels::qmatmul::{MatMul, Quantized};
         let mut state = 0x2545_f491_4f6c_dd1du64;
         let mut byte = move || {
             state ^= state << 13;
@@ -506,7 +541,8 @@ mod tests {
             (GgmlType::Q6_K, &[208]),
         ] {
             let (elems, bytes) = ty.block_layout().unwrap();
-            let blocks = 512 / elems;
+            let (n, k) = (GROUP, 256);
+            let blocks = n * k / elems;
             let mut data: Vec<u8> = (0..blocks * bytes).map(|_| byte()).collect();
             for (i, b) in data.chunks_exact_mut(bytes).enumerate() {
                 for &at in scale_at {
@@ -516,12 +552,38 @@ mod tests {
                     b[at..at + 2].copy_from_slice(&v.to_le_bytes());
                 }
             }
-            let want = dequantize(ty, &data, 512).unwrap();
-            let lin = Q8Linear::from_blocks(2, 256, blocks8(ty, &data).unwrap().unwrap());
+            let want = dequantize(ty, &data, n * k).unwrap();
+            let lin = Q8Linear::from_blocks(n, k, blocks8(ty, &data).unwrap().unwrap());
             for (i, w) in want.iter().enumerate() {
-                assert_eq!(lin.weight(i / 256, i % 256), *w, "{ty} value {i}");
+                assert_eq!(lin.weight(i / k, i % k), *w, "{ty} value {i}");
             }
             assert!(want.iter().any(|w| *w != 0.0));
+            // The 5-bit types also pack for QMatMul; its product with each one-hot input is
+            // that input's column of weights (up to the rounding of d·dx and m·sx).
+            let five = matches!(ty, GgmlType::Q5_0 | GgmlType::Q5_1 | GgmlType::Q5_K);
+            let Some((format, packed)) = lin.blocks5() else {
+                assert!(!five, "{ty} packs in 5 bits");
+                continue;
+            };
+            assert!(five, "{ty} must not pack in 5 bits");
+            assert_eq!(format.bits(), 5);
+            let mut x = Quantized::default();
+            for col in 0..k {
+                let mut one_hot = vec![0.0; k];
+                one_hot[col] = 1.0;
+                x.quantize(&one_hot, k);
+                let mut y = vec![0.0; n];
+                MatMul::new(format, &packed, n, &x, &mut y)
+                    .portable()
+                    .run_all();
+                for (row, &got) in y.iter().enumerate() {
+                    let w = want[row * k + col];
+                    assert!(
+                        (got - w).abs() <= 1e-5 * (w.abs() + 0.01),
+                        "{ty} [{row},{col}]: {got} vs {w}"
+                    );
+                }
+            }
         }
         assert!(blocks8(GgmlType::Q4_1, &[0; 20]).unwrap().is_none());
         assert!(blocks8(GgmlType::Q6_K, &[0; 209]).is_err());

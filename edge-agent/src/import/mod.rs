@@ -179,7 +179,7 @@ pub fn import_gguf(gguf_path: &Path, out: &Path, opts: &ImportOptions) -> Result
         .ok()
         .map(str::to_string)
         .unwrap_or_else(|| file_stem(gguf_path));
-    let linear_types = linear_types(&gguf, hp.n_layer);
+    let linear_types = linear_types(&gguf, hp.n_layer, opts.f32_compute);
     let mut manifest = Manifest {
         format_version: FORMAT_VERSION,
         name,
@@ -336,13 +336,16 @@ pub fn validate_split_points(points: &[u32], n_layer: u32) -> Result<Vec<u32>> {
 
 /// How the graphs keep a GGUF type of linear layer, and whether that is wider than the type:
 /// Q4_1, Q4_0 and Q4_K in 4 bits (the same function per block of 32: Q4_0's offset `−8·d` and
-/// Q4_K's `−dmin·m` are the block's min); Q8_0 in 8 bits; Q5_0, Q5_1, Q3_K, Q5_K and Q6_K
-/// widened to 8 bits without changing a value (no 3-, 5- or 6-bit `MatMulNBits` exists); F32
-/// as f32, F16 and BF16 widened to f32 (exact). `None`: not a type linear layers may have.
-fn storage(ty: GgmlType) -> Option<(&'static str, bool)> {
+/// Q4_K's `−dmin·m` are the block's min); Q8_0 in 8 bits; Q5_0, Q5_1 and Q5_K in 5 bits with
+/// int8 activations (Seam's `QMatMul`, for layers whose outputs are a multiple of 8, as in every
+/// supported model), else widened to 8 bits without changing a value, as Q3_K and Q6_K always
+/// are (no 3-, 5- or 6-bit `MatMulNBits` exists); F32 as f32, F16 and BF16 widened to f32
+/// (exact). `None`: not a type linear layers may have.
+fn storage(ty: GgmlType, f32_compute: bool) -> Option<(&'static str, bool)> {
     match ty {
         GgmlType::Q4_1 | GgmlType::Q4_0 | GgmlType::Q4_K => Some(("4-bit", false)),
         GgmlType::Q8_0 => Some(("8-bit", false)),
+        GgmlType::Q5_0 | GgmlType::Q5_1 | GgmlType::Q5_K if !f32_compute => Some(("5-bit", false)),
         GgmlType::Q5_0 | GgmlType::Q5_1 | GgmlType::Q3_K | GgmlType::Q5_K | GgmlType::Q6_K => {
             Some(("8-bit", true))
         }
@@ -354,7 +357,7 @@ fn storage(ty: GgmlType) -> Option<(&'static str, bool)> {
 
 /// The GGUF types of the linear layers of `n_layer` layers, how many tensors of each and how
 /// the graphs keep them.
-fn linear_types(gguf: &GgufFile, n_layer: usize) -> Vec<LinearType> {
+fn linear_types(gguf: &GgufFile, n_layer: usize, f32_compute: bool) -> Vec<LinearType> {
     let mut counts: BTreeMap<String, (u32, GgmlType)> = BTreeMap::new();
     for info in &gguf.tensors {
         // `blk.{layer}.{linear}.weight`
@@ -375,7 +378,7 @@ fn linear_types(gguf: &GgufFile, n_layer: usize) -> Vec<LinearType> {
     counts
         .into_iter()
         .filter_map(|(gguf, (tensors, ty))| {
-            let (stored, widened) = storage(ty)?;
+            let (stored, widened) = storage(ty, f32_compute)?;
             Some(LinearType {
                 gguf,
                 tensors,
@@ -441,7 +444,7 @@ fn linear_rows(
             info.ty
         ))
     };
-    match (info.ty, storage(info.ty)) {
+    match (info.ty, storage(info.ty, false)) {
         (_, None) => Err(unsupported()),
         (GgmlType::Q4_1, _) => q4(q4_1_blocks(bytes)?),
         (GgmlType::Q4_0, _) => q4(crate::gguf::quant::q4_0_blocks(bytes)?),

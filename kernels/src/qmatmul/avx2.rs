@@ -1,13 +1,14 @@
 //! The kernel with AVX2, FMA and F16C. A group's block is four 256-bit vectors of codes, each
 //! holding two steps of four inputs for the eight columns (low and high nibbles); a step is one
 //! `vpmaddubsw` against four activation bytes broadcast. The eight steps' 16-bit sums add up
-//! exactly (at most `8·2·15·127 = 30480`), one `vpmaddwd` widens them to the eight columns'
+//! exactly (at most `8·2·15·127 = 30480`; 5-bit codes take two sums of four), one `vpmaddwd`
+//! widens them to the eight columns'
 //! `Σ q·qx`, and one multiply by the eight scales times `dx` and one FMA per accumulator finish
 //! the block, as the portable kernel defines it.
 
 #![allow(unsafe_code)]
 
-use super::{BLOCK, Format, GROUP, Tile};
+use super::{BLOCK, CODES, Format, GROUP, Tile};
 use std::arch::x86_64::*;
 
 /// Whether the CPU runs this kernel.
@@ -31,8 +32,10 @@ pub(super) fn tile<const RX: usize>(t: &Tile<'_, RX>) -> [[f32; GROUP]; RX] {
     // group and every row hold `blocks` blocks (checked above), which is all the kernel reads.
     unsafe {
         match t.format {
-            Format::Q4F16 => tile_avx2::<RX, true>(t, blocks),
-            Format::Q4F32 => tile_avx2::<RX, false>(t, blocks),
+            Format::Q4F16 => tile_avx2::<RX, true, false>(t, blocks),
+            Format::Q4F32 => tile_avx2::<RX, false, false>(t, blocks),
+            Format::Q5F16 => tile_avx2::<RX, true, true>(t, blocks),
+            Format::Q5F32 => tile_avx2::<RX, false, true>(t, blocks),
         }
     }
 }
@@ -40,7 +43,7 @@ pub(super) fn tile<const RX: usize>(t: &Tile<'_, RX>) -> [[f32; GROUP]; RX] {
 /// # Safety
 /// Needs AVX2, FMA and F16C, and `blocks` blocks in the group and in every row of `t`.
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn tile_avx2<const RX: usize, const F16: bool>(
+unsafe fn tile_avx2<const RX: usize, const F16: bool, const FIVE: bool>(
     t: &Tile<'_, RX>,
     blocks: usize,
 ) -> [[f32; GROUP]; RX] {
@@ -74,18 +77,48 @@ unsafe fn tile_avx2<const RX: usize, const F16: bool>(
         };
         let codes: [__m256i; 4] =
             std::array::from_fn(|v| unsafe { _mm256_loadu_si256(block.add(at + 32 * v).cast()) });
-        let lo = codes.map(|v| _mm256_and_si256(v, low));
-        let hi = codes.map(|v| _mm256_and_si256(_mm256_srli_epi16::<4>(v), low));
+        let mut lo = codes.map(|v| _mm256_and_si256(v, low));
+        let mut hi = codes.map(|v| _mm256_and_si256(_mm256_srli_epi16::<4>(v), low));
+        if FIVE {
+            // Bit `i` of each byte moved to bit 4 (16-bit shifts: by at most 4 left or 3 right,
+            // bit 4 of a byte comes from the same byte) and kept alone.
+            let h = unsafe { _mm256_loadu_si256(block.add(at + CODES).cast()) };
+            let fifth = _mm256_set1_epi8(0x10);
+            let bit: [__m256i; 8] = [
+                _mm256_slli_epi16::<4>(h),
+                _mm256_slli_epi16::<3>(h),
+                _mm256_slli_epi16::<2>(h),
+                _mm256_slli_epi16::<1>(h),
+                h,
+                _mm256_srli_epi16::<1>(h),
+                _mm256_srli_epi16::<2>(h),
+                _mm256_srli_epi16::<3>(h),
+            ]
+            .map(|v| _mm256_and_si256(v, fifth));
+            for v in 0..4 {
+                lo[v] = _mm256_or_si256(lo[v], bit[2 * v]);
+                hi[v] = _mm256_or_si256(hi[v], bit[2 * v + 1]);
+            }
+        }
         for r in 0..RX {
             let x = unsafe { qx[r].add(b * BLOCK) };
             let step =
                 |i: usize| _mm256_set1_epi32(unsafe { x.add(i).cast::<i32>().read_unaligned() });
-            let mut sum = _mm256_setzero_si256();
-            for v in 0..4 {
-                sum = _mm256_add_epi16(sum, _mm256_maddubs_epi16(lo[v], step(4 * v)));
-                sum = _mm256_add_epi16(sum, _mm256_maddubs_epi16(hi[v], step(16 + 4 * v)));
-            }
-            let dot = _mm256_cvtepi32_ps(_mm256_madd_epi16(sum, ones));
+            let sum = |vs: std::ops::Range<usize>| {
+                let mut sum = _mm256_setzero_si256();
+                for v in vs {
+                    sum = _mm256_add_epi16(sum, _mm256_maddubs_epi16(lo[v], step(4 * v)));
+                    sum = _mm256_add_epi16(sum, _mm256_maddubs_epi16(hi[v], step(16 + 4 * v)));
+                }
+                _mm256_madd_epi16(sum, ones)
+            };
+            let dot = if FIVE {
+                // At most four 16-bit results of 5-bit codes in one sum: two sums.
+                _mm256_add_epi32(sum(0..2), sum(2..4))
+            } else {
+                sum(0..4)
+            };
+            let dot = _mm256_cvtepi32_ps(dot);
             let (dx, sx) = unsafe { (*ds[r].add(2 * b), *ds[r].add(2 * b + 1)) };
             let scale = _mm256_mul_ps(d, _mm256_set1_ps(dx));
             acc[r] = _mm256_fmadd_ps(dot, scale, acc[r]);

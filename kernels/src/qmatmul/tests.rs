@@ -1,5 +1,7 @@
 use super::*;
 
+const FORMATS: [Format; 4] = [Format::Q4F16, Format::Q4F32, Format::Q5F16, Format::Q5F32];
+
 /// A reproducible stream of pseudo-random numbers.
 struct Lcg(u64);
 
@@ -23,14 +25,19 @@ fn weights(format: Format, n: usize, k: usize, rng: &mut Lcg) -> (Vec<u8>, Vec<f
     let blocks: Vec<(f32, f32, [u8; BLOCK])> = (0..n * k / BLOCK)
         .map(|_| {
             let (d, m) = (0.01 + 0.02 * rng.unit().abs(), -0.1 * rng.unit().abs());
-            let (d, m) = match format {
-                Format::Q4F16 => (
+            let (d, m) = if format.f16() {
+                (
                     half::f16::from_f32(d).to_f32(),
                     half::f16::from_f32(m).to_f32(),
-                ),
-                Format::Q4F32 => (d, m),
+                )
+            } else {
+                (d, m)
             };
-            (d, m, std::array::from_fn(|_| (rng.next() % 16) as u8))
+            (
+                d,
+                m,
+                std::array::from_fn(|_| (rng.next() % (1 << format.bits())) as u8),
+            )
         })
         .collect();
     let w = blocks
@@ -62,6 +69,22 @@ fn f16_conversions_are_exact_for_every_finite_half() {
             assert_eq!(f32_to_f16_exact(h.to_f32()), bits, "{bits:#06x}");
         }
     }
+}
+
+#[test]
+fn formats_round_trip_their_codes() {
+    for f in FORMATS {
+        assert_eq!(Format::from_code(f.code()), Some(f));
+        assert_eq!(Format::new(f.bits(), f.f16()), Some(f));
+    }
+    assert_eq!(Format::from_code(4), None);
+    assert_eq!(Format::new(6, true), None);
+}
+
+#[test]
+#[should_panic(expected = "codes above 4 bits")]
+fn a_code_wider_than_the_format_is_refused() {
+    Format::Q4F32.pack(GROUP, BLOCK, |_, _| (0.5, 0.0, [16; BLOCK]));
 }
 
 #[test]
@@ -106,7 +129,7 @@ fn quantized_rows_reconstruct_the_activations() {
 
 #[test]
 fn the_product_is_the_weights_times_the_quantized_activations() {
-    for format in [Format::Q4F16, Format::Q4F32] {
+    for format in FORMATS {
         let mut rng = Lcg(11);
         let (n, k, rows) = (40, 96, 5);
         let (bytes, w) = weights(format, n, k, &mut rng);
@@ -145,10 +168,7 @@ fn the_product_is_the_weights_times_the_quantized_activations() {
 #[test]
 fn every_kernel_tiling_and_order_gives_the_same_bits() {
     // Rows and columns beyond one task, with remainders of every tile size (4 + 3, 4 + 2, 1).
-    for (format, rows) in [
-        (Format::Q4F16, ROW_CHUNK + 7),
-        (Format::Q4F32, ROW_CHUNK + 6),
-    ] {
+    for (format, rows) in FORMATS.into_iter().zip([7, 6, 5, 6].map(|r| ROW_CHUNK + r)) {
         let mut rng = Lcg(3);
         let (n, k) = (GROUP * (GROUPS_PER_TASK + 1), 64);
         let (bytes, _) = weights(format, n, k, &mut rng);

@@ -173,8 +173,9 @@ pub struct LinearType {
     pub gguf: String,
     /// Linear weight tensors of that type.
     pub tensors: u32,
-    /// What the graphs hold: `4-bit` or `8-bit` blocks for `MatMulNBits` (exact either way);
-    /// `widened` when that is more bits than the GGUF type has.
+    /// What the graphs hold: `4-bit` or `5-bit` blocks for Seam's `QMatMul`, `4-bit` or
+    /// `8-bit` blocks for `MatMulNBits` (exact either way), `f32`; `widened` when that is more
+    /// bits than the GGUF type has.
     pub stored: String,
     pub widened: bool,
 }
