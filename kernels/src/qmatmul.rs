@@ -18,8 +18,8 @@
 //! instructions: `Σ q·qx` is an exact integer; then, block after block,
 //! `acc = fma(Σq·qx, d·dx, acc)` and `off = fma(m, sx, off)`; the output is `acc + off`. So a
 //! row's result does not depend on the other rows of the batch (a decoded token equals the
-//! same token verified among drafts), and the AVX2 kernel ([`avx2`]) equals the portable one
-//! ([`portable`]) bit for bit.
+//! same token verified among drafts), and the AVX2 kernels ([`avx2`], with or without VNNI)
+//! equal the portable one ([`portable`]) bit for bit.
 
 use std::ops::Range;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -28,10 +28,15 @@ use std::sync::atomic::{AtomicU32, Ordering};
 mod avx2;
 #[cfg(not(target_arch = "x86_64"))]
 mod avx2 {
-    pub(super) fn available() -> bool {
+    pub(super) fn available(_: bool) -> bool {
         false
     }
-    pub(super) use super::portable::tile;
+    pub(super) fn tile<const RX: usize>(
+        t: &super::Tile<'_, RX>,
+        _: bool,
+    ) -> [[f32; super::GROUP]; RX] {
+        super::portable::tile(t)
+    }
 }
 mod portable;
 #[cfg(test)]
@@ -245,6 +250,12 @@ impl Quantized {
     /// −127..127; a block holding a NaN or an infinity gets a NaN scale, so that it poisons its
     /// outputs.
     pub fn quantize(&mut self, x: &[f32], k: usize) {
+        self.parts(x, k).into_iter().for_each(Part::quantize);
+    }
+
+    /// [`Quantized::quantize`] in parts of up to [`ROW_CHUNK`] rows, which may run on any
+    /// threads; the rows are quantized once every part has run.
+    pub fn parts<'a>(&'a mut self, x: &'a [f32], k: usize) -> Vec<Part<'a>> {
         assert!(
             k > 0 && k.is_multiple_of(BLOCK),
             "k = {k} is not a multiple of {BLOCK}"
@@ -258,23 +269,13 @@ impl Quantized {
         self.rows = x.len() / k;
         self.q.resize(x.len(), 0);
         self.ds.resize(x.len() / BLOCK, [0.0; 2]);
-        let blocks = x.chunks_exact(BLOCK).zip(self.q.chunks_exact_mut(BLOCK));
-        for ((xb, qb), ds) in blocks.zip(self.ds.iter_mut()) {
-            let amax = xb.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-            let finite = xb.iter().all(|v| v.is_finite());
-            let scale = amax / 127.0;
-            let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
-            let mut sum = 0i32;
-            for (q, &v) in qb.iter_mut().zip(xb) {
-                // |v·inv| ≤ 127 up to rounding; the kernels rely on the bound.
-                *q = round_ties_even(v * inv).clamp(-127.0, 127.0) as i8;
-                sum += i32::from(*q);
-            }
-            let d = if finite { scale } else { f32::NAN };
-            *ds = [d, d * sum as f32];
-        }
+        let rows = ROW_CHUNK * k;
+        x.chunks(rows)
+            .zip(self.q.chunks_mut(rows))
+            .zip(self.ds.chunks_mut(rows / BLOCK))
+            .map(|((x, q), ds)| Part { x, q, ds })
+            .collect()
     }
-
     pub fn rows(&self) -> usize {
         self.rows
     }
@@ -292,6 +293,37 @@ impl Quantized {
     }
 }
 
+/// Rows of activations to quantize into their part of a [`Quantized`].
+#[derive(Debug)]
+pub struct Part<'a> {
+    x: &'a [f32],
+    q: &'a mut [i8],
+    ds: &'a mut [[f32; 2]],
+}
+
+impl Part<'_> {
+    pub fn quantize(self) {
+        let blocks = self
+            .x
+            .chunks_exact(BLOCK)
+            .zip(self.q.chunks_exact_mut(BLOCK));
+        for ((xb, qb), ds) in blocks.zip(self.ds.iter_mut()) {
+            let amax = xb.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            let finite = xb.iter().all(|v| v.is_finite());
+            let scale = amax / 127.0;
+            let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
+            let mut sum = 0i32;
+            for (q, &v) in qb.iter_mut().zip(xb) {
+                // |v·inv| ≤ 127 up to rounding; the kernels rely on the bound.
+                *q = round_ties_even(v * inv).clamp(-127.0, 127.0) as i8;
+                sum += i32::from(*q);
+            }
+            let d = if finite { scale } else { f32::NAN };
+            *ds = [d, d * sum as f32];
+        }
+    }
+}
+
 /// One product `out = x·Wᵀ` (`[rows, n]`), cut in tasks of [`ROW_CHUNK`] rows by
 /// [`GROUPS_PER_TASK`] groups of columns that may run in any order and on any threads.
 pub struct MatMul<'a> {
@@ -302,7 +334,39 @@ pub struct MatMul<'a> {
     /// `[rows, n]`, written through atomics so that tasks share it safely (plain stores on x86
     /// and ARM).
     out: &'a [AtomicU32],
-    avx2: bool,
+    kernel: Kernel,
+}
+
+/// The instructions a product runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kernel {
+    /// Plain Rust: any CPU.
+    Portable,
+    /// AVX2, FMA and F16C.
+    Avx2,
+    /// AVX2 with AVX-512 VNNI's `vpdpbusd` on 256-bit vectors (four products and their sum
+    /// in one instruction).
+    Avx2Vnni,
+}
+
+impl Kernel {
+    /// Every kernel this CPU runs, the fastest last.
+    pub fn available() -> Vec<Kernel> {
+        [Kernel::Portable, Kernel::Avx2, Kernel::Avx2Vnni]
+            .into_iter()
+            .filter(|k| match k {
+                Kernel::Portable => true,
+                Kernel::Avx2 => avx2::available(false),
+                Kernel::Avx2Vnni => avx2::available(true),
+            })
+            .collect()
+    }
+
+    /// The fastest kernel this CPU runs.
+    pub fn best() -> Kernel {
+        static BEST: std::sync::OnceLock<Kernel> = std::sync::OnceLock::new();
+        *BEST.get_or_init(|| *Kernel::available().last().expect("the portable kernel"))
+    }
 }
 
 impl<'a> MatMul<'a> {
@@ -339,13 +403,17 @@ impl<'a> MatMul<'a> {
             n,
             x,
             out,
-            avx2: avx2::available(),
+            kernel: Kernel::best(),
         }
     }
 
-    /// The portable kernel even where AVX2 is available (for tests).
-    pub fn portable(mut self) -> Self {
-        self.avx2 = false;
+    /// Runs on `kernel` (one of [`Kernel::available`]) instead of the fastest.
+    pub fn on(mut self, kernel: Kernel) -> Self {
+        assert!(
+            Kernel::available().contains(&kernel),
+            "{kernel:?} is not available"
+        );
+        self.kernel = kernel;
         self
     }
 
@@ -392,10 +460,10 @@ impl<'a> MatMul<'a> {
             w: &self.w[group * bytes..][..bytes],
             x: std::array::from_fn(|r| self.x.row(row + r)),
         };
-        let y: [[f32; GROUP]; RX] = if self.avx2 {
-            avx2::tile(&tile)
-        } else {
-            portable::tile(&tile)
+        let y: [[f32; GROUP]; RX] = match self.kernel {
+            Kernel::Portable => portable::tile(&tile),
+            Kernel::Avx2 => avx2::tile(&tile, false),
+            Kernel::Avx2Vnni => avx2::tile(&tile, true),
         };
         for (r, y) in y.iter().enumerate() {
             let out = &self.out[(row + r) * self.n + group * GROUP..][..GROUP];

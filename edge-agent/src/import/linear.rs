@@ -524,7 +524,7 @@ mod tests {
     fn wider_types_widen_to_8_bits_and_5_bit_types_pack_in_5_without_changing_a_value() {
         use crate::gguf::GgmlType;
         use crate::gguf::quant::{blocks8, dequantize};
-        use seam_kernels::qmatmul::{MatMul, Quantized};
+        use seam_kernels::qmatmul::{Kernel, MatMul, Quantized};
         let mut state = 0x2545_f491_4f6c_dd1du64;
         let mut byte = move || {
             state ^= state << 13;
@@ -574,7 +574,7 @@ mod tests {
                 x.quantize(&one_hot, k);
                 let mut y = vec![0.0; n];
                 MatMul::new(format, &packed, n, &x, &mut y)
-                    .portable()
+                    .on(Kernel::Portable)
                     .run_all();
                 for (row, &got) in y.iter().enumerate() {
                     let w = want[row * k + col];

@@ -17,10 +17,11 @@ use ort::operator::{
     OperatorOutput, ShapeInferenceContext,
 };
 use ort::value::{Shape, SymbolicDimensions, TensorElementType, ValueType};
-use seam_kernels::qmatmul::{BLOCK, Format, GROUP, MatMul, Quantized};
+use seam_kernels::qmatmul::{BLOCK, Format, GROUP, MatMul, Part, Quantized};
 use std::cell::RefCell;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, PoisonError};
 
 /// Domain of Seam's operators in the model graphs.
 pub const DOMAIN: &str = "ai.seam";
@@ -174,26 +175,51 @@ fn compute(ctx: &ComputeContext, s: Dims) -> ort::Result<()> {
             Ok(q) => q,
             Err(_) => &mut own,
         };
-        q.quantize(x, s.k);
-        let mm = MatMul::new(s.format, w, s.n, q, y);
-        let tasks = mm.tasks();
         // A panic must not unwind into ONNX Runtime's frames: it becomes the call's error.
         let panicked = AtomicBool::new(false);
-        let task = |t: usize| {
-            if catch_unwind(AssertUnwindSafe(|| mm.run(t))).is_err() {
-                panicked.store(true, Ordering::Relaxed);
-            }
-        };
-        if tasks > 1 {
-            ctx.par_for(tasks, tasks, task)?;
-        } else {
-            (0..tasks).for_each(task);
-        }
+        let parts: Vec<Mutex<Option<Part<'_>>>> = q
+            .parts(x, s.k)
+            .into_iter()
+            .map(|p| Mutex::new(Some(p)))
+            .collect();
+        parallel(ctx, parts.len(), &panicked, |i| {
+            let part = parts[i]
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take();
+            part.map(Part::quantize);
+        })?;
+        drop(parts);
+        let mm = MatMul::new(s.format, w, s.n, q, y);
+        parallel(ctx, mm.tasks(), &panicked, |t| mm.run(t))?;
         if panicked.into_inner() {
             return Err(ort::Error::new(format!("{OP}: the kernel panicked")));
         }
         Ok(())
     })
+}
+
+/// Runs `task(0..n)` on ONNX Runtime's pool (on this thread if there is one task); a task that
+/// panics sets `panicked`.
+fn parallel(
+    ctx: &ComputeContext,
+    n: usize,
+    panicked: &AtomicBool,
+    task: impl Fn(usize) + Sync + Send,
+) -> ort::Result<()> {
+    let task = |i: usize| {
+        if catch_unwind(AssertUnwindSafe(|| task(i))).is_err() {
+            panicked.store(true, Ordering::Relaxed);
+        }
+    };
+    match n {
+        0 => Ok(()),
+        1 => {
+            task(0);
+            Ok(())
+        }
+        _ => ctx.par_for(n, n, task),
+    }
 }
 
 #[cfg(test)]

@@ -4,23 +4,31 @@
 //! exactly (at most `8·2·15·127 = 30480`; 5-bit codes take two sums of four), one `vpmaddwd`
 //! widens them to the eight columns'
 //! `Σ q·qx`, and one multiply by the eight scales times `dx` and one FMA per accumulator finish
-//! the block, as the portable kernel defines it.
+//! the block, as the portable kernel defines it. With VNNI, `vpdpbusd` does a step's products and
+//! sums in one instruction, into 32-bit lanes.
 
 #![allow(unsafe_code)]
 
 use super::{BLOCK, CODES, Format, GROUP, Tile};
 use std::arch::x86_64::*;
 
-/// Whether the CPU runs this kernel.
-pub(super) fn available() -> bool {
+/// Whether the CPU runs this kernel (`vnni`: with `vpdpbusd` on 256-bit vectors, which
+/// AVX-512 VNNI with AVX-512 VL provides).
+pub(super) fn available(vnni: bool) -> bool {
     std::arch::is_x86_feature_detected!("avx2")
         && std::arch::is_x86_feature_detected!("fma")
         && std::arch::is_x86_feature_detected!("f16c")
+        && (!vnni
+            || (std::arch::is_x86_feature_detected!("avx512vnni")
+                && std::arch::is_x86_feature_detected!("avx512vl")))
 }
 
-/// Panics unless [`available`].
-pub(super) fn tile<const RX: usize>(t: &Tile<'_, RX>) -> [[f32; GROUP]; RX] {
-    assert!(available(), "the AVX2 kernel needs AVX2, FMA and F16C");
+/// Panics unless [`available`]`(vnni)`.
+pub(super) fn tile<const RX: usize>(t: &Tile<'_, RX>, vnni: bool) -> [[f32; GROUP]; RX] {
+    assert!(
+        available(vnni),
+        "the AVX2 kernel needs AVX2, FMA, F16C (and VNNI: {vnni})"
+    );
     let blocks = t.x[0].ds.len();
     assert_eq!(t.w.len(), blocks * t.format.block_bytes(), "weight length");
     assert!(
@@ -28,22 +36,51 @@ pub(super) fn tile<const RX: usize>(t: &Tile<'_, RX>) -> [[f32; GROUP]; RX] {
             .all(|x| x.q.len() == blocks * BLOCK && x.ds.len() == blocks),
         "activation row length"
     );
-    // SAFETY: the CPU has AVX2, FMA and F16C (checked above; std caches the check), and the
-    // group and every row hold `blocks` blocks (checked above), which is all the kernel reads.
+    // SAFETY: the CPU has AVX2, FMA, F16C and, with `vnni`, AVX-512 VNNI and VL (checked
+    // above; std caches the checks), and the group and every row hold `blocks` blocks (checked
+    // above), which is all the kernel reads.
     unsafe {
-        match t.format {
-            Format::Q4F16 => tile_avx2::<RX, true, false>(t, blocks),
-            Format::Q4F32 => tile_avx2::<RX, false, false>(t, blocks),
-            Format::Q5F16 => tile_avx2::<RX, true, true>(t, blocks),
-            Format::Q5F32 => tile_avx2::<RX, false, true>(t, blocks),
+        match (t.format, vnni) {
+            (Format::Q4F16, false) => tile_avx2::<RX, true, false, false>(t, blocks),
+            (Format::Q4F32, false) => tile_avx2::<RX, false, false, false>(t, blocks),
+            (Format::Q5F16, false) => tile_avx2::<RX, true, true, false>(t, blocks),
+            (Format::Q5F32, false) => tile_avx2::<RX, false, true, false>(t, blocks),
+            (Format::Q4F16, true) => tile_avx2::<RX, true, false, true>(t, blocks),
+            (Format::Q4F32, true) => tile_avx2::<RX, false, false, true>(t, blocks),
+            (Format::Q5F16, true) => tile_avx2::<RX, true, true, true>(t, blocks),
+            (Format::Q5F32, true) => tile_avx2::<RX, false, true, true>(t, blocks),
         }
     }
 }
 
+/// `acc + Σ_{i<4} a_u8[4j+i]·b_i8[4j+i]` in each 32-bit lane `j`, exactly: AVX-512 VNNI's
+/// `vpdpbusd` on 256-bit vectors (EVEX-encoded, so AVX-512 VL; Rust 1.88 has no intrinsic
+/// for it).
+///
 /// # Safety
-/// Needs AVX2, FMA and F16C, and `blocks` blocks in the group and in every row of `t`.
+/// Needs AVX-512 VNNI and AVX-512 VL.
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn dpbusd(acc: __m256i, a: __m256i, b: __m256i) -> __m256i {
+    let mut acc = acc;
+    // SAFETY: the caller guarantees the instruction exists; it touches registers only.
+    unsafe {
+        std::arch::asm!(
+            "{{evex}} vpdpbusd {acc}, {a}, {b}",
+            acc = inout(ymm_reg) acc,
+            a = in(ymm_reg) a,
+            b = in(ymm_reg) b,
+            options(pure, nomem, nostack, preserves_flags),
+        );
+    }
+    acc
+}
+
+/// # Safety
+/// Needs AVX2, FMA and F16C (and AVX-512 VNNI and VL with `VNNI`), and `blocks` blocks in the
+/// group and in every row of `t`.
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn tile_avx2<const RX: usize, const F16: bool, const FIVE: bool>(
+unsafe fn tile_avx2<const RX: usize, const F16: bool, const FIVE: bool, const VNNI: bool>(
     t: &Tile<'_, RX>,
     blocks: usize,
 ) -> [[f32; GROUP]; RX] {
@@ -112,7 +149,18 @@ unsafe fn tile_avx2<const RX: usize, const F16: bool, const FIVE: bool>(
                 }
                 _mm256_madd_epi16(sum, ones)
             };
-            let dot = if FIVE {
+            let dot = if VNNI {
+                // Two chains, so that each waits on half as many `vpdpbusd`s.
+                let (mut a, mut b) = (_mm256_setzero_si256(), _mm256_setzero_si256());
+                for v in 0..4 {
+                    // SAFETY: `VNNI` is only chosen where the CPU has it (see `tile`).
+                    unsafe {
+                        a = dpbusd(a, lo[v], step(4 * v));
+                        b = dpbusd(b, hi[v], step(16 + 4 * v));
+                    }
+                }
+                _mm256_add_epi32(a, b)
+            } else if FIVE {
                 // At most four 16-bit results of 5-bit codes in one sum: two sums.
                 _mm256_add_epi32(sum(0..2), sum(2..4))
             } else {

@@ -48,11 +48,9 @@ fn weights(format: Format, n: usize, k: usize, rng: &mut Lcg) -> (Vec<u8>, Vec<f
     (bytes, w)
 }
 
-fn product(format: Format, w: &[u8], n: usize, x: &Quantized, portable: bool) -> Vec<f32> {
+fn product(format: Format, w: &[u8], n: usize, x: &Quantized, kernel: Kernel) -> Vec<f32> {
     let mut out = vec![0.0; x.rows() * n];
-    let mm = MatMul::new(format, w, n, x, &mut out);
-    let mm = if portable { mm.portable() } else { mm };
-    mm.run_all();
+    MatMul::new(format, w, n, x, &mut out).on(kernel).run_all();
     out
 }
 
@@ -136,7 +134,7 @@ fn the_product_is_the_weights_times_the_quantized_activations() {
         let x: Vec<f32> = (0..rows * k).map(|_| rng.unit()).collect();
         let mut q = Quantized::default();
         q.quantize(&x, k);
-        let y = product(format, &bytes, n, &q, true);
+        let y = product(format, &bytes, n, &q, Kernel::Portable);
         for r in 0..rows {
             for c in 0..n {
                 // Independent of the kernel: the weights times the dequantized activations.
@@ -175,12 +173,14 @@ fn every_kernel_tiling_and_order_gives_the_same_bits() {
         let x: Vec<f32> = (0..rows * k).map(|_| rng.unit()).collect();
         let mut q = Quantized::default();
         q.quantize(&x, k);
-        let whole = product(format, &bytes, n, &q, true);
-        assert_eq!(
-            product(format, &bytes, n, &q, false),
-            whole,
-            "SIMD vs portable"
-        );
+        let whole = product(format, &bytes, n, &q, Kernel::Portable);
+        for kernel in Kernel::available() {
+            assert_eq!(
+                product(format, &bytes, n, &q, kernel),
+                whole,
+                "{kernel:?} vs portable"
+            );
+        }
         // Tasks run backwards.
         let mut out = vec![0.0; rows * n];
         let mm = MatMul::new(format, &bytes, n, &q, &mut out);
@@ -190,9 +190,9 @@ fn every_kernel_tiling_and_order_gives_the_same_bits() {
         for r in [0, 1, 5, rows - 1] {
             let mut one = Quantized::default();
             one.quantize(&x[r * k..][..k], k);
-            for portable in [true, false] {
-                let y = product(format, &bytes, n, &one, portable);
-                assert_eq!(y[..], whole[r * n..][..n], "row {r} alone");
+            for kernel in Kernel::available() {
+                let y = product(format, &bytes, n, &one, kernel);
+                assert_eq!(y[..], whole[r * n..][..n], "row {r} alone on {kernel:?}");
             }
         }
     }
@@ -207,7 +207,7 @@ fn a_non_finite_activation_poisons_its_row_only() {
     x[k + 40] = f32::INFINITY;
     let mut q = Quantized::default();
     q.quantize(&x, k);
-    let y = product(Format::Q4F16, &bytes, n, &q, false);
+    let y = product(Format::Q4F16, &bytes, n, &q, Kernel::best());
     assert!(y[..n].iter().all(|v| v.is_finite()));
     assert!(y[n..].iter().all(|v| v.is_nan()));
 }
