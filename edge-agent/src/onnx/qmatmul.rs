@@ -187,7 +187,9 @@ fn compute(ctx: &ComputeContext, s: Dims) -> ort::Result<()> {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .take();
-            part.map(Part::quantize);
+            if let Some(part) = part {
+                part.quantize();
+            }
         })?;
         drop(parts);
         let mm = MatMul::new(s.format, w, s.n, q, y);
