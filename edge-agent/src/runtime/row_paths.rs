@@ -1,6 +1,7 @@
 //! Does ONNX Runtime compute a row run alone the same way as the same row run beside others, on
-//! this CPU? Its CPU kernels (`MatMulNBits`, the f32 `MatMul` of the Q4_1 correction) take a
-//! separate single-row path on some CPUs (seen on AVX2 machines without AVX-512). The results
+//! this CPU? Its CPU kernels (`MatMulNBits` of 8-bit layers and heads, the f32 `Gemm` of the
+//! f32-compute graphs' Q4_1 correction) take a separate single-row path on some CPUs (seen on
+//! AVX2 machines without AVX-512); Seam's `QMatMul` computes every row alike by construction. The results
 //! differ from the multi-row path by enough to flip a near-tie between two tokens. Where the paths
 //! differ, the model runs its graphs on two rows at least: a lone row is repeated and the copy's
 //! outputs are dropped. Then a token decoded alone, a prompt, a chain or tree of drafts, and a
