@@ -198,7 +198,9 @@ impl Format {
     }
 }
 
-/// Widens the bits of a finite f16 (any sign; zero and subnormals included) to f32, exactly.
+/// Widens the bits of a finite f16 (any sign; zero and subnormals included) to f32, exactly
+/// (with denormal inputs not flushed to zero, as ONNX Runtime leaves them unless told). Not for
+/// infinities and NaN, which [`Format::pack`] never writes.
 #[inline(always)]
 pub fn f16_to_f32(bits: u16) -> f32 {
     const REBASE: f32 = f32::from_bits((112 + 127) << 23); // 2^112

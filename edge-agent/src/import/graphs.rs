@@ -260,13 +260,12 @@ fn project(
 /// columns first, whole groups of 8) need none.
 fn gate_up(g: &mut GraphBuilder, x: &str, layer: &LayerWeights, d: Dims) -> (String, String) {
     let own = match &layer.gate_up[..] {
-        [Linear::Q4(w)] if d.accuracy_level != 0 => w.blocks(),
-        [Linear::Q8(w)] if d.accuracy_level != 0 => w.blocks5(),
+        _ if d.accuracy_level == 0 || !d.n_ff.is_multiple_of(seam_kernels::qmatmul::GROUP) => None,
+        [Linear::Q4(w)] => w.blocks(),
+        [Linear::Q8(w)] => w.blocks5(),
         _ => None,
     };
-    if let Some((format, blocks)) =
-        own.filter(|_| d.n_ff.is_multiple_of(seam_kernels::qmatmul::GROUP))
-    {
+    if let Some((format, blocks)) = own {
         let (gate, up) = blocks.split_at(blocks.len() / 2);
         let mut half = |stem: &str, bytes: &[u8]| {
             let b = g.init_u8(stem, &[bytes.len() as i64], bytes.to_vec());
@@ -406,7 +405,8 @@ pub fn post_graph(layer: &LayerWeights, index: usize, d: Dims) -> Vec<u8> {
     g.finish(&format!("end of layer {index}"))
 }
 
-/// Final RMSNorm and the LM head (8-bit, or f32 for a float head): `hidden → logits`. With
+/// Final RMSNorm and the LM head (8-bit, an untied 5-bit head on `QMatMul` like a layer, or f32
+/// for a float head): `hidden → logits`. With
 /// `table`, the 8-bit head's weights are that file beside the graph, laid out by
 /// [`head_table_layout`] (the tied embedding reads the same file), instead of inside it.
 pub fn head_graph(output_norm: &[f32], head: &Linear, d: Dims, table: Option<&str>) -> Vec<u8> {

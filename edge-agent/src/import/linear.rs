@@ -1,5 +1,6 @@
-//! Quantized linear layers in the layouts ONNX Runtime's `MatMulNBits` wants, converted from
-//! GGUF blocks without re-rounding anything.
+//! Quantized linear layers converted from GGUF blocks without re-rounding anything: for Seam's
+//! `QMatMul` ([`Q4Linear::blocks`], [`Q8Linear::blocks5`]: codes, scale and min as stored) and
+//! in the layouts ONNX Runtime's `MatMulNBits` wants (f32-compute graphs, 8-bit layers).
 //!
 //! GGUF Q4_1 stores `w = d·q + m` per block of 32 with elements 0–15 in the low nibbles and
 //! 16–31 in the high nibbles. `MatMulNBits` (4 bits, no zero points) computes `Σ d·(q−8)·x`
@@ -31,8 +32,9 @@ impl Linear {
         }
     }
 
-    /// Stacks consecutive parts that one `MatMulNBits` can compute together (same bits and
-    /// block); the result's outputs, concatenated, are the parts' in order.
+    /// Stacks consecutive parts that one matmul can compute together (same bits and block; 8-bit
+    /// parts only if all or none of them are 5-bit codes, so that a Q5_0 part beside a Q8_0 one
+    /// keeps its 5-bit `QMatMul`); the result's outputs, concatenated, are the parts' in order.
     pub fn fuse(parts: Vec<Linear>) -> Vec<Linear> {
         let mut out: Vec<Linear> = Vec::new();
         for p in parts {
@@ -40,7 +42,9 @@ impl Linear {
                 (Some(Linear::Q4(a)), Linear::Q4(b)) => {
                     Some(Linear::Q4(Q4Linear::concat(&[a.clone(), b.clone()])))
                 }
-                (Some(Linear::Q8(a)), Linear::Q8(b)) if a.block == b.block => {
+                (Some(Linear::Q8(a)), Linear::Q8(b))
+                    if a.block == b.block && a.fits5() == b.fits5() =>
+                {
                     Some(Linear::Q8(Q8Linear::concat(&[a.clone(), b.clone()])))
                 }
                 (Some(Linear::F32(a)), Linear::F32(b)) if a.k == b.k => {
@@ -239,25 +243,11 @@ impl Q8Linear {
     /// for anything else (Q8_0, Q6_K, Q3_K's blocks of 16) or outputs not a multiple of
     /// [`GROUP`].
     pub fn blocks5(&self) -> Option<(Format, Vec<u8>)> {
-        if !self.n.is_multiple_of(GROUP) || self.block != BLOCK {
+        if !self.n.is_multiple_of(GROUP) {
             return None;
         }
-        let blocks: Vec<(f32, f32, [u8; BLOCK])> = self
-            .packed
-            .chunks_exact(BLOCK)
-            .enumerate()
-            .map(|(i, codes)| {
-                let d = self.scales[i];
-                let m = self.mins.as_ref().map_or(0.0, |m| m[i]);
-                let c: [i16; BLOCK] = std::array::from_fn(|j| i16::from(codes[j]) - 128);
-                if c.iter().all(|c| (0..32).contains(c)) {
-                    Some((d, m, c.map(|c| c as u8)))
-                } else if m == 0.0 && c.iter().all(|c| (-16..16).contains(c)) {
-                    Some((d, -16.0 * d, c.map(|c| (c + 16) as u8)))
-                } else {
-                    None
-                }
-            })
+        let blocks: Vec<(f32, f32, [u8; BLOCK])> = (0..self.scales.len())
+            .map(|i| self.block5(i))
             .collect::<Option<_>>()?;
         let f16 = blocks.iter().all(|&(d, m, _)| is_f16(d) && is_f16(m));
         let format = Format::new(5, f16).expect("5-bit formats exist");
@@ -266,6 +256,29 @@ impl Q8Linear {
             format,
             format.pack(self.n, self.k, |r, b| blocks[r * nb + b]),
         ))
+    }
+
+    /// Whether every block is 5-bit codes ([`Q8Linear::blocks5`]), whatever the outputs.
+    pub fn fits5(&self) -> bool {
+        (0..self.scales.len()).all(|i| self.block5(i).is_some())
+    }
+
+    /// Block `i` as `(d, m, 5-bit codes)` with the same values, if it has such a form.
+    fn block5(&self, i: usize) -> Option<(f32, f32, [u8; BLOCK])> {
+        if self.block != BLOCK {
+            return None;
+        }
+        let codes = &self.packed[i * BLOCK..][..BLOCK];
+        let d = self.scales[i];
+        let m = self.mins.as_ref().map_or(0.0, |m| m[i]);
+        let c: [i16; BLOCK] = std::array::from_fn(|j| i16::from(codes[j]) - 128);
+        if c.iter().all(|c| (0..32).contains(c)) {
+            Some((d, m, c.map(|c| c as u8)))
+        } else if m == 0.0 && c.iter().all(|c| (-16..16).contains(c)) {
+            Some((d, -16.0 * d, c.map(|c| (c + 16) as u8)))
+        } else {
+            None
+        }
     }
 
     /// Stacks layers with the same input size and block into one (outputs concatenated); mins
@@ -389,11 +402,12 @@ impl Q8Linear {
 }
 
 /// One field of every part, concatenated in order.
-/// Whether `v` is an f16 value (so that f16 holds it exactly).
+/// Whether `v` is a finite f16 value (so that f16 holds it exactly).
 fn is_f16(v: f32) -> bool {
-    half::f16::from_f32(v).to_f32().to_bits() == v.to_bits()
+    v.is_finite() && half::f16::from_f32(v).to_f32().to_bits() == v.to_bits()
 }
 
+/// The parts' `field`s, concatenated.
 fn cat<P, T: Copy>(parts: &[P], field: impl Fn(&P) -> &[T]) -> Vec<T> {
     parts
         .iter()
@@ -592,16 +606,18 @@ mod tests {
     #[test]
     fn fusing_stacks_runs_of_one_kind() {
         let q4 = |n| Linear::Q4(Q4Linear::from_q4_1(n, 64, &vec![block(1); n * 2]));
-        let q8 = |n, block| {
+        // Codes 2 (5-bit) or 100 (8-bit), as `q + 128`.
+        let q8c = |n, block, code: u8| {
             Linear::Q8(Q8Linear {
                 n,
                 k: 64,
                 block,
-                packed: vec![130; n * 64],
+                packed: vec![128 + code; n * 64],
                 scales: vec![1.0; n * 64 / block],
                 mins: None,
             })
         };
+        let q8 = |n, block| q8c(n, block, 2);
         let f32 = |n| {
             Linear::F32(F32Linear {
                 n,
@@ -614,6 +630,8 @@ mod tests {
             q4(1),
             q8(1, 32),
             q8(2, 32),
+            q8c(1, 32, 100),
+            q8c(1, 32, 100),
             q8(1, 16),
             q4(1),
             f32(1),
@@ -627,10 +645,23 @@ mod tests {
         let shape: Vec<(&str, usize)> = f.iter().map(|l| (kind(l), l.n())).collect();
         assert_eq!(
             shape,
-            [("q4", 3), ("q8", 3), ("q8", 1), ("q4", 1), ("f32", 3)]
+            [
+                ("q4", 3),
+                ("q8", 3),
+                ("q8", 2),
+                ("q8", 1),
+                ("q4", 1),
+                ("f32", 3)
+            ]
+        );
+        // 5-bit codes stay apart from 8-bit ones, which would widen them.
+        let fits5 = |l: &Linear| matches!(l, Linear::Q8(w) if w.fits5());
+        assert_eq!(
+            f.iter().map(fits5).collect::<Vec<_>>(),
+            [false, true, false, false, false, false]
         );
         // Rows stacked in order; the transpose puts row r's value at column r.
-        let Linear::F32(w) = &f[4] else {
+        let Linear::F32(w) = &f[5] else {
             unreachable!()
         };
         assert_eq!(w.w[64], 0.0);

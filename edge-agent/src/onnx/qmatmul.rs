@@ -1,11 +1,11 @@
-//! The `QMatMul` operator: `y = x·Wᵀ` for 4-bit weights kept in their GGUF blocks
+//! The `QMatMul` operator: `y = x·Wᵀ` for 4- and 5-bit weights kept in their GGUF blocks
 //! ([`seam_kernels::qmatmul`]), on ONNX Runtime's thread pool.
 //!
 //! `MatMulNBits` cannot compute GGUF's `w = d·q + m` blocks exactly and fast: the graphs added
 //! the offsets with a separate f32 `Gemm` over the activations' block sums, which streamed 13 MB
 //! of f32 per token on one thread and cost a fifth of a decode step. This operator reads the
-//! blocks with their f16 scales and offsets (5 bits a weight for Q4_1, as GGUF stores it, against
-//! 6 plus the correction), eight output columns interleaved, and adds the offsets inside the dot
+//! blocks with their scales and offsets (f16 where the file has f16: 5 bits a weight for Q4_1, as
+//! GGUF stores it, against 6 plus the correction), eight output columns interleaved, and adds the offsets inside the dot
 //! product.
 //!
 //! Inputs: `x` f32 `[..., K]`; `w` uint8, the `N × K` layer in the layout `format` names
@@ -55,6 +55,8 @@ struct Dims {
     k: usize,
     n: usize,
     format: Format,
+    /// Bytes of the weight input.
+    bytes: usize,
 }
 
 impl Operator for QMatMul {
@@ -120,7 +122,16 @@ impl Operator for QMatMul {
             (Ok(k), Ok(n))
                 if k > 0 && k.is_multiple_of(BLOCK) && n > 0 && n.is_multiple_of(GROUP) =>
             {
-                Dims { k, n, format }
+                let bytes = (n / GROUP)
+                    .checked_mul(k / BLOCK)
+                    .and_then(|b| b.checked_mul(format.block_bytes()))
+                    .ok_or_else(|| ort::Error::new(format!("{OP}: {n}×{k} is too large")))?;
+                Dims {
+                    k,
+                    n,
+                    format,
+                    bytes,
+                }
             }
             _ => {
                 return Err(ort::Error::new(format!(
@@ -153,7 +164,7 @@ fn compute(ctx: &ComputeContext, s: Dims) -> ort::Result<()> {
             )));
         }
     }
-    let want = s.n / GROUP * s.k / BLOCK * s.format.block_bytes();
+    let want = s.bytes;
     if w.len() != want {
         return Err(ort::Error::new(format!(
             "{OP}: {} weight bytes for {}×{} in {:?}, want {want}",
@@ -192,6 +203,11 @@ fn compute(ctx: &ComputeContext, s: Dims) -> ort::Result<()> {
             }
         })?;
         drop(parts);
+        if panicked.load(Ordering::Relaxed) {
+            return Err(ort::Error::new(format!(
+                "{OP}: quantizing the activations panicked"
+            )));
+        }
         let mm = MatMul::new(s.format, w, s.n, q, y);
         parallel(ctx, mm.tasks(), &panicked, |t| mm.run(t))?;
         if panicked.into_inner() {
