@@ -5,11 +5,15 @@
 //! `Σ_g k_scale_g * (Σ_{i in g} q_i·k_i8_i) / sqrt(head_dim)` and output group `g` is
 //! `Σ_t p_t * v_scale_{t,g} * v_i8_t`. The kernels ([`kernel`]) run over fixed 8-lane chunks
 //! with f32 accumulators so they vectorize, and share each pass over the cache among several
-//! query vectors (the heads of one kv head, and consecutive rows during prefill).
+//! query vectors (the heads of one kv head, and consecutive rows during prefill). Over an int8
+//! cache on a CPU with AVX2 and FMA, the two passes are intrinsics ([`avx2`]) that tile eight
+//! keys (scores) or one scale group (values) in registers, for blocks of up to 24 vectors.
 
 use crate::LayerView;
 use std::sync::{Mutex, PoisonError};
 
+#[cfg(target_arch = "x86_64")]
+mod avx2;
 mod kernel;
 
 pub use kernel::At;
@@ -222,7 +226,8 @@ fn exp_neg(x: f32) -> f32 {
     const LN2_LO: f32 = -2.121_944_4e-4;
     const ROUND: f32 = 12_582_912.0; // 1.5 * 2^23: adding and subtracting it rounds to integer
     let x = if x < -87.0 { -87.0 } else { x };
-    let n = (x * LOG2E + ROUND) - ROUND;
+    let shifted = x * LOG2E + ROUND;
+    let n = shifted - ROUND;
     let r = x - n * LN2_HI - n * LN2_LO;
     let p = 1.0 / 720.0;
     let p = p * r + 1.0 / 120.0;
@@ -231,8 +236,11 @@ fn exp_neg(x: f32) -> f32 {
     let p = p * r + 0.5;
     let p = p * r + 1.0;
     let p = p * r + 1.0;
-    // n is in [-126, 0], so the biased exponent is a normal one.
-    p * f32::from_bits(((n as i32 + 127) as u32) << 23)
+    // n is in [-126, 0], so the biased exponent is a normal one. `shifted` and `ROUND` share
+    // their exponent, so the difference of their bits is n as an integer (a float-to-int cast
+    // here would not vectorize).
+    let n_bits = shifted.to_bits().wrapping_sub(ROUND.to_bits()) as i32;
+    p * f32::from_bits(((n_bits + 127) as u32) << 23)
 }
 
 #[cfg(test)]

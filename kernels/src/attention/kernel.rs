@@ -15,19 +15,22 @@ use crate::{GROUP, LayerView, scale_f32};
 use std::ops::Range;
 
 /// Lanes of one chunk (one AVX2 register of f32).
-const VL: usize = 8;
+pub(super) const VL: usize = 8;
 /// Chunks per int8 quantization group.
 const CPG: usize = GROUP / VL;
 const _: () = assert!(GROUP.is_multiple_of(2 * VL));
 /// Most query vectors per block: their accumulators must fit the 16 vector registers.
 const MAX_NQ: usize = 6;
+/// Most query vectors per block of the int8 intrinsics kernels, whose registers do not depend on
+/// it: more vectors share each widened key.
+const MAX_NQ_INT8: usize = 24;
 /// Most chunks per head row: head dimensions up to 256 (Gemma 3).
 pub(super) const MAX_CHUNKS: usize = 32;
 
 /// 8 f32 lanes, aligned so their loads fold into arithmetic instructions.
 #[derive(Clone, Copy, Default)]
 #[repr(C, align(32))]
-struct F8([f32; VL]);
+pub(super) struct F8(pub(super) [f32; VL]);
 
 /// A cached element type.
 trait Lane: Copy + Default + Send + Sync {
@@ -35,6 +38,8 @@ trait Lane: Copy + Default + Send + Sync {
     const GROUPED: bool;
     /// 8 elements as f32 (without any scale).
     fn widen(s: &[Self; VL]) -> [f32; VL];
+    /// The rows as int8 when they are.
+    fn int8(s: &[Self]) -> Option<&[i8]>;
 }
 
 impl Lane for f32 {
@@ -43,6 +48,10 @@ impl Lane for f32 {
     #[inline(always)]
     fn widen(s: &[f32; VL]) -> [f32; VL] {
         *s
+    }
+
+    fn int8(_: &[f32]) -> Option<&[i8]> {
+        None
     }
 }
 
@@ -57,6 +66,10 @@ impl Lane for i8 {
             *t = f32::from(s);
         }
         t
+    }
+
+    fn int8(s: &[i8]) -> Option<&[i8]> {
+        Some(s)
     }
 }
 
@@ -93,14 +106,14 @@ fn chunk<E: Lane>(row: &[E], c: usize, hd: usize) -> [E; VL] {
 
 /// Where one kv head sits in the cache rows.
 #[derive(Clone, Copy)]
-struct Head {
+pub(super) struct Head {
     /// Row width of the cache (all kv heads).
     kw: usize,
     /// Index of the kv head.
     g: usize,
     nkv: usize,
-    hd: usize,
-    inv_sqrt: f32,
+    pub(super) hd: usize,
+    pub(super) inv_sqrt: f32,
 }
 
 impl Head {
@@ -117,12 +130,12 @@ impl Head {
     }
 
     #[inline(always)]
-    fn row<'a, E>(&self, data: &'a [E], t: usize) -> &'a [E] {
+    pub(super) fn row<'a, E>(&self, data: &'a [E], t: usize) -> &'a [E] {
         &data[t * self.kw + self.g * self.hd..][..self.hd]
     }
 
     #[inline(always)]
-    fn scales<'a>(&self, scales: &'a [u16], t: usize) -> &'a [u16] {
+    pub(super) fn scales<'a>(&self, scales: &'a [u16], t: usize) -> &'a [u16] {
         &scales[(t * self.nkv + self.g) * self.groups()..][..self.groups()]
     }
 }
@@ -216,10 +229,19 @@ fn rows_hd<E: Lane, const FMA: bool>(
 ) {
     let width = sh.n_heads * hd;
     let n_rows = q.len() / width;
+    // The intrinsics kernels, in the AVX2 build (`FMA`) over an int8 cache.
+    #[cfg(target_arch = "x86_64")]
+    let int8 = match (E::int8(k), scales) {
+        (Some(_), Some(scales)) if FMA && super::avx2::fits(hd) => Some(scales),
+        _ => None,
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let int8: Option<(&[u16], &[u16])> = None;
+    let max_nq = if int8.is_some() { MAX_NQ_INT8 } else { MAX_NQ };
     // Rows per block: as many whole rows of one kv head's query heads as fit.
-    let rows_per_block = (MAX_NQ / sh.group).max(1);
+    let rows_per_block = (max_nq / sh.group).max(1);
     let mut scratch = Scratch::default();
-    let mut vectors = Vec::with_capacity(MAX_NQ);
+    let mut vectors = Vec::with_capacity(max_nq);
     for r0 in (0..n_rows).step_by(rows_per_block) {
         let r1 = (r0 + rows_per_block).min(n_rows);
         for g in part.kv.clone() {
@@ -240,9 +262,15 @@ fn rows_hd<E: Lane, const FMA: bool>(
                     vectors.push((offset, start, end));
                 }
             }
-            for block in vectors.chunks(MAX_NQ) {
+            for block in vectors.chunks(max_nq) {
                 let out = (&mut *out, part.out_base);
                 let args = (k, v, scales, head, block, q, out, &mut scratch);
+                #[cfg(target_arch = "x86_64")]
+                if let (Some(scales), Some(k), Some(v)) = (int8, E::int8(k), E::int8(v)) {
+                    let args = (k, v, None, head, block, q, args.6, args.7);
+                    run_block_int8(args, scales);
+                    continue;
+                }
                 match block.len() {
                     1 => run_block::<E, 1, FMA>(args),
                     2 => run_block::<E, 2, FMA>(args),
@@ -267,34 +295,71 @@ type BlockArgs<'a, E> = (
     &'a mut Scratch,
 );
 
-/// One block of `NQ` query vectors over one kv head.
+/// One block of `NQ` query vectors over one kv head, through the generic kernels.
 #[inline(always)]
 fn run_block<E: Lane, const NQ: usize, const FMA: bool>(args: BlockArgs<'_, E>) {
     let (k, v, scales, head, vectors, q, (out, out_base), scratch) = args;
+    let span = gather(head, vectors, q, scratch);
+    let qf = scratch.q.as_chunks::<NQ>().0;
+    scores::<E, NQ, FMA>(k, scales.map(|s| s.0), head, qf, span, &mut scratch.p);
+    normalize(vectors, span.1, &mut scratch.p);
+    values::<E, NQ, FMA>(
+        v,
+        scales.map(|s| s.1),
+        head,
+        &scratch.p,
+        span,
+        &mut scratch.out,
+    );
+    scatter(head, vectors, &scratch.out, out, out_base);
+}
+
+/// One block of any number of query vectors over one kv head of an int8 cache, through the
+/// intrinsics kernels (which panic without AVX2 and FMA, or unless `avx2::fits(hd)`).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn run_block_int8(args: BlockArgs<'_, i8>, (k_scales, v_scales): (&[u16], &[u16])) {
+    let (k, v, _, head, vectors, q, (out, out_base), scratch) = args;
+    let nq = vectors.len();
+    let span = gather(head, vectors, q, scratch);
+    super::avx2::scores(k, k_scales, head, &scratch.q, nq, span, &mut scratch.p);
+    normalize(vectors, span.1, &mut scratch.p);
+    super::avx2::values(v, v_scales, head, &scratch.p, nq, span, &mut scratch.out);
+    scatter(head, vectors, &scratch.out, out, out_base);
+}
+
+/// Gathers the block's query vectors into `scratch.q` as `[chunk][vector]`, sizes the scores
+/// (`[vector][position]`) and the outputs, and returns the positions the block reads.
+#[inline(always)]
+fn gather(
+    head: Head,
+    vectors: &[(usize, usize, usize)],
+    q: &[f32],
+    scratch: &mut Scratch,
+) -> (usize, usize) {
+    let nq = vectors.len();
     let (hd, nch) = (head.hd, head.chunks());
     let n = vectors.iter().map(|v| v.2).max().unwrap_or(0);
     let t0 = vectors.iter().map(|v| v.1).min().unwrap_or(0);
     let qf = &mut scratch.q;
     qf.clear();
-    qf.resize(nch * NQ, F8::default());
+    qf.resize(nch * nq, F8::default());
     for (j, &(offset, _, _)) in vectors.iter().enumerate() {
         let qv = &q[offset..][..hd];
         for c in 0..nch {
-            qf[c * NQ + j] = F8(chunk(qv, c, hd));
+            qf[c * nq + j] = F8(chunk(qv, c, hd));
         }
     }
-    let p = &mut scratch.p;
-    p.clear();
-    p.resize(NQ * n, 0.0);
-    let span = (t0, n);
-    scores::<E, NQ, FMA>(
-        k,
-        scales.map(|s| s.0),
-        head,
-        qf.as_chunks::<NQ>().0,
-        span,
-        p,
-    );
+    scratch.p.clear();
+    scratch.p.resize(nq * n, 0.0);
+    scratch.out.clear();
+    scratch.out.resize(nch * nq, F8::default());
+    (t0, n)
+}
+
+/// The softmax of each vector's scores over its own positions; the others' weights become 0.
+#[inline(always)]
+fn normalize(vectors: &[(usize, usize, usize)], n: usize, p: &mut [f32]) {
     for (j, &(_, start, limit)) in vectors.iter().enumerate() {
         let row = &mut p[j * n..][..n];
         let inv = 1.0 / softmax_unnormalized(&mut row[start..limit]);
@@ -302,14 +367,22 @@ fn run_block<E: Lane, const NQ: usize, const FMA: bool>(args: BlockArgs<'_, E>) 
         row[..start].fill(0.0);
         row[limit..].fill(0.0);
     }
-    let of = &mut scratch.out;
-    of.clear();
-    of.resize(nch * NQ, F8::default());
-    values::<E, NQ, FMA>(v, scales.map(|s| s.1), head, p, span, of);
+}
+
+/// Writes the block's outputs (`[chunk][vector]`) to the vectors' places in `out`.
+#[inline(always)]
+fn scatter(
+    head: Head,
+    vectors: &[(usize, usize, usize)],
+    of: &[F8],
+    out: &mut [f32],
+    out_base: usize,
+) {
+    let nq = vectors.len();
     for (j, &(offset, _, _)) in vectors.iter().enumerate() {
-        let ov = &mut out[offset - out_base..][..hd];
+        let ov = &mut out[offset - out_base..][..head.hd];
         for (c, o) in ov.chunks_mut(VL).enumerate() {
-            o.copy_from_slice(&of[c * NQ + j].0[..o.len()]);
+            o.copy_from_slice(&of[c * nq + j].0[..o.len()]);
         }
     }
 }

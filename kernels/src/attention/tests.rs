@@ -41,40 +41,13 @@ impl Parallel for Backwards {
 /// Returns the parts a split over 2 threads made (0: not split).
 fn check_splits(positions: usize, rows: usize) -> usize {
     let (nkv, group, hd) = (3, 3, 64);
-    let n_heads = nkv * group;
-    let shape = Shape {
-        n_heads,
-        nkv,
-        hd,
-        group,
-        inv_sqrt: 0.125,
-    };
-    // Deterministic pseudo-random int8 rows and f16 scales around 0.01.
-    let mut state = 0x2545_f491_4f6c_dd1du64;
-    let mut next = move || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        state
-    };
-    let k: Vec<i8> = (0..positions * nkv * hd).map(|_| next() as i8).collect();
-    let v: Vec<i8> = (0..positions * nkv * hd).map(|_| next() as i8).collect();
-    let groups = positions * nkv * hd / crate::GROUP;
-    let k_scales: Vec<u16> = (0..groups)
-        .map(|_| 0x2100 + (next() % 256) as u16)
-        .collect();
-    let v_scales: Vec<u16> = (0..groups)
-        .map(|_| 0x2100 + (next() % 256) as u16)
-        .collect();
-    let view = LayerView::Int8 {
-        k: &k,
-        v: &v,
-        k_scales: &k_scales,
-        v_scales: &v_scales,
-    };
+    let shape = shape(nkv, group, hd);
+    let n_heads = shape.n_heads;
+    let cache = RandomCache::new(positions, nkv, hd, 0x2545_f491_4f6c_dd1d);
+    let view = cache.view();
     let pos_start = positions - rows;
     let q: Vec<f32> = (0..rows * n_heads * hd)
-        .map(|_| (next() % 2001) as f32 / 1000.0 - 1.0)
+        .map(|i| ((i * 7919) % 2001) as f32 / 1000.0 - 1.0)
         .collect();
     let whole = {
         let mut out = vec![0.0; q.len()];
@@ -113,4 +86,117 @@ fn a_split_pass_equals_the_whole_pass_whoever_runs_the_chunks() {
     assert_eq!(check_splits(200, 120), 2, "rows split in two");
     assert_eq!(check_splits(600, 1), 3, "one row split by its 3 kv heads");
     assert_eq!(check_splits(20, 1), 0, "too little work to split");
+}
+
+/// `group` query heads of `hd` elements per kv head.
+fn shape(nkv: usize, group: usize, hd: usize) -> Shape {
+    Shape {
+        n_heads: nkv * group,
+        nkv,
+        hd,
+        group,
+        inv_sqrt: 1.0 / (hd as f32).sqrt(),
+    }
+}
+
+/// Pseudo-random int8 rows and f16 scales around 0.01 for `positions` positions.
+struct RandomCache {
+    k: Vec<i8>,
+    v: Vec<i8>,
+    k_scales: Vec<u16>,
+    v_scales: Vec<u16>,
+}
+
+impl RandomCache {
+    fn new(positions: usize, nkv: usize, hd: usize, seed: u64) -> RandomCache {
+        let mut state = seed;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let mut rows = || {
+            (0..positions * nkv * hd)
+                .map(|_| next() as i8)
+                .collect::<Vec<_>>()
+        };
+        let (k, v) = (rows(), rows());
+        let groups = positions * nkv * hd / crate::GROUP;
+        let mut scales = || {
+            (0..groups)
+                .map(|_| 0x2100 + (next() % 256) as u16)
+                .collect::<Vec<_>>()
+        };
+        let (k_scales, v_scales) = (scales(), scales());
+        RandomCache {
+            k,
+            v,
+            k_scales,
+            v_scales,
+        }
+    }
+
+    fn view(&self) -> LayerView<'_> {
+        LayerView::Int8 {
+            k: &self.k,
+            v: &self.v,
+            k_scales: &self.k_scales,
+            v_scales: &self.v_scales,
+        }
+    }
+}
+
+/// The speculative drafts a worker verifies in one batch must settle as the tokens decoded one
+/// at a time would: every row of a batch equals the same row attended alone, bit for bit, for
+/// any block and key tile the row lands in (rows past a tile of 8 keys, blocks of 24 vectors,
+/// sliding windows), for SmolLM2's heads (3 per kv head of 64) and Gemma 3's (4 of 256).
+#[test]
+fn a_row_alone_equals_the_row_in_a_batch() {
+    for (nkv, group, hd) in [(3, 3, 64), (1, 4, 256)] {
+        let shape = shape(nkv, group, hd);
+        let positions = 45;
+        let cache = RandomCache::new(positions, nkv, hd, 0x9e37_79b9_7f4a_7c15);
+        let view = cache.view();
+        let width = shape.n_heads * hd;
+        let q: Vec<f32> = (0..positions * width)
+            .map(|i| ((i * 7919) % 2001) as f32 / 1000.0 - 1.0)
+            .collect();
+        for window in [None, Some(5), Some(17)] {
+            for first in [0, 3] {
+                let rows = positions - first;
+                let q = &q[first * width..];
+                let mut batch = vec![f32::NAN; q.len()];
+                attend(
+                    &view,
+                    &shape,
+                    q,
+                    &mut batch,
+                    first,
+                    window,
+                    1,
+                    &ScopedThreads,
+                );
+                for r in 0..rows {
+                    let mut alone = vec![f32::NAN; width];
+                    let row = &q[r * width..][..width];
+                    attend(
+                        &view,
+                        &shape,
+                        row,
+                        &mut alone,
+                        first + r,
+                        window,
+                        1,
+                        &ScopedThreads,
+                    );
+                    assert_eq!(
+                        alone,
+                        batch[r * width..][..width],
+                        "hd {hd}, window {window:?}, row {r} of {rows} from {first}"
+                    );
+                }
+            }
+        }
+    }
 }

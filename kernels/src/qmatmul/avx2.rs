@@ -6,6 +6,11 @@
 //! `Σ q·qx`, and one multiply by the eight scales times `dx` and one FMA per accumulator finish
 //! the block, as the portable kernel defines it. With VNNI, `vpdpbusd` does a step's products and
 //! sums in one instruction, into 32-bit lanes.
+//!
+//! Each code vector is unpacked once for all the tile's rows, and the mins' sums (`Σ m·sx`) run
+//! in a second pass over the group: with them in the first, four rows' accumulators spilled to
+//! the stack. Integer sums are exact in any order and each float sum keeps its block order, so
+//! the result is the portable kernel's, bit for bit.
 
 #![allow(unsafe_code)]
 
@@ -91,13 +96,12 @@ unsafe fn tile_avx2<const RX: usize, const F16: bool, const FIVE: bool, const VN
     let ds: [*const f32; RX] = std::array::from_fn(|r| t.x[r].ds.as_ptr().cast());
     let low = _mm256_set1_epi8(0x0f);
     let ones = _mm256_set1_epi16(1);
-    let mut acc = [_mm256_setzero_ps(); RX];
-    let mut off = [_mm256_setzero_ps(); RX];
-    for b in 0..blocks {
-        // SAFETY (all loads): block `b` of the group and of each row is in bounds (see `tile`);
-        // unaligned loads are allowed.
+    let fifth = _mm256_set1_epi8(0x10);
+    // SAFETY (all loads): block `b` of the group and of each row is in bounds (see `tile`);
+    // unaligned loads are allowed.
+    let params = |b: usize| {
         let block = unsafe { w.add(b * bytes) };
-        let (d, m) = if F16 {
+        if F16 {
             unsafe {
                 (
                     _mm256_cvtph_ps(_mm_loadu_si128(block.cast())),
@@ -111,65 +115,85 @@ unsafe fn tile_avx2<const RX: usize, const F16: bool, const FIVE: bool, const VN
                     _mm256_loadu_ps(block.add(32).cast()),
                 )
             }
+        }
+    };
+    // The products first: each code vector is unpacked once and used by every row at once, so
+    // that only the rows' sums stay in registers (with `off` beside them, four rows would spill).
+    let mut acc = [_mm256_setzero_ps(); RX];
+    for b in 0..blocks {
+        let block = unsafe { w.add(b * bytes) };
+        let (d, _) = params(b);
+        let h = if FIVE {
+            unsafe { _mm256_loadu_si256(block.add(at + CODES).cast()) }
+        } else {
+            _mm256_setzero_si256()
         };
-        let codes: [__m256i; 4] =
-            std::array::from_fn(|v| unsafe { _mm256_loadu_si256(block.add(at + 32 * v).cast()) });
-        let mut lo = codes.map(|v| _mm256_and_si256(v, low));
-        let mut hi = codes.map(|v| _mm256_and_si256(_mm256_srli_epi16::<4>(v), low));
-        if FIVE {
-            // Bit `i` of each byte moved to bit 4 (16-bit shifts: by at most 4 left or 3 right,
-            // bit 4 of a byte comes from the same byte) and kept alone.
-            let h = unsafe { _mm256_loadu_si256(block.add(at + CODES).cast()) };
-            let fifth = _mm256_set1_epi8(0x10);
-            let bit: [__m256i; 8] = [
-                _mm256_slli_epi16::<4>(h),
-                _mm256_slli_epi16::<3>(h),
-                _mm256_slli_epi16::<2>(h),
-                _mm256_slli_epi16::<1>(h),
-                h,
-                _mm256_srli_epi16::<1>(h),
-                _mm256_srli_epi16::<2>(h),
-                _mm256_srli_epi16::<3>(h),
-            ]
-            .map(|v| _mm256_and_si256(v, fifth));
-            for v in 0..4 {
-                lo[v] = _mm256_or_si256(lo[v], bit[2 * v]);
-                hi[v] = _mm256_or_si256(hi[v], bit[2 * v + 1]);
+        let x: [*const i8; RX] = std::array::from_fn(|r| unsafe { qx[r].add(b * BLOCK) });
+        let step = |r: usize, i: usize| {
+            _mm256_set1_epi32(unsafe { x[r].add(i).cast::<i32>().read_unaligned() })
+        };
+        // 32-bit sums (VNNI), or 16-bit sums widened every two (5-bit) or four code vectors.
+        let mut dot = [_mm256_setzero_si256(); RX];
+        // A second chain per row where registers allow (one or two rows: decode), so that each
+        // waits on half as many `vpdpbusd`s.
+        let mut dot_hi = [_mm256_setzero_si256(); RX];
+        let mut sum = [_mm256_setzero_si256(); RX];
+        for v in 0..4 {
+            let codes = unsafe { _mm256_loadu_si256(block.add(at + 32 * v).cast()) };
+            let mut lo = _mm256_and_si256(codes, low);
+            let mut hi = _mm256_and_si256(_mm256_srli_epi16::<4>(codes), low);
+            if FIVE {
+                // Bits 2v and 2v + 1 of each byte moved to bit 4 (16-bit shifts: by at most 4
+                // left or 3 right, bit 4 of a byte comes from the same byte) and kept alone.
+                let (l, hh) = match v {
+                    0 => (_mm256_slli_epi16::<4>(h), _mm256_slli_epi16::<3>(h)),
+                    1 => (_mm256_slli_epi16::<2>(h), _mm256_slli_epi16::<1>(h)),
+                    2 => (h, _mm256_srli_epi16::<1>(h)),
+                    _ => (_mm256_srli_epi16::<2>(h), _mm256_srli_epi16::<3>(h)),
+                };
+                lo = _mm256_or_si256(lo, _mm256_and_si256(l, fifth));
+                hi = _mm256_or_si256(hi, _mm256_and_si256(hh, fifth));
+            }
+            for r in 0..RX {
+                if VNNI {
+                    // SAFETY: `VNNI` is only chosen where the CPU has it (see `tile`).
+                    unsafe {
+                        dot[r] = dpbusd(dot[r], lo, step(r, 4 * v));
+                        if RX <= 2 {
+                            dot_hi[r] = dpbusd(dot_hi[r], hi, step(r, 16 + 4 * v));
+                        } else {
+                            dot[r] = dpbusd(dot[r], hi, step(r, 16 + 4 * v));
+                        }
+                    }
+                } else {
+                    sum[r] = _mm256_add_epi16(sum[r], _mm256_maddubs_epi16(lo, step(r, 4 * v)));
+                    sum[r] =
+                        _mm256_add_epi16(sum[r], _mm256_maddubs_epi16(hi, step(r, 16 + 4 * v)));
+                    // At most four 16-bit results of 5-bit codes in one sum.
+                    if v == 3 || (FIVE && v == 1) {
+                        dot[r] = _mm256_add_epi32(dot[r], _mm256_madd_epi16(sum[r], ones));
+                        sum[r] = _mm256_setzero_si256();
+                    }
+                }
             }
         }
         for r in 0..RX {
-            let x = unsafe { qx[r].add(b * BLOCK) };
-            let step =
-                |i: usize| _mm256_set1_epi32(unsafe { x.add(i).cast::<i32>().read_unaligned() });
-            let sum = |vs: std::ops::Range<usize>| {
-                let mut sum = _mm256_setzero_si256();
-                for v in vs {
-                    sum = _mm256_add_epi16(sum, _mm256_maddubs_epi16(lo[v], step(4 * v)));
-                    sum = _mm256_add_epi16(sum, _mm256_maddubs_epi16(hi[v], step(16 + 4 * v)));
-                }
-                _mm256_madd_epi16(sum, ones)
-            };
-            let dot = if VNNI {
-                // Two chains, so that each waits on half as many `vpdpbusd`s.
-                let (mut a, mut b) = (_mm256_setzero_si256(), _mm256_setzero_si256());
-                for v in 0..4 {
-                    // SAFETY: `VNNI` is only chosen where the CPU has it (see `tile`).
-                    unsafe {
-                        a = dpbusd(a, lo[v], step(4 * v));
-                        b = dpbusd(b, hi[v], step(16 + 4 * v));
-                    }
-                }
-                _mm256_add_epi32(a, b)
-            } else if FIVE {
-                // At most four 16-bit results of 5-bit codes in one sum: two sums.
-                _mm256_add_epi32(sum(0..2), sum(2..4))
-            } else {
-                sum(0..4)
-            };
-            let dot = _mm256_cvtepi32_ps(dot);
-            let (dx, sx) = unsafe { (*ds[r].add(2 * b), *ds[r].add(2 * b + 1)) };
+            let dx = unsafe { *ds[r].add(2 * b) };
             let scale = _mm256_mul_ps(d, _mm256_set1_ps(dx));
-            acc[r] = _mm256_fmadd_ps(dot, scale, acc[r]);
+            let dot = if VNNI && RX <= 2 {
+                _mm256_add_epi32(dot[r], dot_hi[r])
+            } else {
+                dot[r]
+            };
+            acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), scale, acc[r]);
+        }
+    }
+    // Then the mins, in their own pass.
+    let mut off = [_mm256_setzero_ps(); RX];
+    for b in 0..blocks {
+        let (_, m) = params(b);
+        for r in 0..RX {
+            let sx = unsafe { *ds[r].add(2 * b + 1) };
             off[r] = _mm256_fmadd_ps(m, _mm256_set1_ps(sx), off[r]);
         }
     }
