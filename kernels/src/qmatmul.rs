@@ -31,6 +31,12 @@ mod avx2 {
     pub(super) fn available(_: bool) -> bool {
         false
     }
+    pub(super) fn quantize_available() -> bool {
+        false
+    }
+    pub(super) fn quantize(_: &[f32], _: &mut [i8], _: &mut [[f32; 2]]) {
+        unreachable!("no AVX2 quantizer on this architecture")
+    }
     pub(super) fn tile<const RX: usize>(
         t: &super::Tile<'_, RX>,
         _: bool,
@@ -231,7 +237,7 @@ fn f32_to_f16_exact(v: f32) -> u16 {
 /// and subtracting `1.5·2^23` leaves no fraction bits. `f32::round_ties_even` is a call to
 /// `rintf` on baseline x86-64, a tenth of a prefill's time.
 #[inline(always)]
-fn round_ties_even(v: f32) -> f32 {
+pub(crate) fn round_ties_even(v: f32) -> f32 {
     const MAGIC: f32 = 12_582_912.0; // 1.5 · 2^23
     (v + MAGIC) - MAGIC
 }
@@ -249,8 +255,8 @@ pub struct Quantized {
 impl Quantized {
     /// Quantizes the rows of `x` (`[rows, k]`, `k` a multiple of [`BLOCK`]), reusing the buffers.
     /// A block's scale is `max|x|/127` and its codes `x/d` rounded to nearest (ties to even), in
-    /// −127..127; a block holding a NaN or an infinity gets a NaN scale, so that it poisons its
-    /// outputs.
+    /// −127..127; a block holding a NaN or an infinity gets zero codes and a NaN scale, so that
+    /// it poisons its outputs.
     pub fn quantize(&mut self, x: &[f32], k: usize) {
         self.parts(x, k).into_iter().for_each(Part::quantize);
     }
@@ -304,14 +310,29 @@ pub struct Part<'a> {
 }
 
 impl Part<'_> {
+    /// Quantizes the part's rows, with AVX2 where the CPU has it (the same result).
     pub fn quantize(self) {
+        if avx2::quantize_available() {
+            avx2::quantize(self.x, self.q, self.ds);
+        } else {
+            self.quantize_portable();
+        }
+    }
+
+    /// [`Part::quantize`] in plain Rust: the definition the AVX2 quantizer equals bit for bit. A
+    /// block with a NaN or an infinity gets zero codes and a NaN scale.
+    pub fn quantize_portable(self) {
         let blocks = self
             .x
             .chunks_exact(BLOCK)
             .zip(self.q.chunks_exact_mut(BLOCK));
         for ((xb, qb), ds) in blocks.zip(self.ds.iter_mut()) {
+            if !xb.iter().all(|v| v.is_finite()) {
+                qb.fill(0);
+                *ds = [f32::NAN; 2];
+                continue;
+            }
             let amax = xb.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-            let finite = xb.iter().all(|v| v.is_finite());
             let scale = amax / 127.0;
             let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
             let mut sum = 0i32;
@@ -320,8 +341,7 @@ impl Part<'_> {
                 *q = round_ties_even(v * inv).clamp(-127.0, 127.0) as i8;
                 sum += i32::from(*q);
             }
-            let d = if finite { scale } else { f32::NAN };
-            *ds = [d, d * sum as f32];
+            *ds = [scale, scale * sum as f32];
         }
     }
 }

@@ -58,6 +58,79 @@ pub(super) fn tile<const RX: usize>(t: &Tile<'_, RX>, vnni: bool) -> [[f32; GROU
     }
 }
 
+/// Whether the CPU runs [`quantize`].
+pub(super) fn quantize_available() -> bool {
+    std::arch::is_x86_feature_detected!("avx2")
+}
+
+/// [`super::Part::quantize_portable`] with AVX2, bit for bit: the same scale (the maximum is
+/// exact in any order), the same products, rounding and clamp per value, and an exact integer
+/// sum. Panics without AVX2 or unless `x` and `q` hold the blocks of `ds`.
+pub(super) fn quantize(x: &[f32], q: &mut [i8], ds: &mut [[f32; 2]]) {
+    assert!(quantize_available(), "the AVX2 quantizer needs AVX2");
+    assert!(
+        x.len() == ds.len() * BLOCK && q.len() == x.len(),
+        "block counts"
+    );
+    // SAFETY: the CPU has AVX2 (checked above).
+    unsafe { quantize_avx2(x, q, ds) }
+}
+
+#[target_feature(enable = "avx2")]
+fn quantize_avx2(x: &[f32], q: &mut [i8], ds: &mut [[f32; 2]]) {
+    let sign = _mm256_set1_ps(-0.0);
+    let magic = _mm256_set1_ps(12_582_912.0); // 1.5 · 2^23, as `round_ties_even`
+    let (lo, hi) = (_mm256_set1_ps(-127.0), _mm256_set1_ps(127.0));
+    let blocks = x.chunks_exact(BLOCK).zip(q.chunks_exact_mut(BLOCK));
+    for ((xb, qb), ds) in blocks.zip(ds.iter_mut()) {
+        // SAFETY: a block is 32 floats.
+        let v: [__m256; 4] =
+            std::array::from_fn(|i| unsafe { _mm256_loadu_ps(xb.as_ptr().add(8 * i)) });
+        // `x - x` is 0 for finite values and NaN for NaN and infinities.
+        let finite = v.iter().fold(true, |all, &v| {
+            let zero = _mm256_cmp_ps::<_CMP_EQ_OQ>(_mm256_sub_ps(v, v), _mm256_setzero_ps());
+            all && _mm256_movemask_ps(zero) == 0xff
+        });
+        if !finite {
+            qb.fill(0);
+            *ds = [f32::NAN; 2];
+            continue;
+        }
+        let abs = v.map(|v| _mm256_andnot_ps(sign, v));
+        let m = _mm256_max_ps(_mm256_max_ps(abs[0], abs[1]), _mm256_max_ps(abs[2], abs[3]));
+        let m = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps::<1>(m));
+        let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+        let amax = _mm_cvtss_f32(_mm_max_ss(m, _mm_shuffle_ps::<1>(m, m)));
+        let scale = amax / 127.0;
+        let inv = _mm256_set1_ps(if scale > 0.0 { 1.0 / scale } else { 0.0 });
+        let codes = v.map(|v| {
+            let r = _mm256_sub_ps(_mm256_add_ps(_mm256_mul_ps(v, inv), magic), magic);
+            _mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(r, lo), hi))
+        });
+        let sum = _mm256_add_epi32(
+            _mm256_add_epi32(codes[0], codes[1]),
+            _mm256_add_epi32(codes[2], codes[3]),
+        );
+        let sum = _mm_add_epi32(
+            _mm256_castsi256_si128(sum),
+            _mm256_extracti128_si256::<1>(sum),
+        );
+        let sum = _mm_add_epi32(sum, _mm_unpackhi_epi64(sum, sum));
+        let sum = _mm_cvtsi128_si32(_mm_add_epi32(sum, _mm_shuffle_epi32::<1>(sum)));
+        // 32-bit to 8-bit within 128-bit lanes, then the lanes' 4-byte groups back in order.
+        let words = [
+            _mm256_packs_epi32(codes[0], codes[1]),
+            _mm256_packs_epi32(codes[2], codes[3]),
+        ];
+        let bytes = _mm256_packs_epi16(words[0], words[1]);
+        let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+        let bytes = _mm256_permutevar8x32_epi32(bytes, order);
+        // SAFETY: a block is 32 bytes.
+        unsafe { _mm256_storeu_si256(qb.as_mut_ptr().cast(), bytes) };
+        *ds = [scale, scale * sum as f32];
+    }
+}
+
 /// `acc + Σ_{i<4} a_u8[4j+i]·b_i8[4j+i]` in each 32-bit lane `j`, exactly: AVX-512 VNNI's
 /// `vpdpbusd` on 256-bit vectors (EVEX-encoded, so AVX-512 VL; Rust 1.88 has no intrinsic
 /// for it).

@@ -211,3 +211,44 @@ fn a_non_finite_activation_poisons_its_row_only() {
     assert!(y[..n].iter().all(|v| v.is_finite()));
     assert!(y[n..].iter().all(|v| v.is_nan()));
 }
+
+/// The quantizer the CPU runs equals the portable definition bit for bit: ordinary blocks,
+/// halves that round to even (`127·(i + 0.5)/127` codes), a zero block, tiny and huge values,
+/// and blocks with a NaN or an infinity (zero codes, NaN scale).
+#[test]
+fn the_quantizer_equals_the_portable_one() {
+    let mut rng = Lcg(11);
+    let k = 32 * 12;
+    let mut x: Vec<f32> = (0..3 * k).map(|_| rng.unit() * 4.0).collect();
+    // Block 1: exact halves once scaled (the maximum 127 makes the scale 1).
+    for (i, v) in x[32..64].iter_mut().enumerate() {
+        *v = if i == 0 { 127.0 } else { i as f32 - 0.5 - 16.0 };
+    }
+    x[64..96].fill(0.0);
+    x[96..128].iter_mut().for_each(|v| *v *= 1e-40);
+    x[128..160].iter_mut().for_each(|v| *v *= 3e38);
+    x[170] = f32::NAN;
+    x[200] = f32::NEG_INFINITY;
+    x[k + 5] = -0.0;
+    let quantized = |portable: bool| {
+        let mut q = Quantized::default();
+        for part in q.parts(&x, k) {
+            if portable {
+                part.quantize_portable();
+            } else {
+                part.quantize();
+            }
+        }
+        q
+    };
+    let (want, got) = (quantized(true), quantized(false));
+    assert_eq!(got.q, want.q);
+    let bits =
+        |q: &Quantized| -> Vec<[u32; 2]> { q.ds.iter().map(|d| d.map(f32::to_bits)).collect() };
+    assert_eq!(bits(&got), bits(&want));
+    // The blocks above as intended: halves to even, zeros, NaN scales for non-finite blocks.
+    assert_eq!(want.q[33..37], [-16, -14, -14, -12]); // -15.5, -14.5, -13.5, -12.5
+    assert!(want.q[64..96].iter().all(|&c| c == 0) && want.ds[2] == [0.0, 0.0]);
+    assert!(want.ds[5][0].is_nan() && want.ds[6][0].is_nan() && want.ds[7][0].is_finite());
+    assert!(want.q.iter().all(|&c| c != i8::MIN));
+}
