@@ -220,7 +220,7 @@ pub(crate) fn softmax_unnormalized(x: &mut [f32]) -> f32 {
 /// `e^x` for `x <= 0` (relative error about 2e-7), branch-free so it vectorizes. Results below
 /// `e^-87` are not exact but tiny; NaN stays NaN.
 #[inline(always)]
-fn exp_neg(x: f32) -> f32 {
+pub(crate) fn exp_neg(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const LN2_HI: f32 = 0.693_359_4;
     const LN2_LO: f32 = -2.121_944_4e-4;

@@ -31,11 +31,17 @@ mod avx2 {
     pub(super) fn available(_: bool) -> bool {
         false
     }
-    pub(super) fn quantize_available() -> bool {
+    pub(super) fn has_avx2() -> bool {
         false
     }
     pub(super) fn quantize(_: &[f32], _: &mut [i8], _: &mut [[f32; 2]]) {
         unreachable!("no AVX2 quantizer on this architecture")
+    }
+    pub(super) fn silu_mul<const RX: usize>(
+        g: &mut [[f32; super::GROUP]; RX],
+        u: &[[f32; super::GROUP]; RX],
+    ) {
+        super::silu_mul(g, u)
     }
     pub(super) fn tile<const RX: usize>(
         t: &super::Tile<'_, RX>,
@@ -312,7 +318,7 @@ pub struct Part<'a> {
 impl Part<'_> {
     /// Quantizes the part's rows, with AVX2 where the CPU has it (the same result).
     pub fn quantize(self) {
-        if avx2::quantize_available() {
+        if avx2::has_avx2() {
             avx2::quantize(self.x, self.q, self.ds);
         } else {
             self.quantize_portable();
@@ -357,6 +363,9 @@ pub struct MatMul<'a> {
     /// and ARM).
     out: &'a [AtomicU32],
     kernel: Kernel,
+    /// Whether `w` holds `2n` columns, a gate's then an up projection's, and the output is
+    /// [`silu`]`(gate)·up`.
+    glu: bool,
 }
 
 /// The instructions a product runs on.
@@ -401,14 +410,40 @@ impl<'a> MatMul<'a> {
         x: &'a Quantized,
         out: &'a mut [f32],
     ) -> Self {
+        Self::build(format, w, n, x, out, false)
+    }
+
+    /// The gated product of a feed-forward layer: `w` holds `2n` columns, the gate's `n` then
+    /// the up projection's `n` (as [`MatMul::new`] would take them side by side), and output
+    /// `[r, c]` is `silu(gate[r, c])·up[r, c]` ([`silu`]), computed from the two products
+    /// exactly as [`MatMul::new`] computes them. Panics as [`MatMul::new`] does.
+    pub fn glu(
+        format: Format,
+        w: &'a [u8],
+        n: usize,
+        x: &'a Quantized,
+        out: &'a mut [f32],
+    ) -> Self {
+        Self::build(format, w, n, x, out, true)
+    }
+
+    fn build(
+        format: Format,
+        w: &'a [u8],
+        n: usize,
+        x: &'a Quantized,
+        out: &'a mut [f32],
+        glu: bool,
+    ) -> Self {
         assert!(
             n.is_multiple_of(GROUP),
             "n = {n} is not a multiple of {GROUP}"
         );
+        let columns = if glu { 2 * n } else { n };
         assert_eq!(
             w.len(),
-            n / GROUP * x.k / BLOCK * format.block_bytes(),
-            "weight bytes for {n}×{}",
+            columns / GROUP * x.k / BLOCK * format.block_bytes(),
+            "weight bytes for {columns}×{}",
             x.k
         );
         assert_eq!(out.len(), x.rows * n, "output length");
@@ -426,6 +461,7 @@ impl<'a> MatMul<'a> {
             x,
             out,
             kernel: Kernel::best(),
+            glu,
         }
     }
 
@@ -476,22 +512,54 @@ impl<'a> MatMul<'a> {
     /// Outputs `[row..row+RX] × [8·group..8·group+8]`.
     #[inline(always)]
     fn tile<const RX: usize>(&self, row: usize, group: usize) {
-        let bytes = self.x.k / BLOCK * self.format.block_bytes();
-        let tile: Tile<'_, RX> = Tile {
-            format: self.format,
-            w: &self.w[group * bytes..][..bytes],
-            x: std::array::from_fn(|r| self.x.row(row + r)),
+        let product = |group: usize| {
+            let bytes = self.x.k / BLOCK * self.format.block_bytes();
+            let tile: Tile<'_, RX> = Tile {
+                format: self.format,
+                w: &self.w[group * bytes..][..bytes],
+                x: std::array::from_fn(|r| self.x.row(row + r)),
+            };
+            match self.kernel {
+                Kernel::Portable => portable::tile(&tile),
+                Kernel::Avx2 => avx2::tile(&tile, false),
+                Kernel::Avx2Vnni => avx2::tile(&tile, true),
+            }
         };
-        let y: [[f32; GROUP]; RX] = match self.kernel {
-            Kernel::Portable => portable::tile(&tile),
-            Kernel::Avx2 => avx2::tile(&tile, false),
-            Kernel::Avx2Vnni => avx2::tile(&tile, true),
-        };
+        let mut y: [[f32; GROUP]; RX] = product(group);
+        if self.glu {
+            let up = product(self.n / GROUP + group);
+            if self.kernel == Kernel::Portable {
+                silu_mul(&mut y, &up);
+            } else {
+                avx2::silu_mul(&mut y, &up);
+            }
+        }
         for (r, y) in y.iter().enumerate() {
             let out = &self.out[(row + r) * self.n + group * GROUP..][..GROUP];
             for (o, &v) in out.iter().zip(y) {
                 o.store(v.to_bits(), Ordering::Relaxed);
             }
+        }
+    }
+}
+
+/// `x·σ(x)`, with the logistic `σ(x) = 1/(1 + e^−x)` from [`crate::attention`]'s `e^x` for
+/// `x ≤ 0` (relative error about 2e-7): `1/(1 + e^−|x|)` for `x ≥ 0`, `e^x/(1 + e^x)` below, so
+/// that no exponent overflows. NaN stays NaN.
+#[inline(always)]
+pub fn silu(x: f32) -> f32 {
+    let e = crate::attention::exp_neg(-x.abs());
+    let sigmoid = if x >= 0.0 { 1.0 } else { e } / (1.0 + e);
+    x * sigmoid
+}
+
+/// `g = silu(g)·u`, lane by lane, in a loop the compiler vectorizes (the AVX2 build gives the
+/// same bits: no operation here is fused).
+#[inline(always)]
+fn silu_mul<const RX: usize>(g: &mut [[f32; GROUP]; RX], u: &[[f32; GROUP]; RX]) {
+    for (g, u) in g.iter_mut().zip(u) {
+        for (g, &u) in g.iter_mut().zip(u) {
+            *g = silu(*g) * u;
         }
     }
 }

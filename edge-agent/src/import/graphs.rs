@@ -254,36 +254,56 @@ fn project(
     g.op("Concat", "", &refs, vec![Attr::Int("axis", -1)])
 }
 
-/// The gate and up projections of `layer` on the (normed) `x`. One `QMatMul` holding both
-/// would need a `Split` after it, which ONNX Runtime ran 15× slower than after `MatMulNBits`
-/// (3.8 ms per layer of a 512-token prefill); two nodes over the halves of its blocks (gate's
-/// columns first, whole groups of 8) need none.
-fn gate_up(g: &mut GraphBuilder, x: &str, layer: &LayerWeights, d: Dims) -> (String, String) {
+/// The gated feed-forward product `act(x·Gᵀ)·(x·Uᵀ)` of `layer` on the (normed) `x`.
+///
+/// With the blocks in `QMatMul`'s formats, SiLU models get one gated node (`glu`), which writes
+/// only the product: the gate and up outputs it spares were each written, then read by a
+/// `Sigmoid`/`Mul` pair ONNX Runtime fuses into `QuickGelu` and a `Mul`, about 3 ms a layer of a
+/// 512-token prefill. GELU models get two nodes over the halves of the blocks (gate's columns
+/// first, whole groups of 8): one node over both would need a `Split` after it, which ONNX
+/// Runtime ran 15× slower than after `MatMulNBits`.
+fn gated(g: &mut GraphBuilder, x: &str, layer: &LayerWeights, d: Dims) -> String {
     let own = match &layer.gate_up[..] {
         _ if d.accuracy_level == 0 || !d.n_ff.is_multiple_of(seam_kernels::qmatmul::GROUP) => None,
         [Linear::Q4(w)] => w.blocks(),
         [Linear::Q8(w)] => w.blocks5(),
         _ => None,
     };
-    if let Some((format, blocks)) = own {
-        let (gate, up) = blocks.split_at(blocks.len() / 2);
-        let mut half = |stem: &str, bytes: &[u8]| {
-            let b = g.init_u8(stem, &[bytes.len() as i64], bytes.to_vec());
-            qmatmul::node(g, x, &b, d.n_embd, d.n_ff, format)
-        };
-        return (half("gate_blocks", gate), half("up_blocks", up));
-    }
-    let gu = project(g, x, d.n_embd, &layer.gate_up, "gate_up", d.accuracy_level);
-    let split = g.init_i64("split", &[2], &[d.n_ff as i64, d.n_ff as i64]);
-    let (gate, up) = (g.fresh("gate"), g.fresh("up"));
-    g.node(
-        "Split",
-        "",
-        &[&gu, &split],
-        &[&gate, &up],
-        vec![Attr::Int("axis", -1)],
-    );
-    (gate, up)
+    let (gate, up) = match own {
+        Some((format, blocks)) if !d.gelu => {
+            let b = g.init_u8("gate_up_blocks", &[blocks.len() as i64], blocks);
+            return qmatmul::glu_node(g, x, &b, d.n_embd, d.n_ff, format);
+        }
+        Some((format, blocks)) => {
+            let (gate, up) = blocks.split_at(blocks.len() / 2);
+            let mut half = |stem: &str, bytes: &[u8]| {
+                let b = g.init_u8(stem, &[bytes.len() as i64], bytes.to_vec());
+                qmatmul::node(g, x, &b, d.n_embd, d.n_ff, format)
+            };
+            (half("gate_blocks", gate), half("up_blocks", up))
+        }
+        None => {
+            let gu = project(g, x, d.n_embd, &layer.gate_up, "gate_up", d.accuracy_level);
+            let split = g.init_i64("split", &[2], &[d.n_ff as i64, d.n_ff as i64]);
+            let (gate, up) = (g.fresh("gate"), g.fresh("up"));
+            g.node(
+                "Split",
+                "",
+                &[&gu, &split],
+                &[&gate, &up],
+                vec![Attr::Int("axis", -1)],
+            );
+            (gate, up)
+        }
+    };
+    let act = if d.gelu {
+        // 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))), as ggml's GELU.
+        g.op("FastGelu", MS_DOMAIN, &[&gate], vec![])
+    } else {
+        let sig = g.op("Sigmoid", "", &[&gate], vec![]);
+        g.op("Mul", "", &[&gate, &sig], vec![])
+    };
+    g.op("Mul", "", &[&act, &up], vec![])
 }
 
 /// The qkv projection of `layer` on the (normed) `x`.
@@ -342,15 +362,7 @@ fn layer_tail(
         o = rms_norm(g, &o, post_attn, d.eps);
     }
     let (x, mid) = skip_rms_norm(g, &o, residual, &layer.ffn_norm, d.eps);
-    let (gate, up) = gate_up(g, &x, layer, d);
-    let act = if d.gelu {
-        // 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))), as ggml's GELU.
-        g.op("FastGelu", MS_DOMAIN, &[&gate], vec![])
-    } else {
-        let sig = g.op("Sigmoid", "", &[&gate], vec![]);
-        g.op("Mul", "", &[&gate, &sig], vec![])
-    };
-    let h = g.op("Mul", "", &[&act, &up], vec![]);
+    let h = gated(g, &x, layer, d);
     let mut down = project(
         g,
         &h,

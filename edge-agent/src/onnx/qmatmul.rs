@@ -9,7 +9,10 @@
 //! product.
 //!
 //! Inputs: `x` f32 `[..., K]`; `w` uint8, the `N × K` layer in the layout `format` names
-//! ([`Format::pack`]). Output: f32 `[..., N]`. Attributes: `K`, `N`, `format` ([`Format::code`]).
+//! ([`Format::pack`]). Output: f32 `[..., N]`. Attributes: `K`, `N`, `format` ([`Format::code`]),
+//! and `glu` (optional, 0 by default): with 1, `w` holds `2N` columns, a feed-forward layer's
+//! gate then its up projection, and the output is `silu(gate)·up` ([`MatMul::glu`]), which
+//! spares the graph two nodes and a `[..., 2N]` intermediate.
 
 use crate::onnx::{Attr, GraphBuilder};
 use ort::operator::{
@@ -34,17 +37,40 @@ pub fn domain() -> ort::Result<OperatorDomain> {
 
 /// Adds `x·Wᵀ` to `g`: `w` names a uint8 initializer of `n` rows of `k/32` blocks in `format`.
 pub fn node(g: &mut GraphBuilder, x: &str, w: &str, k: usize, n: usize, format: Format) -> String {
+    node_with(g, x, w, (k, n), format, false)
+}
+
+/// Adds `silu(x·Gᵀ)·(x·Uᵀ)` to `g`: `w` names a uint8 initializer of the gate's `n` rows then the
+/// up projection's `n` rows, of `k/32` blocks each in `format`.
+pub fn glu_node(
+    g: &mut GraphBuilder,
+    x: &str,
+    w: &str,
+    k: usize,
+    n: usize,
+    format: Format,
+) -> String {
+    node_with(g, x, w, (k, n), format, true)
+}
+
+fn node_with(
+    g: &mut GraphBuilder,
+    x: &str,
+    w: &str,
+    (k, n): (usize, usize),
+    format: Format,
+    glu: bool,
+) -> String {
     g.import_domain(DOMAIN);
-    g.op(
-        OP,
-        DOMAIN,
-        &[x, w],
-        vec![
-            Attr::Int("K", k as i64),
-            Attr::Int("N", n as i64),
-            Attr::Int("format", format.code()),
-        ],
-    )
+    let mut attrs = vec![
+        Attr::Int("K", k as i64),
+        Attr::Int("N", n as i64),
+        Attr::Int("format", format.code()),
+    ];
+    if glu {
+        attrs.push(Attr::Int("glu", 1));
+    }
+    g.op(OP, DOMAIN, &[x, w], attrs)
 }
 
 struct QMatMul;
@@ -57,6 +83,8 @@ struct Dims {
     format: Format,
     /// Bytes of the weight input.
     bytes: usize,
+    /// Whether the node is a gated product (`2N` columns in).
+    glu: bool,
 }
 
 impl Operator for QMatMul {
@@ -118,12 +146,20 @@ impl Operator for QMatMul {
         let (k, n, code) = (attr("K")?, attr("N")?, attr("format")?);
         let format = Format::from_code(code)
             .ok_or_else(|| ort::Error::new(format!("{OP}: unknown weight format {code}")))?;
+        let glu = match ctx.get::<i64>("glu").unwrap_or(0) {
+            0 => false,
+            1 => true,
+            other => {
+                return Err(ort::Error::new(format!("{OP}: glu = {other}, want 0 or 1")));
+            }
+        };
         let shape = match (usize::try_from(k), usize::try_from(n)) {
             (Ok(k), Ok(n))
                 if k > 0 && k.is_multiple_of(BLOCK) && n > 0 && n.is_multiple_of(GROUP) =>
             {
                 let bytes = (n / GROUP)
-                    .checked_mul(k / BLOCK)
+                    .checked_mul(if glu { 2 } else { 1 })
+                    .and_then(|b| b.checked_mul(k / BLOCK))
                     .and_then(|b| b.checked_mul(format.block_bytes()))
                     .ok_or_else(|| ort::Error::new(format!("{OP}: {n}×{k} is too large")))?;
                 Dims {
@@ -131,6 +167,7 @@ impl Operator for QMatMul {
                     n,
                     format,
                     bytes,
+                    glu,
                 }
             }
             _ => {
@@ -169,7 +206,7 @@ fn compute(ctx: &ComputeContext, s: Dims) -> ort::Result<()> {
         return Err(ort::Error::new(format!(
             "{OP}: {} weight bytes for {}×{} in {:?}, want {want}",
             w.len(),
-            s.n,
+            if s.glu { 2 * s.n } else { s.n },
             s.k,
             s.format
         )));
@@ -208,7 +245,11 @@ fn compute(ctx: &ComputeContext, s: Dims) -> ort::Result<()> {
                 "{OP}: quantizing the activations panicked"
             )));
         }
-        let mm = MatMul::new(s.format, w, s.n, q, y);
+        let mm = if s.glu {
+            MatMul::glu(s.format, w, s.n, q, y)
+        } else {
+            MatMul::new(s.format, w, s.n, q, y)
+        };
         parallel(ctx, mm.tasks(), &panicked, |t| mm.run(t))?;
         if panicked.into_inner() {
             return Err(ort::Error::new(format!("{OP}: the kernel panicked")));
@@ -262,14 +303,29 @@ mod tests {
     /// Runs one `QMatMul` node over `x` (`[rows, k]`) with the layer's packed blocks (or `bytes`
     /// in their place).
     fn run(w: &Q4Linear, x: &[f32], bytes: Option<Vec<u8>>) -> ort::Result<Vec<f32>> {
+        run_node(w, x, bytes, false)
+    }
+
+    /// [`run`], or with `glu` the gated node over the layer's two halves of rows.
+    fn run_node(
+        w: &Q4Linear,
+        x: &[f32],
+        bytes: Option<Vec<u8>>,
+        glu: bool,
+    ) -> ort::Result<Vec<f32>> {
         seam_shared::ort_env::init(2).expect("onnx runtime");
         let (format, packed) = w.blocks().expect("n is a multiple of 8");
         let bytes = bytes.unwrap_or(packed);
         let mut g = GraphBuilder::new("qmatmul");
         let input = g.input_f32("x", &[Dim::Named("rows"), Dim::Fixed(w.k as i64)]);
         let b = g.init_u8("w", &[bytes.len() as i64], bytes);
-        let y = node(&mut g, &input, &b, w.k, w.n, format);
-        g.output_f32(&y, "y", &[Dim::Named("rows"), Dim::Fixed(w.n as i64)]);
+        let n = if glu { w.n / 2 } else { w.n };
+        let y = if glu {
+            glu_node(&mut g, &input, &b, w.k, n, format)
+        } else {
+            node(&mut g, &input, &b, w.k, n, format)
+        };
+        g.output_f32(&y, "y", &[Dim::Named("rows"), Dim::Fixed(n as i64)]);
         let mut session = session_from_memory(&g.finish("one QMatMul")).expect("session");
         let rows = x.len() / w.k;
         let out =
@@ -314,5 +370,25 @@ mod tests {
         let w = layer(8, 64);
         let err = run(&w, &[0.5; 64], Some(vec![0; 17])).expect_err("17 bytes");
         assert!(err.to_string().contains("17 weight bytes"), "{err}");
+    }
+
+    #[test]
+    fn the_gated_node_is_silu_of_the_gate_times_up() {
+        let (n, k, rows) = (32, 64, 9);
+        let w = layer(2 * n, k);
+        let x: Vec<f32> = (0..rows * k)
+            .map(|i| ((i * 53 % 97) as f32 - 48.0) / 20.0)
+            .collect();
+        let both = run(&w, &x, None).expect("runs");
+        let gated = run_node(&w, &x, None, true).expect("runs");
+        for r in 0..rows {
+            for c in 0..n {
+                let (gate, up) = (both[r * 2 * n + c], both[r * 2 * n + n + c]);
+                let want = seam_kernels::qmatmul::silu(gate) * up;
+                assert_eq!(gated[r * n + c].to_bits(), want.to_bits(), "[{r},{c}]");
+            }
+        }
+        let err = run_node(&w, &x, Some(vec![0; 40]), true).expect_err("40 bytes");
+        assert!(err.to_string().contains("for 64×64"), "{err}");
     }
 }

@@ -58,8 +58,20 @@ pub(super) fn tile<const RX: usize>(t: &Tile<'_, RX>, vnni: bool) -> [[f32; GROU
     }
 }
 
-/// Whether the CPU runs [`quantize`].
-pub(super) fn quantize_available() -> bool {
+/// [`super::silu_mul`] compiled with AVX2 (the same bits). Panics without AVX2.
+pub(super) fn silu_mul<const RX: usize>(g: &mut [[f32; GROUP]; RX], u: &[[f32; GROUP]; RX]) {
+    assert!(has_avx2(), "the AVX2 build needs AVX2");
+    // SAFETY: the CPU has AVX2 (checked above).
+    unsafe { silu_mul_avx2(g, u) }
+}
+
+#[target_feature(enable = "avx2")]
+fn silu_mul_avx2<const RX: usize>(g: &mut [[f32; GROUP]; RX], u: &[[f32; GROUP]; RX]) {
+    super::silu_mul(g, u);
+}
+
+/// Whether the CPU has AVX2 ([`quantize`], [`silu_mul`]).
+pub(super) fn has_avx2() -> bool {
     std::arch::is_x86_feature_detected!("avx2")
 }
 
@@ -67,7 +79,7 @@ pub(super) fn quantize_available() -> bool {
 /// exact in any order), the same products, rounding and clamp per value, and an exact integer
 /// sum. Panics without AVX2 or unless `x` and `q` hold the blocks of `ds`.
 pub(super) fn quantize(x: &[f32], q: &mut [i8], ds: &mut [[f32; 2]]) {
-    assert!(quantize_available(), "the AVX2 quantizer needs AVX2");
+    assert!(has_avx2(), "the AVX2 quantizer needs AVX2");
     assert!(
         x.len() == ds.len() * BLOCK && q.len() == x.len(),
         "block counts"

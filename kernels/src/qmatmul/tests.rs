@@ -252,3 +252,55 @@ fn the_quantizer_equals_the_portable_one() {
     assert!(want.ds[5][0].is_nan() && want.ds[6][0].is_nan() && want.ds[7][0].is_finite());
     assert!(want.q.iter().all(|&c| c != i8::MIN));
 }
+
+/// The gated product equals `silu(gate)·up` of the two products side by side, bit for bit, on
+/// every kernel and format and for batches of any size (tails of the 4-row tiles included).
+#[test]
+fn the_gated_product_is_silu_of_the_gate_times_up() {
+    let mut rng = Lcg(17);
+    let (n, k) = (24, 96);
+    for format in FORMATS {
+        let (bytes, _) = weights(format, 2 * n, k, &mut rng);
+        for rows in [1, 6, 70] {
+            let x: Vec<f32> = (0..rows * k).map(|_| rng.unit() * 3.0).collect();
+            let mut q = Quantized::default();
+            q.quantize(&x, k);
+            let both = product(format, &bytes, 2 * n, &q, Kernel::Portable);
+            let want: Vec<f32> = (0..rows * n)
+                .map(|i| {
+                    let (r, c) = (i / n, i % n);
+                    silu(both[r * 2 * n + c]) * both[r * 2 * n + n + c]
+                })
+                .collect();
+            for kernel in Kernel::available() {
+                let mut got = vec![f32::NAN; rows * n];
+                MatMul::glu(format, &bytes, n, &q, &mut got)
+                    .on(kernel)
+                    .run_all();
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(
+                    bits(&got),
+                    bits(&want),
+                    "{format:?}, {rows} rows, {kernel:?}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn silu_is_x_times_the_logistic() {
+    for i in -2000..=2000 {
+        let x = i as f32 / 40.0;
+        let want = f64::from(x) / (1.0 + (-f64::from(x)).exp());
+        let got = f64::from(silu(x));
+        assert!(
+            (got - want).abs() <= 1e-6 * want.abs().max(1e-30),
+            "silu({x}) = {got}, want {want}"
+        );
+    }
+    assert!(silu(f32::NAN).is_nan());
+    assert_eq!(silu(0.0), 0.0);
+    assert_eq!(silu(200.0), 200.0);
+    assert!(silu(-200.0).abs() < 1e-30);
+}
