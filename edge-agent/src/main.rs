@@ -210,6 +210,7 @@ enum Command {
         prefill: usize,
         #[arg(long, default_value_t = 128)]
         decode: usize,
+        /// Measured rounds (the best counts), after two untimed warm-up rounds.
         #[arg(long, default_value_t = 3)]
         repeats: usize,
         /// Measure in this process only and print JSON (used by the parent).
