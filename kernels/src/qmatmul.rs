@@ -243,10 +243,12 @@ fn f32_to_f16_exact(v: f32) -> u16 {
 /// and subtracting `1.5·2^23` leaves no fraction bits. `f32::round_ties_even` is a call to
 /// `rintf` on baseline x86-64, a tenth of a prefill's time.
 #[inline(always)]
-pub(crate) fn round_ties_even(v: f32) -> f32 {
-    const MAGIC: f32 = 12_582_912.0; // 1.5 · 2^23
-    (v + MAGIC) - MAGIC
+fn round_ties_even(v: f32) -> f32 {
+    (v + ROUND_MAGIC) - ROUND_MAGIC
 }
+
+/// `1.5 · 2^23`: adding and subtracting it rounds an f32 below `2^22` in magnitude to an integer.
+const ROUND_MAGIC: f32 = 12_582_912.0;
 
 /// Activation rows quantized per block: `x ≈ d·q`, `s = d·Σq`.
 #[derive(Debug, Default, Clone)]

@@ -18,7 +18,7 @@
 #![allow(unsafe_code)]
 
 use super::kernel::{F8, Head, MAX_CHUNKS, VL};
-use crate::GROUP;
+use crate::{GROUP, scale_f32};
 use std::arch::x86_64::*;
 
 /// Keys per score tile.
@@ -41,12 +41,6 @@ fn check(hd: usize) {
          up to {} elements (got {hd})",
         MAX_CHUNKS * VL
     );
-}
-
-/// The f32 value of the f16 scale bits, as [`crate::scale_f32`].
-#[inline(always)]
-fn scale(bits: u16) -> f32 {
-    crate::scale_f32(bits)
 }
 
 /// `p[j * n + t] = inv_sqrt * q_j · (k_t with its group scales applied)` for `t0 <= t < n`, as
@@ -91,7 +85,7 @@ unsafe fn scores_avx2(
             let ks = head.scales(k_scales, key);
             for (c, kc) in tile.iter_mut().enumerate().take(nch) {
                 let x = widen(&row[c * VL..][..VL]);
-                *kc = _mm256_mul_ps(x, _mm256_set1_ps(scale(ks[c / CPG])));
+                *kc = _mm256_mul_ps(x, _mm256_set1_ps(scale_f32(ks[c / CPG])));
             }
         }
         for j in 0..nq {
@@ -182,7 +176,7 @@ unsafe fn values_avx2(
             let row = head.row(v, t + i);
             let vs = head.scales(v_scales, t + i);
             for (c, x) in chunks.iter_mut().enumerate() {
-                let s = _mm256_set1_ps(scale(vs[c / CPG]));
+                let s = _mm256_set1_ps(scale_f32(vs[c / CPG]));
                 *x = _mm256_mul_ps(widen(&row[c * VL..][..VL]), s);
             }
         }

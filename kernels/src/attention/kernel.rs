@@ -231,12 +231,12 @@ fn rows_hd<E: Lane, const FMA: bool>(
     let n_rows = q.len() / width;
     // The intrinsics kernels, in the AVX2 build (`FMA`) over an int8 cache.
     #[cfg(target_arch = "x86_64")]
-    let int8 = match (E::int8(k), scales) {
-        (Some(_), Some(scales)) if FMA && super::avx2::fits(hd) => Some(scales),
+    let int8 = match (E::int8(k), E::int8(v), scales) {
+        (Some(k), Some(v), Some(scales)) if FMA && super::avx2::fits(hd) => Some((k, v, scales)),
         _ => None,
     };
     #[cfg(not(target_arch = "x86_64"))]
-    let int8: Option<(&[u16], &[u16])> = None;
+    let int8: Option<(&[i8], &[i8], (&[u16], &[u16]))> = None;
     let max_nq = if int8.is_some() { MAX_NQ_INT8 } else { MAX_NQ };
     // Rows per block: as many whole rows of one kv head's query heads as fit.
     let rows_per_block = (max_nq / sh.group).max(1);
@@ -266,7 +266,7 @@ fn rows_hd<E: Lane, const FMA: bool>(
                 let out = (&mut *out, part.out_base);
                 let args = (k, v, scales, head, block, q, out, &mut scratch);
                 #[cfg(target_arch = "x86_64")]
-                if let (Some(scales), Some(k), Some(v)) = (int8, E::int8(k), E::int8(v)) {
+                if let Some((k, v, scales)) = int8 {
                     let args = (k, v, None, head, block, q, args.6, args.7);
                     run_block_int8(args, scales);
                     continue;

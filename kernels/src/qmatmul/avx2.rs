@@ -91,7 +91,7 @@ pub(super) fn quantize(x: &[f32], q: &mut [i8], ds: &mut [[f32; 2]]) {
 #[target_feature(enable = "avx2")]
 fn quantize_avx2(x: &[f32], q: &mut [i8], ds: &mut [[f32; 2]]) {
     let sign = _mm256_set1_ps(-0.0);
-    let magic = _mm256_set1_ps(12_582_912.0); // 1.5 · 2^23, as `round_ties_even`
+    let magic = _mm256_set1_ps(super::ROUND_MAGIC); // as `round_ties_even`
     let (lo, hi) = (_mm256_set1_ps(-127.0), _mm256_set1_ps(127.0));
     let blocks = x.chunks_exact(BLOCK).zip(q.chunks_exact_mut(BLOCK));
     for ((xb, qb), ds) in blocks.zip(ds.iter_mut()) {
