@@ -7,6 +7,10 @@
 //! the block, as the portable kernel defines it. With VNNI, `vpdpbusd` does a step's products and
 //! sums in one instruction, into 32-bit lanes.
 //!
+//! The VNNI kernel is compiled for AVX-512 F and VL: its vectors stay 256 bits wide (Zen 4 runs
+//! 512-bit ones in two halves), but it gets 32 registers instead of 16, so no row's sums spill
+//! and the activations' broadcasts fold into `vpdpbusd` (a 512-token prefill 17% faster).
+//!
 //! Each code vector is unpacked once for all the tile's rows, and the mins' sums (`Σ m·sx`) run
 //! in a second pass over the group: with them in the first, four rows' accumulators spilled to
 //! the stack. Integer sums are exact in any order and each float sum keeps its block order, so
@@ -18,13 +22,14 @@ use super::{BLOCK, CODES, Format, GROUP, Tile};
 use std::arch::x86_64::*;
 
 /// Whether the CPU runs this kernel (`vnni`: with `vpdpbusd` on 256-bit vectors, which
-/// AVX-512 VNNI with AVX-512 VL provides).
+/// AVX-512 VNNI with AVX-512 VL provides, compiled for AVX-512 F).
 pub(super) fn available(vnni: bool) -> bool {
     std::arch::is_x86_feature_detected!("avx2")
         && std::arch::is_x86_feature_detected!("fma")
         && std::arch::is_x86_feature_detected!("f16c")
         && (!vnni
-            || (std::arch::is_x86_feature_detected!("avx512vnni")
+            || (std::arch::is_x86_feature_detected!("avx512f")
+                && std::arch::is_x86_feature_detected!("avx512vnni")
                 && std::arch::is_x86_feature_detected!("avx512vl")))
 }
 
@@ -46,14 +51,14 @@ pub(super) fn tile<const RX: usize>(t: &Tile<'_, RX>, vnni: bool) -> [[f32; GROU
     // above), which is all the kernel reads.
     unsafe {
         match (t.format, vnni) {
-            (Format::Q4F16, false) => tile_avx2::<RX, true, false, false>(t, blocks),
-            (Format::Q4F32, false) => tile_avx2::<RX, false, false, false>(t, blocks),
-            (Format::Q5F16, false) => tile_avx2::<RX, true, true, false>(t, blocks),
-            (Format::Q5F32, false) => tile_avx2::<RX, false, true, false>(t, blocks),
-            (Format::Q4F16, true) => tile_avx2::<RX, true, false, true>(t, blocks),
-            (Format::Q4F32, true) => tile_avx2::<RX, false, false, true>(t, blocks),
-            (Format::Q5F16, true) => tile_avx2::<RX, true, true, true>(t, blocks),
-            (Format::Q5F32, true) => tile_avx2::<RX, false, true, true>(t, blocks),
+            (Format::Q4F16, false) => tile_avx2::<RX, true, false>(t, blocks),
+            (Format::Q4F32, false) => tile_avx2::<RX, false, false>(t, blocks),
+            (Format::Q5F16, false) => tile_avx2::<RX, true, true>(t, blocks),
+            (Format::Q5F32, false) => tile_avx2::<RX, false, true>(t, blocks),
+            (Format::Q4F16, true) => tile_vnni::<RX, true, false>(t, blocks),
+            (Format::Q4F32, true) => tile_vnni::<RX, false, false>(t, blocks),
+            (Format::Q5F16, true) => tile_vnni::<RX, true, true>(t, blocks),
+            (Format::Q5F32, true) => tile_vnni::<RX, false, true>(t, blocks),
         }
     }
 }
@@ -143,145 +148,142 @@ fn quantize_avx2(x: &[f32], q: &mut [i8], ds: &mut [[f32; 2]]) {
     }
 }
 
-/// `acc + Σ_{i<4} a_u8[4j+i]·b_i8[4j+i]` in each 32-bit lane `j`, exactly: AVX-512 VNNI's
-/// `vpdpbusd` on 256-bit vectors (EVEX-encoded, so AVX-512 VL; Rust 1.88 has no intrinsic
-/// for it).
-///
 /// # Safety
-/// Needs AVX-512 VNNI and AVX-512 VL.
-#[target_feature(enable = "avx2")]
-#[inline]
-unsafe fn dpbusd(acc: __m256i, a: __m256i, b: __m256i) -> __m256i {
-    let mut acc = acc;
-    // SAFETY: the caller guarantees the instruction exists; it touches registers only.
-    unsafe {
-        std::arch::asm!(
-            "{{evex}} vpdpbusd {acc}, {a}, {b}",
-            acc = inout(ymm_reg) acc,
-            a = in(ymm_reg) a,
-            b = in(ymm_reg) b,
-            options(pure, nomem, nostack, preserves_flags),
-        );
-    }
-    acc
-}
-
-/// # Safety
-/// Needs AVX2, FMA and F16C (and AVX-512 VNNI and VL with `VNNI`), and `blocks` blocks in the
-/// group and in every row of `t`.
+/// Needs AVX2, FMA and F16C, and `blocks` blocks in the group and in every row of `t`.
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn tile_avx2<const RX: usize, const F16: bool, const FIVE: bool, const VNNI: bool>(
+unsafe fn tile_avx2<const RX: usize, const F16: bool, const FIVE: bool>(
     t: &Tile<'_, RX>,
     blocks: usize,
 ) -> [[f32; GROUP]; RX] {
-    let bytes = t.format.block_bytes();
-    let at = t.format.codes_at();
-    let w = t.w.as_ptr();
-    let qx: [*const i8; RX] = std::array::from_fn(|r| t.x[r].q.as_ptr());
-    let ds: [*const f32; RX] = std::array::from_fn(|r| t.x[r].ds.as_ptr().cast());
-    let low = _mm256_set1_epi8(0x0f);
-    let ones = _mm256_set1_epi16(1);
-    let fifth = _mm256_set1_epi8(0x10);
-    // SAFETY (all loads): block `b` of the group and of each row is in bounds (see `tile`);
-    // unaligned loads are allowed.
-    let params = |b: usize| {
-        let block = unsafe { w.add(b * bytes) };
-        if F16 {
-            unsafe {
+    // SAFETY: as this function's.
+    unsafe { tile_body::<RX, F16, FIVE, false>(t, blocks) }
+}
+
+/// [`tile_avx2`] with `vpdpbusd`, compiled for AVX-512 so that the tile has 32 vector registers
+/// (the vectors stay 256-bit wide: Zen 4 splits 512-bit ones in two).
+///
+/// # Safety
+/// Needs AVX2, FMA, F16C, AVX-512 F, VL and VNNI, and `blocks` blocks in the group and in every
+/// row of `t`.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512vnni")]
+unsafe fn tile_vnni<const RX: usize, const F16: bool, const FIVE: bool>(
+    t: &Tile<'_, RX>,
+    blocks: usize,
+) -> [[f32; GROUP]; RX] {
+    // SAFETY: as this function's.
+    unsafe { tile_body::<RX, F16, FIVE, true>(t, blocks) }
+}
+
+/// # Safety
+/// Inlined only into [`tile_avx2`] and [`tile_vnni`] (with `VNNI`), whose features and bounds
+/// it needs.
+#[inline(always)]
+unsafe fn tile_body<const RX: usize, const F16: bool, const FIVE: bool, const VNNI: bool>(
+    t: &Tile<'_, RX>,
+    blocks: usize,
+) -> [[f32; GROUP]; RX] {
+    // SAFETY: the callers have the features the intrinsics need; block `b` of the group and of
+    // each row is in bounds (see `tile`), and unaligned loads are allowed.
+    unsafe {
+        let bytes = t.format.block_bytes();
+        let at = t.format.codes_at();
+        let w = t.w.as_ptr();
+        let qx: [*const i8; RX] = std::array::from_fn(|r| t.x[r].q.as_ptr());
+        let ds: [*const f32; RX] = std::array::from_fn(|r| t.x[r].ds.as_ptr().cast());
+        let low = _mm256_set1_epi8(0x0f);
+        let ones = _mm256_set1_epi16(1);
+        let fifth = _mm256_set1_epi8(0x10);
+        let params = |b: usize| {
+            let block = w.add(b * bytes);
+            if F16 {
                 (
                     _mm256_cvtph_ps(_mm_loadu_si128(block.cast())),
                     _mm256_cvtph_ps(_mm_loadu_si128(block.add(16).cast())),
                 )
-            }
-        } else {
-            unsafe {
+            } else {
                 (
                     _mm256_loadu_ps(block.cast()),
                     _mm256_loadu_ps(block.add(32).cast()),
                 )
             }
-        }
-    };
-    // The products first: each code vector is unpacked once and used by every row at once, so
-    // that only the rows' sums stay in registers (with `off` beside them, four rows would spill).
-    let mut acc = [_mm256_setzero_ps(); RX];
-    for b in 0..blocks {
-        let block = unsafe { w.add(b * bytes) };
-        let (d, _) = params(b);
-        let h = if FIVE {
-            unsafe { _mm256_loadu_si256(block.add(at + CODES).cast()) }
-        } else {
-            _mm256_setzero_si256()
         };
-        let x: [*const i8; RX] = std::array::from_fn(|r| unsafe { qx[r].add(b * BLOCK) });
-        let step = |r: usize, i: usize| {
-            _mm256_set1_epi32(unsafe { x[r].add(i).cast::<i32>().read_unaligned() })
-        };
-        // 32-bit sums (VNNI), or 16-bit sums widened every two (5-bit) or four code vectors.
-        let mut dot = [_mm256_setzero_si256(); RX];
-        // With VNNI, a second chain per row (the high nibbles), so that each waits on half as
-        // many `vpdpbusd`s (one row, a decoded token, ran 15% slower with one).
-        let mut dot_hi = [_mm256_setzero_si256(); RX];
-        let mut sum = [_mm256_setzero_si256(); RX];
-        for v in 0..4 {
-            let codes = unsafe { _mm256_loadu_si256(block.add(at + 32 * v).cast()) };
-            let mut lo = _mm256_and_si256(codes, low);
-            let mut hi = _mm256_and_si256(_mm256_srli_epi16::<4>(codes), low);
-            if FIVE {
-                // Bits 2v and 2v + 1 of each byte moved to bit 4 (16-bit shifts: by at most 4
-                // left or 3 right, bit 4 of a byte comes from the same byte) and kept alone.
-                let (l, hh) = match v {
-                    0 => (_mm256_slli_epi16::<4>(h), _mm256_slli_epi16::<3>(h)),
-                    1 => (_mm256_slli_epi16::<2>(h), _mm256_slli_epi16::<1>(h)),
-                    2 => (h, _mm256_srli_epi16::<1>(h)),
-                    _ => (_mm256_srli_epi16::<2>(h), _mm256_srli_epi16::<3>(h)),
-                };
-                lo = _mm256_or_si256(lo, _mm256_and_si256(l, fifth));
-                hi = _mm256_or_si256(hi, _mm256_and_si256(hh, fifth));
-            }
-            for r in 0..RX {
-                if VNNI {
-                    // SAFETY: `VNNI` is only chosen where the CPU has it (see `tile`).
-                    unsafe {
-                        dot[r] = dpbusd(dot[r], lo, step(r, 4 * v));
-                        dot_hi[r] = dpbusd(dot_hi[r], hi, step(r, 16 + 4 * v));
-                    }
-                } else {
-                    sum[r] = _mm256_add_epi16(sum[r], _mm256_maddubs_epi16(lo, step(r, 4 * v)));
-                    sum[r] =
-                        _mm256_add_epi16(sum[r], _mm256_maddubs_epi16(hi, step(r, 16 + 4 * v)));
-                    // At most four 16-bit results of 5-bit codes in one sum.
-                    if v == 3 || (FIVE && v == 1) {
-                        dot[r] = _mm256_add_epi32(dot[r], _mm256_madd_epi16(sum[r], ones));
-                        sum[r] = _mm256_setzero_si256();
+        // The products first: each code vector is unpacked once and used by every row at once, so
+        // that only the rows' sums stay in registers (with `off` beside them, four rows would spill).
+        let mut acc = [_mm256_setzero_ps(); RX];
+        for b in 0..blocks {
+            let block = w.add(b * bytes);
+            let (d, _) = params(b);
+            let h = if FIVE {
+                _mm256_loadu_si256(block.add(at + CODES).cast())
+            } else {
+                _mm256_setzero_si256()
+            };
+            let x: [*const i8; RX] = std::array::from_fn(|r| qx[r].add(b * BLOCK));
+            let step =
+                |r: usize, i: usize| _mm256_set1_epi32(x[r].add(i).cast::<i32>().read_unaligned());
+            // 32-bit sums (VNNI), or 16-bit sums widened every two (5-bit) or four code vectors.
+            let mut dot = [_mm256_setzero_si256(); RX];
+            // With VNNI, a second chain per row (the high nibbles), so that each waits on half as
+            // many `vpdpbusd`s (one row, a decoded token, ran 15% slower with one).
+            let mut dot_hi = [_mm256_setzero_si256(); RX];
+            let mut sum = [_mm256_setzero_si256(); RX];
+            for v in 0..4 {
+                let codes = _mm256_loadu_si256(block.add(at + 32 * v).cast());
+                let mut lo = _mm256_and_si256(codes, low);
+                let mut hi = _mm256_and_si256(_mm256_srli_epi16::<4>(codes), low);
+                if FIVE {
+                    // Bits 2v and 2v + 1 of each byte moved to bit 4 (16-bit shifts: by at most 4
+                    // left or 3 right, bit 4 of a byte comes from the same byte) and kept alone.
+                    let (l, hh) = match v {
+                        0 => (_mm256_slli_epi16::<4>(h), _mm256_slli_epi16::<3>(h)),
+                        1 => (_mm256_slli_epi16::<2>(h), _mm256_slli_epi16::<1>(h)),
+                        2 => (h, _mm256_srli_epi16::<1>(h)),
+                        _ => (_mm256_srli_epi16::<2>(h), _mm256_srli_epi16::<3>(h)),
+                    };
+                    lo = _mm256_or_si256(lo, _mm256_and_si256(l, fifth));
+                    hi = _mm256_or_si256(hi, _mm256_and_si256(hh, fifth));
+                }
+                for r in 0..RX {
+                    if VNNI {
+                        dot[r] = _mm256_dpbusd_epi32(dot[r], lo, step(r, 4 * v));
+                        dot_hi[r] = _mm256_dpbusd_epi32(dot_hi[r], hi, step(r, 16 + 4 * v));
+                    } else {
+                        sum[r] = _mm256_add_epi16(sum[r], _mm256_maddubs_epi16(lo, step(r, 4 * v)));
+                        sum[r] =
+                            _mm256_add_epi16(sum[r], _mm256_maddubs_epi16(hi, step(r, 16 + 4 * v)));
+                        // At most four 16-bit results of 5-bit codes in one sum.
+                        if v == 3 || (FIVE && v == 1) {
+                            dot[r] = _mm256_add_epi32(dot[r], _mm256_madd_epi16(sum[r], ones));
+                            sum[r] = _mm256_setzero_si256();
+                        }
                     }
                 }
             }
+            for r in 0..RX {
+                let dx = *ds[r].add(2 * b);
+                let scale = _mm256_mul_ps(d, _mm256_set1_ps(dx));
+                let dot = if VNNI {
+                    _mm256_add_epi32(dot[r], dot_hi[r])
+                } else {
+                    dot[r]
+                };
+                acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), scale, acc[r]);
+            }
         }
-        for r in 0..RX {
-            let dx = unsafe { *ds[r].add(2 * b) };
-            let scale = _mm256_mul_ps(d, _mm256_set1_ps(dx));
-            let dot = if VNNI {
-                _mm256_add_epi32(dot[r], dot_hi[r])
-            } else {
-                dot[r]
-            };
-            acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), scale, acc[r]);
+        // Then the mins, in their own pass.
+        let mut off = [_mm256_setzero_ps(); RX];
+        for b in 0..blocks {
+            let (_, m) = params(b);
+            for r in 0..RX {
+                let sx = *ds[r].add(2 * b + 1);
+                off[r] = _mm256_fmadd_ps(m, _mm256_set1_ps(sx), off[r]);
+            }
         }
+        std::array::from_fn(|r| {
+            let mut y = [0.0f32; GROUP];
+            // `y` holds 8 floats.
+            _mm256_storeu_ps(y.as_mut_ptr(), _mm256_add_ps(acc[r], off[r]));
+            y
+        })
     }
-    // Then the mins, in their own pass.
-    let mut off = [_mm256_setzero_ps(); RX];
-    for b in 0..blocks {
-        let (_, m) = params(b);
-        for r in 0..RX {
-            let sx = unsafe { *ds[r].add(2 * b + 1) };
-            off[r] = _mm256_fmadd_ps(m, _mm256_set1_ps(sx), off[r]);
-        }
-    }
-    std::array::from_fn(|r| {
-        let mut y = [0.0f32; GROUP];
-        // SAFETY: `y` holds 8 floats.
-        unsafe { _mm256_storeu_ps(y.as_mut_ptr(), _mm256_add_ps(acc[r], off[r])) };
-        y
-    })
 }
