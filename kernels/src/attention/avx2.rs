@@ -98,10 +98,17 @@ unsafe fn scores_avx2(
                 }
             }
             let s = _mm256_mul_ps(sum_lanes(&acc), _mm256_set1_ps(head.inv_sqrt));
-            let mut lanes = [0.0f32; KEYS];
-            // SAFETY: `lanes` is 8 floats.
-            unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), s) };
-            p[j * n + t..][..m].copy_from_slice(&lanes[..m]);
+            let out = &mut p[j * n + t..][..m];
+            if m == KEYS {
+                // SAFETY: `out` is 8 floats.
+                unsafe { _mm256_storeu_ps(out.as_mut_ptr(), s) };
+            } else {
+                // A partial tile through a buffer (a copy of `m` floats is a call to memcpy).
+                let mut lanes = [0.0f32; KEYS];
+                // SAFETY: `lanes` is 8 floats.
+                unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), s) };
+                out.copy_from_slice(&lanes[..m]);
+            }
         }
         t += m;
     }
