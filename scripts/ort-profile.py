@@ -22,6 +22,8 @@ def events(directory):
     if not files:
         sys.exit(f"ort-profile: no profiles (*.json) in {directory}")
     for path in files:
+        if os.path.getsize(path) == 0:
+            continue  # a session that never ran writes an empty profile
         try:
             trace = json.load(open(path))
         except (OSError, json.JSONDecodeError) as e:

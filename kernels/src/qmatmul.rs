@@ -354,8 +354,8 @@ impl Part<'_> {
     }
 }
 
-/// One product `out = x·Wᵀ` (`[rows, n]`), cut in tasks of [`ROW_CHUNK`] rows by
-/// [`GROUPS_PER_TASK`] groups of columns that may run in any order and on any threads.
+/// One product `out = x·Wᵀ` (`[rows, n]`), cut in tasks of [`GROUPS_PER_TASK`] groups of
+/// columns that may run in any order and on any threads.
 pub struct MatMul<'a> {
     format: Format,
     w: &'a [u8],
@@ -479,16 +479,16 @@ impl<'a> MatMul<'a> {
 
     /// Number of tasks: `run(0..tasks())`, each once, computes the whole product.
     pub fn tasks(&self) -> usize {
-        self.x.rows.div_ceil(ROW_CHUNK) * (self.n / GROUP).div_ceil(GROUPS_PER_TASK)
+        (self.n / GROUP).div_ceil(GROUPS_PER_TASK)
     }
 
-    /// Computes the outputs of task `task`.
+    /// Computes the outputs of task `task`: its columns for every row, [`ROW_CHUNK`] rows at a
+    /// time, so that one core fetches a column's weights from memory once.
     pub fn run(&self, task: usize) {
-        let row_chunks = self.x.rows.div_ceil(ROW_CHUNK);
-        let (c, r) = (task / row_chunks, task % row_chunks);
-        let rows = r * ROW_CHUNK..((r + 1) * ROW_CHUNK).min(self.x.rows);
-        let groups = c * GROUPS_PER_TASK..((c + 1) * GROUPS_PER_TASK).min(self.n / GROUP);
-        self.block(rows, groups);
+        let groups = task * GROUPS_PER_TASK..((task + 1) * GROUPS_PER_TASK).min(self.n / GROUP);
+        for start in (0..self.x.rows).step_by(ROW_CHUNK) {
+            self.block(start..(start + ROW_CHUNK).min(self.x.rows), groups.clone());
+        }
     }
 
     /// Every output, on the calling thread.
