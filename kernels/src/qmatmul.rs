@@ -1,12 +1,14 @@
-//! `y = W·x` for 4- and 5-bit weights in GGUF-style blocks (`w = d·q + m` per 32 inputs), with
-//! the activations quantized to int8 per block of 32, as llama.cpp does for its Q4 and Q5 dot
-//! products.
+//! `y = W·x` for 4-, 5- and 6-bit weights in GGUF-style blocks (`w = d·q + m` per 32 inputs,
+//! or `w = d·(q − 32)` per 16), with the activations quantized to int8 per block of 32, as
+//! llama.cpp does for its Q4, Q5 and Q6 dot products.
 //!
 //! A weight block holds 32 codes `q` in 0..15 (or 0..31) with a scale `d` and an offset `m`:
 //! GGUF Q4_1 as stored, Q4_0 with `m = −8d`, a Q4_K sub-block with `d` and `m` its scale and
-//! min products; Q5_0 with `m = −16d`, Q5_1, Q5_K alike.
+//! min products; Q5_0 with `m = −16d`, Q5_1, Q5_K alike. A 6-bit block ([`Format::Q6F32`]) is
+//! two Q6_K sub-blocks of 16: codes in 0..63 and a scale `d` per half, `w = d·(q − 32)`.
 //! An activation block is `x ≈ dx·qx` with `qx` in −127..127 and `sx = dx·Σqx`; a block then
-//! contributes `d·dx·Σ q·qx + m·sx`.
+//! contributes `d·dx·Σ q·qx + m·sx`, and a 6-bit one `d_h·dx·(Σ_h q·qx − 32·Σ_h qx)` per half
+//! `h`, the sums exact integers (the quantizer keeps each half's `Σ qx`).
 //!
 //! The weights are stored for the kernel, [`GROUP`] output columns together ([`Format`]): one
 //! 256-bit vector holds four inputs of each of eight columns, so that `vpmaddubsw` against four
@@ -16,7 +18,9 @@
 //!
 //! The result is defined exactly, whatever the tiling, the thread that runs it, or the
 //! instructions: `Σ q·qx` is an exact integer; then, block after block,
-//! `acc = fma(Σq·qx, d·dx, acc)` and `off = fma(m, sx, off)`; the output is `acc + off`. So a
+//! `acc = fma(Σq·qx, d·dx, acc)` and `off = fma(m, sx, off)`; the output is `acc + off` (6-bit:
+//! `acc = fma(Σ_h q·qx − 32·Σ_h qx, d_h·dx, acc)` for the first half then the second, and the
+//! output is `acc`). So a
 //! row's result does not depend on the other rows of the batch (a decoded token equals the
 //! same token verified among drafts), and the AVX2 kernels ([`avx2`], with or without VNNI)
 //! equal the portable one ([`portable`]) bit for bit.
@@ -62,6 +66,10 @@ pub const GROUP: usize = 8;
 const CODES: usize = GROUP * BLOCK / 2;
 /// Bytes of the fifth bits of 5-bit codes of one block of a group.
 const FIFTH_BITS: usize = GROUP * BLOCK / 8;
+/// Bytes of the top two bits of 6-bit codes of one block of a group.
+const TOP_BITS: usize = GROUP * BLOCK / 4;
+/// The offset of 6-bit codes: a code `q` stands for `q − 32`.
+const SIX_OFFSET: i32 = 32;
 /// Groups of columns per task.
 const GROUPS_PER_TASK: usize = 4;
 /// Activation rows per task.
@@ -71,7 +79,10 @@ const ROW_CHUNK: usize = 64;
 /// vectors: in vector `t`, bytes `4c..4c+4` hold (the low 4 bits of) inputs `4t..4t+4` of column
 /// `c` in their low nibbles and inputs `16+4t..16+4t+4` in their high nibbles. Five-bit codes
 /// add 32 bytes of fifth bits: byte `4c+e`, bit `2t`, is that of input `4t+e` of column `c`,
-/// bit `2t+1` that of input `16+4t+e`. A layer is its groups in order, each its blocks in order.
+/// bit `2t+1` that of input `16+4t+e`. Six-bit codes add 64 bytes of top bits instead: in the
+/// first 32, byte `4c+e`, bits `2t..2t+2`, are bits 4 and 5 of input `4t+e` of column `c`; in
+/// the next 32, those of input `16+4t+e`; and their `[d; 8], [m; 8]` are the scales of the two
+/// halves. A layer is its groups in order, each its blocks in order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
     /// 4-bit codes, scales and offsets as f16 (5 bits a weight, as GGUF Q4_1).
@@ -82,6 +93,8 @@ pub enum Format {
     Q5F16,
     /// 5-bit codes, scales and offsets as f32 (Q5_K).
     Q5F32,
+    /// 6-bit codes in halves of 16 with an f32 scale each (Q6_K, and Q3_K's codes).
+    Q6F32,
 }
 
 impl Format {
@@ -92,6 +105,7 @@ impl Format {
             (4, false) => Some(Format::Q4F32),
             (5, true) => Some(Format::Q5F16),
             (5, false) => Some(Format::Q5F32),
+            (6, false) => Some(Format::Q6F32),
             _ => None,
         }
     }
@@ -101,6 +115,7 @@ impl Format {
         match self {
             Format::Q4F16 | Format::Q4F32 => 4,
             Format::Q5F16 | Format::Q5F32 => 5,
+            Format::Q6F32 => 6,
         }
     }
 
@@ -111,7 +126,13 @@ impl Format {
 
     /// Bytes per block of a group (8 columns × 32 inputs).
     pub const fn block_bytes(self) -> usize {
-        self.codes_at() + CODES + if self.bits() == 5 { FIFTH_BITS } else { 0 }
+        self.codes_at()
+            + CODES
+            + match self.bits() {
+                5 => FIFTH_BITS,
+                6 => TOP_BITS,
+                _ => 0,
+            }
     }
 
     /// The code a graph stores the format as.
@@ -121,6 +142,7 @@ impl Format {
             Format::Q4F32 => 1,
             Format::Q5F16 => 2,
             Format::Q5F32 => 3,
+            Format::Q6F32 => 4,
         }
     }
 
@@ -130,6 +152,7 @@ impl Format {
             1 => Some(Format::Q4F32),
             2 => Some(Format::Q5F16),
             3 => Some(Format::Q5F32),
+            4 => Some(Format::Q6F32),
             _ => None,
         }
     }
@@ -156,8 +179,9 @@ impl Format {
     }
 
     /// Packs an `n × k` layer (`n` a multiple of [`GROUP`], `k` of [`BLOCK`]) whose block `b`
-    /// of row `r` is `block(r, b) = (d, m, codes in input order)`, codes below `2^bits`.
-    /// Scales and offsets must be exact in the format (f16 values for the f16 formats).
+    /// of row `r` is `block(r, b) = (d, m, codes in input order)`, codes below `2^bits`
+    /// ([`Format::Q6F32`]: `(d of inputs 0..16, d of inputs 16..32, codes)`). Scales and
+    /// offsets must be exact in the format (f16 values for the f16 formats).
     pub fn pack(
         self,
         n: usize,
@@ -191,6 +215,19 @@ impl Format {
                     for (_, _, q) in &blocks {
                         for e in 0..4 {
                             out.push((q[4 * t + e] & 0x0f) | ((q[16 + 4 * t + e] & 0x0f) << 4));
+                        }
+                    }
+                }
+                if self.bits() == 6 {
+                    for half in [0, 16] {
+                        for (_, _, q) in &blocks {
+                            for e in 0..4 {
+                                out.push(
+                                    (0..4).fold(0, |h, t| {
+                                        h | ((q[half + 4 * t + e] >> 4) << (2 * t))
+                                    }),
+                                );
+                            }
                         }
                     }
                 }
@@ -258,6 +295,9 @@ pub struct Quantized {
     q: Vec<i8>,
     /// `[d, s]` of each block.
     ds: Vec<[f32; 2]>,
+    /// `−32·Σq` over the first and the second half of each block: the offset of 6-bit codes
+    /// times the activations, an exact integer the kernels start each half's sum from.
+    halves: Vec<[i32; 2]>,
 }
 
 impl Quantized {
@@ -285,11 +325,13 @@ impl Quantized {
         self.rows = x.len() / k;
         self.q.resize(x.len(), 0);
         self.ds.resize(x.len() / BLOCK, [0.0; 2]);
+        self.halves.resize(x.len() / BLOCK, [0; 2]);
         let rows = ROW_CHUNK * k;
         x.chunks(rows)
             .zip(self.q.chunks_mut(rows))
             .zip(self.ds.chunks_mut(rows / BLOCK))
-            .map(|((x, q), ds)| Part { x, q, ds })
+            .zip(self.halves.chunks_mut(rows / BLOCK))
+            .map(|(((x, q), ds), halves)| Part { x, q, ds, halves })
             .collect()
     }
     pub fn rows(&self) -> usize {
@@ -305,6 +347,7 @@ impl Quantized {
         Row {
             q: &self.q[r * self.k..][..self.k],
             ds: &self.ds[r * nb..][..nb],
+            halves: &self.halves[r * nb..][..nb],
         }
     }
 }
@@ -315,13 +358,14 @@ pub struct Part<'a> {
     x: &'a [f32],
     q: &'a mut [i8],
     ds: &'a mut [[f32; 2]],
+    halves: &'a mut [[i32; 2]],
 }
 
 impl Part<'_> {
     /// Quantizes the part's rows, with AVX2 where the CPU has it (the same result).
     pub fn quantize(self) {
         if avx2::has_avx2() {
-            avx2::quantize(self.x, self.q, self.ds);
+            avx2::quantize(self.x, self.q, self.ds, self.halves);
         } else {
             self.quantize_portable();
         }
@@ -333,11 +377,13 @@ impl Part<'_> {
         let blocks = self
             .x
             .chunks_exact(BLOCK)
-            .zip(self.q.chunks_exact_mut(BLOCK));
-        for ((xb, qb), ds) in blocks.zip(self.ds.iter_mut()) {
+            .zip(self.q.chunks_exact_mut(BLOCK))
+            .zip(self.halves.iter_mut());
+        for (((xb, qb), halves), ds) in blocks.zip(self.ds.iter_mut()) {
             if !xb.iter().all(|v| v.is_finite()) {
                 qb.fill(0);
                 *ds = [f32::NAN; 2];
+                *halves = [0; 2];
                 continue;
             }
             let amax = xb.iter().fold(0.0f32, |m, v| m.max(v.abs()));
@@ -350,6 +396,8 @@ impl Part<'_> {
                 sum += i32::from(*q);
             }
             *ds = [scale, scale * sum as f32];
+            let first: i32 = qb[..BLOCK / 2].iter().map(|&q| i32::from(q)).sum();
+            *halves = [-SIX_OFFSET * first, -SIX_OFFSET * (sum - first)];
         }
     }
 }
@@ -571,6 +619,7 @@ fn silu_mul<const RX: usize>(g: &mut [[f32; GROUP]; RX], u: &[[f32; GROUP]; RX])
 struct Row<'a> {
     q: &'a [i8],
     ds: &'a [[f32; 2]],
+    halves: &'a [[i32; 2]],
 }
 
 /// The inputs of one tile: a group's blocks and `RX` activation rows of as many blocks.

@@ -55,10 +55,12 @@ pub(super) fn tile<const RX: usize>(t: &Tile<'_, RX>, vnni: bool) -> [[f32; GROU
             (Format::Q4F32, false) => tile_avx2::<RX, false, false>(t, blocks),
             (Format::Q5F16, false) => tile_avx2::<RX, true, true>(t, blocks),
             (Format::Q5F32, false) => tile_avx2::<RX, false, true>(t, blocks),
+            (Format::Q6F32, false) => tile_avx2_six::<RX>(t, blocks),
             (Format::Q4F16, true) => tile_vnni::<RX, true, false>(t, blocks),
             (Format::Q4F32, true) => tile_vnni::<RX, false, false>(t, blocks),
             (Format::Q5F16, true) => tile_vnni::<RX, true, true>(t, blocks),
             (Format::Q5F32, true) => tile_vnni::<RX, false, true>(t, blocks),
+            (Format::Q6F32, true) => tile_vnni_six::<RX>(t, blocks),
         }
     }
 }
@@ -83,23 +85,34 @@ pub(super) fn has_avx2() -> bool {
 /// [`super::Part::quantize_portable`] with AVX2, bit for bit: the same scale (the maximum is
 /// exact in any order), the same products, rounding and clamp per value, and an exact integer
 /// sum. Panics without AVX2 or unless `x` and `q` hold the blocks of `ds`.
-pub(super) fn quantize(x: &[f32], q: &mut [i8], ds: &mut [[f32; 2]]) {
+pub(super) fn quantize(x: &[f32], q: &mut [i8], ds: &mut [[f32; 2]], halves: &mut [[i32; 2]]) {
     assert!(has_avx2(), "the AVX2 quantizer needs AVX2");
     assert!(
-        x.len() == ds.len() * BLOCK && q.len() == x.len(),
+        x.len() == ds.len() * BLOCK && q.len() == x.len() && halves.len() == ds.len(),
         "block counts"
     );
     // SAFETY: the CPU has AVX2 (checked above).
-    unsafe { quantize_avx2(x, q, ds) }
+    unsafe { quantize_avx2(x, q, ds, halves) }
+}
+
+/// The sum of the eight 32-bit lanes of `v`.
+#[target_feature(enable = "avx2")]
+fn sum_i32(v: __m256i) -> i32 {
+    let v = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
+    let v = _mm_add_epi32(v, _mm_unpackhi_epi64(v, v));
+    _mm_cvtsi128_si32(_mm_add_epi32(v, _mm_shuffle_epi32::<1>(v)))
 }
 
 #[target_feature(enable = "avx2")]
-fn quantize_avx2(x: &[f32], q: &mut [i8], ds: &mut [[f32; 2]]) {
+fn quantize_avx2(x: &[f32], q: &mut [i8], ds: &mut [[f32; 2]], halves: &mut [[i32; 2]]) {
     let sign = _mm256_set1_ps(-0.0);
     let magic = _mm256_set1_ps(super::ROUND_MAGIC); // as `round_ties_even`
     let (lo, hi) = (_mm256_set1_ps(-127.0), _mm256_set1_ps(127.0));
-    let blocks = x.chunks_exact(BLOCK).zip(q.chunks_exact_mut(BLOCK));
-    for ((xb, qb), ds) in blocks.zip(ds.iter_mut()) {
+    let blocks = x
+        .chunks_exact(BLOCK)
+        .zip(q.chunks_exact_mut(BLOCK))
+        .zip(halves.iter_mut());
+    for (((xb, qb), halves), ds) in blocks.zip(ds.iter_mut()) {
         // SAFETY: a block is 32 floats.
         let v: [__m256; 4] =
             std::array::from_fn(|i| unsafe { _mm256_loadu_ps(xb.as_ptr().add(8 * i)) });
@@ -111,6 +124,7 @@ fn quantize_avx2(x: &[f32], q: &mut [i8], ds: &mut [[f32; 2]]) {
         if !finite {
             qb.fill(0);
             *ds = [f32::NAN; 2];
+            *halves = [0; 2];
             continue;
         }
         let abs = v.map(|v| _mm256_andnot_ps(sign, v));
@@ -124,16 +138,9 @@ fn quantize_avx2(x: &[f32], q: &mut [i8], ds: &mut [[f32; 2]]) {
             let r = _mm256_sub_ps(_mm256_add_ps(_mm256_mul_ps(v, inv), magic), magic);
             _mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(r, lo), hi))
         });
-        let sum = _mm256_add_epi32(
-            _mm256_add_epi32(codes[0], codes[1]),
-            _mm256_add_epi32(codes[2], codes[3]),
-        );
-        let sum = _mm_add_epi32(
-            _mm256_castsi256_si128(sum),
-            _mm256_extracti128_si256::<1>(sum),
-        );
-        let sum = _mm_add_epi32(sum, _mm_unpackhi_epi64(sum, sum));
-        let sum = _mm_cvtsi128_si32(_mm_add_epi32(sum, _mm_shuffle_epi32::<1>(sum)));
+        let first = sum_i32(_mm256_add_epi32(codes[0], codes[1]));
+        let second = sum_i32(_mm256_add_epi32(codes[2], codes[3]));
+        let sum = first + second;
         // 32-bit to 8-bit within 128-bit lanes, then the lanes' 4-byte groups back in order.
         let words = [
             _mm256_packs_epi32(codes[0], codes[1]),
@@ -145,6 +152,7 @@ fn quantize_avx2(x: &[f32], q: &mut [i8], ds: &mut [[f32; 2]]) {
         // SAFETY: a block is 32 bytes.
         unsafe { _mm256_storeu_si256(qb.as_mut_ptr().cast(), bytes) };
         *ds = [scale, scale * sum as f32];
+        *halves = [-super::SIX_OFFSET * first, -super::SIX_OFFSET * second];
     }
 }
 
@@ -156,7 +164,17 @@ unsafe fn tile_avx2<const RX: usize, const F16: bool, const FIVE: bool>(
     blocks: usize,
 ) -> [[f32; GROUP]; RX] {
     // SAFETY: as this function's.
-    unsafe { tile_body::<RX, F16, FIVE, false>(t, blocks) }
+    unsafe { tile_body::<RX, F16, FIVE, false, false>(t, blocks) }
+}
+
+/// [`tile_avx2`] for [`Format::Q6F32`].
+///
+/// # Safety
+/// As [`tile_avx2`]'s.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn tile_avx2_six<const RX: usize>(t: &Tile<'_, RX>, blocks: usize) -> [[f32; GROUP]; RX] {
+    // SAFETY: as this function's.
+    unsafe { tile_body::<RX, false, false, true, false>(t, blocks) }
 }
 
 /// [`tile_avx2`] with `vpdpbusd`, compiled for AVX-512 so that the tile has 32 vector registers
@@ -171,14 +189,30 @@ unsafe fn tile_vnni<const RX: usize, const F16: bool, const FIVE: bool>(
     blocks: usize,
 ) -> [[f32; GROUP]; RX] {
     // SAFETY: as this function's.
-    unsafe { tile_body::<RX, F16, FIVE, true>(t, blocks) }
+    unsafe { tile_body::<RX, F16, FIVE, false, true>(t, blocks) }
+}
+
+/// [`tile_vnni`] for [`Format::Q6F32`].
+///
+/// # Safety
+/// As [`tile_vnni`]'s.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512vnni")]
+unsafe fn tile_vnni_six<const RX: usize>(t: &Tile<'_, RX>, blocks: usize) -> [[f32; GROUP]; RX] {
+    // SAFETY: as this function's.
+    unsafe { tile_body::<RX, false, false, true, true>(t, blocks) }
 }
 
 /// # Safety
 /// Inlined only into [`tile_avx2`] and [`tile_vnni`] (with `VNNI`), whose features and bounds
 /// it needs.
 #[inline(always)]
-unsafe fn tile_body<const RX: usize, const F16: bool, const FIVE: bool, const VNNI: bool>(
+unsafe fn tile_body<
+    const RX: usize,
+    const F16: bool,
+    const FIVE: bool,
+    const SIX: bool,
+    const VNNI: bool,
+>(
     t: &Tile<'_, RX>,
     blocks: usize,
 ) -> [[f32; GROUP]; RX] {
@@ -190,6 +224,8 @@ unsafe fn tile_body<const RX: usize, const F16: bool, const FIVE: bool, const VN
         let w = t.w.as_ptr();
         let qx: [*const i8; RX] = std::array::from_fn(|r| t.x[r].q.as_ptr());
         let ds: [*const f32; RX] = std::array::from_fn(|r| t.x[r].ds.as_ptr().cast());
+        let halves: [*const i32; RX] = std::array::from_fn(|r| t.x[r].halves.as_ptr().cast());
+        let top = _mm256_set1_epi8(0x30);
         let low = _mm256_set1_epi8(0x0f);
         let ones = _mm256_set1_epi16(1);
         let fifth = _mm256_set1_epi8(0x10);
@@ -213,8 +249,13 @@ unsafe fn tile_body<const RX: usize, const F16: bool, const FIVE: bool, const VN
         for b in 0..blocks {
             let block = w.add(b * bytes);
             let (d, _) = params(b);
-            let h = if FIVE {
+            let h = if FIVE || SIX {
                 _mm256_loadu_si256(block.add(at + CODES).cast())
+            } else {
+                _mm256_setzero_si256()
+            };
+            let h_hi = if SIX {
+                _mm256_loadu_si256(block.add(at + CODES + 32).cast())
             } else {
                 _mm256_setzero_si256()
             };
@@ -222,10 +263,20 @@ unsafe fn tile_body<const RX: usize, const F16: bool, const FIVE: bool, const VN
             let step =
                 |r: usize, i: usize| _mm256_set1_epi32(x[r].add(i).cast::<i32>().read_unaligned());
             // 32-bit sums (VNNI), or 16-bit sums widened every two (5-bit) or four code vectors.
-            let mut dot = [_mm256_setzero_si256(); RX];
+            // 6-bit codes: each half's sum starts from its offset (`−32·Σqx`, exact).
+            let init = |h: usize| -> [__m256i; RX] {
+                std::array::from_fn(|r| {
+                    if SIX {
+                        _mm256_set1_epi32(*halves[r].add(2 * b + h))
+                    } else {
+                        _mm256_setzero_si256()
+                    }
+                })
+            };
+            let mut dot = init(0);
             // With VNNI, a second chain per row (the high nibbles), so that each waits on half as
             // many `vpdpbusd`s (one row, a decoded token, ran 15% slower with one).
-            let mut dot_hi = [_mm256_setzero_si256(); RX];
+            let mut dot_hi = init(1);
             let mut sum = [_mm256_setzero_si256(); RX];
             for v in 0..4 {
                 let codes = _mm256_loadu_si256(block.add(at + 32 * v).cast());
@@ -243,10 +294,29 @@ unsafe fn tile_body<const RX: usize, const F16: bool, const FIVE: bool, const VN
                     lo = _mm256_or_si256(lo, _mm256_and_si256(l, fifth));
                     hi = _mm256_or_si256(hi, _mm256_and_si256(hh, fifth));
                 }
+                if SIX {
+                    // Bits 2v and 2v + 1 of each byte moved to bits 4 and 5 (16-bit shifts by
+                    // at most 4 left or 2 right keep them within their byte) and kept alone.
+                    let place = |h: __m256i| match v {
+                        0 => _mm256_slli_epi16::<4>(h),
+                        1 => _mm256_slli_epi16::<2>(h),
+                        2 => h,
+                        _ => _mm256_srli_epi16::<2>(h),
+                    };
+                    lo = _mm256_or_si256(lo, _mm256_and_si256(place(h), top));
+                    hi = _mm256_or_si256(hi, _mm256_and_si256(place(h_hi), top));
+                }
                 for r in 0..RX {
                     if VNNI {
                         dot[r] = _mm256_dpbusd_epi32(dot[r], lo, step(r, 4 * v));
                         dot_hi[r] = _mm256_dpbusd_epi32(dot_hi[r], hi, step(r, 16 + 4 * v));
+                    } else if SIX {
+                        // The halves apart, widened at once (two 16-bit results of 6-bit codes
+                        // could overflow with a third).
+                        let lo = _mm256_maddubs_epi16(lo, step(r, 4 * v));
+                        let hi = _mm256_maddubs_epi16(hi, step(r, 16 + 4 * v));
+                        dot[r] = _mm256_add_epi32(dot[r], _mm256_madd_epi16(lo, ones));
+                        dot_hi[r] = _mm256_add_epi32(dot_hi[r], _mm256_madd_epi16(hi, ones));
                     } else {
                         sum[r] = _mm256_add_epi16(sum[r], _mm256_maddubs_epi16(lo, step(r, 4 * v)));
                         sum[r] =
@@ -259,6 +329,17 @@ unsafe fn tile_body<const RX: usize, const F16: bool, const FIVE: bool, const VN
                     }
                 }
             }
+            if SIX {
+                let (_, d_hi) = params(b);
+                for r in 0..RX {
+                    let dx = _mm256_set1_ps(*ds[r].add(2 * b));
+                    let (lo, hi) = (dot[r], dot_hi[r]);
+                    acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(lo), _mm256_mul_ps(d, dx), acc[r]);
+                    acc[r] =
+                        _mm256_fmadd_ps(_mm256_cvtepi32_ps(hi), _mm256_mul_ps(d_hi, dx), acc[r]);
+                }
+                continue;
+            }
             for r in 0..RX {
                 let dx = *ds[r].add(2 * b);
                 let scale = _mm256_mul_ps(d, _mm256_set1_ps(dx));
@@ -269,6 +350,14 @@ unsafe fn tile_body<const RX: usize, const F16: bool, const FIVE: bool, const VN
                 };
                 acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), scale, acc[r]);
             }
+        }
+        if SIX {
+            return std::array::from_fn(|r| {
+                let mut y = [0.0f32; GROUP];
+                // `y` holds 8 floats.
+                _mm256_storeu_ps(y.as_mut_ptr(), acc[r]);
+                y
+            });
         }
         // Then the mins, in their own pass.
         let mut off = [_mm256_setzero_ps(); RX];

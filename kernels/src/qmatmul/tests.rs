@@ -1,6 +1,12 @@
 use super::*;
 
-const FORMATS: [Format; 4] = [Format::Q4F16, Format::Q4F32, Format::Q5F16, Format::Q5F32];
+const FORMATS: [Format; 5] = [
+    Format::Q4F16,
+    Format::Q4F32,
+    Format::Q5F16,
+    Format::Q5F32,
+    Format::Q6F32,
+];
 
 /// A reproducible stream of pseudo-random numbers.
 struct Lcg(u64);
@@ -42,9 +48,23 @@ fn weights(format: Format, n: usize, k: usize, rng: &mut Lcg) -> (Vec<u8>, Vec<f
         .collect();
     let w = blocks
         .iter()
-        .flat_map(|(d, m, q)| q.map(|q| f64::from(*d) * f64::from(q) + f64::from(*m)))
+        .flat_map(|&(d, m, q)| {
+            (0..BLOCK).map(move |i| match format {
+                // Two halves of 16, `d·(q − 32)` with their own scale (the second in `m`'s place).
+                Format::Q6F32 => {
+                    f64::from(if i < 16 { d } else { m.abs() }) * (f64::from(q[i]) - 32.0)
+                }
+                _ => f64::from(d) * f64::from(q[i]) + f64::from(m),
+            })
+        })
         .collect();
-    let bytes = format.pack(n, k, |r, b| blocks[r * k / BLOCK + b]);
+    let bytes = format.pack(n, k, |r, b| {
+        let (d, m, q) = blocks[r * k / BLOCK + b];
+        match format {
+            Format::Q6F32 => (d, m.abs(), q),
+            _ => (d, m, q),
+        }
+    });
     (bytes, w)
 }
 
@@ -75,8 +95,9 @@ fn formats_round_trip_their_codes() {
         assert_eq!(Format::from_code(f.code()), Some(f));
         assert_eq!(Format::new(f.bits(), f.f16()), Some(f));
     }
-    assert_eq!(Format::from_code(4), None);
+    assert_eq!(Format::from_code(5), None);
     assert_eq!(Format::new(6, true), None);
+    assert_eq!(Format::new(8, false), None);
 }
 
 #[test]
@@ -120,6 +141,8 @@ fn quantized_rows_reconstruct_the_activations() {
         }
         let sum: i32 = codes.iter().map(|&c| i32::from(c)).sum();
         assert_eq!(s, d * sum as f32);
+        let first: i32 = codes[..16].iter().map(|&c| i32::from(c)).sum();
+        assert_eq!(q.halves[b], [-32 * first, -32 * (sum - first)]);
     }
     q.quantize(&[0.0; 32], 32);
     assert_eq!((q.ds[0], q.rows()), ([0.0, 0.0], 1));
@@ -166,7 +189,10 @@ fn the_product_is_the_weights_times_the_quantized_activations() {
 #[test]
 fn every_kernel_tiling_and_order_gives_the_same_bits() {
     // Rows and columns beyond one task, with remainders of every tile size (4 + 3, 4 + 2, 1).
-    for (format, rows) in FORMATS.into_iter().zip([7, 6, 5, 6].map(|r| ROW_CHUNK + r)) {
+    for (format, rows) in FORMATS
+        .into_iter()
+        .zip([7, 6, 5, 6, 7].map(|r| ROW_CHUNK + r))
+    {
         let mut rng = Lcg(3);
         let (n, k) = (GROUP * (GROUPS_PER_TASK + 1), 64);
         let (bytes, _) = weights(format, n, k, &mut rng);
@@ -246,6 +272,7 @@ fn the_quantizer_equals_the_portable_one() {
     let bits =
         |q: &Quantized| -> Vec<[u32; 2]> { q.ds.iter().map(|d| d.map(f32::to_bits)).collect() };
     assert_eq!(bits(&got), bits(&want));
+    assert_eq!(got.halves, want.halves);
     // The blocks above as intended: halves to even, zeros, NaN scales for non-finite blocks.
     assert_eq!(want.q[33..37], [-16, -14, -14, -12]); // -15.5, -14.5, -13.5, -12.5
     assert!(want.q[64..96].iter().all(|&c| c == 0) && want.ds[2] == [0.0, 0.0]);
