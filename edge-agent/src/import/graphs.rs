@@ -190,7 +190,7 @@ fn project(
         .map(|p| match p {
             _ if level == 0 => None,
             Linear::Q4(w) => w.blocks(),
-            Linear::Q8(w) => w.blocks5(),
+            Linear::Q8(w) => w.blocks(),
             Linear::F32(_) => None,
         })
         .collect();
@@ -266,7 +266,7 @@ fn gated(g: &mut GraphBuilder, x: &str, layer: &LayerWeights, d: Dims) -> String
     let own = match &layer.gate_up[..] {
         _ if d.accuracy_level == 0 || !d.n_ff.is_multiple_of(seam_kernels::qmatmul::GROUP) => None,
         [Linear::Q4(w)] => w.blocks(),
-        [Linear::Q8(w)] => w.blocks5(),
+        [Linear::Q8(w)] => w.blocks(),
         _ => None,
     };
     let (gate, up) = match own {
@@ -417,7 +417,7 @@ pub fn post_graph(layer: &LayerWeights, index: usize, d: Dims) -> Vec<u8> {
     g.finish(&format!("end of layer {index}"))
 }
 
-/// Final RMSNorm and the LM head (8-bit, an untied 5-bit head on `QMatMul` like a layer, or f32
+/// Final RMSNorm and the LM head (8-bit, an untied 5- or 6-bit head on `QMatMul` like a layer, or f32
 /// for a float head): `hidden → logits`. With
 /// `table`, the 8-bit head's weights are that file beside the graph, laid out by
 /// [`head_table_layout`] (the tied embedding reads the same file), instead of inside it.

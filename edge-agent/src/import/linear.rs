@@ -1,5 +1,5 @@
 //! Quantized linear layers converted from GGUF blocks without re-rounding anything: for Seam's
-//! `QMatMul` ([`Q4Linear::blocks`], [`Q8Linear::blocks5`]: codes, scale and min as stored) and
+//! `QMatMul` ([`Q4Linear::blocks`], [`Q8Linear::blocks`]: codes, scale and min as stored) and
 //! in the layouts ONNX Runtime's `MatMulNBits` wants (f32-compute graphs, 8-bit layers).
 //!
 //! GGUF Q4_1 stores `w = d·q + m` per block of 32 with elements 0–15 in the low nibbles and
@@ -33,8 +33,9 @@ impl Linear {
     }
 
     /// Stacks consecutive parts that one matmul can compute together (same bits and block; 8-bit
-    /// parts only if all or none of them are 5-bit codes, so that a Q5_0 part beside a Q8_0 one
-    /// keeps its 5-bit `QMatMul`); the result's outputs, concatenated, are the parts' in order.
+    /// parts only if all or none of them fit a `QMatMul` format, so that a Q5_0 part beside a
+    /// Q8_0 one keeps its 5-bit `QMatMul`); the result's outputs, concatenated, are the parts' in
+    /// order.
     pub fn fuse(parts: Vec<Linear>) -> Vec<Linear> {
         let mut out: Vec<Linear> = Vec::new();
         for p in parts {
@@ -43,7 +44,7 @@ impl Linear {
                     Some(Linear::Q4(Q4Linear::concat(&[a.clone(), b.clone()])))
                 }
                 (Some(Linear::Q8(a)), Linear::Q8(b))
-                    if a.block == b.block && a.fits5() == b.fits5() =>
+                    if a.block == b.block && a.fits_own() == b.fits_own() =>
                 {
                     Some(Linear::Q8(Q8Linear::concat(&[a.clone(), b.clone()])))
                 }
@@ -187,8 +188,8 @@ impl Q4Linear {
 }
 
 /// An 8-bit linear layer: Q8_0 (e.g. the tied LM head), or a narrower GGUF type widened to 8
-/// bits without changing a value (Q5_0, Q5_1, Q3_K, Q5_K, Q6_K: `MatMulNBits` has no 3-, 5- or
-/// 6-bit path).
+/// bits without changing a value (Q5_0, Q5_1, Q3_K, Q5_K, Q6_K), which `QMatMul` takes back in 5
+/// or 6 bits ([`Q8Linear::blocks`]; `MatMulNBits` has no 3-, 5- or 6-bit path).
 #[derive(Debug, Clone)]
 pub struct Q8Linear {
     pub n: usize,
@@ -242,7 +243,7 @@ impl Q8Linear {
     /// with the min `−16·d`, exact. Scales and mins as f16 where every one is an f16. `None`
     /// for anything else (Q8_0, Q6_K, Q3_K's blocks of 16) or outputs not a multiple of
     /// [`GROUP`].
-    pub fn blocks5(&self) -> Option<(Format, Vec<u8>)> {
+    fn blocks5(&self) -> Option<(Format, Vec<u8>)> {
         if !self.n.is_multiple_of(GROUP) {
             return None;
         }
@@ -258,9 +259,45 @@ impl Q8Linear {
         ))
     }
 
-    /// Whether every block is 5-bit codes ([`Q8Linear::blocks5`]), whatever the outputs.
-    pub fn fits5(&self) -> bool {
-        (0..self.scales.len()).all(|i| self.block5(i).is_some())
+    /// The layer in the narrowest `QMatMul` format that holds it exactly: 5 bits
+    /// ([`Q8Linear::blocks5`]), or 6 bits for blocks of 16 without mins whose codes are in
+    /// −32..31 (Q6_K, Q3_K): codes `q + 32` with the two scales of each 32 inputs, `w =
+    /// d·(q + 32 − 32)`. `None` for Q8_0 and outputs not a multiple of [`GROUP`].
+    pub fn blocks(&self) -> Option<(Format, Vec<u8>)> {
+        if !self.n.is_multiple_of(GROUP) {
+            return None;
+        }
+        if let Some(five) = self.blocks5() {
+            return Some(five);
+        }
+        if !self.fits6() {
+            return None;
+        }
+        let format = Format::Q6F32;
+        let nb = self.k / BLOCK;
+        Some((
+            format,
+            format.pack(self.n, self.k, |r, b| {
+                let i = r * nb + b;
+                let codes = &self.packed[i * BLOCK..][..BLOCK];
+                // `q + 128` stored, `q + 32` packed.
+                let q = std::array::from_fn(|j| codes[j] - 96);
+                (self.scales[2 * i], self.scales[2 * i + 1], q)
+            }),
+        ))
+    }
+
+    /// Whether [`Q8Linear::blocks`] takes every block, whatever the outputs: 5-bit codes, or
+    /// 6-bit ones.
+    pub fn fits_own(&self) -> bool {
+        (0..self.scales.len()).all(|i| self.block5(i).is_some()) || self.fits6()
+    }
+
+    /// Blocks of 16 without mins, every code in −32..31.
+    fn fits6(&self) -> bool {
+        self.block == 16
+            && self.mins.is_none()
+            && self.packed.iter().all(|&c| (96..160).contains(&c))
     }
 
     /// Block `i` as `(d, m, 5-bit codes)` with the same values, if it has such a form.
@@ -572,15 +609,19 @@ mod tests {
                 assert_eq!(lin.weight(i / k, i % k), *w, "{ty} value {i}");
             }
             assert!(want.iter().any(|w| *w != 0.0));
-            // The 5-bit types also pack for QMatMul; its product with each one-hot input is
-            // that input's column of weights (up to the rounding of d·dx and m·sx).
-            let five = matches!(ty, GgmlType::Q5_0 | GgmlType::Q5_1 | GgmlType::Q5_K);
-            let Some((format, packed)) = lin.blocks5() else {
-                assert!(!five, "{ty} packs in 5 bits");
+            // The 5-bit types also pack for QMatMul, Q3_K and Q6_K in 6 bits; its product with
+            // each one-hot input is that input's column of weights (up to the rounding of d·dx
+            // and m·sx).
+            let bits = match ty {
+                GgmlType::Q5_0 | GgmlType::Q5_1 | GgmlType::Q5_K => Some(5),
+                GgmlType::Q3_K | GgmlType::Q6_K => Some(6),
+                _ => None,
+            };
+            let Some((format, packed)) = lin.blocks() else {
+                assert_eq!(bits, None, "{ty} packs for QMatMul");
                 continue;
             };
-            assert!(five, "{ty} must not pack in 5 bits");
-            assert_eq!(format.bits(), 5);
+            assert_eq!(Some(format.bits()), bits, "{ty}");
             let mut x = Quantized::default();
             for col in 0..k {
                 let mut one_hot = vec![0.0; k];
@@ -654,11 +695,12 @@ mod tests {
                 ("f32", 3)
             ]
         );
-        // 5-bit codes stay apart from 8-bit ones, which would widen them.
-        let fits5 = |l: &Linear| matches!(l, Linear::Q8(w) if w.fits5());
+        // 5-bit codes stay apart from 8-bit ones, which would widen them; small codes in blocks
+        // of 16 take 6 bits.
+        let own = |l: &Linear| matches!(l, Linear::Q8(w) if w.fits_own());
         assert_eq!(
-            f.iter().map(fits5).collect::<Vec<_>>(),
-            [false, true, false, false, false, false]
+            f.iter().map(own).collect::<Vec<_>>(),
+            [false, true, false, true, false, false]
         );
         // Rows stacked in order; the transpose puts row r's value at column r.
         let Linear::F32(w) = &f[5] else {

@@ -336,16 +336,19 @@ pub fn validate_split_points(points: &[u32], n_layer: u32) -> Result<Vec<u32>> {
 
 /// How the graphs keep a GGUF type of linear layer, and whether that is wider than the type:
 /// Q4_1, Q4_0 and Q4_K in 4 bits (the same function per block of 32: Q4_0's offset `−8·d` and
-/// Q4_K's `−dmin·m` are the block's min); Q8_0 in 8 bits; Q5_0, Q5_1 and Q5_K in 5 bits with
-/// int8 activations (Seam's `QMatMul`, for layers whose outputs are a multiple of 8, as in every
-/// supported model), else widened to 8 bits without changing a value, as Q3_K and Q6_K always
-/// are (no 3-, 5- or 6-bit `MatMulNBits` exists); F32 as f32, F16 and BF16 widened to f32
-/// (exact). `None`: not a type linear layers may have.
+/// Q4_K's `−dmin·m` are the block's min); Q8_0 in 8 bits; Q5_0, Q5_1 and Q5_K in 5 bits and
+/// Q6_K in 6 with int8 activations (Seam's `QMatMul`, for layers whose outputs are a multiple
+/// of 8, as in every supported model; Q3_K's codes take the 6-bit format too, wider than 3
+/// bits), else widened to 8 bits without changing a value (no 3-, 5- or 6-bit `MatMulNBits`
+/// exists); F32 as f32, F16 and BF16 widened to f32 (exact). `None`: not a type linear layers
+/// may have.
 fn storage(ty: GgmlType, f32_compute: bool) -> Option<(&'static str, bool)> {
     match ty {
         GgmlType::Q4_1 | GgmlType::Q4_0 | GgmlType::Q4_K => Some(("4-bit", false)),
         GgmlType::Q8_0 => Some(("8-bit", false)),
         GgmlType::Q5_0 | GgmlType::Q5_1 | GgmlType::Q5_K if !f32_compute => Some(("5-bit", false)),
+        GgmlType::Q6_K if !f32_compute => Some(("6-bit", false)),
+        GgmlType::Q3_K if !f32_compute => Some(("6-bit", true)),
         GgmlType::Q5_0 | GgmlType::Q5_1 | GgmlType::Q3_K | GgmlType::Q5_K | GgmlType::Q6_K => {
             Some(("8-bit", true))
         }
