@@ -72,8 +72,10 @@ const TOP_BITS: usize = GROUP * BLOCK / 4;
 const SIX_OFFSET: i32 = 32;
 /// Groups of columns per task.
 const GROUPS_PER_TASK: usize = 4;
-/// Activation rows per task.
+/// Activation rows a task takes at a time.
 const ROW_CHUNK: usize = 64;
+/// Rows of a small batch (a decoded token, drafts to verify).
+const FEW_ROWS: usize = 8;
 
 /// How a group's block is stored: `[d; 8]`, `[m; 8]`, then 128 bytes of codes in four 32-byte
 /// vectors: in vector `t`, bytes `4c..4c+4` hold (the low 4 bits of) inputs `4t..4t+4` of column
@@ -342,6 +344,7 @@ impl Quantized {
         self.k
     }
 
+    #[inline(always)]
     fn row(&self, r: usize) -> Row<'_> {
         let nb = self.k / BLOCK;
         Row {
@@ -545,29 +548,47 @@ impl<'a> MatMul<'a> {
     }
 
     fn block(&self, rows: Range<usize>, groups: Range<usize>) {
+        // Few rows (decoding, verifying drafts) without setting up a whole chunk's views.
+        if rows.len() <= FEW_ROWS {
+            self.block_of::<FEW_ROWS>(rows, groups);
+        } else {
+            self.block_of::<ROW_CHUNK>(rows, groups);
+        }
+    }
+
+    /// [`MatMul::block`] for up to `N` rows.
+    #[inline(always)]
+    fn block_of<const N: usize>(&self, rows: Range<usize>, groups: Range<usize>) {
+        // The rows' views once for every group (built per tile, they cost a sixth of the time).
+        let mut x = [Row::default(); N];
+        for (i, row) in x.iter_mut().zip(rows.clone()) {
+            *i = self.x.row(row);
+        }
         for g in groups {
             let mut r = rows.start;
             while r < rows.end {
+                let at = r - rows.start;
                 match rows.end - r {
-                    1 => self.tile::<1>(r, g),
-                    2 => self.tile::<2>(r, g),
-                    3 => self.tile::<3>(r, g),
-                    _ => self.tile::<4>(r, g),
+                    1 => self.tile::<1>(r, g, &x[at..]),
+                    2 => self.tile::<2>(r, g, &x[at..]),
+                    3 => self.tile::<3>(r, g, &x[at..]),
+                    _ => self.tile::<4>(r, g, &x[at..]),
                 }
                 r += (rows.end - r).min(4);
             }
         }
     }
 
-    /// Outputs `[row..row+RX] × [8·group..8·group+8]`.
+    /// Outputs `[row..row+RX] × [8·group..8·group+8]`, `x` starting with row `row`'s view.
     #[inline(always)]
-    fn tile<const RX: usize>(&self, row: usize, group: usize) {
+    fn tile<const RX: usize>(&self, row: usize, group: usize, x: &[Row<'_>]) {
+        let x: &[Row<'_>; RX] = x[..RX].try_into().expect("RX rows");
         let product = |group: usize| {
             let bytes = self.x.k / BLOCK * self.format.block_bytes();
             let tile: Tile<'_, RX> = Tile {
                 format: self.format,
                 w: &self.w[group * bytes..][..bytes],
-                x: std::array::from_fn(|r| self.x.row(row + r)),
+                x,
             };
             match self.kernel {
                 Kernel::Portable => portable::tile(&tile),
@@ -615,7 +636,7 @@ fn silu_mul<const RX: usize>(g: &mut [[f32; GROUP]; RX], u: &[[f32; GROUP]; RX])
 }
 
 /// One quantized activation row.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Default)]
 struct Row<'a> {
     q: &'a [i8],
     ds: &'a [[f32; 2]],
@@ -626,5 +647,5 @@ struct Row<'a> {
 struct Tile<'a, const RX: usize> {
     format: Format,
     w: &'a [u8],
-    x: [Row<'a>; RX],
+    x: &'a [Row<'a>; RX],
 }
