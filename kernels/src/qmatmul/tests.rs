@@ -331,3 +331,19 @@ fn silu_is_x_times_the_logistic() {
     assert_eq!(silu(200.0), 200.0);
     assert!(silu(-200.0).abs() < 1e-30);
 }
+
+/// A task writes its outputs once: running it again (a second thread given the same index)
+/// panics instead of writing beside the first.
+#[test]
+#[should_panic(expected = "task 1 runs twice")]
+fn a_task_runs_once() {
+    let mut rng = Lcg(5);
+    let (n, k) = (GROUP * (GROUPS_PER_TASK + 1), 64);
+    let (bytes, _) = weights(Format::Q4F32, n, k, &mut rng);
+    let mut q = Quantized::default();
+    q.quantize(&vec![0.5; 2 * k], k);
+    let mut out = vec![0.0; 2 * n];
+    let mm = MatMul::new(Format::Q4F32, &bytes, n, &q, &mut out);
+    mm.run(1);
+    mm.run(1);
+}

@@ -465,7 +465,9 @@ fn remove_refuses_positions_beyond_the_length() {
 /// scale can take: halves (both signs), neighbours of halves, integers, and random values.
 #[test]
 fn rounding_equals_f32_round() {
-    let mut values: Vec<f32> = vec![0.0, -0.0, 0.5, -0.5, 1.5, -1.5, 126.5, -126.5, 127.49, 300.5];
+    let mut values: Vec<f32> = vec![
+        0.0, -0.0, 0.5, -0.5, 1.5, -1.5, 126.5, -126.5, 127.49, 300.5,
+    ];
     for i in -300i32..=300 {
         let h = i as f32 + 0.5;
         values.extend([h, -h, h.next_up(), h.next_down(), i as f32]);
