@@ -6,6 +6,7 @@
 //! too short, never read out of bounds).
 
 pub mod attention;
+pub mod norm;
 pub mod qmatmul;
 
 /// Elements per int8 quantization group of a cached row (one scale each).

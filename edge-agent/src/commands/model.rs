@@ -164,9 +164,9 @@ pub fn inspect(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The linear layers' GGUF types and how the graphs keep each, e.g. `q4_k (154 tensors, 4-bit)
-/// + q6_k (26 tensors, 6-bit)`, or `q6_k (26 tensors, widened to 8-bit: no exact 6-bit
-/// MatMulNBits)` in f32-compute packages.
+/// The linear layers' GGUF types and how the graphs keep each, e.g.
+/// `q4_k (154 tensors, 4-bit) + q6_k (26 tensors, 6-bit)`, or in f32-compute packages
+/// `q6_k (26 tensors, widened to 8-bit: no exact 6-bit MatMulNBits)`.
 pub fn linear_summary(w: &seam_shared::package::Weights) -> String {
     if w.linear_types.is_empty() {
         return w.linear.clone();

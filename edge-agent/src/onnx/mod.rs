@@ -5,6 +5,7 @@ mod builder;
 mod pool;
 pub mod qmatmul;
 mod session;
+pub mod skip_norm;
 
 pub use builder::{Attr, Dim, ExternalData, GraphBuilder, MS_DOMAIN};
 pub use pool::OrtPool;

@@ -30,9 +30,12 @@ use std::sync::{Mutex, PoisonError};
 pub const DOMAIN: &str = "ai.seam";
 const OP: &str = "QMatMul";
 
-/// The domain every session registers, so that any graph may use the operator.
+/// The domain every session registers, so that any graph may use Seam's operators (this one
+/// and [`super::skip_norm`]'s).
 pub fn domain() -> ort::Result<OperatorDomain> {
-    OperatorDomain::new(DOMAIN)?.add(QMatMul)
+    OperatorDomain::new(DOMAIN)?
+        .add(QMatMul)?
+        .add(super::skip_norm::SkipRmsNorm)
 }
 
 /// Adds `x·Wᵀ` to `g`: `w` names a uint8 initializer of `n` rows of `k/32` blocks in `format`.
