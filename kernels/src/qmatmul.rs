@@ -32,16 +32,25 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 mod avx2;
 #[cfg(not(target_arch = "x86_64"))]
 mod avx2 {
+    /// Never made on this architecture.
+    #[derive(Debug, Clone, Copy)]
+    pub(super) struct Cpu;
+    impl Cpu {
+        pub(super) fn detect(_: bool) -> Option<Cpu> {
+            None
+        }
+    }
     pub(super) fn available(_: bool) -> bool {
         false
     }
     pub(super) fn has_avx2() -> bool {
         false
     }
-    pub(super) fn quantize(_: &[f32], _: &mut [i8], _: &mut [[f32; 2]]) {
+    pub(super) fn quantize(_: &[f32], _: &mut [i8], _: &mut [[f32; 2]], _: &mut [[i32; 2]]) {
         unreachable!("no AVX2 quantizer on this architecture")
     }
     pub(super) fn silu_mul<const RX: usize>(
+        _: Cpu,
         g: &mut [[f32; super::GROUP]; RX],
         u: &[[f32; super::GROUP]; RX],
     ) {
@@ -49,7 +58,7 @@ mod avx2 {
     }
     pub(super) fn tile<const RX: usize>(
         t: &super::Tile<'_, RX>,
-        _: bool,
+        _: Cpu,
     ) -> [[f32; super::GROUP]; RX] {
         super::portable::tile(t)
     }
@@ -418,6 +427,8 @@ pub struct MatMul<'a> {
     /// Whether each task has run (or is running): a task runs once.
     claimed: Vec<AtomicBool>,
     kernel: Kernel,
+    /// The CPU's features for the AVX2 kernels, found once per product (`None`: portable).
+    cpu: Option<avx2::Cpu>,
     /// Whether `w` holds `2n` columns, a gate's then an up projection's, and the output is
     /// [`silu`]`(gate)·up`.
     glu: bool,
@@ -452,6 +463,18 @@ impl Kernel {
     pub fn best() -> Kernel {
         static BEST: std::sync::OnceLock<Kernel> = std::sync::OnceLock::new();
         *BEST.get_or_init(|| *Kernel::available().last().expect("the portable kernel"))
+    }
+}
+
+/// The AVX2 kernels' proof of the CPU's features for `kernel`, `None` for the portable one.
+/// Panics if the CPU does not run `kernel`.
+fn cpu_for(kernel: Kernel) -> Option<avx2::Cpu> {
+    match kernel {
+        Kernel::Portable => None,
+        Kernel::Avx2 | Kernel::Avx2Vnni => Some(
+            avx2::Cpu::detect(kernel == Kernel::Avx2Vnni)
+                .unwrap_or_else(|| panic!("{kernel:?} is not available")),
+        ),
     }
 }
 
@@ -519,6 +542,7 @@ impl<'a> MatMul<'a> {
                 .map(|_| AtomicBool::new(false))
                 .collect(),
             kernel: Kernel::best(),
+            cpu: cpu_for(Kernel::best()),
             glu,
         }
     }
@@ -530,6 +554,7 @@ impl<'a> MatMul<'a> {
             "{kernel:?} is not available"
         );
         self.kernel = kernel;
+        self.cpu = cpu_for(kernel);
         self
     }
 
@@ -600,19 +625,17 @@ impl<'a> MatMul<'a> {
                 w: &self.w[group * bytes..][..bytes],
                 x,
             };
-            match self.kernel {
-                Kernel::Portable => portable::tile(&tile),
-                Kernel::Avx2 => avx2::tile(&tile, false),
-                Kernel::Avx2Vnni => avx2::tile(&tile, true),
+            match self.cpu {
+                Some(cpu) => avx2::tile(&tile, cpu),
+                None => portable::tile(&tile),
             }
         };
         let mut y: [[f32; GROUP]; RX] = product(group);
         if self.glu {
             let up = product(self.n / GROUP + group);
-            if self.kernel == Kernel::Portable {
-                silu_mul(&mut y, &up);
-            } else {
-                avx2::silu_mul(&mut y, &up);
+            match self.cpu {
+                Some(cpu) => avx2::silu_mul(cpu, &mut y, &up),
+                None => silu_mul(&mut y, &up),
             }
         }
         for (r, y) in y.iter().enumerate() {

@@ -33,24 +33,35 @@ pub(super) fn available(vnni: bool) -> bool {
                 && std::arch::is_x86_feature_detected!("avx512vl")))
 }
 
-/// Panics unless [`available`]`(vnni)`.
-pub(super) fn tile<const RX: usize>(t: &Tile<'_, RX>, vnni: bool) -> [[f32; GROUP]; RX] {
-    assert!(
-        available(vnni),
-        "the AVX2 kernel needs AVX2, FMA, F16C (and VNNI: {vnni})"
-    );
+/// Proof that the CPU runs the AVX2 kernel (with `vnni`, the VNNI one): made only by
+/// [`Cpu::detect`], once per product rather than per tile.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Cpu {
+    vnni: bool,
+}
+
+impl Cpu {
+    /// `Some` if the CPU runs the kernel ([`available`]).
+    pub(super) fn detect(vnni: bool) -> Option<Cpu> {
+        available(vnni).then_some(Cpu { vnni })
+    }
+}
+
+/// The tile's products on the kernel `cpu` proves the CPU runs.
+pub(super) fn tile<const RX: usize>(t: &Tile<'_, RX>, cpu: Cpu) -> [[f32; GROUP]; RX] {
     let blocks = t.x[0].ds.len();
     assert_eq!(t.w.len(), blocks * t.format.block_bytes(), "weight length");
     assert!(
-        t.x.iter()
-            .all(|x| x.q.len() == blocks * BLOCK && x.ds.len() == blocks),
+        t.x.iter().all(|x| x.q.len() == blocks * BLOCK
+            && x.ds.len() == blocks
+            && x.halves.len() == blocks),
         "activation row length"
     );
-    // SAFETY: the CPU has AVX2, FMA, F16C and, with `vnni`, AVX-512 VNNI and VL (checked
-    // above; std caches the checks), and the group and every row hold `blocks` blocks (checked
+    // SAFETY: the CPU has AVX2, FMA, F16C and, with `vnni`, AVX-512 F, VL and VNNI (`cpu` is
+    // made only where it does), and the group and every row hold `blocks` blocks (checked
     // above), which is all the kernel reads.
     unsafe {
-        match (t.format, vnni) {
+        match (t.format, cpu.vnni) {
             (Format::Q4F16, false) => tile_avx2::<RX, true, false>(t, blocks),
             (Format::Q4F32, false) => tile_avx2::<RX, false, false>(t, blocks),
             (Format::Q5F16, false) => tile_avx2::<RX, true, true>(t, blocks),
@@ -65,10 +76,13 @@ pub(super) fn tile<const RX: usize>(t: &Tile<'_, RX>, vnni: bool) -> [[f32; GROU
     }
 }
 
-/// [`super::silu_mul`] compiled with AVX2 (the same bits). Panics without AVX2.
-pub(super) fn silu_mul<const RX: usize>(g: &mut [[f32; GROUP]; RX], u: &[[f32; GROUP]; RX]) {
-    assert!(has_avx2(), "the AVX2 build needs AVX2");
-    // SAFETY: the CPU has AVX2 (checked above).
+/// [`super::silu_mul`] compiled with AVX2 (the same bits), which `cpu` proves the CPU has.
+pub(super) fn silu_mul<const RX: usize>(
+    _cpu: Cpu,
+    g: &mut [[f32; GROUP]; RX],
+    u: &[[f32; GROUP]; RX],
+) {
+    // SAFETY: the CPU has AVX2 (a `Cpu` is made only where it does).
     unsafe { silu_mul_avx2(g, u) }
 }
 
