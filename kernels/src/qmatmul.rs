@@ -426,7 +426,6 @@ pub struct MatMul<'a> {
     out: &'a [AtomicU32],
     /// Whether each task has run (or is running): a task runs once.
     claimed: Vec<AtomicBool>,
-    kernel: Kernel,
     /// The CPU's features for the AVX2 kernels, found once per product (`None`: portable).
     cpu: Option<avx2::Cpu>,
     /// Whether `w` holds `2n` columns, a gate's then an up projection's, and the output is
@@ -541,7 +540,6 @@ impl<'a> MatMul<'a> {
             claimed: (0..(n / GROUP).div_ceil(GROUPS_PER_TASK))
                 .map(|_| AtomicBool::new(false))
                 .collect(),
-            kernel: Kernel::best(),
             cpu: cpu_for(Kernel::best()),
             glu,
         }
@@ -549,11 +547,6 @@ impl<'a> MatMul<'a> {
 
     /// Runs on `kernel` (one of [`Kernel::available`]) instead of the fastest.
     pub fn on(mut self, kernel: Kernel) -> Self {
-        assert!(
-            Kernel::available().contains(&kernel),
-            "{kernel:?} is not available"
-        );
-        self.kernel = kernel;
         self.cpu = cpu_for(kernel);
         self
     }

@@ -62,16 +62,16 @@ pub(super) fn tile<const RX: usize>(t: &Tile<'_, RX>, cpu: Cpu) -> [[f32; GROUP]
     // above), which is all the kernel reads.
     unsafe {
         match (t.format, cpu.vnni) {
-            (Format::Q4F16, false) => tile_avx2::<RX, true, false>(t, blocks),
-            (Format::Q4F32, false) => tile_avx2::<RX, false, false>(t, blocks),
-            (Format::Q5F16, false) => tile_avx2::<RX, true, true>(t, blocks),
-            (Format::Q5F32, false) => tile_avx2::<RX, false, true>(t, blocks),
-            (Format::Q6F32, false) => tile_avx2_six::<RX>(t, blocks),
-            (Format::Q4F16, true) => tile_vnni::<RX, true, false>(t, blocks),
-            (Format::Q4F32, true) => tile_vnni::<RX, false, false>(t, blocks),
-            (Format::Q5F16, true) => tile_vnni::<RX, true, true>(t, blocks),
-            (Format::Q5F32, true) => tile_vnni::<RX, false, true>(t, blocks),
-            (Format::Q6F32, true) => tile_vnni_six::<RX>(t, blocks),
+            (Format::Q4F16, false) => tile_avx2::<RX, true, 4>(t, blocks),
+            (Format::Q4F32, false) => tile_avx2::<RX, false, 4>(t, blocks),
+            (Format::Q5F16, false) => tile_avx2::<RX, true, 5>(t, blocks),
+            (Format::Q5F32, false) => tile_avx2::<RX, false, 5>(t, blocks),
+            (Format::Q6F32, false) => tile_avx2::<RX, false, 6>(t, blocks),
+            (Format::Q4F16, true) => tile_vnni::<RX, true, 4>(t, blocks),
+            (Format::Q4F32, true) => tile_vnni::<RX, false, 4>(t, blocks),
+            (Format::Q5F16, true) => tile_vnni::<RX, true, 5>(t, blocks),
+            (Format::Q5F32, true) => tile_vnni::<RX, false, 5>(t, blocks),
+            (Format::Q6F32, true) => tile_vnni::<RX, false, 6>(t, blocks),
         }
     }
 }
@@ -173,22 +173,12 @@ fn quantize_avx2(x: &[f32], q: &mut [i8], ds: &mut [[f32; 2]], halves: &mut [[i3
 /// # Safety
 /// Needs AVX2, FMA and F16C, and `blocks` blocks in the group and in every row of `t`.
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn tile_avx2<const RX: usize, const F16: bool, const FIVE: bool>(
+unsafe fn tile_avx2<const RX: usize, const F16: bool, const BITS: u32>(
     t: &Tile<'_, RX>,
     blocks: usize,
 ) -> [[f32; GROUP]; RX] {
     // SAFETY: as this function's.
-    unsafe { tile_body::<RX, F16, FIVE, false, false>(t, blocks) }
-}
-
-/// [`tile_avx2`] for [`Format::Q6F32`].
-///
-/// # Safety
-/// As [`tile_avx2`]'s.
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn tile_avx2_six<const RX: usize>(t: &Tile<'_, RX>, blocks: usize) -> [[f32; GROUP]; RX] {
-    // SAFETY: as this function's.
-    unsafe { tile_body::<RX, false, false, true, false>(t, blocks) }
+    unsafe { tile_body::<RX, F16, BITS, false>(t, blocks) }
 }
 
 /// [`tile_avx2`] with `vpdpbusd`, compiled for AVX-512 so that the tile has 32 vector registers
@@ -198,38 +188,23 @@ unsafe fn tile_avx2_six<const RX: usize>(t: &Tile<'_, RX>, blocks: usize) -> [[f
 /// Needs AVX2, FMA, F16C, AVX-512 F, VL and VNNI, and `blocks` blocks in the group and in every
 /// row of `t`.
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512vnni")]
-unsafe fn tile_vnni<const RX: usize, const F16: bool, const FIVE: bool>(
+unsafe fn tile_vnni<const RX: usize, const F16: bool, const BITS: u32>(
     t: &Tile<'_, RX>,
     blocks: usize,
 ) -> [[f32; GROUP]; RX] {
     // SAFETY: as this function's.
-    unsafe { tile_body::<RX, F16, FIVE, false, true>(t, blocks) }
-}
-
-/// [`tile_vnni`] for [`Format::Q6F32`].
-///
-/// # Safety
-/// As [`tile_vnni`]'s.
-#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512vnni")]
-unsafe fn tile_vnni_six<const RX: usize>(t: &Tile<'_, RX>, blocks: usize) -> [[f32; GROUP]; RX] {
-    // SAFETY: as this function's.
-    unsafe { tile_body::<RX, false, false, true, true>(t, blocks) }
+    unsafe { tile_body::<RX, F16, BITS, true>(t, blocks) }
 }
 
 /// # Safety
 /// Inlined only into [`tile_avx2`] and [`tile_vnni`] (with `VNNI`), whose features and bounds
 /// it needs.
 #[inline(always)]
-unsafe fn tile_body<
-    const RX: usize,
-    const F16: bool,
-    const FIVE: bool,
-    const SIX: bool,
-    const VNNI: bool,
->(
+unsafe fn tile_body<const RX: usize, const F16: bool, const BITS: u32, const VNNI: bool>(
     t: &Tile<'_, RX>,
     blocks: usize,
 ) -> [[f32; GROUP]; RX] {
+    let (five, six) = (BITS == 5, BITS == 6);
     // SAFETY: the callers have the features the intrinsics need; block `b` of the group and of
     // each row is in bounds (see `tile`), and unaligned loads are allowed.
     unsafe {
@@ -262,13 +237,14 @@ unsafe fn tile_body<
         let mut acc = [_mm256_setzero_ps(); RX];
         for b in 0..blocks {
             let block = w.add(b * bytes);
-            let (d, _) = params(b);
-            let h = if FIVE || SIX {
+            // A 6-bit block's second pair of scales is its second half's, not mins.
+            let (d, m) = params(b);
+            let h = if five || six {
                 _mm256_loadu_si256(block.add(at + CODES).cast())
             } else {
                 _mm256_setzero_si256()
             };
-            let h_hi = if SIX {
+            let h_hi = if six {
                 _mm256_loadu_si256(block.add(at + CODES + 32).cast())
             } else {
                 _mm256_setzero_si256()
@@ -280,7 +256,7 @@ unsafe fn tile_body<
             // 6-bit codes: each half's sum starts from its offset (`−32·Σqx`, exact).
             let init = |h: usize| -> [__m256i; RX] {
                 std::array::from_fn(|r| {
-                    if SIX {
+                    if six {
                         _mm256_set1_epi32(*halves[r].add(2 * b + h))
                     } else {
                         _mm256_setzero_si256()
@@ -296,7 +272,7 @@ unsafe fn tile_body<
                 let codes = _mm256_loadu_si256(block.add(at + 32 * v).cast());
                 let mut lo = _mm256_and_si256(codes, low);
                 let mut hi = _mm256_and_si256(_mm256_srli_epi16::<4>(codes), low);
-                if FIVE {
+                if five {
                     // Bits 2v and 2v + 1 of each byte moved to bit 4 (16-bit shifts: by at most 4
                     // left or 3 right, bit 4 of a byte comes from the same byte) and kept alone.
                     let (l, hh) = match v {
@@ -308,7 +284,7 @@ unsafe fn tile_body<
                     lo = _mm256_or_si256(lo, _mm256_and_si256(l, fifth));
                     hi = _mm256_or_si256(hi, _mm256_and_si256(hh, fifth));
                 }
-                if SIX {
+                if six {
                     // Bits 2v and 2v + 1 of each byte moved to bits 4 and 5 (16-bit shifts by
                     // at most 4 left or 2 right keep them within their byte) and kept alone.
                     let place = |h: __m256i| match v {
@@ -324,7 +300,7 @@ unsafe fn tile_body<
                     if VNNI {
                         dot[r] = _mm256_dpbusd_epi32(dot[r], lo, step(r, 4 * v));
                         dot_hi[r] = _mm256_dpbusd_epi32(dot_hi[r], hi, step(r, 16 + 4 * v));
-                    } else if SIX {
+                    } else if six {
                         // The halves apart, widened at once (two 16-bit results of 6-bit codes
                         // could overflow with a third).
                         let lo = _mm256_maddubs_epi16(lo, step(r, 4 * v));
@@ -336,21 +312,19 @@ unsafe fn tile_body<
                         sum[r] =
                             _mm256_add_epi16(sum[r], _mm256_maddubs_epi16(hi, step(r, 16 + 4 * v)));
                         // At most four 16-bit results of 5-bit codes in one sum.
-                        if v == 3 || (FIVE && v == 1) {
+                        if v == 3 || (five && v == 1) {
                             dot[r] = _mm256_add_epi32(dot[r], _mm256_madd_epi16(sum[r], ones));
                             sum[r] = _mm256_setzero_si256();
                         }
                     }
                 }
             }
-            if SIX {
-                let (_, d_hi) = params(b);
+            if six {
                 for r in 0..RX {
                     let dx = _mm256_set1_ps(*ds[r].add(2 * b));
                     let (lo, hi) = (dot[r], dot_hi[r]);
                     acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(lo), _mm256_mul_ps(d, dx), acc[r]);
-                    acc[r] =
-                        _mm256_fmadd_ps(_mm256_cvtepi32_ps(hi), _mm256_mul_ps(d_hi, dx), acc[r]);
+                    acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(hi), _mm256_mul_ps(m, dx), acc[r]);
                 }
                 continue;
             }
@@ -365,7 +339,7 @@ unsafe fn tile_body<
                 acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), scale, acc[r]);
             }
         }
-        if SIX {
+        if six {
             return std::array::from_fn(|r| {
                 let mut y = [0.0f32; GROUP];
                 // `y` holds 8 floats.
