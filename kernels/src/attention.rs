@@ -3,11 +3,14 @@
 //! For int8 caches the rows are never dequantized into a buffer. Each row is split in groups of
 //! [`GROUP`](crate::GROUP) elements with one scale each: a score is
 //! `Σ_g k_scale_g * (Σ_{i in g} q_i·k_i8_i) / sqrt(head_dim)` and output group `g` is
-//! `Σ_t p_t * v_scale_{t,g} * v_i8_t`. The kernels ([`kernel`]) run over fixed 8-lane chunks
-//! with f32 accumulators so they vectorize, and share each pass over the cache among several
-//! query vectors (the heads of one kv head, and consecutive rows during prefill). Over an int8
+//! `Σ_t p_t * v_scale_{t,g} * v_i8_t`. (With AVX-512 VNNI a query group is 15-bit integers times
+//! a scale, each off by at most `max |group| / 64516`, and the inner sums are exact integers.)
+//! The kernels ([`kernel`]) run over fixed 8-lane chunks with f32 accumulators so they
+//! vectorize, and share each pass over the cache among several query vectors (the heads of one
+//! kv head, and consecutive rows during prefill). Over an int8
 //! cache on a CPU with AVX2 and FMA, the two passes are intrinsics ([`avx2`]) that tile eight
-//! keys (scores) or one scale group (values) in registers, for blocks of up to 24 vectors.
+//! keys (scores, through `vpdpbusd` where the CPU has AVX-512 VNNI) or one scale group (values)
+//! in registers, for blocks of up to 24 vectors.
 
 use crate::LayerView;
 use std::sync::{Mutex, PoisonError};
@@ -129,7 +132,7 @@ pub fn attend(
 /// [`attend`] on one thread through the baseline build of the kernels (what CPUs without AVX2
 /// run), whatever this CPU has: tests compare it with the dispatched build.
 pub fn attend_portable(view: &LayerView<'_>, shape: &Shape, q: &[f32], out: &mut [f32], at: At) {
-    kernel::rows::<false>(view, shape, q, out, at, Part::all(shape.nkv));
+    kernel::rows::<false>(view, shape, q, out, at, (Part::all(shape.nkv), false));
 }
 
 /// Row boundaries `[0, .., rows]` giving each thread about the same causal cost
@@ -176,16 +179,25 @@ fn run(view: &LayerView<'_>, shape: &Shape, q: &[f32], out: &mut [f32], at: At, 
         #[allow(unsafe_code)]
         // SAFETY: `run_avx2` needs AVX2 and FMA, which the CPU was just found to support.
         unsafe {
-            run_avx2(view, shape, q, out, at, part);
+            run_avx2(view, shape, q, out, at, (part, avx2::has_vnni()));
         }
         return;
     }
-    kernel::rows::<false>(view, shape, q, out, at, part);
+    kernel::rows::<false>(view, shape, q, out, at, (part, false));
 }
 
+/// The kernels with AVX2 and FMA; the scores through `vpdpbusd` when `vnni` (which the kernel
+/// checks the CPU has).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-fn run_avx2(view: &LayerView<'_>, shape: &Shape, q: &[f32], out: &mut [f32], at: At, part: Part) {
+fn run_avx2(
+    view: &LayerView<'_>,
+    shape: &Shape,
+    q: &[f32],
+    out: &mut [f32],
+    at: At,
+    part: (Part, bool),
+) {
     kernel::rows::<true>(view, shape, q, out, at, part);
 }
 

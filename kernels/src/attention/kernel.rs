@@ -149,6 +149,11 @@ struct Scratch {
     out: Vec<F8>,
     /// Scores, then weights, `[vector][position]`.
     p: Vec<f32>,
+    /// For the VNNI kernel, the query vectors as 15-bit integers per scale group, in two bytes
+    /// each (see [`quantize_group`]) plus 128: the high bytes `[vector][hd]`, then the low ones.
+    q8: Vec<u8>,
+    /// For the VNNI kernel, each vector's group scales times `1 / sqrt(hd)`, `[vector][group]`.
+    qs: Vec<f32>,
 }
 
 /// Attention for the rows of `q` and every head (see [`At`]).
@@ -159,16 +164,21 @@ pub(super) fn rows<const FMA: bool>(
     q: &[f32],
     out: &mut [f32],
     at: At,
-    part: Part,
+    (part, vnni): (Part, bool),
 ) {
     match *view {
-        LayerView::F32 { k, v } => rows_typed::<f32, FMA>(k, v, None, shape, q, out, at, part),
+        LayerView::F32 { k, v } => {
+            rows_typed::<f32, FMA>(k, v, None, shape, q, out, at, (part, vnni))
+        }
         LayerView::Int8 {
             k,
             v,
             k_scales,
             v_scales,
-        } => rows_typed::<i8, FMA>(k, v, Some((k_scales, v_scales)), shape, q, out, at, part),
+        } => {
+            let scales = Some((k_scales, v_scales));
+            rows_typed::<i8, FMA>(k, v, scales, shape, q, out, at, (part, vnni))
+        }
     }
 }
 
@@ -204,7 +214,7 @@ fn rows_typed<E: Lane, const FMA: bool>(
     q: &[f32],
     out: &mut [f32],
     at: At,
-    part: Part,
+    part: (Part, bool),
 ) {
     // A copy with the common head size as a constant, so chunk bounds fold away.
     if sh.hd == 64 {
@@ -225,7 +235,7 @@ fn rows_hd<E: Lane, const FMA: bool>(
     q: &[f32],
     out: &mut [f32],
     (first_pos, window): At,
-    part: Part,
+    (part, vnni): (Part, bool),
 ) {
     let width = sh.n_heads * hd;
     let n_rows = q.len() / width;
@@ -237,6 +247,8 @@ fn rows_hd<E: Lane, const FMA: bool>(
     };
     #[cfg(not(target_arch = "x86_64"))]
     let int8: Option<(&[i8], &[i8], (&[u16], &[u16]))> = None;
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = vnni;
     let max_nq = if int8.is_some() { MAX_NQ_INT8 } else { MAX_NQ };
     // Rows per block: as many whole rows of one kv head's query heads as fit.
     let rows_per_block = (max_nq / sh.group).max(1);
@@ -268,7 +280,7 @@ fn rows_hd<E: Lane, const FMA: bool>(
                 #[cfg(target_arch = "x86_64")]
                 if let Some((k, v, scales)) = int8 {
                     let args = (k, v, None, head, block, q, args.6, args.7);
-                    run_block_int8(args, scales);
+                    run_block_int8(args, scales, vnni);
                     continue;
                 }
                 match block.len() {
@@ -299,7 +311,7 @@ type BlockArgs<'a, E> = (
 #[inline(always)]
 fn run_block<E: Lane, const NQ: usize, const FMA: bool>(args: BlockArgs<'_, E>) {
     let (k, v, scales, head, vectors, q, (out, out_base), scratch) = args;
-    let span = gather(head, vectors, q, scratch);
+    let span = gather(head, vectors, q, scratch, false);
     let qf = scratch.q.as_chunks::<NQ>().0;
     scores::<E, NQ, FMA>(k, scales.map(|s| s.0), head, qf, span, &mut scratch.p);
     normalize(vectors, span.1, &mut scratch.p);
@@ -315,39 +327,71 @@ fn run_block<E: Lane, const NQ: usize, const FMA: bool>(args: BlockArgs<'_, E>) 
 }
 
 /// One block of any number of query vectors over one kv head of an int8 cache, through the
-/// intrinsics kernels (which panic without AVX2 and FMA, or unless `avx2::fits(hd)`).
+/// intrinsics kernels (which panic without AVX2 and FMA, or unless `avx2::fits(hd)`), the scores
+/// through `vpdpbusd` over 15-bit queries when `vnni` (which panics without AVX-512 VNNI).
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-fn run_block_int8(args: BlockArgs<'_, i8>, (k_scales, v_scales): (&[u16], &[u16])) {
+fn run_block_int8(args: BlockArgs<'_, i8>, (k_scales, v_scales): (&[u16], &[u16]), vnni: bool) {
     let (k, v, _, head, vectors, q, (out, out_base), scratch) = args;
     let nq = vectors.len();
-    let span = gather(head, vectors, q, scratch);
-    super::avx2::scores(k, k_scales, head, &scratch.q, nq, span, &mut scratch.p);
+    let span = gather(head, vectors, q, scratch, vnni);
+    if vnni {
+        let query = super::avx2::Query {
+            hi: &scratch.q8[..nq * head.hd],
+            lo: &scratch.q8[nq * head.hd..],
+            scales: &scratch.qs,
+            n: nq,
+        };
+        super::avx2::scores_vnni(k, k_scales, head, query, span, &mut scratch.p);
+    } else {
+        super::avx2::scores(k, k_scales, head, &scratch.q, nq, span, &mut scratch.p);
+    }
     normalize(vectors, span.1, &mut scratch.p);
     super::avx2::values(v, v_scales, head, &scratch.p, nq, span, &mut scratch.out);
     scatter(head, vectors, &scratch.out, out, out_base);
 }
 
 /// Gathers the block's query vectors into `scratch.q` as `[chunk][vector]`, sizes the scores
-/// (`[vector][position]`) and the outputs, and returns the positions the block reads.
+/// (`[vector][position]`) and the outputs, and returns the positions the block reads. With
+/// `quantize` (for the VNNI kernel; `hd` a whole number of groups), the vectors go to
+/// `scratch.q8` and `scratch.qs` instead, each group as 15-bit integers times a scale.
 #[inline(always)]
 fn gather(
     head: Head,
     vectors: &[(usize, usize, usize)],
     q: &[f32],
     scratch: &mut Scratch,
+    quantize: bool,
 ) -> (usize, usize) {
     let nq = vectors.len();
     let (hd, nch) = (head.hd, head.chunks());
     let n = vectors.iter().map(|v| v.2).max().unwrap_or(0);
     let t0 = vectors.iter().map(|v| v.1).min().unwrap_or(0);
-    let qf = &mut scratch.q;
-    qf.clear();
-    qf.resize(nch * nq, F8::default());
-    for (j, &(offset, _, _)) in vectors.iter().enumerate() {
-        let qv = &q[offset..][..hd];
-        for c in 0..nch {
-            qf[c * nq + j] = F8(chunk(qv, c, hd));
+    if quantize {
+        let groups = head.groups();
+        scratch.q8.clear();
+        scratch.q8.resize(2 * nq * hd, 0);
+        scratch.qs.clear();
+        scratch.qs.resize(nq * groups, 0.0);
+        let (hi, lo) = scratch.q8.split_at_mut(nq * hd);
+        for (j, &(offset, _, _)) in vectors.iter().enumerate() {
+            let qv = &q[offset..][..groups * GROUP];
+            for (g, x) in qv.chunks_exact(GROUP).enumerate() {
+                let at = j * hd + g * GROUP;
+                let bytes = (&mut hi[at..][..GROUP], &mut lo[at..][..GROUP]);
+                let x = x.try_into().unwrap_or(&[0.0; GROUP]);
+                scratch.qs[j * groups + g] = quantize_group(x, bytes) * head.inv_sqrt;
+            }
+        }
+    } else {
+        let qf = &mut scratch.q;
+        qf.clear();
+        qf.resize(nch * nq, F8::default());
+        for (j, &(offset, _, _)) in vectors.iter().enumerate() {
+            let qv = &q[offset..][..hd];
+            for c in 0..nch {
+                qf[c * nq + j] = F8(chunk(qv, c, hd));
+            }
         }
     }
     scratch.p.clear();
@@ -355,6 +399,50 @@ fn gather(
     scratch.out.clear();
     scratch.out.resize(nch * nq, F8::default());
     (t0, n)
+}
+
+/// Largest 15-bit query integer: `254 * 127`, so that its two bytes are both in `[-127, 127]`.
+pub(super) const Q15: f32 = 32_258.0;
+
+/// Quantizes `x` to integers `Q_i = round(x_i / scale)` in `[-Q15, Q15]`, `scale = max |x| / Q15`
+/// (0 for a group of zeros), and returns the scale. `Q_i = 254 * h_i + l_i` with `h_i`, `l_i` in
+/// `[-127, 127]`, stored plus 128 in `hi` and `lo` (the unsigned operand of `vpdpbusd`): a dot
+/// product with int8 keys is `254 * Σ h·k + Σ l·k`, exact in 32 bits. An element is off by at
+/// most half a step, `max |x| / 64516`. Rounds to nearest (ties to even) by adding and
+/// subtracting 1.5 * 2^23, the same in every build.
+#[inline(always)]
+pub(super) fn quantize_group(x: &[f32; GROUP], (hi, lo): (&mut [u8], &mut [u8])) -> f32 {
+    const ROUND: f32 = 12_582_912.0;
+    // Lane-wise maxima first, so that it vectorizes.
+    let mut lanes = [0.0f32; VL];
+    for c in x.chunks_exact(VL) {
+        for (m, &v) in lanes.iter_mut().zip(c) {
+            let v = v.abs();
+            *m = if v > *m { v } else { *m };
+        }
+    }
+    let amax = lanes.iter().fold(0.0f32, |m, &v| if v > m { v } else { m });
+    let (scale, inv) = if amax > 0.0 {
+        (amax / Q15, Q15 / amax)
+    } else {
+        (0.0, 0.0)
+    };
+    // Fixed-size loops (not `array::from_fn`, whose closures do not get the caller's target
+    // features), so that each vectorizes. A byte is read from the bits of an integer plus
+    // 1.5 * 2^23 + 128: the low mantissa bits hold it.
+    let (mut q, mut top) = ([0.0f32; GROUP], [0.0f32; GROUP]);
+    for ((q, t), &x) in q.iter_mut().zip(&mut top).zip(x) {
+        *q = ((x * inv + ROUND) - ROUND).clamp(-Q15, Q15);
+        *t = (*q * (1.0 / 254.0) + ROUND) - ROUND;
+    }
+    let (mut h, mut l) = ([0u8; GROUP], [0u8; GROUP]);
+    for (((h, l), &q), &t) in h.iter_mut().zip(&mut l).zip(&q).zip(&top) {
+        *h = ((t + (ROUND + 128.0)).to_bits() & 0xff) as u8;
+        *l = ((q - 254.0 * t + (ROUND + 128.0)).to_bits() & 0xff) as u8;
+    }
+    hi.copy_from_slice(&h);
+    lo.copy_from_slice(&l);
+    scale
 }
 
 /// The softmax of each vector's scores over its own positions; the others' weights become 0.

@@ -200,3 +200,116 @@ fn a_row_alone_equals_the_row_in_a_batch() {
         }
     }
 }
+
+/// Over an int8 cache, attention is the f64 attention of the dequantized keys and values within
+/// f32 rounding in every build: the portable one, AVX2, and AVX2 with AVX-512 VNNI where the CPU
+/// has them (whose 15-bit queries are off by at most `max |q| / 64516` per group). Heads of 2, 3
+/// and 8 groups, blocks of one to 24 vectors, partial tiles.
+#[test]
+fn int8_attention_is_the_attention_of_the_dequantized_cache() {
+    for (nkv, group, hd) in [(3, 3, 64), (2, 1, 96), (1, 4, 256)] {
+        let shape = shape(nkv, group, hd);
+        let positions = 45;
+        let rows = 13;
+        let pos_start = positions - rows;
+        let cache = RandomCache::new(positions, nkv, hd, 0x0bad_cafe_f00d_0001);
+        let view = cache.view();
+        let q: Vec<f32> = (0..rows * shape.n_heads * hd)
+            .map(|i| (((i * 7919) % 2001) as f32 / 1000.0 - 1.0) * 3.0)
+            .collect();
+        let want = reference(&cache, &shape, &q, pos_start);
+        // A 15-bit query group is off by at most `max |q| / 64516` per element, a score by
+        // `eps = Σ_g that * |k_g|_1 / sqrt(hd)` at most, a weight by a factor in `e^{±2 eps}`.
+        let k_l1 = cache
+            .k
+            .chunks(crate::GROUP)
+            .zip(&cache.k_scales)
+            .map(|(k, &s)| {
+                k.iter().map(|&x| (x as f64).abs()).sum::<f64>() * crate::scale_f32(s) as f64
+            });
+        let k_l1_max = k_l1.fold(0.0, f64::max);
+        let q_max = q.iter().fold(0.0f32, |m, x| m.max(x.abs())) as f64;
+        let eps = (hd / crate::GROUP) as f64 * q_max / 64516.0 * k_l1_max / (hd as f64).sqrt();
+        let v_max = cache
+            .v
+            .chunks(crate::GROUP)
+            .zip(&cache.v_scales)
+            .map(|(v, &s)| {
+                v.iter().map(|&x| (x as f64).abs()).fold(0.0, f64::max) * crate::scale_f32(s) as f64
+            });
+        let vnni_bound = v_max.fold(0.0, f64::max) * ((2.0 * eps).exp() - 1.0) + 1e-5;
+        let mut builds = Vec::new();
+        let mut out = vec![f32::NAN; q.len()];
+        attend_portable(&view, &shape, &q, &mut out, (pos_start, None));
+        builds.push(("portable", out));
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            let vnni = [false, avx2::has_vnni()];
+            for (name, vnni) in ["avx2", "vnni"]
+                .into_iter()
+                .zip(vnni)
+                .take(1 + vnni[1] as usize)
+            {
+                let mut out = vec![f32::NAN; q.len()];
+                let part = (Part::all(nkv), vnni);
+                #[allow(unsafe_code)]
+                // SAFETY: the CPU has AVX2 and FMA (checked above).
+                unsafe {
+                    run_avx2(&view, &shape, &q, &mut out, (pos_start, None), part)
+                };
+                builds.push((name, out));
+            }
+        }
+        for (name, got) in &builds {
+            let worst = got
+                .iter()
+                .zip(&want)
+                .map(|(&g, &w)| (g as f64 - w).abs())
+                .fold(0.0, f64::max);
+            let bound = if *name == "vnni" { vnni_bound } else { 1e-5 };
+            assert!(
+                worst <= bound,
+                "{name}, hd {hd}: error {worst} above {bound}"
+            );
+        }
+    }
+}
+
+/// Plain f64 attention of `q` over the dequantized cache.
+fn reference(cache: &RandomCache, shape: &Shape, q: &[f32], pos_start: usize) -> Vec<f64> {
+    let (nkv, hd, g32) = (shape.nkv, shape.hd, crate::GROUP);
+    let dequant = |x: &[i8], s: &[u16]| -> Vec<f64> {
+        x.iter()
+            .enumerate()
+            .map(|(i, &v)| v as f64 * crate::scale_f32(s[i / g32]) as f64)
+            .collect()
+    };
+    let (k, v) = (
+        dequant(&cache.k, &cache.k_scales),
+        dequant(&cache.v, &cache.v_scales),
+    );
+    let q: Vec<f64> = q.iter().map(|&x| x as f64).collect();
+    let width = shape.n_heads * hd;
+    let mut out = vec![0.0f64; q.len()];
+    for (r, (qr, or)) in q.chunks(width).zip(out.chunks_mut(width)).enumerate() {
+        let n = pos_start + r + 1;
+        for (h, (qh, oh)) in qr.chunks(hd).zip(or.chunks_mut(hd)).enumerate() {
+            let kvh = h / shape.group;
+            let at = |t: usize| (t * nkv + kvh) * hd;
+            let scores: Vec<f64> = (0..n)
+                .map(|t| {
+                    let dot: f64 = qh.iter().zip(&k[at(t)..][..hd]).map(|(a, b)| a * b).sum();
+                    dot / (hd as f64).sqrt()
+                })
+                .collect();
+            let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let e: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
+            let sum: f64 = e.iter().sum();
+            for (d, o) in oh.iter_mut().enumerate() {
+                *o = (0..n).map(|t| e[t] * v[at(t) + d]).sum::<f64>() / sum;
+            }
+        }
+    }
+    out
+}

@@ -185,8 +185,11 @@ fn f32_cache_matches_naive_reference() {
 
 /// Bound derived from the quantizer: an element of group `g` of a cached row is off by at most
 /// `e_g = max|group| / 254 * (1 + 2^-11) + 127 * 2^-25` (half a step of the f16-rounded scale; the
-/// second term only matters for f16-subnormal scales). The score of position `t` is then off by at
-/// most `eps_t = Σ_g (Σ_{i in g} |q_i|) * e_{t,g} / sqrt(hd)`, which changes each softmax weight by
+/// second term only matters for f16-subnormal scales). Where the CPU has AVX-512 VNNI, the query is
+/// quantized per group too, to 15 bits (an element off by at most `eq_g = max|q in g| / 64516`,
+/// plus f32 rounding; `e` of the group bounds that). The score of position `t` is then off by at most
+/// `eps_t = Σ_g (|q_g|_1 * e_{t,g} + eq_g * (|k_{t,g}|_1 + 32 e_{t,g})) / sqrt(hd)`
+/// (`|q·k - q̂·k̂| <= |q|·|k - k̂| + |q - q̂|·|k̂|`), which changes each softmax weight by
 /// a factor within `e^{±2 eps}` (`eps = max_t eps_t`), so output element `d` (in group `g`) is off
 /// by at most `max_t e^v_{t,g} + max|v| * (e^{2 eps} - 1)` (plus f32 rounding slack). Per-group
 /// errors are bounded by the group's own maximum, not the row's.
@@ -228,14 +231,19 @@ fn int8_cache_is_within_quantization_bound() {
         let (s, h) = (i / n_heads, i % n_heads);
         let kvh = h / (n_heads / nkv);
         let n = pos_start + s + 1;
-        let q_l1: Vec<f64> = qh
-            .chunks(GROUP)
-            .map(|g| g.iter().map(|x| x.abs() as f64).sum())
-            .collect();
+        let l1 = |x: &[f32]| x.iter().map(|v| v.abs() as f64).sum::<f64>();
+        let q_l1: Vec<f64> = qh.chunks(GROUP).map(l1).collect();
+        let eq: Vec<f64> = qh.chunks(GROUP).map(e).collect();
         let eps = (0..n)
             .map(|t| {
                 let et = &ek[t * nkv + kvh];
-                q_l1.iter().zip(et).map(|(a, b)| a * b).sum::<f64>() / (hd as f64).sqrt()
+                let kt = &case.k[(t * nkv + kvh) * hd..][..hd];
+                let k_l1 = kt.chunks(GROUP).map(l1);
+                let cached = q_l1.iter().zip(et).map(|(a, b)| a * b).sum::<f64>();
+                let query = (eq.iter().zip(k_l1).zip(et))
+                    .map(|((q, k), e)| q * (k + GROUP as f64 * e))
+                    .sum::<f64>();
+                (cached + query) / (hd as f64).sqrt()
             })
             .fold(0.0, f64::max);
         for (d, (&g, &w)) in gh.iter().zip(wh).enumerate() {
