@@ -1,6 +1,6 @@
 //! The score and value passes over an int8 cache with AVX2 and FMA intrinsics: what the
-//! auto-vectorized loops of [`super::kernel`] compute, in an order that keeps every accumulator
-//! in a register.
+//! auto-vectorized loops of [`super::kernel`] compute (with AVX-512 VNNI, the scores of the query
+//! quantized to 15 bits), in an order that keeps every accumulator in a register.
 //!
 //! - Scores take eight keys at a time: they are widened and scaled once into a buffer that every
 //!   query vector of the block reads, each vector keeps one accumulator per key (eight FMA chains
@@ -8,7 +8,8 @@
 //!   With AVX-512 VNNI, the queries are 15-bit integers per scale group in two bytes
 //!   (`kernel::quantize_group`), the keys' bytes are transposed so that lane `i` is key `i`, and
 //!   `vpdpbusd` adds four products of a broadcast query to all eight keys' exact integer sums at
-//!   once: a quarter of the instructions.
+//!   once: half the instructions of the FMAs (a `vpdpbusd` does 32 multiply-adds, an FMA 8,
+//!   and each query element takes two bytes).
 //! - Values take tiles of keys: their rows are widened and multiplied by their group scales
 //!   once into a buffer (16 KiB), then each pair of query vectors adds one scale group (four
 //!   registers each) of every key of the tile, weighted by its softmax weight: eight

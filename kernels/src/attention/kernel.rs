@@ -314,7 +314,7 @@ fn run_block<E: Lane, const NQ: usize, const FMA: bool>(args: BlockArgs<'_, E>) 
     let span = gather(head, vectors, q, scratch, false);
     let qf = scratch.q.as_chunks::<NQ>().0;
     scores::<E, NQ, FMA>(k, scales.map(|s| s.0), head, qf, span, &mut scratch.p);
-    normalize(vectors, span.1, &mut scratch.p);
+    normalize::<FMA>(vectors, span.1, &mut scratch.p);
     values::<E, NQ, FMA>(
         v,
         scales.map(|s| s.1),
@@ -346,7 +346,7 @@ fn run_block_int8(args: BlockArgs<'_, i8>, (k_scales, v_scales): (&[u16], &[u16]
     } else {
         super::avx2::scores(k, k_scales, head, &scratch.q, nq, span, &mut scratch.p);
     }
-    normalize(vectors, span.1, &mut scratch.p);
+    normalize::<true>(vectors, span.1, &mut scratch.p);
     super::avx2::values(v, v_scales, head, &scratch.p, nq, span, &mut scratch.out);
     scatter(head, vectors, &scratch.out, out, out_base);
 }
@@ -404,25 +404,37 @@ fn gather(
 /// Largest 15-bit query integer: `254 * 127`, so that its two bytes are both in `[-127, 127]`.
 pub(super) const Q15: f32 = 32_258.0;
 
-/// Quantizes `x` to integers `Q_i = round(x_i / scale)` in `[-Q15, Q15]`, `scale = max |x| / Q15`
-/// (0 for a group of zeros), and returns the scale. `Q_i = 254 * h_i + l_i` with `h_i`, `l_i` in
-/// `[-127, 127]`, stored plus 128 in `hi` and `lo` (the unsigned operand of `vpdpbusd`): a dot
-/// product with int8 keys is `254 * Σ h·k + Σ l·k`, exact in 32 bits. An element is off by at
-/// most half a step, `max |x| / 64516`. Rounds to nearest (ties to even) by adding and
+/// Query groups whose largest magnitude is below this (2^-100) count as zeros: `Q15 / max` and
+/// `max / Q15` stay normal floats above it.
+pub(super) const TINY: f32 = 7.888_609e-31;
+
+/// Quantizes `x` to integers `Q_i = round(x_i / scale)` in `[-Q15, Q15]`, `scale = max |x| / Q15`,
+/// and returns the scale. `Q_i = 254 * h_i + l_i` with `h_i`, `l_i` in `[-127, 127]`, stored
+/// plus 128 in `hi` and `lo` (the unsigned operand of `vpdpbusd`): a dot product with int8 keys
+/// is `254 * Σ h·k + Σ l·k`, exact in 32 bits. An element is off by at most half a step,
+/// `max |x| / 64516` (plus f32 rounding). A group whose largest magnitude is below [`TINY`]
+/// counts as zeros (scale 0); one with a NaN or an infinity gets zeros and a NaN scale, so that
+/// its scores are NaN as in the float kernels. Rounds to nearest (ties to even) by adding and
 /// subtracting 1.5 * 2^23, the same in every build.
 #[inline(always)]
 pub(super) fn quantize_group(x: &[f32; GROUP], (hi, lo): (&mut [u8], &mut [u8])) -> f32 {
     const ROUND: f32 = 12_582_912.0;
-    // Lane-wise maxima first, so that it vectorizes.
-    let mut lanes = [0.0f32; VL];
+    // Lane-wise maxima first, so that it vectorizes; `v * 0` is 0 but for NaN and infinities.
+    let (mut lanes, mut nonzero) = ([0.0f32; VL], [0.0f32; VL]);
     for c in x.chunks_exact(VL) {
-        for (m, &v) in lanes.iter_mut().zip(c) {
-            let v = v.abs();
-            *m = if v > *m { v } else { *m };
+        for ((m, z), &v) in lanes.iter_mut().zip(&mut nonzero).zip(c) {
+            let a = v.abs();
+            *m = if a > *m { a } else { *m };
+            *z += v * 0.0;
         }
     }
     let amax = lanes.iter().fold(0.0f32, |m, &v| if v > m { v } else { m });
-    let (scale, inv) = if amax > 0.0 {
+    if !nonzero.iter().all(|&z| z == 0.0) {
+        hi.fill(128);
+        lo.fill(128);
+        return f32::NAN;
+    }
+    let (scale, inv) = if amax >= TINY {
         (amax / Q15, Q15 / amax)
     } else {
         (0.0, 0.0)
@@ -447,10 +459,10 @@ pub(super) fn quantize_group(x: &[f32; GROUP], (hi, lo): (&mut [u8], &mut [u8]))
 
 /// The softmax of each vector's scores over its own positions; the others' weights become 0.
 #[inline(always)]
-fn normalize(vectors: &[(usize, usize, usize)], n: usize, p: &mut [f32]) {
+fn normalize<const FMA: bool>(vectors: &[(usize, usize, usize)], n: usize, p: &mut [f32]) {
     for (j, &(_, start, limit)) in vectors.iter().enumerate() {
         let row = &mut p[j * n..][..n];
-        let inv = 1.0 / softmax_unnormalized(&mut row[start..limit]);
+        let inv = 1.0 / softmax_unnormalized::<FMA>(&mut row[start..limit]);
         row[start..limit].iter_mut().for_each(|x| *x *= inv);
         row[..start].fill(0.0);
         row[limit..].fill(0.0);

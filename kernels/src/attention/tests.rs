@@ -12,6 +12,11 @@ fn split_rows_balances_the_causal_triangle() {
 
 #[test]
 fn exp_neg_is_accurate() {
+    check_exp_neg(exp_neg::<false>);
+    check_exp_neg(exp_neg::<true>);
+}
+
+fn check_exp_neg(exp_neg: fn(f32) -> f32) {
     let mut worst = 0.0f64;
     for i in 0..=200_000 {
         let x = -(i as f32) * 87.0 / 200_000.0;
@@ -204,13 +209,14 @@ fn a_row_alone_equals_the_row_in_a_batch() {
 /// Over an int8 cache, attention is the f64 attention of the dequantized keys and values within
 /// f32 rounding in every build: the portable one, AVX2, and AVX2 with AVX-512 VNNI where the CPU
 /// has them (whose 15-bit queries are off by at most `max |q| / 64516` per group). Heads of 2, 3
-/// and 8 groups, blocks of one to 24 vectors, partial tiles.
+/// and 8 groups, 13 rows (blocks of 4 to 15 vectors) and one (a decoded token: 1 to 4), partial
+/// tiles.
 #[test]
 fn int8_attention_is_the_attention_of_the_dequantized_cache() {
-    for (nkv, group, hd) in [(3, 3, 64), (2, 1, 96), (1, 4, 256)] {
+    let cases = [(3, 3, 64), (2, 1, 96), (1, 4, 256)];
+    for ((nkv, group, hd), rows) in cases.into_iter().flat_map(|c| [(c, 13), (c, 1)]) {
         let shape = shape(nkv, group, hd);
         let positions = 45;
-        let rows = 13;
         let pos_start = positions - rows;
         let cache = RandomCache::new(positions, nkv, hd, 0x0bad_cafe_f00d_0001);
         let view = cache.view();
@@ -238,29 +244,7 @@ fn int8_attention_is_the_attention_of_the_dequantized_cache() {
                 v.iter().map(|&x| (x as f64).abs()).fold(0.0, f64::max) * crate::scale_f32(s) as f64
             });
         let vnni_bound = v_max.fold(0.0, f64::max) * ((2.0 * eps).exp() - 1.0) + 1e-5;
-        let mut builds = Vec::new();
-        let mut out = vec![f32::NAN; q.len()];
-        attend_portable(&view, &shape, &q, &mut out, (pos_start, None));
-        builds.push(("portable", out));
-        #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
-            let vnni = [false, avx2::has_vnni()];
-            for (name, vnni) in ["avx2", "vnni"]
-                .into_iter()
-                .zip(vnni)
-                .take(1 + vnni[1] as usize)
-            {
-                let mut out = vec![f32::NAN; q.len()];
-                let part = (Part::all(nkv), vnni);
-                #[allow(unsafe_code)]
-                // SAFETY: the CPU has AVX2 and FMA (checked above).
-                unsafe {
-                    run_avx2(&view, &shape, &q, &mut out, (pos_start, None), part)
-                };
-                builds.push((name, out));
-            }
-        }
+        let builds = every_build(&view, &shape, &q, pos_start);
         for (name, got) in &builds {
             let worst = got
                 .iter()
@@ -272,6 +256,61 @@ fn int8_attention_is_the_attention_of_the_dequantized_cache() {
                 worst <= bound,
                 "{name}, hd {hd}: error {worst} above {bound}"
             );
+        }
+    }
+}
+
+/// `attend` through every build this CPU runs: the portable one, AVX2, AVX2 with AVX-512 VNNI.
+fn every_build(
+    view: &LayerView<'_>,
+    shape: &Shape,
+    q: &[f32],
+    pos_start: usize,
+) -> Vec<(&'static str, Vec<f32>)> {
+    let mut builds = Vec::new();
+    let mut out = vec![f32::NAN; q.len()];
+    attend_portable(view, shape, q, &mut out, (pos_start, None));
+    builds.push(("portable", out));
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        let vnni = [false, avx2::has_vnni()];
+        for (name, vnni) in ["avx2", "vnni"]
+            .into_iter()
+            .zip(vnni)
+            .take(1 + vnni[1] as usize)
+        {
+            let mut out = vec![f32::NAN; q.len()];
+            let part = (Part::all(shape.nkv), vnni);
+            #[allow(unsafe_code)]
+            // SAFETY: the CPU has AVX2 and FMA (checked above).
+            unsafe {
+                run_avx2(view, shape, q, &mut out, (pos_start, None), part)
+            };
+            builds.push((name, out));
+        }
+    }
+    builds
+}
+
+/// A query vector with a NaN or an infinity gives NaN outputs in every build (the VNNI kernel's
+/// quantizer does not turn it into numbers), and the other vectors are unaffected.
+#[test]
+fn a_non_finite_query_gives_nan_in_every_build() {
+    let (nkv, group, hd) = (3, 3, 64);
+    let shape = shape(nkv, group, hd);
+    let cache = RandomCache::new(20, nkv, hd, 7);
+    let width = shape.n_heads * hd;
+    for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+        let mut q: Vec<f32> = (0..2 * width).map(|i| (i % 7) as f32 / 7.0 - 0.5).collect();
+        q[hd + 5] = bad; // row 0, head 1
+        for (name, out) in every_build(&cache.view(), &shape, &q, 18) {
+            for (v, o) in out.chunks(hd).enumerate() {
+                if v == 1 {
+                    assert!(o.iter().all(|x| x.is_nan()), "{name}, {bad}: {o:?}");
+                } else {
+                    assert!(o.iter().all(|x| x.is_finite()), "{name}, {bad}, vector {v}");
+                }
+            }
         }
     }
 }
