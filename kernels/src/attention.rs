@@ -203,9 +203,9 @@ fn run_avx2(
 }
 
 /// Replaces `x` with `exp(x - max x)` and returns the sum. Max, exp and sum are separate
-/// lane-wise passes so each one vectorizes; `FMA` as [`exp_neg`]'s.
+/// lane-wise passes so each one vectorizes.
 #[inline(always)]
-pub(crate) fn softmax_unnormalized<const FMA: bool>(x: &mut [f32]) -> f32 {
+pub(crate) fn softmax_unnormalized(x: &mut [f32]) -> f32 {
     let (chunks, rest) = x.as_chunks::<LANES>();
     let mut lanes = [f32::NEG_INFINITY; LANES];
     for c in chunks {
@@ -218,7 +218,7 @@ pub(crate) fn softmax_unnormalized<const FMA: bool>(x: &mut [f32]) -> f32 {
         .chain(rest)
         .fold(f32::NEG_INFINITY, |m, &v| m.max(v));
     for v in x.iter_mut() {
-        *v = exp_neg::<FMA>(*v - max);
+        *v = exp_neg(*v - max);
     }
     let (chunks, rest) = x.as_chunks::<LANES>();
     let mut sums = [0.0f32; LANES];
@@ -231,10 +231,9 @@ pub(crate) fn softmax_unnormalized<const FMA: bool>(x: &mut [f32]) -> f32 {
 }
 
 /// `e^x` for `x <= 0` (relative error about 2e-7), branch-free so it vectorizes. Results below
-/// `e^-87` are not exact but tiny; NaN stays NaN. With `FMA` (builds for CPUs that have it) the
-/// reduction and the polynomial are fused multiply-adds: half the operations, other bits.
+/// `e^-87` are not exact but tiny; NaN stays NaN.
 #[inline(always)]
-pub(crate) fn exp_neg<const FMA: bool>(x: f32) -> f32 {
+pub(crate) fn exp_neg(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const LN2_HI: f32 = 0.693_359_4;
     const LN2_LO: f32 = -2.121_944_4e-4;
@@ -242,19 +241,14 @@ pub(crate) fn exp_neg<const FMA: bool>(x: f32) -> f32 {
     let x = if x < -87.0 { -87.0 } else { x };
     let shifted = x * LOG2E + ROUND;
     let n = shifted - ROUND;
-    let madd = |a: f32, b: f32, c: f32| if FMA { a.mul_add(b, c) } else { a * b + c };
-    let r = if FMA {
-        n.mul_add(-LN2_LO, n.mul_add(-LN2_HI, x))
-    } else {
-        x - n * LN2_HI - n * LN2_LO
-    };
+    let r = x - n * LN2_HI - n * LN2_LO;
     let p = 1.0 / 720.0;
-    let p = madd(p, r, 1.0 / 120.0);
-    let p = madd(p, r, 1.0 / 24.0);
-    let p = madd(p, r, 1.0 / 6.0);
-    let p = madd(p, r, 0.5);
-    let p = madd(p, r, 1.0);
-    let p = madd(p, r, 1.0);
+    let p = p * r + 1.0 / 120.0;
+    let p = p * r + 1.0 / 24.0;
+    let p = p * r + 1.0 / 6.0;
+    let p = p * r + 0.5;
+    let p = p * r + 1.0;
+    let p = p * r + 1.0;
     // n is in [-126, 0], so the biased exponent is a normal one. `shifted` and `ROUND` share
     // their exponent, so the difference of their bits is n as an integer (a float-to-int cast
     // here would not vectorize).

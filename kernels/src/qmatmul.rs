@@ -654,7 +654,7 @@ impl<'a> MatMul<'a> {
 /// that no exponent overflows. NaN stays NaN.
 #[inline(always)]
 pub fn silu(x: f32) -> f32 {
-    let e = crate::attention::exp_neg::<false>(-x.abs());
+    let e = crate::attention::exp_neg(-x.abs());
     let sigmoid = if x >= 0.0 { 1.0 } else { e } / (1.0 + e);
     x * sigmoid
 }

@@ -314,7 +314,7 @@ fn run_block<E: Lane, const NQ: usize, const FMA: bool>(args: BlockArgs<'_, E>) 
     let span = gather(head, vectors, q, scratch, false);
     let qf = scratch.q.as_chunks::<NQ>().0;
     scores::<E, NQ, FMA>(k, scales.map(|s| s.0), head, qf, span, &mut scratch.p);
-    normalize::<FMA>(vectors, span.1, &mut scratch.p);
+    normalize(vectors, span.1, &mut scratch.p);
     values::<E, NQ, FMA>(
         v,
         scales.map(|s| s.1),
@@ -346,7 +346,7 @@ fn run_block_int8(args: BlockArgs<'_, i8>, (k_scales, v_scales): (&[u16], &[u16]
     } else {
         super::avx2::scores(k, k_scales, head, &scratch.q, nq, span, &mut scratch.p);
     }
-    normalize::<true>(vectors, span.1, &mut scratch.p);
+    normalize(vectors, span.1, &mut scratch.p);
     super::avx2::values(v, v_scales, head, &scratch.p, nq, span, &mut scratch.out);
     scatter(head, vectors, &scratch.out, out, out_base);
 }
@@ -459,10 +459,10 @@ pub(super) fn quantize_group(x: &[f32; GROUP], (hi, lo): (&mut [u8], &mut [u8]))
 
 /// The softmax of each vector's scores over its own positions; the others' weights become 0.
 #[inline(always)]
-fn normalize<const FMA: bool>(vectors: &[(usize, usize, usize)], n: usize, p: &mut [f32]) {
+fn normalize(vectors: &[(usize, usize, usize)], n: usize, p: &mut [f32]) {
     for (j, &(_, start, limit)) in vectors.iter().enumerate() {
         let row = &mut p[j * n..][..n];
-        let inv = 1.0 / softmax_unnormalized::<FMA>(&mut row[start..limit]);
+        let inv = 1.0 / softmax_unnormalized(&mut row[start..limit]);
         row[start..limit].iter_mut().for_each(|x| *x *= inv);
         row[..start].fill(0.0);
         row[limit..].fill(0.0);
