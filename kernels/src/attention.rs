@@ -5,11 +5,10 @@
 //! `Σ_g k_scale_g * (Σ_{i in g} q_i·k_i8_i) / sqrt(head_dim)` and output group `g` is
 //! `Σ_t p_t * v_scale_{t,g} * v_i8_t`. (With AVX-512 VNNI a query group is 15-bit integers times
 //! a scale, each off by at most `max |group| / 64516` plus f32 rounding, and the inner sums are
-//! exact integers.)
-//! The kernels ([`kernel`]) run over fixed 8-lane chunks with f32 accumulators so they
-//! vectorize, and share each pass over the cache among several query vectors (the heads of one
-//! kv head, and consecutive rows during prefill). Over an int8
-//! cache on a CPU with AVX2 and FMA, the two passes are intrinsics ([`avx2`]) that tile eight
+//! exact integers.) The kernels ([`kernel`]) run over fixed 8-lane chunks with f32 accumulators
+//! so they vectorize, and share each pass over the cache among several query vectors (the heads
+//! of one kv head, and consecutive rows during prefill). Over an int8 cache on a CPU with AVX2
+//! and FMA, the two passes are intrinsics ([`avx2`]) that tile eight
 //! keys (scores, through `vpdpbusd` where the CPU has AVX-512 VNNI) or one scale group (values)
 //! in registers, for blocks of up to 24 vectors.
 

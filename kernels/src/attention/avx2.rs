@@ -16,8 +16,8 @@
 //!   accumulators, no spills.
 //!
 //! A vector's result depends only on its own query, the keys and its weights: the sum for a key
-//! is the same FMA chain (or exact integer) and the same tree whichever of the eight slots the key lands in, and the
-//! value sums run over positions in order. Blocks of any size, and any split across threads, give
+//! is the same FMA chain (or exact integer) and the same tree whichever of the eight slots the
+//! key lands in, and the value sums run over positions in order. Blocks of any size, and any split across threads, give
 //! the same bits.
 
 #![allow(unsafe_code)]
@@ -30,8 +30,6 @@ use std::arch::x86_64::*;
 const KEYS: usize = 8;
 /// Chunks of one scale group.
 const CPG: usize = GROUP / VL;
-/// Most scale groups per head row.
-const MAX_GROUPS: usize = MAX_CHUNKS / CPG;
 
 /// Whether these kernels take a head of `hd` elements.
 pub(super) fn fits(hd: usize) -> bool {
@@ -170,8 +168,13 @@ pub(crate) fn has_vnni() -> bool {
 
 /// The group scales of eight keys from `t` (slots past `m` keys repeat the last), `[group][key]`.
 #[inline(always)]
-fn key_scales(k_scales: &[u16], head: Head, t: usize, m: usize) -> [[f32; KEYS]; MAX_GROUPS] {
-    let mut ks = [[0.0f32; KEYS]; MAX_GROUPS];
+fn key_scales<const G: usize>(
+    k_scales: &[u16],
+    head: Head,
+    t: usize,
+    m: usize,
+) -> [[f32; KEYS]; G] {
+    let mut ks = [[0.0f32; KEYS]; G];
     for i in 0..KEYS {
         let key = head.scales(k_scales, t + i.min(m - 1));
         for (ks, &s) in ks.iter_mut().zip(key) {
@@ -262,11 +265,7 @@ unsafe fn scores_vnni_g<const G: usize>(
 #[target_feature(enable = "avx2,fma,avx512f,avx512vl,avx512vnni")]
 #[inline]
 unsafe fn tile_vectors<const G: usize, const J: usize>(
-    (kt, start, ks): (
-        &[[__m256i; KEYS]; G],
-        &[__m256i; G],
-        &[[f32; KEYS]; MAX_GROUPS],
-    ),
+    (kt, start, ks): (&[[__m256i; KEYS]; G], &[__m256i; G], &[[f32; KEYS]; G]),
     q: Query<'_>,
     j: usize,
     p: &mut [f32],

@@ -402,11 +402,11 @@ fn gather(
 }
 
 /// Largest 15-bit query integer: `254 * 127`, so that its two bytes are both in `[-127, 127]`.
-pub(super) const Q15: f32 = 32_258.0;
+const Q15: f32 = 32_258.0;
 
 /// Query groups whose largest magnitude is below this (2^-100) count as zeros: `Q15 / max` and
 /// `max / Q15` stay normal floats above it.
-pub(super) const TINY: f32 = 7.888_609e-31;
+const TINY: f32 = 7.888_609e-31;
 
 /// Quantizes `x` to integers `Q_i = round(x_i / scale)` in `[-Q15, Q15]`, `scale = max |x| / Q15`,
 /// and returns the scale. `Q_i = 254 * h_i + l_i` with `h_i`, `l_i` in `[-127, 127]`, stored
@@ -417,7 +417,7 @@ pub(super) const TINY: f32 = 7.888_609e-31;
 /// its scores are NaN as in the float kernels. Rounds to nearest (ties to even) by adding and
 /// subtracting 1.5 * 2^23, the same in every build.
 #[inline(always)]
-pub(super) fn quantize_group(x: &[f32; GROUP], (hi, lo): (&mut [u8], &mut [u8])) -> f32 {
+fn quantize_group(x: &[f32; GROUP], (hi, lo): (&mut [u8], &mut [u8])) -> f32 {
     const ROUND: f32 = 12_582_912.0;
     // Lane-wise maxima first, so that it vectorizes; `v * 0` is 0 but for NaN and infinities.
     let (mut lanes, mut nonzero) = ([0.0f32; VL], [0.0f32; VL]);
