@@ -110,10 +110,10 @@ bench-conversation: package
 ## Q5_0, Q5_1, Q8_0, Q4_K_M, Q5_K_M, Q6_K, F16 and BF16, plus qwen2 and RoPE-scaled llama files
 ## written by llama.cpp's gguf writer (TYPES="..." to choose), each imported and its perplexity
 ## compared with llama-perplexity's on the same file and text (WINDOWS windows of 512, default
-## 16) and its greedy answers with llama-completion's; fails if a perplexity differs by more
+## 64) and its greedy answers with llama-completion's; fails if a perplexity differs by more
 ## than 0.5%
 check-models: setup build $(LLAMA_PERPLEXITY) $(LLAMA_COMPLETION)
-	@./scripts/check-models.sh $(EDGE) $(GGUF) .seam/tools/llama.cpp/bin $(PROSE) target/check-models $(or $(WINDOWS),16) $(TYPES)
+	@./scripts/check-models.sh $(EDGE) $(GGUF) .seam/tools/llama.cpp/bin $(PROSE) target/check-models $(or $(WINDOWS),64) $(TYPES)
 
 ## bench-types: decode and prefill tokens/s vs llama.cpp per GGUF type (1 and 2 threads), on the
 ## files and packages check-models left in target/check-models (TYPES=, ROUNDS=, default 2)
