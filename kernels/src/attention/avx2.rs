@@ -17,8 +17,8 @@
 //!
 //! A vector's result depends only on its own query, the keys and its weights: the sum for a key
 //! is the same FMA chain (or exact integer) and the same tree whichever of the eight slots the
-//! key lands in, and the value sums run over positions in order. Blocks of any size, and any split across threads, give
-//! the same bits.
+//! key lands in, and the value sums run over positions in order. Blocks of any size, and any
+//! split across threads, give the same bits.
 
 #![allow(unsafe_code)]
 
