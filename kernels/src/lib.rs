@@ -6,6 +6,9 @@
 //! too short, never read out of bounds).
 
 pub mod attention;
+#[cfg(target_arch = "x86_64")]
+mod codes;
+pub mod kv;
 pub mod norm;
 pub mod qmatmul;
 

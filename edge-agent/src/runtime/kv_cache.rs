@@ -11,8 +11,8 @@
 //! Quantization of one group `x`: `s = f16(max|x| / 127)` (clamped to `f16::MAX`), then
 //! `q = round(x / s)` clamped to `[-127, 127]`, using the rounded `s` so the reconstruction
 //! `q * s` is within `s / 2` of `x` (plus at most `127 * 2^-25` where `s` is an f16 subnormal). A
-//! group whose rounded scale is zero is stored as zeros. Grouping keeps one outlier channel from
-//! coarsening the other half of the row.
+//! group whose rounded scale is zero is stored as zeros ([`seam_kernels::kv`]). Grouping keeps one
+//! outlier channel from coarsening the other half of the row.
 //!
 //! Bookkeeping: `len` is the committed length (positions every layer holds). Each layer also has a
 //! `written` mark (`len <= written[l] <= capacity`): positions written for that layer but not yet
@@ -319,13 +319,11 @@ impl KvCache {
                 Storage::F32 { data } => {
                     data[row0 * width..][..src.len()].copy_from_slice(src);
                 }
-                Storage::Int8 { data, scales } => {
-                    let dst = data[row0 * width..][..src.len()].chunks_exact_mut(GROUP);
-                    let sc = scales[row0 * sw..][..rows * sw].iter_mut();
-                    for ((d, s), x) in dst.zip(sc).zip(src.chunks_exact(GROUP)) {
-                        *s = quantize_group(x, d);
-                    }
-                }
+                Storage::Int8 { data, scales } => seam_kernels::kv::quantize(
+                    src,
+                    &mut data[row0 * width..][..src.len()],
+                    &mut scales[row0 * sw..][..rows * sw],
+                ),
             }
         }
         self.written[layer] = (pos + rows).max(self.len);
@@ -563,6 +561,12 @@ impl KvCache {
 }
 
 fn check_finite(what: &'static str, x: &[f32]) -> Result<(), KvError> {
+    // A pass without early exits vectorizes (a prefill checks every layer's keys and values).
+    if x.chunks(256)
+        .all(|c| c.iter().fold(true, |all, v| all & v.is_finite()))
+    {
+        return Ok(());
+    }
     match x.iter().position(|v| !v.is_finite()) {
         Some(index) => Err(KvError::NonFinite { what, index }),
         None => Ok(()),
@@ -582,46 +586,6 @@ fn check_grouping(geom: KvGeometry, dtype: KvDtype) -> Result<(), KvError> {
         });
     }
     Ok(())
-}
-
-/// Quantizes the (finite) group `x` into `out` and returns its scale as f16 bits.
-///
-/// The scale is `max|x| / 127` rounded to f16 (at most `f16::MAX`); the values are quantized with
-/// that rounded scale. A zero scale (all-zero group, or one too small for f16) stores zeros.
-fn quantize_group(x: &[f32], out: &mut [i8]) -> u16 {
-    let max = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-    let mut half = f16::from_f32(max / 127.0);
-    if half.is_infinite() {
-        half = f16::MAX;
-    }
-    let scale = half.to_f32();
-    if scale == 0.0 {
-        out.fill(0);
-        return 0;
-    }
-    for (o, &v) in out.iter_mut().zip(x) {
-        // The clamp makes the cast exact; `as` would saturate anyway.
-        *o = round_half_away(v / scale).clamp(-127.0, 127.0) as i8;
-    }
-    half.to_bits()
-}
-
-/// `v` rounded to the nearest integer, halves away from zero, exactly as `f32::round`, for
-/// `|v| < 2^22` (a group's values over its scale stay within a few hundred). `f32::round` is a
-/// call to `roundf` per value on baseline x86-64; a truncating conversion and two comparisons
-/// vectorize.
-#[inline(always)]
-fn round_half_away(v: f32) -> f32 {
-    let t = v as i32 as f32;
-    let f = v - t; // exact: `t` is `v` without its fraction bits
-    let r = if f >= 0.5 {
-        t + 1.0
-    } else if f <= -0.5 {
-        t - 1.0
-    } else {
-        t
-    };
-    r.copysign(v) // −0.3 rounds to −0.0, as `f32::round` gives
 }
 
 #[cfg(test)]

@@ -109,64 +109,122 @@ pub(super) fn quantize(x: &[f32], q: &mut [i8], ds: &mut [[f32; 2]], halves: &mu
     unsafe { quantize_avx2(x, q, ds, halves) }
 }
 
-/// The sum of the eight 32-bit lanes of `v`.
+/// The sums of each of the eight vectors' lanes, in their order (exact in any order).
 #[target_feature(enable = "avx2")]
-fn sum_i32(v: __m256i) -> i32 {
-    let v = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
-    let v = _mm_add_epi32(v, _mm_unpackhi_epi64(v, v));
-    _mm_cvtsi128_si32(_mm_add_epi32(v, _mm_shuffle_epi32::<1>(v)))
+fn sums_i32(v: &[__m256i; BATCH]) -> __m256i {
+    let pairs = [
+        _mm256_hadd_epi32(v[0], v[1]),
+        _mm256_hadd_epi32(v[2], v[3]),
+        _mm256_hadd_epi32(v[4], v[5]),
+        _mm256_hadd_epi32(v[6], v[7]),
+    ];
+    // Each 128-bit half: the half sums of vectors 0..4, then of 4..8.
+    let quads = [
+        _mm256_hadd_epi32(pairs[0], pairs[1]),
+        _mm256_hadd_epi32(pairs[2], pairs[3]),
+    ];
+    _mm256_add_epi32(
+        _mm256_permute2x128_si256::<0x20>(quads[0], quads[1]),
+        _mm256_permute2x128_si256::<0x31>(quads[0], quads[1]),
+    )
 }
+
+/// Blocks quantized together: their maxima first, then their scales and inverses in one vector
+/// division each, then their codes, then their sums. One block at a time waited on two scalar
+/// divisions and two horizontal sums in a row, three times as long.
+const BATCH: usize = 8;
 
 #[target_feature(enable = "avx2")]
 fn quantize_avx2(x: &[f32], q: &mut [i8], ds: &mut [[f32; 2]], halves: &mut [[i32; 2]]) {
     let sign = _mm256_set1_ps(-0.0);
+    let zero = _mm256_setzero_ps();
     let magic = _mm256_set1_ps(super::ROUND_MAGIC); // as `round_ties_even`
     let (lo, hi) = (_mm256_set1_ps(-127.0), _mm256_set1_ps(127.0));
-    let blocks = x
-        .chunks_exact(BLOCK)
-        .zip(q.chunks_exact_mut(BLOCK))
-        .zip(halves.iter_mut());
-    for (((xb, qb), halves), ds) in blocks.zip(ds.iter_mut()) {
-        // SAFETY: a block is 32 floats.
-        let v: [__m256; 4] =
-            std::array::from_fn(|i| unsafe { _mm256_loadu_ps(xb.as_ptr().add(8 * i)) });
-        // `x - x` is 0 for finite values and NaN for NaN and infinities.
-        let finite = v.iter().fold(true, |all, &v| {
-            let zero = _mm256_cmp_ps::<_CMP_EQ_OQ>(_mm256_sub_ps(v, v), _mm256_setzero_ps());
-            all && _mm256_movemask_ps(zero) == 0xff
-        });
-        if !finite {
-            qb.fill(0);
-            *ds = [f32::NAN; 2];
-            *halves = [0; 2];
-            continue;
+    let batches = x
+        .chunks(BATCH * BLOCK)
+        .zip(q.chunks_mut(BATCH * BLOCK))
+        .zip(halves.chunks_mut(BATCH));
+    for (((xb, qb), halves), ds) in batches.zip(ds.chunks_mut(BATCH)) {
+        let n = ds.len();
+        let load = |j: usize| -> [__m256; 4] {
+            // SAFETY: block `j < n` of the batch is 32 floats.
+            std::array::from_fn(|i| unsafe { _mm256_loadu_ps(xb.as_ptr().add(BLOCK * j + 8 * i)) })
+        };
+        let (mut amax, mut finite) = ([0.0f32; BATCH], [false; BATCH]);
+        for j in 0..n {
+            let v = load(j);
+            // `x - x` is 0 for finite values and NaN for NaN and infinities, and NaN stays NaN
+            // in a sum.
+            let nan = v
+                .iter()
+                .fold(zero, |s, &v| _mm256_add_ps(s, _mm256_sub_ps(v, v)));
+            finite[j] = _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_EQ_OQ>(nan, zero)) == 0xff;
+            let abs = v.map(|v| _mm256_andnot_ps(sign, v));
+            let m = _mm256_max_ps(_mm256_max_ps(abs[0], abs[1]), _mm256_max_ps(abs[2], abs[3]));
+            let m = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps::<1>(m));
+            let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+            amax[j] = _mm_cvtss_f32(_mm_max_ss(m, _mm_shuffle_ps::<1>(m, m)));
         }
-        let abs = v.map(|v| _mm256_andnot_ps(sign, v));
-        let m = _mm256_max_ps(_mm256_max_ps(abs[0], abs[1]), _mm256_max_ps(abs[2], abs[3]));
-        let m = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps::<1>(m));
-        let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
-        let amax = _mm_cvtss_f32(_mm_max_ss(m, _mm_shuffle_ps::<1>(m, m)));
-        let scale = amax / 127.0;
-        let inv = _mm256_set1_ps(if scale > 0.0 { 1.0 / scale } else { 0.0 });
-        let codes = v.map(|v| {
-            let r = _mm256_sub_ps(_mm256_add_ps(_mm256_mul_ps(v, inv), magic), magic);
-            _mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(r, lo), hi))
-        });
-        let first = sum_i32(_mm256_add_epi32(codes[0], codes[1]));
-        let second = sum_i32(_mm256_add_epi32(codes[2], codes[3]));
-        let sum = first + second;
-        // 32-bit to 8-bit within 128-bit lanes, then the lanes' 4-byte groups back in order.
-        let words = [
-            _mm256_packs_epi32(codes[0], codes[1]),
-            _mm256_packs_epi32(codes[2], codes[3]),
-        ];
-        let bytes = _mm256_packs_epi16(words[0], words[1]);
-        let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
-        let bytes = _mm256_permutevar8x32_epi32(bytes, order);
-        // SAFETY: a block is 32 bytes.
-        unsafe { _mm256_storeu_si256(qb.as_mut_ptr().cast(), bytes) };
-        *ds = [scale, scale * sum as f32];
-        *halves = [-super::SIX_OFFSET * first, -super::SIX_OFFSET * second];
+        // SAFETY: `amax` holds eight floats.
+        let scale = _mm256_div_ps(
+            unsafe { _mm256_loadu_ps(amax.as_ptr()) },
+            _mm256_set1_ps(127.0),
+        );
+        // `1/scale` where `scale > 0`, else 0.
+        let inv = _mm256_and_ps(
+            _mm256_cmp_ps::<_CMP_GT_OQ>(scale, zero),
+            _mm256_div_ps(_mm256_set1_ps(1.0), scale),
+        );
+        let (mut scales, mut invs) = ([0.0f32; BATCH], [0.0f32; BATCH]);
+        // SAFETY: both hold eight floats.
+        unsafe {
+            _mm256_storeu_ps(scales.as_mut_ptr(), scale);
+            _mm256_storeu_ps(invs.as_mut_ptr(), inv);
+        }
+        let (mut first, mut second) = (
+            [_mm256_setzero_si256(); BATCH],
+            [_mm256_setzero_si256(); BATCH],
+        );
+        for j in 0..n {
+            let qj = &mut qb[BLOCK * j..][..BLOCK];
+            if !finite[j] {
+                qj.fill(0);
+                continue;
+            }
+            let inv = _mm256_set1_ps(invs[j]);
+            let codes = load(j).map(|v| {
+                let r = _mm256_sub_ps(_mm256_add_ps(_mm256_mul_ps(v, inv), magic), magic);
+                _mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(r, lo), hi))
+            });
+            first[j] = _mm256_add_epi32(codes[0], codes[1]);
+            second[j] = _mm256_add_epi32(codes[2], codes[3]);
+            crate::codes::store_i8(codes, qj.try_into().expect("32 codes"));
+        }
+        let (first, second) = (sums_i32(&first), sums_i32(&second));
+        let sum = _mm256_add_epi32(first, second);
+        let (mut sums, mut firsts, mut seconds) = ([0.0f32; BATCH], [0i32; BATCH], [0i32; BATCH]);
+        // SAFETY: each holds eight 32-bit values.
+        unsafe {
+            _mm256_storeu_ps(
+                sums.as_mut_ptr(),
+                _mm256_mul_ps(scale, _mm256_cvtepi32_ps(sum)),
+            );
+            _mm256_storeu_si256(firsts.as_mut_ptr().cast(), first);
+            _mm256_storeu_si256(seconds.as_mut_ptr().cast(), second);
+        }
+        for (j, (ds, halves)) in ds.iter_mut().zip(halves.iter_mut()).enumerate() {
+            (*ds, *halves) = if finite[j] {
+                (
+                    [scales[j], sums[j]],
+                    [
+                        -super::SIX_OFFSET * firsts[j],
+                        -super::SIX_OFFSET * seconds[j],
+                    ],
+                )
+            } else {
+                ([f32::NAN; 2], [0; 2])
+            };
+        }
     }
 }
 

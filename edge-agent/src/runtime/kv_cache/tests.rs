@@ -460,25 +460,3 @@ fn remove_refuses_positions_beyond_the_length() {
     c.remove(4, 0).unwrap();
     assert_eq!(c.len(), 4);
 }
-
-/// The cache's rounding is `f32::round` bit for bit over the range a group's values over their
-/// scale can take: halves (both signs), neighbours of halves, integers, and random values.
-#[test]
-fn rounding_equals_f32_round() {
-    let mut values: Vec<f32> = vec![
-        0.0, -0.0, 0.5, -0.5, 1.5, -1.5, 126.5, -126.5, 127.49, 300.5,
-    ];
-    for i in -300i32..=300 {
-        let h = i as f32 + 0.5;
-        values.extend([h, -h, h.next_up(), h.next_down(), i as f32]);
-    }
-    values.extend(data(100_000, 5).iter().map(|v| v * 150.0));
-    for v in values {
-        assert_eq!(
-            round_half_away(v).to_bits(),
-            v.round().to_bits(),
-            "{v} ({:#x})",
-            v.to_bits()
-        );
-    }
-}
