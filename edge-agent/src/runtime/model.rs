@@ -439,7 +439,6 @@ impl Model {
         let mut h = pad_rows(hidden, d, g);
         let mut attn = vec![0.0f32; g * qw];
         let (mut q, mut k, mut v) = (vec![0.0; s * qw], vec![0.0; s * kw], vec![0.0; s * kw]);
-        let mut qkv = vec![0.0f32; g * (qw + 2 * kw)];
         let shape = [g, d];
         let first_layer = range.start;
         for seg in self.segments.iter_mut() {
@@ -455,14 +454,13 @@ impl Model {
                 let out = seg.graphs[0].run(
                     ort::inputs![io::HIDDEN => TensorRef::from_array_view((shape, &h[..]))?],
                 )?;
-                copy_output(&out, io::QKV, &mut qkv)?;
+                split_qkv(&out, (g, s), (qw, kw), [&mut q, &mut k, &mut v])?;
             }
             for layer in seg.start..seg.end {
                 let (rope, window) = match &self.local_rope {
                     Some((local, which)) if which[layer as usize] => (local, self.sliding_window),
                     _ => (&self.rope, None),
                 };
-                split_qkv(&qkv, s, qw, kw, &mut q, &mut k, &mut v);
                 let cl = (layer - first_layer) as usize;
                 let mut row = 0;
                 for sq in seqs.iter_mut() {
@@ -495,7 +493,7 @@ impl Model {
                 ])?;
                 if layer + 1 < seg.end {
                     copy_output(&out, io::RESIDUAL_OUT, &mut h)?;
-                    copy_output(&out, io::QKV, &mut qkv)?;
+                    split_qkv(&out, (g, s), (qw, kw), [&mut q, &mut k, &mut v])?;
                 } else {
                     copy_output(&out, io::HIDDEN_OUT, &mut h)?;
                 }
@@ -659,20 +657,28 @@ fn copy_output(out: &ort::session::SessionOutputs<'_>, name: &str, dst: &mut [f3
     Ok(())
 }
 
+/// Splits the first `s` of the `g` rows of graph output `QKV` (`[g, qw + 2·kw]`) into the
+/// queries, keys and values (`[s, qw]`, `[s, kw]`, `[s, kw]`), straight from the graph's buffer.
 fn split_qkv(
-    qkv: &[f32],
-    s: usize,
-    qw: usize,
-    kw: usize,
-    q: &mut [f32],
-    k: &mut [f32],
-    v: &mut [f32],
-) {
+    out: &ort::session::SessionOutputs<'_>,
+    (g, s): (usize, usize),
+    (qw, kw): (usize, usize),
+    [q, k, v]: [&mut [f32]; 3],
+) -> Result<()> {
+    let qkv = out[io::QKV].try_extract_tensor::<f32>()?.1;
     let row = qw + 2 * kw;
-    for r in 0..s {
-        let src = &qkv[r * row..(r + 1) * row];
-        q[r * qw..(r + 1) * qw].copy_from_slice(&src[..qw]);
-        k[r * kw..(r + 1) * kw].copy_from_slice(&src[qw..qw + kw]);
-        v[r * kw..(r + 1) * kw].copy_from_slice(&src[qw + kw..]);
+    if qkv.len() != g * row {
+        return Err(Error::Ort(format!(
+            "graph output {} has {} values, expected {}",
+            io::QKV,
+            qkv.len(),
+            g * row
+        )));
     }
+    for (r, src) in qkv.chunks_exact(row).take(s).enumerate() {
+        q[r * qw..][..qw].copy_from_slice(&src[..qw]);
+        k[r * kw..][..kw].copy_from_slice(&src[qw..qw + kw]);
+        v[r * kw..][..kw].copy_from_slice(&src[qw + kw..]);
+    }
+    Ok(())
 }
