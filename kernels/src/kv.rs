@@ -118,15 +118,17 @@ mod avx2 {
                 continue;
             };
             let div = _mm256_set1_ps(scale.to_f32());
-            let codes = v.map(|v| {
+            // A plain loop: a closure that is not inlined does not get the target features.
+            let mut codes = [_mm256_setzero_si256(); 4];
+            for (c, &v) in codes.iter_mut().zip(&v) {
                 let v = _mm256_div_ps(v, div);
                 let t = _mm256_round_ps::<{ _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC }>(v);
                 let f = _mm256_sub_ps(v, t);
                 let up = _mm256_and_ps(_mm256_cmp_ps::<_CMP_GE_OQ>(f, half), one);
                 let down = _mm256_and_ps(_mm256_cmp_ps::<_CMP_LE_OQ>(f, minus_half), one);
                 let r = _mm256_sub_ps(_mm256_add_ps(t, up), down);
-                _mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(r, lo), hi))
-            });
+                *c = _mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(r, lo), hi));
+            }
             crate::codes::store_i8(codes, qg.try_into().expect("32 codes"));
             *s = scale.to_bits();
         }

@@ -192,10 +192,12 @@ fn quantize_avx2(x: &[f32], q: &mut [i8], ds: &mut [[f32; 2]], halves: &mut [[i3
                 continue;
             }
             let inv = _mm256_set1_ps(invs[j]);
-            let codes = load(j).map(|v| {
+            // A plain loop: a closure that is not inlined does not get the target features.
+            let mut codes = [_mm256_setzero_si256(); 4];
+            for (c, v) in codes.iter_mut().zip(load(j)) {
                 let r = _mm256_sub_ps(_mm256_add_ps(_mm256_mul_ps(v, inv), magic), magic);
-                _mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(r, lo), hi))
-            });
+                *c = _mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(r, lo), hi));
+            }
             first[j] = _mm256_add_epi32(codes[0], codes[1]);
             second[j] = _mm256_add_epi32(codes[2], codes[3]);
             crate::codes::store_i8(codes, qj.try_into().expect("32 codes"));
