@@ -26,7 +26,7 @@ pub fn quantize(x: &[f32], q: &mut [i8], scales: &mut [u16]) {
 }
 
 /// [`quantize`] without vector instructions, the definition the AVX2 build is checked against.
-pub fn quantize_portable(x: &[f32], q: &mut [i8], scales: &mut [u16]) {
+fn quantize_portable(x: &[f32], q: &mut [i8], scales: &mut [u16]) {
     let groups = x.chunks_exact(GROUP).zip(q.chunks_exact_mut(GROUP));
     for ((x, q), s) in groups.zip(scales.iter_mut()) {
         let Some(scale) = group_scale(x.iter().fold(0.0f32, |m, v| m.max(v.abs()))) else {
@@ -55,7 +55,7 @@ fn group_scale(max: f32) -> Option<f16> {
 /// `|v| < 2^22` (a group's values over its scale stay within a few hundred). `f32::round` is a
 /// call to `roundf` per value on baseline x86-64.
 #[inline(always)]
-pub fn round_half_away(v: f32) -> f32 {
+fn round_half_away(v: f32) -> f32 {
     let t = v as i32 as f32;
     let f = v - t; // exact: `t` is `v` without its fraction bits
     let r = if f >= 0.5 {
@@ -98,7 +98,6 @@ mod avx2 {
     #[target_feature(enable = "avx2")]
     fn quantize_avx2(x: &[f32], q: &mut [i8], scales: &mut [u16]) {
         const { assert!(GROUP == 32) };
-        let sign = _mm256_set1_ps(-0.0);
         let (half, minus_half) = (_mm256_set1_ps(0.5), _mm256_set1_ps(-0.5));
         let one = _mm256_set1_ps(1.0);
         let (lo, hi) = (_mm256_set1_ps(-127.0), _mm256_set1_ps(127.0));
@@ -107,12 +106,7 @@ mod avx2 {
             // SAFETY: a group is 32 floats.
             let v: [__m256; 4] =
                 std::array::from_fn(|i| unsafe { _mm256_loadu_ps(xg.as_ptr().add(8 * i)) });
-            let abs = v.map(|v| _mm256_andnot_ps(sign, v));
-            let m = _mm256_max_ps(_mm256_max_ps(abs[0], abs[1]), _mm256_max_ps(abs[2], abs[3]));
-            let m = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps::<1>(m));
-            let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
-            let max = _mm_cvtss_f32(_mm_max_ss(m, _mm_shuffle_ps::<1>(m, m)));
-            let Some(scale) = group_scale(max) else {
+            let Some(scale) = group_scale(crate::codes::max_abs(&v)) else {
                 qg.fill(0);
                 *s = 0;
                 continue;

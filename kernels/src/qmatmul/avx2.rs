@@ -136,7 +136,6 @@ const BATCH: usize = 8;
 
 #[target_feature(enable = "avx2")]
 fn quantize_avx2(x: &[f32], q: &mut [i8], ds: &mut [[f32; 2]], halves: &mut [[i32; 2]]) {
-    let sign = _mm256_set1_ps(-0.0);
     let zero = _mm256_setzero_ps();
     let magic = _mm256_set1_ps(super::ROUND_MAGIC); // as `round_ties_even`
     let (lo, hi) = (_mm256_set1_ps(-127.0), _mm256_set1_ps(127.0));
@@ -159,11 +158,7 @@ fn quantize_avx2(x: &[f32], q: &mut [i8], ds: &mut [[f32; 2]], halves: &mut [[i3
                 .iter()
                 .fold(zero, |s, &v| _mm256_add_ps(s, _mm256_sub_ps(v, v)));
             finite[j] = _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_EQ_OQ>(nan, zero)) == 0xff;
-            let abs = v.map(|v| _mm256_andnot_ps(sign, v));
-            let m = _mm256_max_ps(_mm256_max_ps(abs[0], abs[1]), _mm256_max_ps(abs[2], abs[3]));
-            let m = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps::<1>(m));
-            let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
-            amax[j] = _mm_cvtss_f32(_mm_max_ss(m, _mm_shuffle_ps::<1>(m, m)));
+            amax[j] = crate::codes::max_abs(&v);
         }
         // SAFETY: `amax` holds eight floats.
         let scale = _mm256_div_ps(
